@@ -1,0 +1,77 @@
+"""Small helpers every stage script shares: errors as one line, devices, seeds."""
+from __future__ import annotations
+
+import functools
+import os
+import random
+import re
+import sys
+from pathlib import Path
+from typing import Callable
+
+from vlm_annotation.io_utils import InputError
+
+EXIT_INPUT_ERROR = 2
+
+
+def report_input_errors(main: Callable[..., int]) -> Callable[..., int]:
+    """Turn an :class:`InputError` raised by ``main`` into one line on stderr and exit code 2."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs) -> int:
+        try:
+            return main(*args, **kwargs)
+        except InputError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            return EXIT_INPUT_ERROR
+
+    return wrapper
+
+
+def require_path(path: str | os.PathLike | None, flag: str, kind: str = "any") -> Path:
+    """A path given on the command line that must exist; the error names the flag."""
+    if path is None:
+        raise InputError(f"{flag} is required")
+    p = Path(path)
+    if kind == "dir" and not p.is_dir():
+        raise InputError(f"{flag}: directory not found: {p}")
+    if kind == "file" and not p.is_file():
+        raise InputError(f"{flag}: file not found: {p}")
+    if kind == "any" and not p.exists():
+        raise InputError(f"{flag}: not found: {p}")
+    return p
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def require_model(name: str, flag: str) -> str:
+    """A model given as a local path must exist; a hub id (``org/name``) is passed through."""
+    path = Path(name).expanduser()
+    if path.exists():
+        return str(path)
+    if _HUB_ID.match(name) and not path.suffix in (".pt", ".pth", ".bin", ".safetensors"):
+        return name
+    raise InputError(f"{flag}: model not found: {name} (give a local path or a hub id like org/name)")
+
+
+def resolve_device(device: str | None = "auto") -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``mps``, else ``cpu``."""
+    import torch
+    if device in (None, "", "auto"):
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: no CUDA GPU is visible")
+    return device
+
+
+def set_seed(seed: int) -> None:
+    import numpy as np
+    import torch
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

@@ -1,0 +1,87 @@
+"""Open any image a user may have, the same way in every stage.
+
+EXIF orientation is applied (width/height are those of the displayed image), every
+mode (1-bit, grayscale, 16-bit, float, palette, alpha, CMYK) becomes RGB, and
+decompression bombs are refused. Anything that cannot be read raises
+:class:`ImageLoadError` with the reason, so callers can skip the file and go on.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default limit
+
+
+class ImageLoadError(Exception):
+    """An image file that cannot be used; ``str(err)`` is the reason."""
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB without clipping high-bit-depth images."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(image, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        if mode.startswith("I;16"):
+            lo, hi = 0.0, 65535.0
+        scaled = np.zeros_like(arr) if hi <= lo else (arr - lo) / (hi - lo) * 255.0
+        return Image.fromarray(np.clip(scaled + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if mode == "P":
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        # Transparent pixels would otherwise keep whatever colour they store: show them on white.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open ``path`` as an RGB PIL image in its displayed orientation.
+
+    Raises :class:`ImageLoadError` for a missing, truncated, corrupt, non-image or
+    oversized file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageLoadError(f"not found: {path}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                if max_pixels is not None and width * height > max_pixels:
+                    raise ImageLoadError(
+                        f"too large ({width}x{height} = {width * height} pixels > {max_pixels}); "
+                        "refused as a possible decompression bomb")
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                return to_rgb(img)
+    except ImageLoadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageLoadError(f"refused as a possible decompression bomb: {e}") from None
+    except UnidentifiedImageError:
+        raise ImageLoadError("not a recognised image format") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ImageLoadError(f"unreadable image: {e}") from None
+
+
+def as_rgb_image(image) -> Image.Image:
+    """Accept a path or a PIL image (as the inference API does) and return RGB."""
+    if isinstance(image, Image.Image):
+        return to_rgb(ImageOps.exif_transpose(image) or image)
+    return load_image(image)

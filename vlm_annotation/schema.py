@@ -1,0 +1,173 @@
+"""The annotation file contract, checked in one place by every stage that reads one.
+
+An annotation file (``annotations.json`` and the split files) is a JSON object::
+
+    {"images": [{"image": "sub/a.jpg", "width": 640, "height": 480, "caption": "...",
+                 "objects": [{"id": 0, "label": "glass", "bbox": [x1, y1, x2, y2],
+                              "score": 0.91, "sources": ["yolo", "rtdetr"],
+                              "description": "Here is a glass. ..."}],
+                 "qa": [{"question": "...", "answer": "...", "type": "count",
+                         "object_ids": []}]}],
+     "skipped": [{"image": "broken.jpg", "reason": "..."}],
+     "meta": {...}}
+
+Boxes are pixels of the displayed image (after EXIF rotation). :func:`validate_annotations`
+reports the first bad field by its path, e.g. ``images[12].objects[3].bbox``.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+from vlm_annotation.io_utils import InputError, read_json
+
+QA_TYPES = (
+    "count", "count_class", "exists", "location",
+    "region_description", "region_label", "grounding", "relation",
+)
+# Box coordinates may exceed the image by rounding only.
+_BOX_TOLERANCE = 1.0
+
+
+class AnnotationError(InputError):
+    """A field of an annotation file is malformed; the message names file and field path."""
+
+    def __init__(self, file: str | os.PathLike | None, field: str, problem: str):
+        self.file, self.field, self.problem = file, field, problem
+        where = f"{file}: " if file else ""
+        super().__init__(f"{where}{field}: {problem}")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_str(value: Any, file, field: str, nonempty: bool = False) -> None:
+    if not isinstance(value, str):
+        raise AnnotationError(file, field, f"expected a string, got {type(value).__name__}")
+    if nonempty and not value.strip():
+        raise AnnotationError(file, field, "must not be empty")
+
+
+def _require(record: dict, key: str, file, path: str) -> Any:
+    if key not in record:
+        raise AnnotationError(file, f"{path}.{key}", "missing")
+    return record[key]
+
+
+def validate_bbox(bbox: Any, width: float, height: float, file, field: str) -> None:
+    if not isinstance(bbox, list) or len(bbox) != 4:
+        raise AnnotationError(file, field, "expected [x1, y1, x2, y2], a list of 4 numbers")
+    if not all(_is_number(v) for v in bbox):
+        raise AnnotationError(file, field, "coordinates must be finite numbers")
+    x1, y1, x2, y2 = bbox
+    if not (x2 > x1 and y2 > y1):
+        raise AnnotationError(file, field, f"needs x1 < x2 and y1 < y2, got {bbox}")
+    t = _BOX_TOLERANCE
+    if x1 < -t or y1 < -t or x2 > width + t or y2 > height + t:
+        raise AnnotationError(file, field, f"{bbox} lies outside the {width}x{height} image")
+
+
+def _validate_object(obj: Any, width, height, file, path: str) -> int:
+    if not isinstance(obj, dict):
+        raise AnnotationError(file, path, "expected an object")
+    oid = _require(obj, "id", file, path)
+    if not _is_int(oid) or oid < 0:
+        raise AnnotationError(file, f"{path}.id", "expected a non-negative integer")
+    _check_str(_require(obj, "label", file, path), file, f"{path}.label", nonempty=True)
+    validate_bbox(_require(obj, "bbox", file, path), width, height, file, f"{path}.bbox")
+    score = _require(obj, "score", file, path)
+    if not _is_number(score) or not 0.0 <= score <= 1.0:
+        raise AnnotationError(file, f"{path}.score", "expected a number in [0, 1]")
+    sources = _require(obj, "sources", file, path)
+    if not isinstance(sources, list) or not all(isinstance(s, str) and s for s in sources):
+        raise AnnotationError(file, f"{path}.sources", "expected a list of detector names")
+    _check_str(obj.get("description", ""), file, f"{path}.description")
+    return oid
+
+
+def _validate_qa(qa: Any, object_ids: set[int], file, path: str) -> None:
+    if not isinstance(qa, dict):
+        raise AnnotationError(file, path, "expected an object")
+    _check_str(_require(qa, "question", file, path), file, f"{path}.question", nonempty=True)
+    _check_str(_require(qa, "answer", file, path), file, f"{path}.answer", nonempty=True)
+    qtype = _require(qa, "type", file, path)
+    if qtype not in QA_TYPES:
+        raise AnnotationError(file, f"{path}.type", f"{qtype!r} is not one of {', '.join(QA_TYPES)}")
+    ids = qa.get("object_ids", [])
+    if not isinstance(ids, list) or not all(_is_int(i) for i in ids):
+        raise AnnotationError(file, f"{path}.object_ids", "expected a list of object ids")
+    for j, i in enumerate(ids):
+        if i not in object_ids:
+            raise AnnotationError(file, f"{path}.object_ids[{j}]", f"no object with id {i} in this image")
+
+
+def validate_image_record(rec: Any, file, path: str) -> None:
+    if not isinstance(rec, dict):
+        raise AnnotationError(file, path, "expected an object")
+    _check_str(_require(rec, "image", file, path), file, f"{path}.image", nonempty=True)
+    if os.path.isabs(rec["image"]) or ".." in rec["image"].replace("\\", "/").split("/"):
+        raise AnnotationError(file, f"{path}.image", "must be a path relative to the images dir")
+    width, height = _require(rec, "width", file, path), _require(rec, "height", file, path)
+    for key, v in (("width", width), ("height", height)):
+        if not _is_int(v) or v <= 0:
+            raise AnnotationError(file, f"{path}.{key}", "expected a positive integer")
+    _check_str(rec.get("caption", ""), file, f"{path}.caption")
+    objects = _require(rec, "objects", file, path)
+    if not isinstance(objects, list):
+        raise AnnotationError(file, f"{path}.objects", "expected a list")
+    ids: set[int] = set()
+    for k, obj in enumerate(objects):
+        oid = _validate_object(obj, width, height, file, f"{path}.objects[{k}]")
+        if oid in ids:
+            raise AnnotationError(file, f"{path}.objects[{k}].id", f"duplicate id {oid}")
+        ids.add(oid)
+    qas = rec.get("qa", [])
+    if not isinstance(qas, list):
+        raise AnnotationError(file, f"{path}.qa", "expected a list")
+    for k, qa in enumerate(qas):
+        _validate_qa(qa, ids, file, f"{path}.qa[{k}]")
+
+
+def validate_annotations(data: Any, file: str | os.PathLike | None = None) -> dict:
+    """Check a loaded annotation file; return it, or raise :class:`AnnotationError`."""
+    if not isinstance(data, dict):
+        raise AnnotationError(file, "(top level)", "expected a JSON object with 'images'")
+    images = data.get("images")
+    if images is None:
+        raise AnnotationError(file, "images", "missing")
+    if not isinstance(images, list):
+        raise AnnotationError(file, "images", "expected a list")
+    seen: dict[str, int] = {}
+    for i, rec in enumerate(images):
+        validate_image_record(rec, file, f"images[{i}]")
+        if rec["image"] in seen:
+            raise AnnotationError(file, f"images[{i}].image",
+                                  f"{rec['image']!r} already listed at images[{seen[rec['image']]}]")
+        seen[rec["image"]] = i
+    skipped = data.get("skipped", [])
+    if not isinstance(skipped, list):
+        raise AnnotationError(file, "skipped", "expected a list")
+    for i, s in enumerate(skipped):
+        if not isinstance(s, dict):
+            raise AnnotationError(file, f"skipped[{i}]", "expected an object")
+        _check_str(_require(s, "image", file, f"skipped[{i}]"), file, f"skipped[{i}].image")
+        _check_str(_require(s, "reason", file, f"skipped[{i}]"), file, f"skipped[{i}].reason")
+    meta = data.get("meta", {})
+    if not isinstance(meta, dict):
+        raise AnnotationError(file, "meta", "expected an object")
+    return data
+
+
+def load_annotations(path: str | os.PathLike) -> dict:
+    """Read and validate an annotation file (errors name the file and the field)."""
+    return validate_annotations(read_json(path), path)
+
+
+def empty_annotations(meta: dict | None = None) -> dict:
+    return {"images": [], "skipped": [], "meta": dict(meta or {})}
