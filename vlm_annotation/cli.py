@@ -50,7 +50,7 @@ def require_model(name: str, flag: str) -> str:
     path = Path(name).expanduser()
     if path.exists():
         return str(path)
-    if _HUB_ID.match(name) and not path.suffix in (".pt", ".pth", ".bin", ".safetensors"):
+    if _HUB_ID.match(name) and path.suffix not in (".pt", ".pth", ".bin", ".safetensors"):
         return name
     raise InputError(f"{flag}: model not found: {name} (give a local path or a hub id like org/name)")
 
