@@ -1,5 +1,6 @@
 """Atomic writers, JSONL resume, prompt wording helpers, CLI path checks."""
 import json
+import os
 
 import pytest
 
@@ -14,6 +15,10 @@ def test_atomic_writers_leave_no_temp_files(tmp_path):
     assert json.loads((tmp_path / "a" / "x.json").read_text()) == {"k": [1, 2]}
     assert [r for _, r in iter_jsonl(tmp_path / "y.jsonl")] == [{"a": 1}, {"a": 2}]
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "x.json", "y.jsonl"]
+    # Not the 0600 of a temp file: outputs get the usual permissions of the umask.
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "y.jsonl").stat().st_mode & 0o777 == 0o666 & ~mask
 
 
 def test_failed_write_keeps_the_old_file(tmp_path):
