@@ -1,0 +1,106 @@
+"""Stage 6: evaluate.py on hand-written predictions files."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vlm_inference import evaluate
+
+REF_BOX = "[0.00, 0.00, 1.00, 1.00]"
+
+
+def _pred(i, qtype, answer, reference, turn=0):
+    return {"id": f"img{i}.jpg#0", "image": f"img{i}.jpg", "turn": turn, "question": f"q{i}-{turn}",
+            "answer": answer, "reference": reference, "type": qtype}
+
+
+def _model_preds():
+    return [
+        _pred(0, "count", "There are two objects in this image.", "There are 2 objects in this image."),
+        _pred(0, "exists", "Yes.", "yes", turn=1),
+        _pred(1, "grounding", "[0.00, 0.00, 0.51, 1.00]", REF_BOX),
+        _pred(2, "grounding", "[0.00, 0.00, 0.49, 1.00]", REF_BOX),
+        _pred(3, "region_description", "a cat", "a cat"),
+        _pred(4, "region_description", "a dog", "a bird"),
+    ]
+
+
+def _write(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_writes_metrics_and_report(tmp_path, capsys):
+    preds = _write(tmp_path / "predictions.jsonl", _model_preds())
+    out = tmp_path / "eval" / "metrics.json"
+    assert evaluate.main(["--predictions", str(preds), "--output_file", str(out)]) == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["overall"]["n"] == 6
+    assert metrics["per_type"]["count"]["accuracy"] == 1.0 and metrics["per_type"]["count"]["count_exact"] == 1.0
+    g = metrics["per_type"]["grounding"]
+    assert (g["n"], g["acc@0.5"], g["mean_iou"]) == (2, 0.5, pytest.approx(0.5))
+    assert metrics["per_type"]["region_description"]["cider"] == pytest.approx(2.5)
+    report = (tmp_path / "eval" / "report.md").read_text()          # default: beside metrics.json
+    assert "| grounding | 2 | acc@0.5 | 0.500 |" in report
+    assert "| overall | 3 | accuracy | 1.000 |" not in report       # accuracy pools the 2 short answers
+    assert "| overall | 2 | accuracy | 1.000 |" in report
+    printed = capsys.readouterr().out
+    assert "| type | n | metric | model |" in printed and "scored 6 answers in 4 question types" in printed
+
+
+def test_baseline_comparison(tmp_path):
+    base = _model_preds()
+    base[2] = _pred(1, "grounding", "no idea", REF_BOX)              # model hits, baseline misses
+    base[0] = _pred(0, "count", "There are 3 objects in this image.", "There are 2 objects in this image.")
+    preds = _write(tmp_path / "p.jsonl", _model_preds())
+    basef = _write(tmp_path / "b.jsonl", base)
+    out = tmp_path / "m.json"
+    report = tmp_path / "r.md"
+    assert evaluate.main(["--predictions", str(preds), "--baseline", str(basef), "--output_file", str(out),
+                          "--report", str(report)]) == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["baseline"]["per_type"]["grounding"]["no_box"] == 1
+    assert metrics["difference"]["per_type"]["grounding"]["acc@0.5"] == pytest.approx(0.5)
+    assert metrics["difference"]["per_type"]["count"]["count_exact"] == pytest.approx(1.0)
+    assert metrics["common_questions"] == 6 and "notes" not in metrics
+    text = report.read_text()
+    assert "| type | n | metric | model | baseline | Δ |" in text
+    assert "| grounding | 2 | acc@0.5 | 0.500 | 0.000 | +0.500 |" in text
+    assert "| grounding | 2 | no_box | 0 | 1 | -1 |" in text
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "no predictions in the file"),
+    ("\n\n", "no predictions in the file"),
+    ('{"answer": "a", "reference": "b", "type": "count"}\n{"answer": "a", "refer\n', "line 2: invalid JSON"),
+    ('{"answer": "a", "reference": "b", "type": "count"}\n{"answer": "a", "refer', "line 2: invalid JSON"),
+    ('[1, 2]\n', "line 1: expected a JSON object"),
+    ('{"reference": "b", "type": "count"}\n', "line 1: answer: missing"),
+    ('{"answer": 3, "reference": "b", "type": "count"}\n', "line 1: answer: expected a string"),
+    ('{"answer": "a", "reference": "b", "type": 5}\n', "line 1: type"),
+    ('{"answer": "a", "reference": "left", "type": "grounding"}\n', "line 1: reference: a grounding reference"),
+    ('{"id": "x#0", "turn": 0, "answer": "a", "reference": "b", "type": "count"}\n'
+     '{"id": "x#0", "turn": 0, "answer": "a", "reference": "b", "type": "count"}\n', "line 2: id 'x#0' turn 0"),
+])
+def test_bad_predictions_exit_2_and_write_nothing(tmp_path, capsys, content, message):
+    preds = tmp_path / "predictions.jsonl"
+    preds.write_text(content)
+    out = tmp_path / "metrics.json"
+    assert evaluate.main(["--predictions", str(preds), "--output_file", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(preds) in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() and not (tmp_path / "report.md").exists()
+
+
+def test_missing_files_and_bad_outputs_exit_2(tmp_path, capsys):
+    preds = _write(tmp_path / "p.jsonl", _model_preds())
+    assert evaluate.main(["--predictions", str(tmp_path / "nope.jsonl"),
+                          "--output_file", str(tmp_path / "m.json")]) == 2
+    assert "nope.jsonl: file not found" in capsys.readouterr().err
+    assert evaluate.main(["--predictions", str(preds), "--baseline", str(tmp_path / "b.jsonl"),
+                          "--output_file", str(tmp_path / "m.json")]) == 2
+    assert "b.jsonl: file not found" in capsys.readouterr().err
+    assert evaluate.main(["--predictions", str(preds), "--output_file", str(preds)]) == 2
+    assert "--output_file" in capsys.readouterr().err
+    assert not (tmp_path / "m.json").exists()

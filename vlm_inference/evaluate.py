@@ -1,0 +1,205 @@
+"""Stage 6: score predictions against their references, by question type.
+
+    python vlm_inference/evaluate.py --predictions predictions.jsonl --output_file metrics.json \
+        [--baseline base_predictions.jsonl] [--report report.md]
+
+Reads the ``predictions.jsonl`` that ``predict.py`` writes (one JSON object a line: ``id``,
+``turn``, ``question``, ``answer``, ``reference``, ``type``) and writes ``metrics.json``
+(overall and per type, with counts) and ``report.md`` (a markdown table; by default beside
+``metrics.json``), and prints the table. With ``--baseline`` both models are scored and the
+difference (model - baseline) is reported. Metrics: see ``vlm_inference/metrics.py``.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+import os
+import tempfile
+
+from vlm_annotation.boxes import parse_box
+from vlm_annotation.cli import report_input_errors
+from vlm_annotation.io_utils import InputError, iter_jsonl, write_json_atomic
+from vlm_inference.metrics import GROUNDING_TYPES, UNTYPED, difference, is_count_key, score_predictions
+
+# Which count a pooled overall metric is taken over.
+_OVERALL_N = {"accuracy": "n_short_answer", "count_exact": "n_count", "count_mae": "n_count",
+              "acc@0.5": "n_grounding", "mean_iou": "n_grounding", "bleu4": "n_region_description",
+              "rougeL": "n_region_description", "cider": "n_region_description"}
+_LEGEND = (
+    "accuracy: exact match after the VQAv2 answer normalisation; count_exact: first number in the "
+    "answer equals the reference's; count_mae: mean absolute error of those numbers; acc@0.5: share "
+    "of grounding answers whose box has IoU >= 0.5 with the reference box (no box = miss); mean_iou: "
+    "their mean IoU; bleu1-4, rougeL, cider: coco-caption BLEU, ROUGE-L and CIDEr-D of the region "
+    "descriptions; no_box / count_no_number: answers with no box / no number.")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--predictions", required=True, help="predictions.jsonl written by predict.py")
+    p.add_argument("--output_file", default="metrics.json", help="where to write the metrics (JSON)")
+    p.add_argument("--baseline", default=None,
+                   help="predictions.jsonl of another model (e.g. the base model) to compare against")
+    p.add_argument("--report", default=None, help="where to write the markdown report (default: report.md "
+                                                  "beside --output_file)")
+    args = p.parse_args(argv)
+    if args.report is None:
+        args.report = str(Path(args.output_file).parent / "report.md")
+    return args
+
+
+def load_predictions(path: str | os.PathLike) -> list[dict]:
+    """Read and check a predictions file; errors name the file and line."""
+    records: list[dict] = []
+    seen: dict[tuple, int] = {}
+    for line_no, rec in iter_jsonl(path, skip_partial_last=False):
+        where = f"{path}: line {line_no}"
+        if not isinstance(rec, dict):
+            raise InputError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+        for key in ("answer", "reference"):
+            if key not in rec:
+                raise InputError(f"{where}: {key}: missing")
+            if not isinstance(rec[key], str):
+                raise InputError(f"{where}: {key}: expected a string, got {type(rec[key]).__name__}")
+        qtype = rec.get("type")
+        if qtype is not None and (not isinstance(qtype, str) or not qtype):
+            raise InputError(f"{where}: type: expected a question type name or null")
+        if "id" in rec and not isinstance(rec["id"], str):
+            raise InputError(f"{where}: id: expected a string")
+        turn = rec.get("turn", 0)
+        if not isinstance(turn, int) or isinstance(turn, bool) or turn < 0:
+            raise InputError(f"{where}: turn: expected a non-negative integer")
+        if qtype in GROUNDING_TYPES and parse_box(rec["reference"]) is None:
+            raise InputError(f"{where}: reference: a grounding reference must hold a box like [0.10, 0.20, 0.30, 0.40]")
+        if "id" in rec:
+            key = (rec["id"], turn)
+            if key in seen:
+                raise InputError(f"{where}: id {rec['id']!r} turn {turn} is already scored at line {seen[key]}")
+            seen[key] = line_no
+        records.append(rec)
+    if not records:
+        raise InputError(f"{path}: no predictions in the file")
+    return records
+
+
+def _fmt(value, count: bool = False) -> str:
+    if value is None:
+        return "–"
+    if count:
+        return str(int(value))
+    return f"{value:.3f}"
+
+
+def _rows(result: dict) -> list[tuple[str, str, str, object]]:
+    """(type, n, metric, value) rows: the pooled overall metrics first, then each type."""
+    rows = []
+    for key, value in result["overall"].items():
+        if not is_count_key(key):
+            rows.append(("overall", str(result["overall"].get(_OVERALL_N.get(key, "n"), "")), key, value))
+    for qtype, m in result["per_type"].items():
+        for key, value in m.items():
+            if key != "n":
+                rows.append((qtype, str(m["n"]), key, value))
+    return rows
+
+
+def render_table(result: dict, baseline: dict | None = None) -> str:
+    """A markdown table of the metrics (and the baseline and difference when given)."""
+    header = ["type", "n", "metric", "model"] + (["baseline", "Δ"] if baseline else [])
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    base_rows = {(t, k): v for t, _, k, v in _rows(baseline)} if baseline else {}
+    for qtype, n, key, value in _rows(result):
+        count = key in ("count_no_number", "no_box")
+        cells = [qtype, n, key, _fmt(value, count)]
+        if baseline:
+            other = base_rows.get((qtype, key))
+            delta = (value - other) if isinstance(value, (int, float)) and isinstance(other, (int, float)) else None
+            cells += [_fmt(other, count), "–" if delta is None else (f"{delta:+d}" if count else f"{delta:+.3f}")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _check_outputs(args) -> tuple[Path, Path]:
+    out, report = Path(args.output_file), Path(args.report)
+    inputs = {Path(args.predictions).resolve(): "--predictions"}
+    if args.baseline:
+        inputs[Path(args.baseline).resolve()] = "--baseline"
+    for flag, path in (("--output_file", out), ("--report", report)):
+        if path.is_dir():
+            raise InputError(f"{flag}: {path} is a directory, expected a file path")
+        if path.resolve() in inputs:
+            raise InputError(f"{flag}: {path} is the same file as {inputs[path.resolve()]}")
+    if out.resolve() == report.resolve():
+        raise InputError(f"--report: {report} is the same file as --output_file")
+    return out, report
+
+
+def _question_keys(preds: list[dict]) -> set:
+    return {(p.get("id"), p.get("turn", 0), p.get("question")) for p in preds}
+
+
+@report_input_errors
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out, report_path = _check_outputs(args)
+    preds = load_predictions(args.predictions)
+    base_preds = load_predictions(args.baseline) if args.baseline else None
+
+    result = {"predictions": str(args.predictions), **score_predictions(preds)}
+    notes = []
+    if any((p.get("type") or UNTYPED) == UNTYPED for p in preds):
+        notes.append("some predictions carry no type: they are scored as short answers under 'untyped'")
+    described = result["overall"].get("n_region_description")
+    if described == 1:
+        notes.append("CIDEr needs at least 2 region descriptions (its idf is taken over the "
+                     "evaluated references): not reported")
+    baseline = None
+    if base_preds is not None:
+        baseline = {"predictions": str(args.baseline), **score_predictions(base_preds)}
+        result["baseline"] = baseline
+        result["difference"] = difference(result, baseline)
+        common = len(_question_keys(preds) & _question_keys(base_preds))
+        result["common_questions"] = common
+        if common != len(preds) or common != len(base_preds):
+            notes.append(f"the two files share {common} questions (model {len(preds)}, baseline "
+                         f"{len(base_preds)}): the comparison is not over the same questions")
+    if notes:
+        result["notes"] = notes
+
+    table = render_table(result, baseline)
+    title = f"Predictions: `{args.predictions}` ({len(preds)} answers)"
+    if baseline:
+        title += f"  \nBaseline: `{args.baseline}` ({len(base_preds)} answers); Δ = model - baseline"
+    report = "\n\n".join(["# Evaluation report", title, table, *(f"Note: {n}" for n in notes),
+                          f"Metrics: {_LEGEND}"]) + "\n"
+    write_json_atomic(out, result)
+    _write_text_atomic(report_path, report)
+
+    print(table)
+    for note in notes:
+        print(f"note: {note}")
+    print(f"scored {len(preds)} answers in {len(result['per_type'])} question types -> {out}, {report_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
