@@ -67,3 +67,10 @@ def test_decompression_bomb_is_refused(tmp_path):
 def test_helpers():
     assert is_image_file("a/B.JPG") and is_image_file("x.webp") and not is_image_file("notes.txt")
     assert as_rgb_image(Image.new("L", (3, 3))).mode == "RGB"
+
+
+def test_non_image_is_refused_after_ultralytics_patched_pillow(tmp_path):
+    import ultralytics  # noqa: F401  (it patches Image.open to try an optional HEIF plugin)
+    (tmp_path / "notes.jpg").write_text("not an image")
+    with pytest.raises(ImageLoadError, match="not a recognised image format"):
+        load_image(tmp_path / "notes.jpg")

@@ -74,7 +74,9 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageLoadError(f"refused as a possible decompression bomb: {e}") from None
-    except UnidentifiedImageError:
+    except (UnidentifiedImageError, ImportError):
+        # ImportError: once ultralytics is imported it patches Image.open to try an optional
+        # HEIF plugin (pi_heif) on files Pillow cannot identify.
         raise ImageLoadError("not a recognised image format") from None
     except (OSError, ValueError, SyntaxError) as e:
         raise ImageLoadError(f"unreadable image: {e}") from None

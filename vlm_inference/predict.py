@@ -1,0 +1,183 @@
+"""Stage 5b: answer every question of a LLaVA file with a trained model -> predictions.jsonl.
+
+    python vlm_inference/predict.py --model_path vlm_model --base_model llava-hf/llava-1.5-7b-hf \\
+        --data data/test_llava.json --image_dir data/images --output_file predictions.jsonl
+
+Every human turn of every record is one question. The first is asked as training taught
+it; a later turn k > 0 is asked as a fresh single-turn question about the same image
+(without the earlier turns), so every answer depends only on its own question and the
+image, and the model's own earlier answers never leak into the next question.
+
+One JSON line per question, flushed as it is written:
+``{"id", "image", "turn", "question", "answer", "reference", "type"}`` (see the contracts in
+the evaluation stage). A run that is stopped can be started again with the same command:
+questions whose ``(id, turn)`` is already in ``--output_file`` are skipped. Large files
+can be split over several processes or GPUs with ``--num_chunks N --chunk_idx K`` (one
+``--output_file`` each; ``cat`` them together afterwards, every line stands alone).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vlm_annotation.cli import report_input_errors, require_model, require_path
+from vlm_annotation.io_utils import InputError, JsonlAppender, iter_jsonl, read_json
+from vlm_inference.vlm_inference import DEFAULT_MAX_NEW_TOKENS, VLMInference
+
+IMAGE_TOKEN = "<image>"  # as the LLaVA file format writes it
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_path", required=True,
+                        help="training output (LoRA adapter), a merged/full model folder, or a base model / hub id")
+    parser.add_argument("--base_model", default=None,
+                        help="base model for a LoRA adapter (default: the one named in its adapter_config.json)")
+    parser.add_argument("--data", required=True, help="LLaVA-format JSON file (e.g. test_llava.json)")
+    parser.add_argument("--image_dir", required=True, help="folder the records' image paths are relative to")
+    parser.add_argument("--output_file", default="predictions.jsonl",
+                        help="JSONL to append predictions to (default predictions.jsonl); resumed if it exists")
+    parser.add_argument("--batch_size", type=int, default=8, help="questions per generate call (default 8)")
+    parser.add_argument("--num_chunks", type=int, default=1, help="split the records into this many shards (default 1)")
+    parser.add_argument("--chunk_idx", type=int, default=0, help="which shard this process answers, 0-based (default 0)")
+    parser.add_argument("--max_new_tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+                        help=f"most tokens per answer (default {DEFAULT_MAX_NEW_TOKENS})")
+    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--dtype", default="auto",
+                        help="auto (bf16/fp16 on GPU, fp32 on CPU), float32, float16, bfloat16")
+    quant = parser.add_mutually_exclusive_group()
+    quant.add_argument("--load_in_8bit", action="store_true", help="load the weights in 8 bits (CUDA only)")
+    quant.add_argument("--load_in_4bit", action="store_true", help="load the weights in 4 bits (CUDA only)")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        raise InputError(f"--batch_size must be >= 1, got {args.batch_size}")
+    if args.max_new_tokens < 1:
+        raise InputError(f"--max_new_tokens must be >= 1, got {args.max_new_tokens}")
+    if args.num_chunks < 1:
+        raise InputError(f"--num_chunks must be >= 1, got {args.num_chunks}")
+    if not 0 <= args.chunk_idx < args.num_chunks:
+        raise InputError(f"--chunk_idx must be in 0..{args.num_chunks - 1} for --num_chunks {args.num_chunks}, "
+                         f"got {args.chunk_idx}")
+    return args
+
+
+def get_chunk(records: list, num_chunks: int, chunk_idx: int) -> list:
+    """Shard ``chunk_idx`` of ``num_chunks`` contiguous, near-equal shards that cover ``records`` once."""
+    n = len(records)
+    return records[chunk_idx * n // num_chunks:(chunk_idx + 1) * n // num_chunks]
+
+
+def record_questions(record: object, index: int, data_path: Path) -> list[dict]:
+    """The questions of one LLaVA record: one dict per human turn (errors name the field)."""
+    where = f"{data_path}: [{index}]"
+    if not isinstance(record, dict):
+        raise InputError(f"{where}: expected an object, got {type(record).__name__}")
+    for key in ("id", "image"):
+        if not isinstance(record.get(key), str) or not record[key]:
+            raise InputError(f"{where}.{key}: missing or not a non-empty string")
+    turns = record.get("conversations")
+    if not isinstance(turns, list) or not turns:
+        raise InputError(f"{where}.conversations: missing or empty")
+    qa_types = record.get("qa_types")
+    if qa_types is not None and not isinstance(qa_types, list):
+        raise InputError(f"{where}.qa_types: expected a list")
+    questions = []
+    for j, turn in enumerate(turns):
+        expected = "human" if j % 2 == 0 else "gpt"
+        if not isinstance(turn, dict) or turn.get("from") != expected or not isinstance(turn.get("value"), str):
+            raise InputError(f"{where}.conversations[{j}]: expected {{\"from\": \"{expected}\", \"value\": text}}")
+        if expected == "gpt":
+            continue
+        k = j // 2
+        question = turn["value"].replace(IMAGE_TOKEN, "").strip()
+        if not question:
+            raise InputError(f"{where}.conversations[{j}].value: empty question")
+        reference = turns[j + 1]["value"] if j + 1 < len(turns) and isinstance(turns[j + 1], dict) else None
+        questions.append({"id": record["id"], "image": record["image"], "turn": k, "question": question,
+                          "reference": reference,
+                          "type": qa_types[k] if qa_types is not None and k < len(qa_types) else None})
+    return questions
+
+
+def load_questions(data_path: Path, image_dir: Path, num_chunks: int, chunk_idx: int) -> tuple[int, list[dict]]:
+    """This shard's records flattened to questions; (number of records, questions)."""
+    records = read_json(data_path)
+    if not isinstance(records, list):
+        raise InputError(f"{data_path}: expected a JSON list of LLaVA records, got {type(records).__name__}")
+    seen: dict[str, int] = {}
+    for i, record in enumerate(records):
+        rid = record.get("id") if isinstance(record, dict) else None
+        if isinstance(rid, str):
+            if rid in seen:  # resuming keys on (id, turn): ids must be unique
+                raise InputError(f"{data_path}: [{i}].id: duplicate of [{seen[rid]}].id ({rid!r})")
+            seen[rid] = i
+    indexed = get_chunk(list(enumerate(records)), num_chunks, chunk_idx)
+    questions = []
+    for i, record in indexed:
+        questions.extend(record_questions(record, i, data_path))
+        path = image_dir / record["image"]
+        if not path.is_file():
+            raise InputError(f"{data_path}: [{i}].image: file not found: {path}")
+    return len(indexed), questions
+
+
+def done_keys(output_file: Path) -> set[tuple[str, int]]:
+    """``(id, turn)`` of the predictions already in ``output_file`` (a killed writer's partial line aside)."""
+    if not output_file.is_file():
+        return set()
+    keys = set()
+    for line_no, rec in iter_jsonl(output_file):
+        if not isinstance(rec, dict) or "id" not in rec or "turn" not in rec:
+            raise InputError(f"{output_file}: line {line_no}: not a prediction (needs id and turn)")
+        keys.add((rec["id"], rec["turn"]))
+    return keys
+
+
+@report_input_errors
+def main(argv=None) -> int:
+    from tqdm import tqdm
+
+    args = parse_args(argv)
+    data_path = require_path(args.data, "--data", "file")
+    image_dir = require_path(args.image_dir, "--image_dir", "dir")
+    output_file = Path(args.output_file)
+    if output_file.is_dir():
+        raise InputError(f"--output_file: {output_file} is a directory")
+    require_model(args.model_path, "--model_path")
+    n_records, questions = load_questions(data_path, image_dir, args.num_chunks, args.chunk_idx)
+    done = done_keys(output_file)
+    pending = [q for q in questions if (q["id"], q["turn"]) not in done]
+    shard = f"chunk {args.chunk_idx + 1}/{args.num_chunks}"
+    if not pending:
+        print(f"predict: nothing to do: all {len(questions)} questions of {n_records} records ({shard}) "
+              f"are already in {output_file}", flush=True)
+        return 0
+
+    vlm = VLMInference(args.model_path, base_model=args.base_model, device=args.device, dtype=args.dtype,
+                       load_in_8bit=args.load_in_8bit, load_in_4bit=args.load_in_4bit)
+    start = time.perf_counter()
+    written = 0
+    with JsonlAppender(output_file) as out, tqdm(total=len(pending), desc="predict", unit="q") as bar:
+        for b in range(0, len(pending), args.batch_size):
+            batch = pending[b:b + args.batch_size]
+            answers = vlm.answer_questions([image_dir / q["image"] for q in batch], [q["question"] for q in batch],
+                                           batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+            for q, answer in zip(batch, answers):
+                out.write({"id": q["id"], "image": q["image"], "turn": q["turn"], "question": q["question"],
+                           "answer": answer, "reference": q["reference"], "type": q["type"]})
+                written += 1
+            bar.update(len(batch))
+    elapsed = time.perf_counter() - start
+    print(f"predict: {written} answers written to {output_file} ({len(questions) - len(pending)} already there) "
+          f"for {n_records} records ({shard}) in {elapsed:.1f}s, {written / max(elapsed, 1e-9):.2f} answers/s",
+          flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
