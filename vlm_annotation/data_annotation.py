@@ -1,0 +1,322 @@
+"""Stage 1: annotate a folder of images -> annotations.json.
+
+    python vlm_annotation/data_annotation.py \\
+        --images_dir data/images --output_file annotations.json \\
+        --yolo_model models/yolo/yolov8x/best.pt \\
+        --detr_model models/rt-detr/rt-detr-101/m --detr_processor models/rt-detr/rt-detr-101/p \\
+        --conf_threshold 0.3
+
+Offline on the tiny models (``python models/make_tiny_models.py --out models/tiny`` and
+``python data/make_sample_images.py --out data/images`` first)::
+
+    python vlm_annotation/data_annotation.py --images_dir data/images --output_file annotations.json \\
+        --yolo_model models/tiny/yolo.pt --detr_model models/tiny/rtdetr/m \\
+        --detr_processor models/tiny/rtdetr/p --captioner_model models/tiny/blip \\
+        --max_det 10 --imgsz 320
+
+For every image (the folder is walked recursively): YOLO and RT-DETR detect, their boxes
+are fused (Weighted Boxes Fusion per class, or NMS), BLIP/BLIP-2 captions a context crop
+of each object with the class's prompt plus the whole image, each object gets a
+description with its position, size and relations, and the image gets Q&A pairs.
+
+Resumable: progress goes to ``<output_file>.progress.jsonl`` a line per image; run the
+same command again after a crash and finished images are not redone. Scales out: under
+``torchrun --nproc_per_node N`` (or ``accelerate launch``) each process takes a shard and
+rank 0 writes the merged file; across machines use ``--num_shards/--shard_index`` and
+``vlm_annotation/merge_annotations.py``. The result equals a single-process run.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vlm_annotation.cli import report_input_errors, require_model, require_path, resolve_device, set_seed  # noqa: E402
+from vlm_annotation.describer import (Captioner, PromptBook, compose_description, context_crop,  # noqa: E402
+                                      surface_phrase)
+from vlm_annotation.detectors import DETECTOR_NAMES, ClassMap, RTDetrDetector, YoloDetector  # noqa: E402
+from vlm_annotation.fusion import FUSION_METHODS, fuse  # noqa: E402
+from vlm_annotation.images import ImageLoadError, is_image_file, load_image  # noqa: E402
+from vlm_annotation.io_utils import InputError  # noqa: E402
+from vlm_annotation.progress import ProgressLog, progress_path, write_from_progress  # noqa: E402
+from vlm_annotation.qa import generate_qa, image_rng  # noqa: E402
+from vlm_annotation.spatial import nearest, position_phrase, relation_phrase, size_word  # noqa: E402
+
+TOOL_VERSION = "0.1.0"
+# Output precision: also absorbs float noise between batch sizes, so resumed and sharded
+# runs write the same numbers as a single run.
+BOX_DECIMALS, SCORE_DECIMALS = 2, 4
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images_dir", required=True, help="folder of images (walked recursively)")
+    p.add_argument("--output_file", required=True, help="annotation file to write (JSON)")
+    p.add_argument("--yolo_model", required=True, help="Ultralytics YOLO weights (.pt)")
+    p.add_argument("--detr_model", required=True, help="RT-DETR model: local dir or hub id")
+    p.add_argument("--detr_processor", default=None,
+                   help="RT-DETR image processor dir or hub id (default: the --detr_model dir)")
+    p.add_argument("--captioner_model", default="Salesforce/blip-image-captioning-base",
+                   help="BLIP or BLIP-2 captioning model: local dir or hub id "
+                        "(default Salesforce/blip-image-captioning-base)")
+    p.add_argument("--conf_threshold", type=float, default=0.3,
+                   help="keep detections scoring above this, per detector (default 0.3)")
+    p.add_argument("--fusion", choices=FUSION_METHODS, default="wbf",
+                   help="how to combine the two detectors: weighted boxes fusion or NMS (default wbf)")
+    p.add_argument("--iou_threshold", type=float, default=0.55,
+                   help="boxes of one class overlapping more than this are fused/suppressed (default 0.55)")
+    p.add_argument("--detector_weights", type=float, nargs=2, default=[1.0, 1.0], metavar=("YOLO", "RTDETR"),
+                   help="weights of YOLO and RT-DETR in the fusion (default 1 1)")
+    p.add_argument("--class_map", default=None,
+                   help="JSON file mapping detector class names to one vocabulary "
+                        "({\"wine glass\": \"glass\", \"person\": null} or per detector {\"yolo\": {...}})")
+    p.add_argument("--prompts", default=None,
+                   help="JSON file of captioning prompts per class ({\"glass\": \"a photo of a glass lying on\"}; "
+                        "keys __default__ and __image__ for other classes and the whole image)")
+    p.add_argument("--max_det", type=int, default=50,
+                   help="at most this many boxes per detector per image (default 50)")
+    p.add_argument("--imgsz", type=int, default=640, help="YOLO input size, a fixed square (default 640)")
+    p.add_argument("--crop_margin", type=float, default=0.5,
+                   help="context around a box for its caption, as a fraction of the box size (default 0.5)")
+    p.add_argument("--caption_max_tokens", type=int, default=20, help="longest caption, in tokens (default 20)")
+    p.add_argument("--max_region_qa", type=int, default=10,
+                   help="objects per image (best scores first) that get per-object questions (default 10)")
+    p.add_argument("--batch_size", type=int, default=8, help="images per detector batch (default 8)")
+    p.add_argument("--caption_batch_size", type=int, default=64, help="crops per captioner call (default 64)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default auto)")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"),
+                   help="captioner precision (auto: float16 on CUDA, else float32)")
+    p.add_argument("--max_images", type=int, default=None, help="annotate only the first N images (sorted by path)")
+    p.add_argument("--seed", type=int, default=42, help="seed of the Q&A choices (default 42)")
+    p.add_argument("--num_shards", type=int, default=1, help="split the images into this many shards (default 1)")
+    p.add_argument("--shard_index", type=int, default=0, help="which shard this run annotates, 0-based (default 0)")
+    p.add_argument("--restart", action="store_true", help="discard the progress of an earlier run and start over")
+    args = p.parse_args(argv)
+    checks = [
+        (0.0 <= args.conf_threshold <= 1.0, "--conf_threshold must be between 0 and 1"),
+        (0.0 < args.iou_threshold <= 1.0, "--iou_threshold must be in (0, 1]"),
+        (all(w >= 0 for w in args.detector_weights) and sum(args.detector_weights) > 0,
+         "--detector_weights must be non-negative, not both zero"),
+        (args.max_det >= 1, "--max_det must be at least 1"),
+        (args.imgsz >= 32, "--imgsz must be at least 32"),
+        (args.crop_margin >= 0, "--crop_margin must be >= 0"),
+        (args.caption_max_tokens >= 1, "--caption_max_tokens must be at least 1"),
+        (args.max_region_qa >= 0, "--max_region_qa must be >= 0"),
+        (args.batch_size >= 1 and args.caption_batch_size >= 1, "batch sizes must be at least 1"),
+        (args.max_images is None or args.max_images >= 1, "--max_images must be at least 1"),
+        (args.num_shards >= 1, "--num_shards must be at least 1"),
+        (0 <= args.shard_index < args.num_shards, "--shard_index must be in [0, --num_shards)"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            p.error(message)
+    return args
+
+
+def list_images(images_dir: Path) -> list[str]:
+    """Relative POSIX paths of the image files under ``images_dir``, sorted."""
+    found = []
+    for root, dirs, files in os.walk(images_dir):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in files:
+            if not name.startswith(".") and is_image_file(name):
+                found.append((Path(root) / name).relative_to(images_dir).as_posix())
+    return sorted(found)
+
+
+def distributed_context() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun / accelerate environment variables."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    return rank, world, local
+
+
+class Annotator:
+    """Detect, fuse, caption, describe and question a batch of images."""
+
+    def __init__(self, args, device: str, class_map: ClassMap, prompt_book: PromptBook):
+        self.args, self.prompt_book = args, prompt_book
+        self.yolo = YoloDetector(args.yolo_model, device, class_map, args.conf_threshold, args.imgsz,
+                                 args.max_det, args.batch_size)
+        self.detr = RTDetrDetector(args.detr_model, args.detr_processor, device, class_map,
+                                   args.conf_threshold, args.max_det, args.batch_size)
+        self.captioner = Captioner(args.captioner_model, device, args.caption_batch_size,
+                                   args.caption_max_tokens, args.dtype)
+        self.vocabulary = sorted(self.yolo.vocabulary() | self.detr.vocabulary())
+
+    def annotate(self, names: list[str], images: list) -> list[dict]:
+        a = self.args
+        yolo_dets, detr_dets = self.yolo.detect(images), self.detr.detect(images)
+        fused = []
+        for image, y, d in zip(images, yolo_dets, detr_dets):
+            w, h = image.size
+            objs = fuse([y, d], DETECTOR_NAMES, w, h, a.fusion, a.detector_weights, a.iou_threshold)
+            for k, o in enumerate(objs):
+                o["id"] = k
+                o["bbox"] = [round(v, BOX_DECIMALS) for v in o["bbox"]]
+                o["score"] = round(o["score"], SCORE_DECIMALS)
+            fused.append(objs)
+        # Every crop of the batch, plus each whole image, through the captioner in one go.
+        crops, prompts, owners = [], [], []
+        for i, (image, objs) in enumerate(zip(images, fused)):
+            for o in objs:
+                crops.append(context_crop(image, o["bbox"], a.crop_margin))
+                prompts.append(self.prompt_book.for_label(o["label"]))
+                owners.append((i, o["id"]))
+            crops.append(image)
+            prompts.append(self.prompt_book.image)
+            owners.append((i, None))
+        captions = self.captioner.caption(crops, prompts)
+        scene = {i: c for (i, oid), c in zip(owners, captions) if oid is None}
+        object_captions = {(i, oid): (c, p) for (i, oid), c, p in zip(owners, captions, prompts) if oid is not None}
+        records = []
+        for i, (name, image, objs) in enumerate(zip(names, images, fused)):
+            w, h = image.size
+            where = {}
+            for o in objs:
+                caption, prompt = object_captions[(i, o["id"])]
+                surface = surface_phrase(prompt, caption)
+                place = position_phrase(o["bbox"], w, h)
+                where[o["id"]] = f"{surface}, {place}" if surface else place
+                others = nearest(o["id"], [x["bbox"] for x in objs], 2)
+                relations = [(relation_phrase(o["bbox"], objs[j]["bbox"], w, h), objs[j]["label"]) for j in others]
+                o["description"] = compose_description(
+                    o["label"], place, size_word(o["bbox"], w, h), surface, relations, scene[i],
+                    context="" if surface else caption)
+            objects = [{k: o[k] for k in ("id", "label", "bbox", "score", "sources", "description")} for o in objs]
+            qa = generate_qa(objects, w, h, self.vocabulary, image_rng(a.seed, name), where, a.max_region_qa)
+            records.append({"image": name, "width": w, "height": h, "caption": scene[i],
+                            "objects": objects, "qa": qa})
+        return records
+
+
+def _load(images_dir: Path, names: list[str]) -> list[tuple[str, object]]:
+    """(name, RGB image) or (name, ImageLoadError) for each file."""
+    out = []
+    for name in names:
+        try:
+            out.append((name, load_image(images_dir / name)))
+        except ImageLoadError as e:
+            out.append((name, e))
+    return out
+
+
+def run_settings(args, class_map: ClassMap, prompt_book: PromptBook) -> dict:
+    """The settings that decide the annotations (a resumed run must use the same ones)."""
+    return {
+        "yolo_model": args.yolo_model, "detr_model": args.detr_model,
+        "detr_processor": args.detr_processor or args.detr_model, "captioner_model": args.captioner_model,
+        "conf_threshold": args.conf_threshold, "fusion": args.fusion, "iou_threshold": args.iou_threshold,
+        "detector_weights": list(args.detector_weights), "class_map": class_map.to_dict(),
+        "prompts": prompt_book.to_dict(), "max_det": args.max_det, "imgsz": args.imgsz,
+        "crop_margin": args.crop_margin, "caption_max_tokens": args.caption_max_tokens,
+        "max_region_qa": args.max_region_qa, "dtype": args.dtype, "seed": args.seed,
+    }
+
+
+def _barrier_group(world: int):
+    """A gloo process group for the final barrier (CPU-only, works beside any GPU backend)."""
+    import datetime
+
+    import torch.distributed as dist
+    if world <= 1:
+        return None
+    if not dist.is_initialized():
+        # Ranks finish their shards at different times: wait as long as a big run takes.
+        dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))
+    return dist
+
+
+@report_input_errors
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    images_dir = require_path(args.images_dir, "--images_dir", "dir")
+    args.yolo_model = require_model(args.yolo_model, "--yolo_model")
+    args.detr_model = require_model(args.detr_model, "--detr_model")
+    if args.detr_processor:
+        args.detr_processor = require_model(args.detr_processor, "--detr_processor")
+    args.captioner_model = require_model(args.captioner_model, "--captioner_model")
+    class_map = ClassMap.from_file(args.class_map)
+    prompt_book = PromptBook.from_file(args.prompts)
+    names = list_images(images_dir)
+    if not names:
+        raise InputError(f"--images_dir: no images found in {images_dir}")
+    if args.max_images:
+        names = names[:args.max_images]
+
+    rank, world, local_rank = distributed_context()
+    # Round-robin (every shard gets a similar mix): first this machine's shard, then this
+    # process's part of it, so machines with different numbers of processes still agree.
+    machine = names[args.shard_index::args.num_shards]
+    mine = machine[rank::world]
+    device = resolve_device(args.device)
+    if world > 1 and device == "cuda":
+        device = f"cuda:{local_rank}"
+    set_seed(args.seed)
+
+    settings = run_settings(args, class_map, prompt_book)
+    log = ProgressLog(progress_path(args.output_file, args.shard_index, args.num_shards, rank, world), settings,
+                      args.restart)
+    todo = [n for n in mine if n not in log.done]
+    # Models load before anything is written, so a bad model is refused with nothing on disk.
+    annotator = Annotator(args, device, class_map, prompt_book) if todo else None
+    from tqdm import tqdm
+    log.open()
+    try:
+        batches = [todo[i:i + args.batch_size] for i in range(0, len(todo), args.batch_size)]
+        desc = "annotate" + (f" [shard {args.shard_index + 1}/{args.num_shards}]" if args.num_shards > 1 else "") \
+            + (f" [rank {rank}/{world}]" if world > 1 else "")
+        bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="img", desc=desc)
+        # Read the next batch of images from disk while the models work on this one.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(_load, images_dir, batches[0]) if batches else None
+            for b in range(len(batches)):
+                loaded = pending.result()
+                pending = pool.submit(_load, images_dir, batches[b + 1]) if b + 1 < len(batches) else None
+                good = [(n, im) for n, im in loaded if not isinstance(im, ImageLoadError)]
+                records = {r["image"]: r for r in annotator.annotate([n for n, _ in good], [im for _, im in good])} \
+                    if good else {}
+                for name, im in loaded:
+                    if isinstance(im, ImageLoadError):
+                        log.add_skipped(name, str(im))
+                    else:
+                        log.add_image(records[name])
+                    bar.update(1)
+        bar.close()
+    finally:
+        log.close()
+
+    dist = _barrier_group(world)
+    if dist is not None:
+        dist.barrier()  # every shard's progress file is complete
+        dist.destroy_process_group()
+    if rank != 0:
+        return 0
+    meta = {"tool": "vlm_annotation/data_annotation.py", "version": TOOL_VERSION,
+            "images_dir": str(args.images_dir), **settings}
+    if args.num_shards > 1:
+        meta["shard"] = {"index": args.shard_index, "count": args.num_shards}
+    parts = [progress_path(args.output_file, args.shard_index, args.num_shards, r, world) for r in range(world)]
+    counts = write_from_progress(args.output_file, parts, meta, set(machine))
+    for part in parts:
+        part.unlink(missing_ok=True)
+    seconds = time.perf_counter() - start
+    print(f"annotated {counts['images']} images: {counts['objects']} objects, {counts['qa']} Q&A pairs, "
+          f"{counts['skipped']} skipped, {seconds:.1f}s -> {args.output_file}", flush=True)
+    if counts["images"] == 0:
+        print(f"error: none of the {counts['skipped']} images could be read; reasons are under "
+              f"'skipped' in {args.output_file}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
