@@ -1,0 +1,348 @@
+"""LLaVA conversation files -> supervised training examples, and the batch collator.
+
+A record (stage 3's output, see the contract in DESIGN.md)::
+
+    {"id": "scenes/a.jpg#0", "image": "scenes/a.jpg", "width": 640, "height": 480,
+     "conversations": [{"from": "human", "value": "<image>\\nQ1"}, {"from": "gpt", "value": "A1"},
+                       {"from": "human", "value": "Q2"}, {"from": "gpt", "value": "A2"}],
+     "qa_types": ["count", "describe"]}
+
+becomes the text the model is trained on, laid out by the :class:`PromptFormat` derived
+from the processor's chat template::
+
+    <s>USER: <image>\\nQ1 ASSISTANT: A1</s>USER: Q2 ASSISTANT: A2</s>
+
+with ``<image>`` expanded to the model's image tokens. Labels supervise exactly the answer
+tokens (answer prefix included: it is what the model generates after "ASSISTANT:") and
+their EOS; everything else (BOS, image tokens, questions, padding) is -100.
+
+Tokens are found by tokenizing the conversation prefix by prefix, so they are the tokens
+of the whole text (what the model sees) and the prompt of the first turn is tokenized
+exactly as inference tokenizes ``fmt.prompt(question, first=True)``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from vlm_annotation.boxes import pad_to_square
+from vlm_annotation.images import ImageLoadError, load_image
+from vlm_annotation.io_utils import InputError, read_json
+from vlm_annotation.prompts import PromptFormat
+
+IGNORE_INDEX = -100
+IMAGE_PLACEHOLDER = "<image>\n"
+
+
+# --------------------------------------------------------------------------- validation
+def _where(path: Path, index: int, record) -> str:
+    rid = record.get("id") if isinstance(record, dict) else None
+    return f"{path}: record {index}" + (f" (id {rid!r})" if isinstance(rid, str) else "")
+
+
+def validate_llava_records(data, path: str | os.PathLike) -> list[dict]:
+    """Check the LLaVA file's structure; the first problem raises InputError naming record and field."""
+    path = Path(path)
+    if not isinstance(data, list):
+        raise InputError(f"{path}: expected a JSON list of LLaVA records, got {type(data).__name__}")
+    for i, rec in enumerate(data):
+        where = _where(path, i, rec)
+        if not isinstance(rec, dict):
+            raise InputError(f"{where}: expected an object, got {type(rec).__name__}")
+        if not isinstance(rec.get("id"), str) or not rec["id"]:
+            raise InputError(f"{where}: field 'id' must be a non-empty string")
+        if not isinstance(rec.get("image"), str) or not rec["image"].strip():
+            raise InputError(f"{where}: field 'image' must be a non-empty string (path relative to --image_dir)")
+        conv = rec.get("conversations")
+        if not isinstance(conv, list) or len(conv) < 2:
+            raise InputError(f"{where}: field 'conversations' must be a list of at least one human/gpt pair")
+        if len(conv) % 2:
+            raise InputError(f"{where}: field 'conversations' has {len(conv)} turns; "
+                             "expected human/gpt pairs (the last turn must be 'gpt')")
+        for j, turn in enumerate(conv):
+            expected = "human" if j % 2 == 0 else "gpt"
+            if not isinstance(turn, dict):
+                raise InputError(f"{where}: conversations[{j}] must be an object with 'from' and 'value'")
+            if turn.get("from") != expected:
+                raise InputError(f"{where}: conversations[{j}].from must be {expected!r}, got {turn.get('from')!r}")
+            value = turn.get("value")
+            if not isinstance(value, str) or not value.strip():
+                raise InputError(f"{where}: conversations[{j}].value must be a non-empty string")
+            if j == 0 and not value.startswith(IMAGE_PLACEHOLDER):
+                raise InputError(f"{where}: conversations[0].value must start with '<image>\\n'")
+            if "<image>" in (value[len(IMAGE_PLACEHOLDER):] if j == 0 else value):
+                raise InputError(f"{where}: conversations[{j}].value: '<image>' may appear only once, "
+                                 "at the start of the first human turn")
+        qa_types = rec.get("qa_types")
+        if qa_types is not None and not (isinstance(qa_types, list) and len(qa_types) == len(conv) // 2):
+            raise InputError(f"{where}: field 'qa_types' must be a list with one entry per turn pair "
+                             f"({len(conv) // 2})")
+    return data
+
+
+def load_llava_file(path: str | os.PathLike, flag: str) -> list[dict]:
+    """Read and validate a LLaVA JSON file given by ``flag``."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{flag}: file not found: {p}")
+    records = validate_llava_records(read_json(p), p)
+    if not records:
+        raise InputError(f"{flag}: {p} holds no records")
+    return records
+
+
+def resolve_image_path(image_dir: Path, rel: str, where: str) -> Path:
+    """``image_dir / rel``, refused when it escapes ``image_dir`` (absolute path, ``..``, symlink)."""
+    root = image_dir.resolve()
+    candidate = (root / rel).resolve()
+    if Path(rel).is_absolute() or not candidate.is_relative_to(root):
+        raise InputError(f"{where}: image path {rel!r} escapes --image_dir {image_dir}")
+    if not candidate.is_file():
+        raise InputError(f"{where}: image not found: {image_dir / rel}")
+    return candidate
+
+
+# --------------------------------------------------------------------------- tokenization
+def conversation_segments(record: dict, fmt: PromptFormat, eos_token: str) -> list[tuple[str, bool]]:
+    """The conversation as ``(text, supervised)`` pieces: prompt, answer+EOS, prompt, answer+EOS, ..."""
+    conv = record["conversations"]
+    segments = []
+    for k in range(0, len(conv), 2):
+        question = conv[k]["value"]
+        if k == 0:
+            question = question[len(IMAGE_PLACEHOLDER):]
+        segments.append((fmt.prompt(question, first=(k == 0)), False))
+        segments.append((fmt.answer_prefix + conv[k + 1]["value"] + eos_token, True))
+    return segments
+
+
+def _adds_bos(tokenizer) -> bool:
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("a").input_ids[:1] == [bos]
+
+
+def tokenize_segments(tokenizer, segments: list[tuple[str, bool]]) -> list[list[int]]:
+    """Token ids of each segment, such that their concatenation is the tokenization of the whole text.
+
+    Each segment's ids are what the prefix ending with it adds to the prefix before it.
+    When a token straddles a boundary (the tokenizer merged across it), it goes to the
+    later segment, so an answer's first token is always supervised.
+    """
+    pieces: list[list[int]] = []
+    text, prev = "", []
+    for seg_text, _ in segments:
+        text += seg_text
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        common = 0
+        limit = min(len(prev), len(ids))
+        while common < limit and prev[common] == ids[common]:
+            common += 1
+        # The new text may re-tokenize the end of earlier segments: those tokens move here.
+        drop, j = len(prev) - common, len(pieces) - 1
+        while drop:
+            take = min(drop, len(pieces[j]))
+            pieces[j] = pieces[j][:len(pieces[j]) - take]
+            drop, j = drop - take, j - 1
+        pieces.append(ids[common:])
+        prev = ids
+    return pieces
+
+
+@dataclass
+class Example:
+    record_index: int
+    record_id: str
+    image_path: Path
+    input_ids: list[int]        # with ONE image token; expanded in __getitem__
+    labels: list[int]
+    length: int                 # after image-token expansion
+
+
+@dataclass
+class DatasetStats:
+    records: int = 0
+    examples: int = 0
+    shortened: int = 0          # records that lost their last turns to --max_length
+    turns_dropped: int = 0
+    dropped: int = 0            # records whose first turn alone does not fit
+    supervised_tokens: int = 0
+    dropped_ids: list = field(default_factory=list)
+
+    def summary(self, name: str) -> str:
+        return (f"{name}: {self.examples} examples from {self.records} records, "
+                f"{self.shortened} shortened ({self.turns_dropped} turns dropped), "
+                f"{self.dropped} dropped as too long")
+
+
+class TokenLayout:
+    """What the processor does to a prompt, measured once: BOS, image token id and count."""
+
+    def __init__(self, processor, fmt: PromptFormat):
+        tok = processor.tokenizer
+        self.tokenizer = tok
+        self.fmt = fmt
+        self.image_token_id = tok.convert_tokens_to_ids(fmt.image_token)
+        self.bos = [tok.bos_token_id] if _adds_bos(tok) else []
+        if tok.eos_token is None:
+            raise InputError("the base model's tokenizer has no EOS token")
+        self.eos_token, self.eos_token_id = tok.eos_token, tok.eos_token_id
+        self.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        self.image_processor = processor.image_processor
+        self.fill = tuple(float(v) for v in getattr(self.image_processor, "image_mean", (0.0, 0.0, 0.0)))
+        # Run the real processor on one prompt: it tells how many tokens an image takes,
+        # and proves that our tokenization of a prompt equals the one inference will get.
+        prompt = fmt.prompt("How many objects are there?", first=True)
+        probe = processor(text=[prompt], images=[Image.new("RGB", (40, 30))], return_tensors="pt")
+        ref = probe["input_ids"][0].tolist()
+        self.num_image_tokens = ref.count(self.image_token_id)
+        ours = self.expand(self.bos + tokenize_segments(tok, [(prompt, False)])[0])
+        if self.num_image_tokens == 0 or ours != ref:
+            raise RuntimeError("tokenizing a prompt piecewise does not reproduce the processor's input_ids "
+                               f"(ours {ours[:40]}..., processor {ref[:40]}...)")
+
+    def expand(self, ids: list[int]) -> list[int]:
+        """Replace the single image token by the model's ``num_image_tokens`` copies."""
+        i = ids.index(self.image_token_id)
+        return ids[:i] + [self.image_token_id] * self.num_image_tokens + ids[i + 1:]
+
+    def pixel_values(self, image: Image.Image) -> torch.Tensor:
+        square = pad_to_square(image, self.fill)
+        return self.image_processor(images=square, return_tensors="pt")["pixel_values"][0]
+
+
+def build_examples(records: list[dict], path: str | os.PathLike, image_dir: str | os.PathLike,
+                   layout: TokenLayout, max_length: int) -> tuple[list[Example], DatasetStats]:
+    """Tokenize every record, keep whole turn pairs that fit in ``max_length``, resolve images."""
+    path, image_dir = Path(path), Path(image_dir)
+    stats = DatasetStats(records=len(records))
+    examples = []
+    progress = tqdm(records, desc=f"tokenizing {path.name}", unit="record", disable=len(records) < 2000)
+    for i, rec in enumerate(progress):
+        where = _where(path, i, rec)
+        image_path = resolve_image_path(image_dir, rec["image"], where)
+        segments = conversation_segments(rec, layout.fmt, layout.eos_token)
+        pieces = tokenize_segments(layout.tokenizer, segments)
+        if pieces[0].count(layout.image_token_id) != 1:
+            raise InputError(f"{where}: the first prompt does not tokenize to exactly one image token")
+        extra = layout.num_image_tokens - 1
+        input_ids, labels = list(layout.bos), [IGNORE_INDEX] * len(layout.bos)
+        pairs_kept = 0
+        for k in range(0, len(pieces), 2):
+            prompt_ids, answer_ids = pieces[k], pieces[k + 1]
+            if not answer_ids or answer_ids[-1] != layout.eos_token_id:
+                raise RuntimeError(f"{where}: answer {k // 2} does not end with the EOS token "
+                                   "(the tokenizer does not parse its own EOS string)")
+            if len(input_ids) + extra + len(prompt_ids) + len(answer_ids) > max_length:
+                break  # whole turns only: never cut an answer or the image tokens
+            input_ids += prompt_ids + answer_ids
+            labels += [IGNORE_INDEX] * len(prompt_ids) + answer_ids
+            pairs_kept += 1
+        pairs = len(pieces) // 2
+        if pairs_kept == 0:
+            stats.dropped += 1
+            stats.dropped_ids.append(rec["id"])
+            continue
+        if pairs_kept < pairs:
+            stats.shortened += 1
+            stats.turns_dropped += pairs - pairs_kept
+        stats.supervised_tokens += sum(1 for t in labels if t != IGNORE_INDEX)
+        examples.append(Example(i, rec["id"], image_path, input_ids, labels, len(input_ids) + extra))
+    stats.examples = len(examples)
+    return examples, stats
+
+
+class LlavaDataset(torch.utils.data.Dataset):
+    """Tokenized examples; images are read, padded to a square and processed on access."""
+
+    def __init__(self, examples: list[Example], layout: TokenLayout, source: str | os.PathLike = ""):
+        self.examples = examples
+        self.layout = layout
+        self.source = str(source)
+        # Precomputed for the length-grouped sampler (no image is read to know a length).
+        self.lengths = [ex.length for ex in examples]
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, idx: int) -> dict:
+        ex = self.examples[idx]
+        try:
+            image = load_image(ex.image_path)
+        except ImageLoadError as e:
+            raise InputError(f"{self.source}: record {ex.record_index} (id {ex.record_id!r}): "
+                             f"image {ex.image_path}: {e}") from None
+        n = self.layout.num_image_tokens - 1
+        i = ex.input_ids.index(self.layout.image_token_id)
+        return {
+            "input_ids": torch.tensor(self.layout.expand(ex.input_ids), dtype=torch.long),
+            "labels": torch.tensor(ex.labels[:i] + [IGNORE_INDEX] * n + ex.labels[i:], dtype=torch.long),
+            "pixel_values": self.layout.pixel_values(image),
+        }
+
+
+def load_llava_dataset(path: str | os.PathLike, image_dir: str | os.PathLike, layout: TokenLayout,
+                       max_length: int, flag: str = "--train_data") -> tuple[LlavaDataset, DatasetStats]:
+    """Read, validate and tokenize a LLaVA file into a dataset; InputError if nothing fits."""
+    records = load_llava_file(path, flag)
+    examples, stats = build_examples(records, path, image_dir, layout, max_length)
+    if not examples:
+        raise InputError(f"{flag}: no record of {path} fits in --max_length {max_length} "
+                         f"(an image alone takes {layout.num_image_tokens} tokens)")
+    return LlavaDataset(examples, layout, path), stats
+
+
+class SeededLengthGroupedSampler(torch.utils.data.Sampler):
+    """Length-grouped order (transformers' LengthGroupedSampler) drawn from ``seed + epoch``.
+
+    The order depends only on the seed and the epoch, never on the global RNG: every
+    process of a multi-GPU run draws the same order, and a run resumed mid-epoch sees
+    exactly the batches the interrupted run would have seen.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int):
+        self.lengths, self.batch_size, self.seed, self.epoch = list(lengths), batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+
+@dataclass
+class LlavaCollator:
+    """Pad a batch dynamically to its longest example (right side for training).
+
+    Padding positions get ``attention_mask`` 0 and label -100.
+    """
+    pad_token_id: int
+    padding_side: str = "right"
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, features: list[dict]) -> dict:
+        longest = max(len(f["input_ids"]) for f in features)
+        if self.pad_to_multiple_of:
+            m = self.pad_to_multiple_of
+            longest = (longest + m - 1) // m * m
+        n = len(features)
+        input_ids = torch.full((n, longest), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((n, longest), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((n, longest), dtype=torch.long)
+        for row, f in enumerate(features):
+            k = len(f["input_ids"])
+            span = slice(0, k) if self.padding_side == "right" else slice(longest - k, longest)
+            input_ids[row, span] = f["input_ids"]
+            labels[row, span] = f["labels"]
+            attention_mask[row, span] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
+                "pixel_values": torch.stack([f["pixel_values"] for f in features])}
