@@ -268,6 +268,11 @@ def build_llava(out: Path, seed: int) -> Path:
                          image_token_index=image_token_id, image_seq_length=(image_size // patch) ** 2,
                          vision_feature_select_strategy="default", vision_feature_layer=-2)
     model = LlavaForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        # At the default init (std 0.02) every logit is near 0: the output layer (which LoRA
+        # does not adapt) could never make one answer token clearly win. A trained LM has
+        # spread logits; give the tiny one that too.
+        model.lm_head.weight.normal_(0.0, 0.3)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
