@@ -247,7 +247,7 @@ def build_tokenizer(vocab_size: int = 700):
                                                        special_tokens=[("<s>", bos)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
                                    pad_token="<pad>", extra_special_tokens={"image_token": "<image>"},
-                                   padding_side="left", model_max_length=512)
+                                   padding_side="left", model_max_length=2048)
 
 
 def build_llava(out: Path, seed: int) -> Path:
@@ -260,7 +260,7 @@ def build_llava(out: Path, seed: int) -> Path:
     vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, projection_dim=32, num_hidden_layers=2,
                               num_attention_heads=2, image_size=image_size, patch_size=patch)
     text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
