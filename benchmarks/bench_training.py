@@ -52,7 +52,7 @@ def varied_dataset(directory: Path, n: int, seed: int) -> tuple[Path, Path]:
                  prompts.count_answer(rng.randint(0, 5), label), "count"),
                 (prompts.REGION_DESCRIPTION.format(box=box),
                  f"{prompts.article(label).capitalize()} {label} on the grass near the {rng.choice(CLASSES)}.",
-                 "describe"),
+                 "region_description"),
                 (prompts.EXISTS.format(label=label), rng.choice(["Yes", "No"]), "exists"),
                 (prompts.GROUNDING.format(text=f"the {label}"), box, "grounding"),
             ])

@@ -169,6 +169,8 @@ def test_bad_input_is_one_line_and_exit_2(tiny_models, images_dir, tmp_path, cap
     no_processor = args_for(tiny_models, images_dir, out)
     del no_processor[no_processor.index("--detr_processor"):no_processor.index("--detr_processor") + 2]
     cases.append((no_processor, "give --detr_processor"))
+    (tmp_path / "a_dir").mkdir()
+    cases.append((args_for(tiny_models, images_dir, tmp_path / "a_dir"), "--output_file"))
     for argv, needle in cases:
         full = argv if "--images_dir" in argv else args_for(tiny_models, images_dir, out) + argv
         assert data_annotation.main(full) == 2

@@ -143,10 +143,13 @@ def _bad(tiny_models, tmp_path, records=None, images=None, extra=(), raw=None):
 
 
 @pytest.mark.parametrize("case, message", [
-    ("missing_image", "[0].image: file not found"),
-    ("empty_question", "[0].conversations[0].value: empty question"),
+    ("missing_image", "record 0 (id 'x#0'): image not found"),
+    ("empty_question", "record 0 (id 'a.jpg#0'): conversations[0].value: empty question"),
+    ("no_reference", "record 0 (id 'a.jpg#0'): field 'conversations' has 3 turns"),
+    ("escape", "image path '../a.jpg' escapes --image_dir"),
+    ("bad_type", "record 0 (id 'a.jpg#0'): qa_types[0]: 'colour' is not one of"),
     ("not_a_list", "expected a JSON list"),
-    ("bad_turn", "[0].conversations[1]: expected"),
+    ("bad_turn", "conversations[1].from must be 'gpt'"),
     ("duplicate_id", "[1].id: duplicate of [0].id"),
     ("chunk_idx", "--chunk_idx must be in 0..1"),
     ("batch_size", "--batch_size must be >= 1"),
@@ -162,6 +165,14 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tiny_models, dataset
         kwargs["records"] = [_record("a.jpg#0", "a.jpg", [("  ", "Two.")])]
     elif case == "not_a_list":
         kwargs["records"] = {"records": [good]}
+    elif case == "no_reference":
+        bad = json.loads(json.dumps(good))
+        bad["conversations"].append({"from": "human", "value": "And now?"})
+        kwargs["records"] = [bad]
+    elif case == "escape":
+        kwargs["records"] = [_record("x#0", "../a.jpg", [("How many?", "Two.")])]
+    elif case == "bad_type":
+        kwargs["records"] = [dict(good, qa_types=["colour"])]
     elif case == "bad_turn":
         bad = json.loads(json.dumps(good))
         bad["conversations"][1]["from"] = "human"

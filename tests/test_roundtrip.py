@@ -15,28 +15,23 @@ from vlm_inference import predict
 from vlm_inference import vlm_inference as vi
 from vlm_inference.vlm_inference import VLMInference
 from vlm_training import train_vlm
-from vlm_training.toy_data import toy_records, write_toy_images
+from vlm_training.toy_data import shape_box, toy_records, write_toy_images
 
-# The toy "describe" question on scenes/green.png (32x48) names the box [0.10, 0.20, 0.50, 0.60],
-# whose left edge lies in the padding (0.10 * 48 - 8 < 0): no box inside the image prints as
-# that text. Here the record asks about a pixel box that describe_object can ask about too.
-GREEN_BOX = [8, 12, 24, 36]
+# The toy region question on scenes/green.png (32x48) asks about the drawn rectangle.
+GREEN_BOX = shape_box(32, 48)
 BLUE_BOX = [10, 10, 30, 30]
 BLUE_ANSWER = "a yellow glass on the table"
 
 
 def roundtrip_records() -> list[dict]:
     records = toy_records()
-    green = next(r for r in records if r["image"] == "scenes/green.png")
-    green["conversations"][0]["value"] = "<image>\n" + prompts.REGION_DESCRIPTION.format(
-        box=boxes.box_to_text(GREEN_BOX, 32, 48))
     records.append({
         "id": "scenes/blue.jpg#1", "image": "scenes/blue.jpg", "width": 40, "height": 40,
         "conversations": [
             {"from": "human", "value": "<image>\n" + prompts.REGION_DESCRIPTION_LABELED.format(
                 label="glass", box=boxes.box_to_text(BLUE_BOX, 40, 40))},
             {"from": "gpt", "value": BLUE_ANSWER}],
-        "qa_types": ["describe"]})
+        "qa_types": ["region_description"]})
     return records
 
 

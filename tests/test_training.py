@@ -155,6 +155,20 @@ def test_full_fine_tune_freezes_the_vision_tower(toy, tiny_models, tmp_path):
     assert json.loads((out / "metrics.json").read_text())["global_step"] == 2
 
 
+def test_a_second_run_of_the_other_mode_leaves_no_stale_model(toy, tiny_models, tmp_path):
+    from vlm_inference.vlm_inference import VLMInference
+    out = tmp_path / "same_dir"
+    quick = ["--batch_size", "4", "--max_steps", "1", "--save_steps", "0"]
+    assert main(base_args(toy, tiny_models, out) + quick + ["--use_lora", "--lora_r", "4", "--merge_lora"]) == 0
+    assert (out / "adapter_config.json").is_file() and (out / "merged" / "config.json").is_file()
+    assert main(base_args(toy, tiny_models, out) + quick) == 0          # now a full fine-tune
+    assert not (out / "adapter_config.json").exists() and not (out / "merged").exists()
+    assert VLMInference(str(out), device="cpu").kind == "model"
+    assert main(base_args(toy, tiny_models, out) + quick + ["--use_lora", "--lora_r", "4"]) == 0
+    assert not (out / "config.json").exists() and not (out / "model.safetensors").exists()
+    assert VLMInference(str(out), device="cpu").kind == "adapter"
+
+
 def _write(path, records):
     path.write_text(json.dumps(records))
     return path

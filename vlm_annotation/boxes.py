@@ -114,7 +114,8 @@ def pad_to_square(image: Image.Image, fill: Iterable[float] | tuple[int, int, in
     """
     fill = tuple(fill)
     if all(isinstance(v, float) and v <= 1.0 for v in fill):
-        fill = tuple(int(round(v * 255)) for v in fill)
+        # int(), not round(): the colour LLaVA's own expand2square pads with.
+        fill = tuple(int(v * 255) for v in fill)
     width, height = image.size
     if width == height:
         return image

@@ -42,6 +42,19 @@ def require_path(path: str | os.PathLike | None, flag: str, kind: str = "any") -
     return p
 
 
+def require_output_file(path: str | os.PathLike, flag: str) -> Path:
+    """An output file path that can be written: checked up front, not after hours of work."""
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{flag}: {p} is a directory, expected a file path")
+    parent = next((a for a in (p.parent, *p.parent.parents) if a.exists()), Path("."))
+    if not parent.is_dir():
+        raise InputError(f"{flag}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{flag}: cannot write into {parent}")
+    return p
+
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 

@@ -37,7 +37,8 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vlm_annotation.cli import report_input_errors, require_model, require_path, resolve_device, set_seed  # noqa: E402
+from vlm_annotation.cli import (report_input_errors, require_model, require_output_file, require_path,  # noqa: E402
+                                resolve_device, set_seed)
 from vlm_annotation.describer import (Captioner, PromptBook, compose_description, context_crop,  # noqa: E402
                                       surface_phrase)
 from vlm_annotation.detectors import DETECTOR_NAMES, ClassMap, RTDetrDetector, YoloDetector  # noqa: E402
@@ -239,6 +240,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
     images_dir = require_path(args.images_dir, "--images_dir", "dir")
+    require_output_file(args.output_file, "--output_file")
     args.yolo_model = require_model(args.yolo_model, "--yolo_model")
     args.detr_model = require_model(args.detr_model, "--detr_model")
     if args.detr_processor:

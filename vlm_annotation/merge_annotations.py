@@ -17,7 +17,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vlm_annotation.cli import report_input_errors, require_path  # noqa: E402
+from vlm_annotation.cli import report_input_errors, require_output_file, require_path  # noqa: E402
 from vlm_annotation.io_utils import InputError  # noqa: E402
 from vlm_annotation.progress import write_annotations_stream  # noqa: E402
 from vlm_annotation.schema import load_annotations  # noqa: E402
@@ -79,6 +79,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
     paths = [require_path(p, "--input_files", "file") for p in args.input_files]
+    require_output_file(args.output_file, "--output_file")
     images, skipped, meta = merge(paths)
     counts = write_annotations_stream(args.output_file, images, skipped, meta)
     print(f"merged {len(paths)} files: {counts['images']} images, {counts['objects']} objects, "

@@ -18,12 +18,10 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
-import os
-import tempfile
 
 from vlm_annotation.boxes import parse_box
 from vlm_annotation.cli import report_input_errors
-from vlm_annotation.io_utils import InputError, iter_jsonl, write_json_atomic
+from vlm_annotation.io_utils import InputError, iter_jsonl, write_json_atomic, write_text_atomic
 from vlm_inference.metrics import GROUNDING_TYPES, UNTYPED, difference, is_count_key, score_predictions
 
 # Which count a pooled overall metric is taken over.
@@ -124,20 +122,6 @@ def render_table(result: dict, baseline: dict | None = None) -> str:
     return "\n".join(lines)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _check_outputs(args) -> tuple[Path, Path]:
     out, report = Path(args.output_file), Path(args.report)
     inputs = {Path(args.predictions).resolve(): "--predictions"}
@@ -192,7 +176,7 @@ def main(argv=None) -> int:
     report = "\n\n".join(["# Evaluation report", title, table, *(f"Note: {n}" for n in notes),
                           f"Metrics: {_LEGEND}"]) + "\n"
     write_json_atomic(out, result)
-    _write_text_atomic(report_path, report)
+    write_text_atomic(report_path, report)
 
     print(table)
     for note in notes:

@@ -28,6 +28,7 @@ if __package__ in (None, ""):
 from vlm_annotation.cli import report_input_errors, require_model, require_path
 from vlm_annotation.io_utils import InputError, JsonlAppender, iter_jsonl, read_json
 from vlm_inference.vlm_inference import DEFAULT_MAX_NEW_TOKENS, VLMInference
+from vlm_training.llava_data import resolve_image_path, validate_llava_records
 
 IMAGE_TOKEN = "<image>"  # as the LLaVA file format writes it
 
@@ -72,43 +73,19 @@ def get_chunk(records: list, num_chunks: int, chunk_idx: int) -> list:
     return records[chunk_idx * n // num_chunks:(chunk_idx + 1) * n // num_chunks]
 
 
-def record_questions(record: object, index: int, data_path: Path) -> list[dict]:
-    """The questions of one LLaVA record: one dict per human turn (errors name the field)."""
-    where = f"{data_path}: [{index}]"
-    if not isinstance(record, dict):
-        raise InputError(f"{where}: expected an object, got {type(record).__name__}")
-    for key in ("id", "image"):
-        if not isinstance(record.get(key), str) or not record[key]:
-            raise InputError(f"{where}.{key}: missing or not a non-empty string")
-    turns = record.get("conversations")
-    if not isinstance(turns, list) or not turns:
-        raise InputError(f"{where}.conversations: missing or empty")
-    qa_types = record.get("qa_types")
-    if qa_types is not None and not isinstance(qa_types, list):
-        raise InputError(f"{where}.qa_types: expected a list")
-    questions = []
-    for j, turn in enumerate(turns):
-        expected = "human" if j % 2 == 0 else "gpt"
-        if not isinstance(turn, dict) or turn.get("from") != expected or not isinstance(turn.get("value"), str):
-            raise InputError(f"{where}.conversations[{j}]: expected {{\"from\": \"{expected}\", \"value\": text}}")
-        if expected == "gpt":
-            continue
-        k = j // 2
-        question = turn["value"].replace(IMAGE_TOKEN, "").strip()
-        if not question:
-            raise InputError(f"{where}.conversations[{j}].value: empty question")
-        reference = turns[j + 1]["value"] if j + 1 < len(turns) and isinstance(turns[j + 1], dict) else None
-        questions.append({"id": record["id"], "image": record["image"], "turn": k, "question": question,
-                          "reference": reference,
-                          "type": qa_types[k] if qa_types is not None and k < len(qa_types) else None})
-    return questions
+def record_questions(record: dict) -> list[dict]:
+    """The questions of one (validated) LLaVA record: one dict per human turn."""
+    turns, qa_types = record["conversations"], record.get("qa_types")
+    return [{"id": record["id"], "image": record["image"], "turn": j // 2,
+             "question": turns[j]["value"].replace(IMAGE_TOKEN, "").strip(), "reference": turns[j + 1]["value"],
+             "type": qa_types[j // 2] if qa_types is not None else None}
+            for j in range(0, len(turns), 2)]
 
 
 def load_questions(data_path: Path, image_dir: Path, num_chunks: int, chunk_idx: int) -> tuple[int, list[dict]]:
     """This shard's records flattened to questions; (number of records, questions)."""
-    records = read_json(data_path)
-    if not isinstance(records, list):
-        raise InputError(f"{data_path}: expected a JSON list of LLaVA records, got {type(records).__name__}")
+    # The same validator as training: every human turn has its reference answer, types are known.
+    records = validate_llava_records(read_json(data_path), data_path)
     seen: dict[str, int] = {}
     for i, record in enumerate(records):
         rid = record.get("id") if isinstance(record, dict) else None
@@ -119,10 +96,8 @@ def load_questions(data_path: Path, image_dir: Path, num_chunks: int, chunk_idx:
     indexed = get_chunk(list(enumerate(records)), num_chunks, chunk_idx)
     questions = []
     for i, record in indexed:
-        questions.extend(record_questions(record, i, data_path))
-        path = image_dir / record["image"]
-        if not path.is_file():
-            raise InputError(f"{data_path}: [{i}].image: file not found: {path}")
+        resolve_image_path(image_dir, record["image"], f"{data_path}: record {i} (id {record['id']!r})")
+        questions.extend(record_questions(record))
     return len(indexed), questions
 
 

@@ -5,7 +5,7 @@ A record (stage 3's output, see the contract in DESIGN.md)::
     {"id": "scenes/a.jpg#0", "image": "scenes/a.jpg", "width": 640, "height": 480,
      "conversations": [{"from": "human", "value": "<image>\\nQ1"}, {"from": "gpt", "value": "A1"},
                        {"from": "human", "value": "Q2"}, {"from": "gpt", "value": "A2"}],
-     "qa_types": ["count", "describe"]}
+     "qa_types": ["count", "region_description"]}
 
 becomes the text the model is trained on, laid out by the :class:`PromptFormat` derived
 from the processor's chat template::
@@ -34,6 +34,7 @@ from vlm_annotation.boxes import pad_to_square
 from vlm_annotation.images import ImageLoadError, load_image
 from vlm_annotation.io_utils import InputError, read_json
 from vlm_annotation.prompts import PromptFormat
+from vlm_annotation.schema import QA_TYPES
 
 IGNORE_INDEX = -100
 IMAGE_PLACEHOLDER = "<image>\n"
@@ -75,6 +76,8 @@ def validate_llava_records(data, path: str | os.PathLike) -> list[dict]:
                 raise InputError(f"{where}: conversations[{j}].value must be a non-empty string")
             if j == 0 and not value.startswith(IMAGE_PLACEHOLDER):
                 raise InputError(f"{where}: conversations[0].value must start with '<image>\\n'")
+            if j == 0 and not value[len(IMAGE_PLACEHOLDER):].strip():
+                raise InputError(f"{where}: conversations[0].value: empty question after '<image>\\n'")
             if "<image>" in (value[len(IMAGE_PLACEHOLDER):] if j == 0 else value):
                 raise InputError(f"{where}: conversations[{j}].value: '<image>' may appear only once, "
                                  "at the start of the first human turn")
@@ -82,6 +85,9 @@ def validate_llava_records(data, path: str | os.PathLike) -> list[dict]:
         if qa_types is not None and not (isinstance(qa_types, list) and len(qa_types) == len(conv) // 2):
             raise InputError(f"{where}: field 'qa_types' must be a list with one entry per turn pair "
                              f"({len(conv) // 2})")
+        for j, qtype in enumerate(qa_types or []):
+            if qtype is not None and qtype not in QA_TYPES:
+                raise InputError(f"{where}: qa_types[{j}]: {qtype!r} is not one of {', '.join(QA_TYPES)}")
     return data
 
 

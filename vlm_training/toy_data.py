@@ -23,7 +23,6 @@ from vlm_annotation.boxes import box_to_text
 from vlm_annotation.io_utils import write_json_atomic
 
 
-
 def shape_box(w: int, h: int) -> list[int]:
     """Pixel box of the rectangle drawn on every toy image (its middle half)."""
     return [w // 4, h // 4, 3 * w // 4, 3 * h // 4]
@@ -38,7 +37,7 @@ _TOY = [
      prompts.COUNT_CLASS.format(plural=prompts.plural("can")), prompts.count_answer(2, "can"), "count"),
     ("scenes/green.png", (32, 48), (30, 160, 40), (20, 20, 200),
      prompts.REGION_DESCRIPTION.format(box=box_to_text(shape_box(32, 48), 32, 48)), "a blue bottle on the grass",
-     "describe"),
+     "region_description"),
     ("scenes/blue.jpg", (40, 40), (30, 60, 210), (240, 220, 40),
      prompts.EXISTS.format(label="glass"), "Yes, there is a glass.", "exists"),
     ("scenes/sub/white.png", (64, 24), (235, 235, 235), (10, 10, 10),

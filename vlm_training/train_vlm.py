@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -43,6 +44,7 @@ DEFAULT_BASE_MODEL = "llava-hf/llava-1.5-7b-hf"
 LORA_TARGET_REGEX = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 PROJECTOR = "multi_modal_projector"
 VISION_TOWER = "vision_tower"
+MERGED_DIR = "merged"  # --merge_lora writes the merged model here, inside --output_dir
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -246,9 +248,36 @@ def prepare_trainable(model, args: argparse.Namespace):
 
 
 def count_parameters(model) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    # Under DeepSpeed ZeRO-3 the weights are partitioned and numel() is 0: ds_numel is the real size.
+    def size(p):
+        return getattr(p, "ds_numel", 0) or p.numel()
+    trainable = sum(size(p) for p in model.parameters() if p.requires_grad)
+    total = sum(size(p) for p in model.parameters())
     return trainable, total
+
+
+# Weights of the other mode that an earlier run may have left in --output_dir: inference
+# looks for an adapter first, so a stale one would shadow a new full model (and vice versa).
+_FULL_MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
+                     "pytorch_model.bin", "pytorch_model.bin.index.json")
+_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+
+
+def remove_stale_model_files(out: Path, use_lora: bool, merge_lora: bool) -> list[str]:
+    """Delete what an earlier run of the other mode (or an old merged model) left in ``out``."""
+    removed = []
+    names = _FULL_MODEL_FILES if use_lora else _ADAPTER_FILES
+    candidates = [out / n for n in names]
+    if use_lora:
+        candidates += sorted(out.glob("model-*-of-*.safetensors"))
+    for path in candidates:
+        if path.is_file():
+            path.unlink()
+            removed.append(path.name)
+    if not merge_lora and (out / MERGED_DIR).is_dir():
+        shutil.rmtree(out / MERGED_DIR)
+        removed.append(MERGED_DIR + "/")
+    return removed
 
 
 # --------------------------------------------------------------------------- trainer
@@ -349,7 +378,7 @@ def save_merged(args: argparse.Namespace, precision: str, processor, fmt: Prompt
     merge_precision = "fp32" if precision == "fp32" else precision
     base = load_base_model(args.base_model, merge_precision, quantize=False)
     merged = PeftModel.from_pretrained(base, args.output_dir).merge_and_unload()
-    out = Path(args.output_dir) / "merged"
+    out = Path(args.output_dir) / MERGED_DIR
     merged.save_pretrained(out)
     processor.save_pretrained(out)
     fmt.save(out)
@@ -447,12 +476,16 @@ def train(args: argparse.Namespace) -> dict:
         mode = f"LoRA r={args.lora_r}" if args.use_lora else "full fine-tune"
         quant = " 4-bit" if args.load_in_4bit else " 8-bit" if args.load_in_8bit else ""
         print(f"training {mode}{quant} on {device} in {precision}: {trainable:,} of {total:,} parameters "
-              f"trainable ({100 * trainable / total:.2f}%)", flush=True)
+              f"trainable ({100 * trainable / max(total, 1):.2f}%)", flush=True)
 
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
     wall = time.perf_counter() - start
     final_eval = trainer.evaluate() if has_eval else {}
+    if main_process:
+        removed = remove_stale_model_files(Path(args.output_dir), args.use_lora, args.merge_lora)
+        if removed:
+            print(f"removed an earlier run's {', '.join(removed)} from {args.output_dir}", flush=True)
     trainer.save_model(args.output_dir)
 
     metrics = collect_metrics(trainer.state.log_history)
