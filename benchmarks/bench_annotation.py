@@ -13,13 +13,18 @@ annotations (checked); only how work is grouped differs:
 * pipeline: ``--batch_size`` images through each detector at once, then every crop of
   those images through the captioner together, grouped by prompt.
 
-Prints images/s for each, peak RSS, and last ``ratio: N.NN`` (pipeline / naive).
+Then the real command (``data_annotation.main``, which streams images) runs in fresh
+processes over N and 4N images, to show that peak memory does not grow with the number of
+images. Prints images/s for each way, the peak RSS of both streaming runs, and last
+``ratio: N.NN`` (pipeline / naive).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import resource
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +53,34 @@ class OneCallPerCrop:
         return [self.inner.caption([image], [prompt])[0] for image, prompt in zip(images, prompts)]
 
 
+# VmHWM, not getrusage: ru_maxrss is inherited through fork, so a child would report this
+# (larger) process's peak.
+_PEAK_RSS_CODE = (
+    "import re, sys\n"
+    "from vlm_annotation import data_annotation\n"
+    "rc = data_annotation.main(sys.argv[1:])\n"
+    "hwm = re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read())\n"
+    "print('PEAK_RSS_MIB', int(hwm.group(1)) / 1024)\n"
+    "sys.exit(rc)\n")
+
+
+def streaming_peak_rss(flags: list[str], sources: list[Path], n: int, work: Path) -> float:
+    """Peak RSS (MiB) of a fresh process running the annotation command over ``n`` images."""
+    folder = work / f"stream_{n}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        src = sources[i % len(sources)]
+        shutil.copyfile(src, folder / f"{i:05d}{src.suffix}")
+    argv = flags + ["--images_dir", str(folder), "--output_file", str(work / f"stream_{n}.json")]
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    done = subprocess.run([sys.executable, "-c", _PEAK_RSS_CODE, *argv], capture_output=True, text=True, env=env)
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("PEAK_RSS_MIB")), None)
+    if done.returncode != 0 or line is None:
+        raise RuntimeError(f"streaming run over {n} images failed:\n{done.stderr[-2000:]}")
+    return float(line.split()[1])
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--num_images", type=int, default=24, help="images to annotate each way (default 24)")
@@ -60,6 +93,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--detr_processor", default=None, help="its processor (default: with the model)")
     p.add_argument("--captioner_model", default=None, help="real BLIP / BLIP-2 (default: tiny offline model)")
     p.add_argument("--images_dir", default=None, help="images to use (default: the sample images, repeated)")
+    p.add_argument("--memory_images", type=int, default=8,
+                   help="N for the memory check: streaming runs over N and 4N images (default 8; 0 skips it)")
     return p.parse_args(argv)
 
 
@@ -119,7 +154,14 @@ def main(argv=None) -> int:
     print(f"naive (seed):  {naive_s:7.2f} s  {n / naive_s:7.2f} images/s")
     print(f"pipeline:      {batched_s:7.2f} s  {n / batched_s:7.2f} images/s")
     print(f"same annotations both ways: {same}")
-    print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    if args.memory_images > 0:
+        stream_flags = [f for f in flags if f not in ("--images_dir", str(images_dir), "--output_file",
+                                                      str(work / "unused.json"))]
+        small = streaming_peak_rss(stream_flags, paths, args.memory_images, work)
+        large = streaming_peak_rss(stream_flags, paths, 4 * args.memory_images, work)
+        print(f"streaming command, peak RSS: {small:.0f} MiB for {args.memory_images} images, "
+              f"{large:.0f} MiB for {4 * args.memory_images} images ({large - small:+.0f} MiB)")
     print(f"ratio: {naive_s / batched_s:.2f}")
     return 0
 

@@ -61,8 +61,16 @@ def test_prompt_format_save_load(tmp_path):
         prompts.PromptFormat.from_dict({"first_turn": "no placeholder <image>"})
 
 
-def test_require_model_and_error_reporting(tmp_path, capsys):
+def test_require_model_and_error_reporting(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(InputError, match="--base_model: models/llava is not a local path, and the hub is offline"):
+        require_model("models/llava", "--base_model")      # the tests run offline (conftest)
+    (tmp_path / "cache" / "models--llava-hf--llava-1.5-7b-hf").mkdir(parents=True)
     assert require_model("llava-hf/llava-1.5-7b-hf", "--base_model") == "llava-hf/llava-1.5-7b-hf"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "0")
+    assert require_model("org/not-cached", "--base_model") == "org/not-cached"
     assert require_model(str(tmp_path), "--x") == str(tmp_path)
     with pytest.raises(InputError, match="--yolo_model: model not found"):
         require_model("models/yolo/yolov8x/best.pt", "--yolo_model")

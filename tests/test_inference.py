@@ -160,7 +160,7 @@ def test_region_question_uses_the_shared_box_text(vlm):
 def test_model_sees_the_image_padded_to_a_square(vlm):
     padded = vlm.model_image(Image.new("RGB", (40, 20), (255, 0, 0)))
     assert padded.size == (40, 40)
-    assert padded.getpixel((0, 0)) == (123, 117, 104)  # the processor's image mean, 0..255
+    assert padded.getpixel((0, 0)) == (122, 116, 104)  # int(255 * image_mean), as LLaVA pads
     assert padded.getpixel((20, 20)) == (255, 0, 0)
 
 

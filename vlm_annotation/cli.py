@@ -58,12 +58,29 @@ def require_output_file(path: str | os.PathLike, flag: str) -> Path:
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
+def hub_offline() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub.constants import HF_HUB_CACHE
+    return (Path(HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--"))).is_dir()
+
+
 def require_model(name: str, flag: str) -> str:
-    """A model given as a local path must exist; a hub id (``org/name``) is passed through."""
+    """A model given as a local path must exist; a hub id (``org/name``) is passed through.
+
+    Offline, a hub id must already be in the local cache: ``models/llava`` that does not
+    exist is then reported as missing here, not as a failed download deep inside a library.
+    """
     path = Path(name).expanduser()
     if path.exists():
         return str(path)
     if _HUB_ID.match(name) and path.suffix not in (".pt", ".pth", ".bin", ".safetensors"):
+        if hub_offline() and not in_hub_cache(name):
+            raise InputError(f"{flag}: {name} is not a local path, and the hub is offline "
+                             "(HF_HUB_OFFLINE=1) with no cached copy of it")
         return name
     raise InputError(f"{flag}: model not found: {name} (give a local path or a hub id like org/name)")
 

@@ -11,12 +11,10 @@ write holds more than one image's annotations in memory.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from vlm_annotation.io_utils import InputError, JsonlAppender
+from vlm_annotation.io_utils import InputError, JsonlAppender, atomic_output
 from vlm_annotation.schema import AnnotationError, validate_annotations, validate_image_record
 
 
@@ -140,35 +138,23 @@ def write_annotations_stream(path: str | Path, records: Iterable[dict], skipped:
     sees the usual JSON object.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     validate_annotations({"images": [], "skipped": skipped, "meta": meta}, path)
     counts = {"images": 0, "objects": 0, "qa": 0, "skipped": len(skipped)}
     seen: set[str] = set()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write('{\n"images": [')
-            for i, rec in enumerate(records):
-                validate_image_record(rec, path, f"images[{i}]")
-                if rec["image"] in seen:
-                    raise AnnotationError(path, f"images[{i}].image", f"{rec['image']!r} listed twice")
-                seen.add(rec["image"])
-                f.write(("\n" if i == 0 else ",\n") + json.dumps(rec, ensure_ascii=False))
-                counts["images"] += 1
-                counts["objects"] += len(rec["objects"])
-                counts["qa"] += len(rec.get("qa", []))
-            f.write("\n],\n" if counts["images"] else "],\n")
-            f.write('"skipped": ' + json.dumps(skipped, ensure_ascii=False) + ",\n")
-            f.write('"meta": ' + json.dumps(meta, ensure_ascii=False, indent=1) + "\n}\n")
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write('{\n"images": [')
+        for i, rec in enumerate(records):
+            validate_image_record(rec, path, f"images[{i}]")
+            if rec["image"] in seen:
+                raise AnnotationError(path, f"images[{i}].image", f"{rec['image']!r} listed twice")
+            seen.add(rec["image"])
+            f.write(("\n" if i == 0 else ",\n") + json.dumps(rec, ensure_ascii=False))
+            counts["images"] += 1
+            counts["objects"] += len(rec["objects"])
+            counts["qa"] += len(rec.get("qa", []))
+        f.write("\n],\n" if counts["images"] else "],\n")
+        f.write('"skipped": ' + json.dumps(skipped, ensure_ascii=False) + ",\n")
+        f.write('"meta": ' + json.dumps(meta, ensure_ascii=False, indent=1) + "\n}\n")
     return counts
 
 
