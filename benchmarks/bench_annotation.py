@@ -93,8 +93,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--detr_processor", default=None, help="its processor (default: with the model)")
     p.add_argument("--captioner_model", default=None, help="real BLIP / BLIP-2 (default: tiny offline model)")
     p.add_argument("--images_dir", default=None, help="images to use (default: the sample images, repeated)")
-    p.add_argument("--memory_images", type=int, default=8,
-                   help="N for the memory check: streaming runs over N and 4N images (default 8; 0 skips it)")
+    p.add_argument("--memory_images", type=int, default=24,
+                   help="N for the memory check: streaming runs over N and 4N images (default 24; 0 skips it)")
     return p.parse_args(argv)
 
 
