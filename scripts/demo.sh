@@ -61,12 +61,12 @@ print("answer_question('How many objects are there?') ->", vlm.answer_question(i
 print(f"(reference: {len(record['objects'])} objects; the tiny model trained for seconds, on 4 images, so expect noise)")
 PYEOF
 
-step "6. evaluate the predictions"
-$PY vlm_inference/evaluate.py --predictions "$OUT/predictions.jsonl" --output_file "$OUT/metrics.json"
-
 step "6. review gallery of the annotations"
 $PY vlm_annotation/visualize.py --annotation_file "$OUT/annotations.json" --images_dir "$IMAGES" \
     --output_dir "$OUT/review"
+
+step "6. evaluate the predictions"
+$PY vlm_inference/evaluate.py --predictions "$OUT/predictions.jsonl" --output_file "$OUT/metrics.json"
 
 printf '\ndemo finished in %ss: metrics in %s, report %s, review gallery %s\n' \
     "$(( $(date +%s) - start ))" "$OUT/metrics.json" "$OUT/report.md" "$OUT/review/index.html"

@@ -481,7 +481,10 @@ def train(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
     wall = time.perf_counter() - start
-    final_eval = trainer.evaluate() if has_eval else {}
+    # The final eval, unless --eval_steps already evaluated the last step (the same numbers twice).
+    last_eval = next((e for e in reversed(trainer.state.log_history)
+                      if "eval_loss" in e and e.get("step") == trainer.state.global_step), None)
+    final_eval = (last_eval or trainer.evaluate()) if has_eval else {}
     if main_process:
         removed = remove_stale_model_files(Path(args.output_dir), args.use_lora, args.merge_lora)
         if removed:
