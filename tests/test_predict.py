@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from PIL import Image
@@ -74,7 +75,7 @@ def test_one_line_per_question_with_the_contract_fields(full_run, dataset):
     _, lines = full_run
     assert [(r["id"], r["turn"]) for r in lines] == EXPECTED_KEYS
     first = lines[0]
-    assert set(first) == {"id", "image", "turn", "question", "answer", "reference", "type"}
+    assert set(first) == {"id", "image", "turn", "question", "answer", "reference", "type", "model"}
     assert first["image"] == "a.jpg" and first["question"] == "How many cans are there?"
     assert first["reference"] == "There are 2 cans in this image." and first["type"] == "count"
     assert [r["type"] for r in lines] == ["count", "exists", "location", "count", None, "location", "region_label"]
@@ -107,6 +108,22 @@ def test_resume_skips_done_questions_without_duplicates(full_run, dataset, tiny_
     before = out.read_bytes()
     assert _run(tiny_models, data, images, out) == 0
     assert "nothing to do" in capsys.readouterr().out
+    assert out.read_bytes() == before
+
+
+def test_resume_refuses_answers_of_another_model(full_run, dataset, tiny_models, tmp_path, capsys):
+    data, images, _ = dataset
+    full, _ = full_run
+    other = tmp_path / "other_model"
+    shutil.copytree(tiny_models["llava"], other)
+    out = tmp_path / "predictions.jsonl"
+    out.write_text("".join(full.read_text(encoding="utf-8").splitlines(keepends=True)[:2]), encoding="utf-8")
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert predict.main(["--model_path", str(other), "--data", str(data), "--image_dir", str(images),
+                 "--output_file", str(out), "--max_new_tokens", MAX_NEW]) == 2
+    err = capsys.readouterr().err
+    assert "line 1 was written by another model" in err and len(err.strip().splitlines()) == 1
     assert out.read_bytes() == before
 
 

@@ -9,9 +9,10 @@ it; a later turn k > 0 is asked as a fresh single-turn question about the same i
 image, and the model's own earlier answers never leak into the next question.
 
 One JSON line per question, flushed as it is written:
-``{"id", "image", "turn", "question", "answer", "reference", "type"}`` (see the contracts in
-the evaluation stage). A run that is stopped can be started again with the same command:
-questions whose ``(id, turn)`` is already in ``--output_file`` are skipped. Large files
+``{"id", "image", "turn", "question", "answer", "reference", "type", "model"}`` (see the
+contracts in the evaluation stage). A run that is stopped can be started again with the same
+command: questions whose ``(id, turn)`` is already in ``--output_file`` are skipped (and a file
+that another model wrote is refused). Large files
 can be split over several processes or GPUs with ``--num_chunks N --chunk_idx K`` (one
 ``--output_file`` each; ``cat`` them together afterwards, every line stands alone).
 """
@@ -101,14 +102,28 @@ def load_questions(data_path: Path, image_dir: Path, num_chunks: int, chunk_idx:
     return len(indexed), questions
 
 
-def done_keys(output_file: Path) -> set[tuple[str, int]]:
-    """``(id, turn)`` of the predictions already in ``output_file`` (a killed writer's partial line aside)."""
+def model_identity(model_path: str, base_model: str | None) -> str:
+    """What a prediction line records as its model: resolved local paths, or hub ids."""
+    def one(name):
+        return str(Path(name).resolve()) if Path(name).exists() else name
+    return one(model_path) + (f" (base {one(base_model)})" if base_model else "")
+
+
+def done_keys(output_file: Path, model: str) -> set[tuple[str, int]]:
+    """``(id, turn)`` of the predictions already in ``output_file`` (a killed writer's partial line aside).
+
+    Lines written by another model refuse the resume: mixing two models' answers in one
+    file would make its scores meaningless.
+    """
     if not output_file.is_file():
         return set()
     keys = set()
     for line_no, rec in iter_jsonl(output_file):
         if not isinstance(rec, dict) or "id" not in rec or "turn" not in rec:
             raise InputError(f"{output_file}: line {line_no}: not a prediction (needs id and turn)")
+        if rec.get("model", model) != model:
+            raise InputError(f"{output_file}: line {line_no} was written by another model ({rec['model']}); "
+                             "give another --output_file or delete this one")
         keys.add((rec["id"], rec["turn"]))
     return keys
 
@@ -125,7 +140,8 @@ def main(argv=None) -> int:
         raise InputError(f"--output_file: {output_file} is a directory")
     require_model(args.model_path, "--model_path")
     n_records, questions = load_questions(data_path, image_dir, args.num_chunks, args.chunk_idx)
-    done = done_keys(output_file)
+    model = model_identity(args.model_path, args.base_model)
+    done = done_keys(output_file, model)
     pending = [q for q in questions if (q["id"], q["turn"]) not in done]
     shard = f"chunk {args.chunk_idx + 1}/{args.num_chunks}"
     if not pending:
@@ -144,7 +160,7 @@ def main(argv=None) -> int:
                                            batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
             for q, answer in zip(batch, answers):
                 out.write({"id": q["id"], "image": q["image"], "turn": q["turn"], "question": q["question"],
-                           "answer": answer, "reference": q["reference"], "type": q["type"]})
+                           "answer": answer, "reference": q["reference"], "type": q["type"], "model": model})
                 written += 1
             bar.update(len(batch))
     elapsed = time.perf_counter() - start
