@@ -28,7 +28,7 @@ if __package__ in (None, ""):
 
 from vlm_annotation.cli import report_input_errors, require_model, require_path
 from vlm_annotation.io_utils import InputError, JsonlAppender, iter_jsonl, read_json
-from vlm_inference.vlm_inference import DEFAULT_MAX_NEW_TOKENS, VLMInference
+from vlm_inference.vlm_inference import VLMInference, add_model_args
 from vlm_training.llava_data import resolve_image_path, validate_llava_records
 
 IMAGE_TOKEN = "<image>"  # as the LLaVA file format writes it
@@ -36,10 +36,7 @@ IMAGE_TOKEN = "<image>"  # as the LLaVA file format writes it
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_path", required=True,
-                        help="training output (LoRA adapter), a merged/full model folder, or a base model / hub id")
-    parser.add_argument("--base_model", default=None,
-                        help="base model for a LoRA adapter (default: the one named in its adapter_config.json)")
+    add_model_args(parser)
     parser.add_argument("--data", required=True, help="LLaVA-format JSON file (e.g. test_llava.json)")
     parser.add_argument("--image_dir", required=True, help="folder the records' image paths are relative to")
     parser.add_argument("--output_file", default="predictions.jsonl",
@@ -47,14 +44,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=8, help="questions per generate call (default 8)")
     parser.add_argument("--num_chunks", type=int, default=1, help="split the records into this many shards (default 1)")
     parser.add_argument("--chunk_idx", type=int, default=0, help="which shard this process answers, 0-based (default 0)")
-    parser.add_argument("--max_new_tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
-                        help=f"most tokens per answer (default {DEFAULT_MAX_NEW_TOKENS})")
-    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--dtype", default="auto",
-                        help="auto (bf16/fp16 on GPU, fp32 on CPU), float32, float16, bfloat16")
-    quant = parser.add_mutually_exclusive_group()
-    quant.add_argument("--load_in_8bit", action="store_true", help="load the weights in 8 bits (CUDA only)")
-    quant.add_argument("--load_in_4bit", action="store_true", help="load the weights in 4 bits (CUDA only)")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         raise InputError(f"--batch_size must be >= 1, got {args.batch_size}")

@@ -402,12 +402,25 @@ class VLMInference:
 
 
 # ---------------------------------------------------------------------- command line
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """The flags that say which model to load and how (shared with predict.py)."""
     parser.add_argument("--model_path", required=True,
                         help="training output (LoRA adapter), a merged/full model folder, or a base model / hub id")
     parser.add_argument("--base_model", default=None,
                         help="base model for a LoRA adapter (default: the one named in its adapter_config.json)")
+    parser.add_argument("--max_new_tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+                        help=f"most tokens per answer (default {DEFAULT_MAX_NEW_TOKENS})")
+    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--dtype", default="auto",
+                        help="auto (bf16/fp16 on GPU, fp32 on CPU), float32, float16, bfloat16")
+    quant = parser.add_mutually_exclusive_group()
+    quant.add_argument("--load_in_8bit", action="store_true", help="load the weights in 8 bits (CUDA only)")
+    quant.add_argument("--load_in_4bit", action="store_true", help="load the weights in 4 bits (CUDA only)")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(parser)
     parser.add_argument("--image", required=True, help="image file to ask about")
     ask = parser.add_mutually_exclusive_group(required=True)
     ask.add_argument("--question", help="a question about the image")
@@ -415,13 +428,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help="describe the object in this box (pixels of the displayed image)")
     ask.add_argument("--locate", metavar="TEXT", help="print the box (pixels) of the region TEXT describes")
     parser.add_argument("--label", default=None, help="class name of the object in --bbox (optional)")
-    parser.add_argument("--max_new_tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
-                        help=f"most tokens to generate (default {DEFAULT_MAX_NEW_TOKENS})")
-    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--dtype", default="auto", help="auto (bf16/fp16 on GPU, fp32 on CPU), float32, float16, bfloat16")
-    quant = parser.add_mutually_exclusive_group()
-    quant.add_argument("--load_in_8bit", action="store_true", help="load the weights in 8 bits (CUDA only)")
-    quant.add_argument("--load_in_4bit", action="store_true", help="load the weights in 4 bits (CUDA only)")
     return parser.parse_args(argv)
 
 
