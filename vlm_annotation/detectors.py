@@ -97,7 +97,20 @@ def _finish(dets: list[dict], width: int, height: int, max_det: int) -> list[dic
     return out[:max_det] if max_det > 0 else out
 
 
-class YoloDetector:
+class Detector:
+    """What both detectors share: a name and class labels mapped onto one vocabulary.
+
+    Each subclass sets ``labels`` (class index -> name, None for classes the class map
+    drops) and has ``detect(images) -> one list of detections per image``.
+    """
+    name = ""
+    labels: dict[int, str | None] = {}
+
+    def vocabulary(self) -> set[str]:
+        return {n for n in self.labels.values() if n}
+
+
+class YoloDetector(Detector):
     name = "yolo"
 
     def __init__(self, weights: str, device: str, class_map: ClassMap, conf: float, imgsz: int, max_det: int,
@@ -113,9 +126,6 @@ class YoloDetector:
         self.conf, self.imgsz, self.max_det = conf, imgsz, max_det
         self.batch_size = max(1, batch_size)
         self.labels = {int(i): class_map(self.name, n) for i, n in self.model.names.items()}
-
-    def vocabulary(self) -> set[str]:
-        return {n for n in self.labels.values() if n}
 
     def detect(self, images: Sequence[Image.Image]) -> list[list[dict]]:
         results: list[list[dict]] = []
@@ -135,7 +145,7 @@ class YoloDetector:
         return results
 
 
-class RTDetrDetector:
+class RTDetrDetector(Detector):
     name = "rtdetr"
 
     def __init__(self, model_path: str, processor_path: str | None, device: str, class_map: ClassMap,
@@ -159,9 +169,6 @@ class RTDetrDetector:
         self.batch_size = max(1, batch_size)
         self.focal = bool(getattr(self.model.config, "use_focal_loss", True))
         self.labels = {int(i): class_map(self.name, n) for i, n in self.model.config.id2label.items()}
-
-    def vocabulary(self) -> set[str]:
-        return {n for n in self.labels.values() if n}
 
     def detect(self, images: Sequence[Image.Image]) -> list[list[dict]]:
         import torch

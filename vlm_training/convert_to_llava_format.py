@@ -85,17 +85,21 @@ def render_pair(rec: dict, qa: dict, file, path: str) -> tuple[str, str]:
         if IMAGE_TOKEN in text:
             raise AnnotationError(file, f"{path}.{field}", f"contains the image token {IMAGE_TOKEN!r}")
 
+    def rerender_boxes(text: str, field: str) -> str:
+        """Boxes in free text are the referenced objects' boxes, in object_ids order."""
+        n_boxes = len(BOX_PATTERN.findall(text))
+        if not n_boxes:
+            return text
+        if n_boxes != len(refs):
+            raise AnnotationError(file, field, f"has {n_boxes} box(es) but object_ids names {len(refs)} object(s)")
+        return _replace_boxes(text, box_texts)
+
     if qtype in _REGION_QUESTION_TYPES:
         if not refs:
             raise AnnotationError(file, f"{path}.object_ids", f"a {qtype} pair must name the object it asks about")
         question = _region_question(qa, refs[0], box_texts[0])
     else:
-        n_boxes = len(BOX_PATTERN.findall(question))
-        if n_boxes:
-            if n_boxes != len(refs):
-                raise AnnotationError(file, f"{path}.question",
-                                      f"has {n_boxes} box(es) but object_ids names {len(refs)} object(s)")
-            question = _replace_boxes(question, box_texts)
+        question = rerender_boxes(question, f"{path}.question")
 
     if qtype == "grounding":
         if not refs:
@@ -103,12 +107,7 @@ def render_pair(rec: dict, qa: dict, file, path: str) -> tuple[str, str]:
         # The answer is the box itself, whatever precision the annotation wrote it with.
         answer = box_texts[0]
     else:
-        n_boxes = len(BOX_PATTERN.findall(answer))
-        if n_boxes:
-            if n_boxes != len(refs):
-                raise AnnotationError(file, f"{path}.answer",
-                                      f"has {n_boxes} box(es) but object_ids names {len(refs)} object(s)")
-            answer = _replace_boxes(answer, box_texts)
+        answer = rerender_boxes(answer, f"{path}.answer")
     return question, answer
 
 
