@@ -171,12 +171,20 @@ def test_bad_input_is_one_line_and_exit_2(tiny_models, images_dir, tmp_path, cap
     cases.append((no_processor, "give --detr_processor"))
     (tmp_path / "a_dir").mkdir()
     cases.append((args_for(tiny_models, images_dir, tmp_path / "a_dir"), "--output_file"))
+    good_prompts = tmp_path / "good_prompts.json"
+    good_prompts.write_text('{"glass": "a glass lying on"}')
+    cases.append((args_for(tiny_models, images_dir, good_prompts) + ["--prompts", str(good_prompts)],
+                  "is the same file as --prompts"))
+    cases.append((args_for(tiny_models, images_dir, tmp_path / "out.jpg"), "is an image path"))
+    cases.append((["--seed", "-1"], "--seed must be in"))
+    cases.append((["--device", "bogus"], "--device bogus: not a device"))
     for argv, needle in cases:
         full = argv if "--images_dir" in argv else args_for(tiny_models, images_dir, out) + argv
         assert data_annotation.main(full) == 2
         err = capsys.readouterr().err.strip()
         assert needle in err and len(err.splitlines()) == 1, err
     assert not out.exists() and not progress_path(out).exists()
+    assert good_prompts.read_text() == '{"glass": "a glass lying on"}'
 
 
 def test_all_images_unreadable_exits_non_zero(tiny_models, tmp_path, capsys):

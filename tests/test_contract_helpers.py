@@ -81,3 +81,66 @@ def test_require_model_and_error_reporting(tmp_path, capsys, monkeypatch):
 
     assert main() == 2
     assert capsys.readouterr().err == "error: f.json: images[0].bbox: bad\n"
+
+
+def test_jsonl_keeps_unicode_line_separators_inside_strings(tmp_path):
+    path = tmp_path / "u.jsonl"
+    write_jsonl_atomic(path, [{"a": "x\u2028y"}, {"a": "z"}])
+    assert [r for _, r in iter_jsonl(path)] == [{"a": "x\u2028y"}, {"a": "z"}]
+
+
+def test_unreadable_inputs_are_one_line_errors(tmp_path):
+    from vlm_annotation.io_utils import read_json
+    (tmp_path / "bin.json").write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(InputError, match="not UTF-8 text"):
+        read_json(tmp_path / "bin.json")
+    with pytest.raises(InputError, match="not UTF-8 text"):
+        list(iter_jsonl(tmp_path / "bin.json"))
+    with pytest.raises(InputError, match="is a directory"):
+        read_json(tmp_path)
+
+
+def test_ctrl_c_is_one_line_and_exit_130(capsys):
+    @report_input_errors
+    def main():
+        raise KeyboardInterrupt
+
+    assert main() == 130
+    err = capsys.readouterr().err
+    assert err.startswith("interrupted:") and len(err.strip().splitlines()) == 1
+
+
+def test_output_paths_are_checked_before_any_work(tmp_path):
+    from vlm_annotation.cli import require_output_dir, require_output_file
+    src = tmp_path / "in.json"
+    src.write_text("{}")
+    with pytest.raises(InputError, match="--out: .* is the same file as --in"):
+        require_output_file(src, "--out", {"--in": src})
+    with pytest.raises(InputError, match="is not a directory"):
+        require_output_file(src / "x.json", "--out")              # its parent is a file
+    with pytest.raises(InputError, match="is a directory"):
+        require_output_file(tmp_path, "--out")
+    assert require_output_file(tmp_path / "new" / "x.json", "--out", {"--in": src}) == tmp_path / "new" / "x.json"
+    images = tmp_path / "images"
+    images.mkdir()
+    with pytest.raises(InputError, match="is inside --images_dir"):
+        require_output_dir(images / "review", "--output_dir", {"--images_dir": images})
+    with pytest.raises(InputError, match="exists and is not a directory"):
+        require_output_dir(src, "--output_dir")
+    assert require_output_dir(tmp_path / "review", "--output_dir", {"--images_dir": images}) == tmp_path / "review"
+
+
+def test_devices_and_seeds_are_checked():
+    from vlm_annotation.cli import check_seed, resolve_device
+    assert resolve_device("cpu") == "cpu"
+    for bad, message in (("bogus", "not a device"), ("cuda:7", "CUDA"), ("mps", "MPS"), ("meta", "use auto")):
+        torch = __import__("torch")
+        if (bad.startswith("cuda") and torch.cuda.device_count() > 7) or (bad == "mps" and
+                                                                          torch.backends.mps.is_available()):
+            continue
+        with pytest.raises(InputError, match=message):
+            resolve_device(bad)
+    assert check_seed(0) == 0 and check_seed(2**32 - 1) == 2**32 - 1
+    for bad in (-1, 2**32):
+        with pytest.raises(InputError, match="--seed must be in 0..4294967295"):
+            check_seed(bad)

@@ -127,6 +127,18 @@ def test_resume_refuses_answers_of_another_model(full_run, dataset, tiny_models,
     assert out.read_bytes() == before
 
 
+def test_resume_refuses_a_file_of_other_questions(full_run, dataset, tiny_models, tmp_path, capsys):
+    data, images, records = dataset
+    full, _ = full_run
+    other = tmp_path / "other.json"
+    write_json_atomic(other, records[:1])
+    out = tmp_path / "predictions.jsonl"
+    out.write_text(full.read_text(encoding="utf-8"), encoding="utf-8")
+    capsys.readouterr()
+    assert _run(tiny_models, other, images, out) == 2
+    assert "questions that are not in --data" in capsys.readouterr().err
+
+
 def test_shards_cover_every_question_once(full_run, dataset, tiny_models, tmp_path):
     data, images, _ = dataset
     _, lines = full_run

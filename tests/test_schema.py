@@ -34,6 +34,7 @@ BAD_CASES = [
     (lambda d: d.__setitem__("images", {}), "images", "expected a list"),
     (lambda d: d["images"][0].pop("width"), "images[0].width", "missing"),
     (lambda d: d["images"][0].__setitem__("height", 0), "images[0].height", "positive integer"),
+    (lambda d: d["images"][0].__setitem__("width", 10**30), "images[0].width", "up to 1000000"),
     (lambda d: d["images"][0].__setitem__("image", "/abs/a.jpg"), "images[0].image", "relative"),
     (lambda d: d["images"][0].__setitem__("image", "../a.jpg"), "images[0].image", "relative"),
     (lambda d: d["images"][1].__setitem__("image", "a.jpg"), "images[1].image", "already listed"),

@@ -169,12 +169,30 @@ def test_a_second_run_of_the_other_mode_leaves_no_stale_model(toy, tiny_models, 
     assert VLMInference(str(out), device="cpu").kind == "adapter"
 
 
+def test_never_writes_into_the_base_model_or_a_foreign_model(toy, tiny_models, tmp_path, capsys):
+    base = tmp_path / "base"
+    shutil.copytree(tiny_models["llava"], base)
+    before = sorted((p.name, p.stat().st_size) for p in base.iterdir())
+    quick = ["--use_lora", "--batch_size", "4", "--max_steps", "1", "--save_steps", "0"]
+    json_path, image_dir, _ = toy
+    common = ["--train_data", str(json_path), "--image_dir", str(image_dir), "--base_model", str(base)] + quick
+    assert main(common + ["--output_dir", str(base)]) == 2
+    assert "overlaps --base_model" in capsys.readouterr().err
+    foreign = tmp_path / "foreign"
+    shutil.copytree(tiny_models["llava"], foreign)
+    assert main(common + ["--output_dir", str(foreign)]) == 2
+    assert "holds a model that train_vlm.py did not write" in capsys.readouterr().err
+    assert sorted((p.name, p.stat().st_size) for p in base.iterdir()) == before
+    assert (foreign / "model.safetensors").is_file()
+
+
 def _write(path, records):
     path.write_text(json.dumps(records))
     return path
 
 
-@pytest.mark.parametrize("case", ["escape", "absolute", "malformed", "missing_image", "4bit", "fp16"])
+@pytest.mark.parametrize("case", ["escape", "absolute", "malformed", "missing_image", "4bit", "fp16", "seed",
+                                  "nan_lr", "out_in_images"])
 def test_bad_input_is_one_clear_line_and_exit_2(case, toy, tiny_models, tmp_path, capsys):
     json_path, image_dir, records = toy
     data = json.loads(json_path.read_text())
@@ -193,6 +211,14 @@ def test_bad_input_is_one_clear_line_and_exit_2(case, toy, tiny_models, tmp_path
     elif case == "missing_image":
         data[0]["image"] = "scenes/nope.png"
         expected = "record 0 (id 'scenes/red.png#0'): image not found"
+    elif case == "seed":
+        extra += ["--seed", "-1"]
+        expected = "--seed must be in 0..4294967295, got -1"
+    elif case == "nan_lr":
+        extra += ["--learning_rate", "nan"]
+        expected = "--learning_rate must be a finite number"
+    elif case == "out_in_images":
+        expected = "--output_dir: "
     elif case == "4bit":
         extra.append("--load_in_4bit")
         expected = "--load_in_4bit (QLoRA) needs a CUDA GPU"
@@ -202,7 +228,7 @@ def test_bad_input_is_one_clear_line_and_exit_2(case, toy, tiny_models, tmp_path
     if torch.cuda.is_available() and case in ("4bit", "fp16"):
         pytest.skip("a GPU is visible")
     bad = _write(tmp_path / "bad.json", data)
-    out = tmp_path / "out"
+    out = image_dir / "model" if case == "out_in_images" else tmp_path / "out"
     argv = ["--train_data", str(bad), "--image_dir", str(image_dir), "--output_dir", str(out),
             "--base_model", str(tiny_models["llava"])] + extra
     assert main(argv) == 2

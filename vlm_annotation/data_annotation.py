@@ -37,8 +37,8 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vlm_annotation.cli import (report_input_errors, require_model, require_output_file, require_path,  # noqa: E402
-                                resolve_device, set_seed)
+from vlm_annotation.cli import (check_seed, report_input_errors, require_model, require_output_file,  # noqa: E402
+                                require_path, resolve_device, set_seed)
 from vlm_annotation.describer import (Captioner, PromptBook, compose_description, context_crop,  # noqa: E402
                                       surface_phrase)
 from vlm_annotation.detectors import DETECTOR_NAMES, ClassMap, RTDetrDetector, YoloDetector  # noqa: E402
@@ -240,7 +240,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
     images_dir = require_path(args.images_dir, "--images_dir", "dir")
-    require_output_file(args.output_file, "--output_file")
+    require_output_file(args.output_file, "--output_file", {
+        "--yolo_model": args.yolo_model, "--detr_model": args.detr_model, "--detr_processor": args.detr_processor,
+        "--captioner_model": args.captioner_model, "--class_map": args.class_map, "--prompts": args.prompts})
+    if is_image_file(args.output_file):
+        raise InputError(f"--output_file: {args.output_file} is an image path; give a .json file")
+    check_seed(args.seed)
     args.yolo_model = require_model(args.yolo_model, "--yolo_model")
     args.detr_model = require_model(args.detr_model, "--detr_model")
     if args.detr_processor:

@@ -115,9 +115,12 @@ class YoloDetector(Detector):
 
     def __init__(self, weights: str, device: str, class_map: ClassMap, conf: float, imgsz: int, max_det: int,
                  batch_size: int):
+        if not Path(weights).is_file():
+            raise InputError(f"--yolo_model: {weights} is not a file (give an Ultralytics .pt checkpoint)")
         YOLO = import_ultralytics()
         try:
             self.model = YOLO(weights)
+            names = self.model.names  # loads the weights: a bad checkpoint fails here, not in the first batch
         except Exception as e:  # Ultralytics raises many kinds for a bad checkpoint
             raise InputError(f"--yolo_model: cannot load {weights}: {str(e).splitlines()[0] if str(e) else e!r}") \
                 from None
@@ -125,7 +128,7 @@ class YoloDetector(Detector):
         self.device = int(device.split(":")[1]) if device.startswith("cuda:") else (0 if device == "cuda" else device)
         self.conf, self.imgsz, self.max_det = conf, imgsz, max_det
         self.batch_size = max(1, batch_size)
-        self.labels = {int(i): class_map(self.name, n) for i, n in self.model.names.items()}
+        self.labels = {int(i): class_map(self.name, n) for i, n in names.items()}
 
     def detect(self, images: Sequence[Image.Image]) -> list[list[dict]]:
         results: list[list[dict]] = []

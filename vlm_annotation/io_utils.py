@@ -94,18 +94,31 @@ class JsonlAppender:
         self.close()
 
 
+def _not_a_file(path: Path) -> InputError:
+    return InputError(f"{path}: is a directory, expected a file" if path.is_dir() else f"{path}: file not found")
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A UTF-8 text file, or :class:`InputError` naming the file (missing, unreadable, not UTF-8)."""
+    path = Path(path)
+    if not path.is_file():
+        raise _not_a_file(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not UTF-8 text") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
+
+
 def read_json(path: str | os.PathLike) -> Any:
     """Load a JSON file, raising :class:`InputError` with the file named on any problem."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: file not found")
+    text = read_text(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise InputError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: not UTF-8 text") from None
 
 
 def iter_jsonl(path: str | os.PathLike, skip_partial_last: bool = True) -> Iterator[tuple[int, Any]]:
@@ -115,10 +128,10 @@ def iter_jsonl(path: str | os.PathLike, skip_partial_last: bool = True) -> Itera
     for the remains of a killed writer and skipped.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: file not found")
-    with open(path, encoding="utf-8") as f:
-        lines = f.readlines()
+    # Split on "\n" only: str.splitlines() would also cut at U+2028 and friends, which
+    # ensure_ascii=False leaves raw inside JSON strings.
+    parts = read_text(path).split("\n")
+    lines = [p + "\n" for p in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
     for i, line in enumerate(lines, start=1):
         if not line.strip():
             continue

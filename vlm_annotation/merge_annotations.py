@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
     paths = [require_path(p, "--input_files", "file") for p in args.input_files]
-    require_output_file(args.output_file, "--output_file")
+    require_output_file(args.output_file, "--output_file", {f"--input_files ({p})": p for p in paths})
     images, skipped, meta = merge(paths)
     counts = write_annotations_stream(args.output_file, images, skipped, meta)
     print(f"merged {len(paths)} files: {counts['images']} images, {counts['objects']} objects, "

@@ -28,6 +28,9 @@ QA_TYPES = (
 )
 # Box coordinates may exceed the image by rounding only.
 _BOX_TOLERANCE = 1.0
+# No real image is wider or taller; larger values are corrupt data (and would make boxes vanish
+# to zero area once normalized).
+MAX_IMAGE_SIDE = 1_000_000
 
 
 class AnnotationError(InputError):
@@ -115,8 +118,8 @@ def validate_image_record(rec: Any, file, path: str) -> None:
         raise AnnotationError(file, f"{path}.image", "must be a path relative to the images dir")
     width, height = _require(rec, "width", file, path), _require(rec, "height", file, path)
     for key, v in (("width", width), ("height", height)):
-        if not _is_int(v) or v <= 0:
-            raise AnnotationError(file, f"{path}.{key}", "expected a positive integer")
+        if not _is_int(v) or not 0 < v <= MAX_IMAGE_SIDE:
+            raise AnnotationError(file, f"{path}.{key}", f"expected a positive integer up to {MAX_IMAGE_SIDE}")
     _check_str(rec.get("caption", ""), file, f"{path}.caption")
     objects = _require(rec, "objects", file, path)
     if not isinstance(objects, list):

@@ -32,7 +32,7 @@ from urllib.parse import quote
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from vlm_annotation.cli import report_input_errors, require_path
+from vlm_annotation.cli import report_input_errors, require_output_dir, require_path
 from vlm_annotation.images import ImageLoadError, load_image
 from vlm_annotation.io_utils import InputError, atomic_output, write_text_atomic
 from vlm_annotation.schema import load_annotations
@@ -74,20 +74,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+MAX_LINE_WIDTH = 50  # pixels; drawing time grows with the width
+
+
 def check_args(args: argparse.Namespace) -> None:
     if args.max_images is not None and args.max_images < 1:
         raise InputError(f"--max_images must be at least 1, got {args.max_images}")
     if args.max_side < 0:
         raise InputError(f"--max_side must be 0 (keep size) or positive, got {args.max_side}")
-    if args.line_width < 0:
-        raise InputError(f"--line_width must be 0 (auto) or positive, got {args.line_width}")
+    if not 0 <= args.line_width <= MAX_LINE_WIDTH:
+        raise InputError(f"--line_width must be 0 (auto) or 1..{MAX_LINE_WIDTH}, got {args.line_width}")
     if args.per_page < 1:
         raise InputError(f"--per_page must be at least 1, got {args.per_page}")
     if not 1 <= args.jpeg_quality <= 95:
         raise InputError(f"--jpeg_quality must be in 1..95, got {args.jpeg_quality}")
-    out = Path(args.output_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--output_dir: exists and is not a directory: {out}")
+    # Drawn copies inside the images folder would be annotated as new images next time.
+    require_output_dir(args.output_dir, "--output_dir", {"--images_dir": args.images_dir})
 
 
 # ----------------------------------------------------------------------------- drawing

@@ -20,7 +20,7 @@ if __package__ in (None, ""):
 import argparse
 
 from vlm_annotation.boxes import parse_box
-from vlm_annotation.cli import report_input_errors
+from vlm_annotation.cli import report_input_errors, require_output_file
 from vlm_annotation.io_utils import InputError, iter_jsonl, write_json_atomic, write_text_atomic
 from vlm_inference.metrics import GROUNDING_TYPES, UNTYPED, difference, is_count_key, score_predictions
 
@@ -128,8 +128,7 @@ def _check_outputs(args) -> tuple[Path, Path]:
     if args.baseline:
         inputs[Path(args.baseline).resolve()] = "--baseline"
     for flag, path in (("--output_file", out), ("--report", report)):
-        if path.is_dir():
-            raise InputError(f"{flag}: {path} is a directory, expected a file path")
+        require_output_file(path, flag)
         if path.resolve() in inputs:
             raise InputError(f"{flag}: {path} is the same file as {inputs[path.resolve()]}")
     if out.resolve() == report.resolve():

@@ -26,7 +26,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vlm_annotation.cli import report_input_errors, require_model, require_path
+from vlm_annotation.cli import report_input_errors, require_model, require_output_file, require_path
 from vlm_annotation.io_utils import InputError, JsonlAppender, iter_jsonl, read_json
 from vlm_inference.vlm_inference import VLMInference, add_model_args
 from vlm_training.llava_data import resolve_image_path, validate_llava_records
@@ -76,6 +76,8 @@ def load_questions(data_path: Path, image_dir: Path, num_chunks: int, chunk_idx:
     """This shard's records flattened to questions; (number of records, questions)."""
     # The same validator as training: every human turn has its reference answer, types are known.
     records = validate_llava_records(read_json(data_path), data_path)
+    if not records:
+        raise InputError(f"--data: {data_path} holds no records")
     seen: dict[str, int] = {}
     for i, record in enumerate(records):
         rid = record.get("id") if isinstance(record, dict) else None
@@ -124,15 +126,21 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     data_path = require_path(args.data, "--data", "file")
     image_dir = require_path(args.image_dir, "--image_dir", "dir")
-    output_file = Path(args.output_file)
-    if output_file.is_dir():
-        raise InputError(f"--output_file: {output_file} is a directory")
+    output_file = require_output_file(args.output_file, "--output_file", {"--data": data_path})
     require_model(args.model_path, "--model_path")
     n_records, questions = load_questions(data_path, image_dir, args.num_chunks, args.chunk_idx)
     model = model_identity(args.model_path, args.base_model)
     done = done_keys(output_file, model)
-    pending = [q for q in questions if (q["id"], q["turn"]) not in done]
     shard = f"chunk {args.chunk_idx + 1}/{args.num_chunks}"
+    foreign = done - {(q["id"], q["turn"]) for q in questions}
+    if foreign:
+        some = ", ".join(f"{i} turn {t}" for i, t in sorted(foreign)[:3])
+        raise InputError(f"--output_file: {output_file} holds answers to {len(foreign)} questions that are not in "
+                         f"--data {data_path} ({shard}), e.g. {some}; give another --output_file")
+    if not questions:
+        print(f"predict: no questions in {data_path} ({shard}): nothing to do", flush=True)
+        return 0
+    pending = [q for q in questions if (q["id"], q["turn"]) not in done]
     if not pending:
         print(f"predict: nothing to do: all {len(questions)} questions of {n_records} records ({shard}) "
               f"are already in {output_file}", flush=True)

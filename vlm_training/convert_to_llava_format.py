@@ -28,7 +28,7 @@ from collections import Counter
 
 from vlm_annotation import prompts
 from vlm_annotation.boxes import BOX_PATTERN, box_to_text
-from vlm_annotation.cli import report_input_errors
+from vlm_annotation.cli import report_input_errors, require_output_file
 from vlm_annotation.io_utils import InputError, write_json_atomic
 from vlm_annotation.schema import AnnotationError, load_annotations
 
@@ -146,9 +146,7 @@ def convert(data: dict, file=None, max_turns: int = 0) -> tuple[list[dict], dict
 @report_input_errors
 def main(argv=None) -> int:
     args = parse_args(argv)
-    out = Path(args.output_file)
-    if out.is_dir():
-        raise InputError(f"--output_file: {out} is a directory, expected a file path")
+    out = require_output_file(args.output_file, "--output_file")
     if out.resolve() == Path(args.annotation_file).resolve():
         raise InputError(f"--output_file: {out} is the same file as --annotation_file")
     data = load_annotations(args.annotation_file)

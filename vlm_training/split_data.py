@@ -27,7 +27,7 @@ import argparse
 import hashlib
 import math
 
-from vlm_annotation.cli import report_input_errors
+from vlm_annotation.cli import report_input_errors, require_output_file
 from vlm_annotation.io_utils import InputError, write_json_atomic
 from vlm_annotation.schema import load_annotations, validate_annotations
 
@@ -129,8 +129,7 @@ def _check_outputs(args) -> dict[str, Path]:
     flags = {"train": "--train_file", "val": "--val_file", "test": "--test_file"}
     seen: dict[Path, str] = {Path(args.input_file).resolve(): "--input_file"}
     for name, path in outputs.items():
-        if path.is_dir():
-            raise InputError(f"{flags[name]}: {path} is a directory, expected a file path")
+        require_output_file(path, flags[name])
         key = path.resolve()
         if key in seen:
             raise InputError(f"{flags[name]}: {path} is the same file as {seen[key]}")

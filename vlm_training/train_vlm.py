@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import os
 import shutil
 import sys
@@ -35,7 +36,8 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vlm_annotation.cli import report_input_errors, require_model, resolve_device
+from vlm_annotation.cli import (check_seed, is_within, report_input_errors, require_model, require_output_dir,
+                                resolve_device)
 from vlm_annotation.io_utils import InputError, write_json_atomic
 from vlm_annotation.prompts import PromptFormat
 
@@ -45,6 +47,7 @@ LORA_TARGET_REGEX = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj
 PROJECTOR = "multi_modal_projector"
 VISION_TOWER = "vision_tower"
 MERGED_DIR = "merged"  # --merge_lora writes the merged model here, inside --output_dir
+TRAIN_ARGS_FILE = "train_args.json"  # marks a folder this script wrote
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -131,6 +134,21 @@ def check_args(args: argparse.Namespace) -> None:
     if not Path(args.image_dir).is_dir():
         raise InputError(f"--image_dir: directory not found: {args.image_dir}")
     args.base_model = require_model(args.base_model, "--base_model")
+    out = require_output_dir(args.output_dir, "--output_dir", {"--image_dir": args.image_dir})
+    base = Path(args.base_model)
+    if base.is_dir() and (is_within(out, base) or is_within(base, out)):
+        raise InputError(f"--output_dir: {out} overlaps --base_model {base}; write the fine-tuned model elsewhere")
+    if out.is_dir() and any(out.iterdir()) and not (out / TRAIN_ARGS_FILE).is_file():
+        # Not a folder this script wrote: never delete or overwrite someone else's files.
+        if any((out / n).exists() for n in _FULL_MODEL_FILES + _ADAPTER_FILES):
+            raise InputError(f"--output_dir: {out} holds a model that train_vlm.py did not write; "
+                             "choose an empty or new folder")
+    check_seed(args.seed)
+    for flag in ("learning_rate", "projector_lr", "weight_decay"):
+        if not math.isfinite(getattr(args, flag)):
+            raise InputError(f"--{flag} must be a finite number, got {getattr(args, flag)}")
+    if args.weight_decay < 0:
+        raise InputError(f"--weight_decay must be >= 0, got {args.weight_decay}")
     positive = ["batch_size", "lora_r", "lora_alpha", "gradient_accumulation_steps", "logging_steps", "max_length"]
     for flag in positive:
         if getattr(args, flag) < 1:
@@ -159,8 +177,12 @@ def check_args(args: argparse.Namespace) -> None:
             raise InputError(f"--deepspeed: config file not found: {args.deepspeed}")
         if importlib.util.find_spec("deepspeed") is None:
             raise InputError("--deepspeed needs the deepspeed package: pip install deepspeed")
-    if args.resume_from_checkpoint not in (None, "latest") and not Path(args.resume_from_checkpoint).is_dir():
-        raise InputError(f"--resume_from_checkpoint: checkpoint folder not found: {args.resume_from_checkpoint}")
+    if args.resume_from_checkpoint not in (None, "latest"):
+        if not Path(args.resume_from_checkpoint).is_dir():
+            raise InputError(f"--resume_from_checkpoint: checkpoint folder not found: {args.resume_from_checkpoint}")
+        if not (Path(args.resume_from_checkpoint) / "trainer_state.json").is_file():
+            raise InputError(f"--resume_from_checkpoint: {args.resume_from_checkpoint} is not a Trainer checkpoint "
+                             "(no trainer_state.json); give a checkpoint-N folder or 'latest'")
 
 
 def resolve_precision(requested: str, device: str) -> str:
@@ -518,7 +540,7 @@ def train(args: argparse.Namespace) -> dict:
                          "lora_target_modules": LORA_TARGET_REGEX if args.use_lora else None,
                          "num_image_tokens": layout.num_image_tokens, "resumed_from": checkpoint,
                          "versions": {"torch": torch.__version__, "transformers": transformers.__version__}})
-        write_json_atomic(out / "train_args.json", resolved)
+        write_json_atomic(out / TRAIN_ARGS_FILE, resolved)
         write_json_atomic(out / "metrics.json", metrics)
         plot_loss(metrics, out / "loss.png")
         if args.merge_lora:
