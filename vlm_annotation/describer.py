@@ -19,6 +19,7 @@ from typing import Sequence
 
 from PIL import Image
 
+from vlm_annotation.detectors import normalize_name
 from vlm_annotation.io_utils import InputError, read_json
 from vlm_annotation.prompts import article
 
@@ -43,7 +44,8 @@ class PromptBook:
         mapping = dict(mapping or {})
         self.default = mapping.pop(DEFAULT_KEY, DEFAULT_OBJECT_PROMPT)
         self.image = mapping.pop(IMAGE_KEY, DEFAULT_IMAGE_PROMPT)
-        self.by_class = {k.strip().lower(): v for k, v in mapping.items()}
+        # Keys are matched like class names everywhere else ("Wine_Glass" == "wine glass").
+        self.by_class = {normalize_name(k): v for k, v in mapping.items()}
 
     @classmethod
     def from_file(cls, path: str | Path | None) -> "PromptBook":
@@ -62,7 +64,7 @@ class PromptBook:
         return cls(data)
 
     def for_label(self, label: str) -> str:
-        template = self.by_class.get(label.lower(), self.default)
+        template = self.by_class.get(normalize_name(label), self.default)
         return " ".join(template.format(label=label, article=article(label)).split())
 
     def to_dict(self) -> dict:
