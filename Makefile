@@ -25,6 +25,7 @@ $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q tests
 
 demo: $(STAMP)
@@ -35,7 +36,8 @@ bench: $(STAMP)
 
 # Debian's chromium, for the headless-browser test of the review gallery (skipped without it).
 browser:
-	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+	command -v chromium >/dev/null || (SUDO=$$(command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

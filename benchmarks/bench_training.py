@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
+if __package__ in (None, ""):  # run as a file: benchmarks/, data/ and models/ are not installed packages
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "YOLO_OFFLINE"):

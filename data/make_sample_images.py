@@ -12,7 +12,7 @@ import shutil
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
+if __package__ in (None, ""):  # run as a file: benchmarks/, data/ and models/ are not installed packages
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.make_tiny_models import draw_scene  # noqa: E402

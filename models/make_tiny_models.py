@@ -183,8 +183,15 @@ def build_rtdetr(out: Path, photos: list[Image.Image], seed: int, size: int = 32
 
 # --------------------------------------------------------------------------- BLIP
 def build_blip(out: Path, seed: int) -> Path:
-    from transformers import (BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor,
-                              BlipProcessor, BlipTextConfig, BlipVisionConfig)
+    from transformers import (
+        BertTokenizer,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+        BlipTextConfig,
+        BlipVisionConfig,
+    )
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     letters = sorted(set("".join(_WORDS)) | set("0123456789.,'"))
@@ -251,8 +258,14 @@ def build_tokenizer(vocab_size: int = 700):
 
 
 def build_llava(out: Path, seed: int) -> Path:
-    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor)
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
 
     tokenizer = build_tokenizer()
     image_size, patch = 32, 8

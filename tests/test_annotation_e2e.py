@@ -223,8 +223,16 @@ def _tiny_blip2(out: Path) -> Path:
     """A tiny BLIP-2 (ViT + Q-Former + OPT) with the tiny LLaVA's byte-level tokenizer."""
     import torch
     from tokenizers import Tokenizer
-    from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, Blip2QFormerConfig,
-                              Blip2VisionConfig, BlipImageProcessor, OPTConfig, PreTrainedTokenizerFast)
+    from transformers import (
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        Blip2Processor,
+        Blip2QFormerConfig,
+        Blip2VisionConfig,
+        BlipImageProcessor,
+        OPTConfig,
+        PreTrainedTokenizerFast,
+    )
 
     from models.make_tiny_models import build_tokenizer
 

@@ -10,8 +10,16 @@ from PIL import Image
 from vlm_annotation.boxes import pad_to_square
 from vlm_annotation.io_utils import InputError
 from vlm_annotation.prompts import PromptFormat
-from vlm_training.llava_data import (IGNORE_INDEX, LlavaCollator, TokenLayout, build_examples, conversation_segments,
-                                     load_llava_dataset, tokenize_segments, validate_llava_records)
+from vlm_training.llava_data import (
+    IGNORE_INDEX,
+    LlavaCollator,
+    TokenLayout,
+    build_examples,
+    conversation_segments,
+    load_llava_dataset,
+    tokenize_segments,
+)
+from vlm_training.llava_format import validate_llava_records
 from vlm_training.toy_data import write_toy_llava_dataset
 
 MULTI_TURN = {

@@ -5,8 +5,8 @@ import os
 import pytest
 
 from vlm_annotation import prompts
-from vlm_annotation.cli import report_input_errors, require_model
 from vlm_annotation.io_utils import InputError, JsonlAppender, iter_jsonl, write_json_atomic, write_jsonl_atomic
+from vlm_annotation.runtime import report_input_errors, require_model
 
 
 def test_atomic_writers_leave_no_temp_files(tmp_path):
@@ -111,7 +111,7 @@ def test_ctrl_c_is_one_line_and_exit_130(capsys):
 
 
 def test_output_paths_are_checked_before_any_work(tmp_path):
-    from vlm_annotation.cli import require_output_dir, require_output_file
+    from vlm_annotation.runtime import require_output_dir, require_output_file
     src = tmp_path / "in.json"
     src.write_text("{}")
     with pytest.raises(InputError, match="--out: .* is the same file as --in"):
@@ -131,7 +131,7 @@ def test_output_paths_are_checked_before_any_work(tmp_path):
 
 
 def test_devices_and_seeds_are_checked():
-    from vlm_annotation.cli import check_seed, resolve_device
+    from vlm_annotation.runtime import check_seed, resolve_device
     assert resolve_device("cpu") == "cpu"
     for bad, message in (("bogus", "not a device"), ("cuda:7", "CUDA"), ("mps", "MPS"), ("meta", "use auto")):
         torch = __import__("torch")

@@ -1,8 +1,14 @@
 """Position, size and relation words, and how descriptions and captions are put together."""
 import pytest
 
-from vlm_annotation.describer import (PromptBook, clean_caption, compose_description, context_crop,
-                                      strip_prompt, surface_phrase)
+from vlm_annotation.describer import (
+    PromptBook,
+    clean_caption,
+    compose_description,
+    context_crop,
+    strip_prompt,
+    surface_phrase,
+)
 from vlm_annotation.spatial import nearest, position_phrase, position_word, relation, relation_phrase, size_word
 
 W, H = 300, 300

@@ -17,7 +17,13 @@ from PIL import Image
 
 from vlm_annotation import visualize
 from vlm_annotation.visualize import (
-    PALETTE, class_colours, downscale_factor, drawn_name, main, object_caption, text_colour,
+    PALETTE,
+    class_colours,
+    downscale_factor,
+    drawn_name,
+    main,
+    object_caption,
+    text_colour,
 )
 
 NASTY = '<b>& "quoted"'  # must reach the page as text, never as markup

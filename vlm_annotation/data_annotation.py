@@ -34,20 +34,24 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from vlm_annotation.cli import (check_seed, report_input_errors, require_model, require_output_file,  # noqa: E402
-                                require_path, resolve_device, set_seed)
-from vlm_annotation.describer import (Captioner, PromptBook, compose_description, context_crop,  # noqa: E402
-                                      surface_phrase)
-from vlm_annotation.detectors import DETECTOR_NAMES, ClassMap, RTDetrDetector, YoloDetector  # noqa: E402
-from vlm_annotation.fusion import FUSION_METHODS, fuse  # noqa: E402
-from vlm_annotation.images import ImageLoadError, is_image_file, load_image  # noqa: E402
-from vlm_annotation.io_utils import InputError  # noqa: E402
-from vlm_annotation.progress import ProgressLog, progress_path, write_from_progress  # noqa: E402
-from vlm_annotation.qa import generate_qa, image_rng  # noqa: E402
-from vlm_annotation.spatial import nearest, position_phrase, relation_phrase, size_word  # noqa: E402
+from vlm_annotation.describer import Captioner, PromptBook, compose_description, context_crop, surface_phrase
+from vlm_annotation.detectors import DETECTOR_NAMES, ClassMap, RTDetrDetector, YoloDetector
+from vlm_annotation.fusion import FUSION_METHODS, fuse
+from vlm_annotation.images import ImageLoadError, is_image_file, load_image
+from vlm_annotation.io_utils import InputError
+from vlm_annotation.progress import ProgressLog, progress_path, write_from_progress
+from vlm_annotation.qa import generate_qa, image_rng
+from vlm_annotation.runtime import (
+    check_seed,
+    report_input_errors,
+    require_model,
+    require_output_file,
+    require_path,
+    require_yolo_weights,
+    resolve_device,
+    set_seed,
+)
+from vlm_annotation.spatial import nearest, position_phrase, relation_phrase, size_word
 
 TOOL_VERSION = "0.1.0"
 # Output precision: also absorbs float noise between batch sizes, so resumed and sharded
@@ -246,7 +250,7 @@ def main(argv=None) -> int:
     if is_image_file(args.output_file):
         raise InputError(f"--output_file: {args.output_file} is an image path; give a .json file")
     check_seed(args.seed)
-    args.yolo_model = require_model(args.yolo_model, "--yolo_model")
+    args.yolo_model = require_yolo_weights(args.yolo_model, "--yolo_model")
     args.detr_model = require_model(args.detr_model, "--detr_model")
     if args.detr_processor:
         args.detr_processor = require_model(args.detr_processor, "--detr_processor")

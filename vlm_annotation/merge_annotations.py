@@ -14,13 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from vlm_annotation.cli import report_input_errors, require_output_file, require_path  # noqa: E402
-from vlm_annotation.io_utils import InputError  # noqa: E402
-from vlm_annotation.progress import write_annotations_stream  # noqa: E402
-from vlm_annotation.schema import load_annotations  # noqa: E402
+from vlm_annotation.io_utils import InputError
+from vlm_annotation.progress import write_annotations_stream
+from vlm_annotation.runtime import report_input_errors, require_output_file, require_path
+from vlm_annotation.schema import load_annotations
 
 # Meta keys that may differ between shards (machines mount the images in different places).
 _PER_SHARD_META = ("shard", "images_dir")

@@ -65,6 +65,11 @@ def count_answer(n: int, noun: str = "object", where: str = " in this image") ->
     return f"There are {n} {plural(noun)}{where}."
 
 
+# The image placeholder of the LLaVA file format and of LLaVA-1.5's chat template: defined here,
+# once; vlm_training.llava_format re-exports it for the LLaVA file.
+IMAGE_TOKEN = "<image>"
+
+
 @dataclass
 class PromptFormat:
     """How a conversation is laid out as text for the model.
@@ -73,10 +78,10 @@ class PromptFormat:
     the same conversation. After ``answer_prefix + answer`` the tokenizer's EOS is added
     (the llava-1.5-hf chat template puts none, and a model taught without it never stops).
     """
-    first_turn: str = "USER: <image>\n{question} ASSISTANT:"
+    first_turn: str = "USER: " + IMAGE_TOKEN + "\n{question} ASSISTANT:"
     next_turn: str = "USER: {question} ASSISTANT:"
     answer_prefix: str = " "
-    image_token: str = "<image>"
+    image_token: str = IMAGE_TOKEN
     pad_to_square: bool = True
     box_decimals: int = 2
     templates: dict = field(default_factory=lambda: {

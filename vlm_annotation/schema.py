@@ -24,7 +24,7 @@ from vlm_annotation.io_utils import InputError, read_json
 
 QA_TYPES = (
     "count", "count_class", "exists", "location",
-    "region_description", "region_label", "grounding", "relation",
+    "region_description", "region_label", "grounding", "relation", "surface",
 )
 # Box coordinates may exceed the image by rounding only.
 _BOX_TOLERANCE = 1.0

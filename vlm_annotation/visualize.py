@@ -15,26 +15,22 @@ Text is drawn with Pillow's built-in font (``ImageFont.load_default``): nothing 
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import argparse
 import html
 import math
 import os
 import re
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import quote
 
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from vlm_annotation.cli import report_input_errors, require_output_dir, require_path
 from vlm_annotation.images import ImageLoadError, load_image
 from vlm_annotation.io_utils import InputError, atomic_output, write_text_atomic
+from vlm_annotation.runtime import report_input_errors, require_output_dir, require_path
 from vlm_annotation.schema import load_annotations
 
 IMAGES_SUBDIR = "images"

@@ -11,17 +11,14 @@ difference (model - baseline) is reported. Metrics: see ``vlm_inference/metrics.
 """
 from __future__ import annotations
 
+import argparse
+import os
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import argparse
-
 from vlm_annotation.boxes import parse_box
-from vlm_annotation.cli import report_input_errors, require_output_file
 from vlm_annotation.io_utils import InputError, iter_jsonl, write_json_atomic, write_text_atomic
+from vlm_annotation.runtime import report_input_errors, require_output_file
 from vlm_inference.metrics import GROUNDING_TYPES, UNTYPED, difference, is_count_key, score_predictions
 
 # Which count a pooled overall metric is taken over.

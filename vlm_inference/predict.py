@@ -23,15 +23,10 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from vlm_annotation.cli import report_input_errors, require_model, require_output_file, require_path
 from vlm_annotation.io_utils import InputError, JsonlAppender, iter_jsonl, read_json
+from vlm_annotation.runtime import report_input_errors, require_model, require_output_file, require_path
 from vlm_inference.vlm_inference import VLMInference, add_model_args
-from vlm_training.llava_data import resolve_image_path, validate_llava_records
-
-IMAGE_TOKEN = "<image>"  # as the LLaVA file format writes it
+from vlm_training.llava_format import IMAGE_TOKEN, resolve_image_path, validate_llava_records
 
 
 def parse_args(argv=None) -> argparse.Namespace:

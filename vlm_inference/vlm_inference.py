@@ -31,16 +31,13 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from PIL import Image
 
 from vlm_annotation import boxes, prompts
-from vlm_annotation.cli import report_input_errors, require_model, resolve_device
 from vlm_annotation.images import ImageLoadError, as_rgb_image
 from vlm_annotation.io_utils import InputError
 from vlm_annotation.prompts import PROMPT_FORMAT_FILE, PromptFormat
+from vlm_annotation.runtime import report_input_errors, require_model, resolve_device
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 MODEL_CONFIG_FILE = "config.json"
@@ -206,8 +203,8 @@ class VLMInference:
         from transformers import AutoModelForImageTextToText
         kwargs: dict[str, Any] = {"dtype": self.dtype}
         if self.quantized:
-            from transformers import BitsAndBytesConfig
             import torch
+            from transformers import BitsAndBytesConfig
             if load_in_4bit:
                 quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=self.dtype,
                                            bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True)

@@ -17,22 +17,18 @@ this file as is; ``width``, ``height`` and ``qa_types`` are extra keys they igno
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import argparse
+import sys
 from collections import Counter
+from pathlib import Path
 
 from vlm_annotation import prompts
 from vlm_annotation.boxes import BOX_PATTERN, box_to_text
-from vlm_annotation.cli import report_input_errors, require_output_file
 from vlm_annotation.io_utils import InputError, write_json_atomic
+from vlm_annotation.runtime import report_input_errors, require_output_file
 from vlm_annotation.schema import AnnotationError, load_annotations
+from vlm_training.llava_format import IMAGE_PLACEHOLDER, IMAGE_TOKEN
 
-IMAGE_TOKEN = prompts.PromptFormat().image_token
 # Types whose question names a region by its box (one referenced object).
 _REGION_QUESTION_TYPES = ("region_description", "region_label")
 _REGION_DESCRIPTION_PREFIX = prompts.REGION_DESCRIPTION.split("{box}")[0]
@@ -122,7 +118,7 @@ def image_records(rec: dict, index: int, file, max_turns: int) -> list[dict]:
         chunk = pairs[start:start + size]
         conversations = []
         for t, ((question, answer), _) in enumerate(chunk):
-            human = f"{IMAGE_TOKEN}\n{question}" if t == 0 else question
+            human = IMAGE_PLACEHOLDER + question if t == 0 else question
             conversations += [{"from": "human", "value": human}, {"from": "gpt", "value": answer}]
         out.append({"id": f"{image}#{k}", "image": image, "width": rec["width"], "height": rec["height"],
                     "conversations": conversations, "qa_types": [qtype for _, qtype in chunk]})

@@ -17,18 +17,14 @@ enough to go round (train first, then val, then test), and the script says so.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import argparse
 import hashlib
 import math
+import sys
+from pathlib import Path
 
-from vlm_annotation.cli import report_input_errors, require_output_file
 from vlm_annotation.io_utils import InputError, write_json_atomic
+from vlm_annotation.runtime import report_input_errors, require_output_file
 from vlm_annotation.schema import load_annotations, validate_annotations
 
 SPLITS = ("train", "val", "test")

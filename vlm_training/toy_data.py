@@ -13,14 +13,12 @@ import os
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from PIL import Image, ImageDraw
 
 from vlm_annotation import prompts
 from vlm_annotation.boxes import box_to_text
 from vlm_annotation.io_utils import write_json_atomic
+from vlm_training.llava_format import IMAGE_PLACEHOLDER
 
 
 def shape_box(w: int, h: int) -> list[int]:
@@ -54,7 +52,7 @@ def toy_records() -> list[dict]:
             "image": rel,
             "width": w,
             "height": h,
-            "conversations": [{"from": "human", "value": "<image>\n" + question},
+            "conversations": [{"from": "human", "value": IMAGE_PLACEHOLDER + question},
                               {"from": "gpt", "value": answer}],
             "qa_types": [qa_type],
         })

@@ -33,13 +33,16 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from vlm_annotation.cli import (check_seed, is_within, report_input_errors, require_model, require_output_dir,
-                                resolve_device)
 from vlm_annotation.io_utils import InputError, write_json_atomic
 from vlm_annotation.prompts import PromptFormat
+from vlm_annotation.runtime import (
+    check_seed,
+    is_within,
+    report_input_errors,
+    require_model,
+    require_output_dir,
+    resolve_device,
+)
 
 DEFAULT_BASE_MODEL = "llava-hf/llava-1.5-7b-hf"
 # LoRA on the language model only: a plain suffix list would also hit the CLIP tower's q_proj.

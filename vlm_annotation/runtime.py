@@ -1,0 +1,318 @@
+"""Runtime helpers every stage script shares: errors, Ctrl-C, SIGTERM and a full disk as one line;
+one writer per output; paths and models checked up front; devices, precision and seeds."""
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import os
+import random
+import re
+import signal
+import sys
+from pathlib import Path
+from typing import Callable, Iterator
+
+from vlm_annotation.io_utils import InputError
+
+EXIT_INPUT_ERROR = 2
+EXIT_INTERRUPTED = 130  # what a shell reports for a program stopped by Ctrl-C (128 + SIGINT)
+EXIT_TERMINATED = 143   # ... and for one stopped by SIGTERM (128 + SIGTERM)
+EXIT_DISK_FULL = 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what SLURM and Kubernetes send on preemption), raised where Ctrl-C would be.
+
+    A subclass of KeyboardInterrupt, so every ``except KeyboardInterrupt`` that saves work on
+    Ctrl-C saves it on SIGTERM too.
+    """
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def handle_sigterm() -> None:
+    """Turn SIGTERM into :class:`Terminated` in this (main) thread; a no-op elsewhere."""
+    import threading
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+INTERRUPTED_MESSAGE = "finished work is saved; run the same command again to resume"
+
+
+def report_input_errors(main: Callable[..., int]) -> Callable[..., int]:
+    """Turn an :class:`InputError` raised by ``main`` into one line on stderr and exit code 2.
+
+    Ctrl-C and SIGTERM become one line too (exit 130 / 143): every output is written atomically
+    or flushed a record at a time, so an interrupted stage has nothing to clean up, and the
+    resumable ones pick up where they stopped when run again. A full disk is one line (exit 1),
+    never a traceback; atomic writes leave the previous file untouched.
+    """
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs) -> int:
+        handle_sigterm()
+        try:
+            return main(*args, **kwargs)
+        except InputError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            return EXIT_INPUT_ERROR
+        except KeyboardInterrupt as e:
+            what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+            print(f"{what}: {INTERRUPTED_MESSAGE}", file=sys.stderr, flush=True)
+            return EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            where = f": {e.filename}" if e.filename else ""
+            print(f"error: disk full{where} ({e.strerror}); free space and run the same command again",
+                  file=sys.stderr, flush=True)
+            return EXIT_DISK_FULL
+
+    return wrapper
+
+
+class OutputBusy(InputError):
+    """Another live run holds the output this run would write."""
+
+
+@contextlib.contextmanager
+def single_writer(output: str | os.PathLike, flag: str = "output") -> Iterator[Path]:
+    """Hold ``<output>.lock`` for the duration: one writer per output, across processes.
+
+    ``fcntl.flock`` is released by the kernel when its holder dies (kill -9 included), so a
+    lock left by a dead process never blocks; the pid and command written into the lock file
+    only serve the message. A second run refuses with one line naming the first.
+    """
+    import fcntl
+    lock = Path(output)
+    lock = lock.with_name(f"{lock.name}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
+            raise OutputBusy(f"{flag}: {output} is being written by another run ({holder}); "
+                             "wait for it to finish or stop it") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}: {' '.join(sys.argv)[:300]}".encode(), 0)
+        try:
+            yield lock
+        finally:
+            # The file stays (unlinking it would let a waiter lock a dead inode); emptied, it
+            # names no holder, and the kernel lock goes with the descriptor.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)
+
+
+def require_path(path: str | os.PathLike | None, flag: str, kind: str = "any") -> Path:
+    """A path given on the command line that must exist; the error names the flag."""
+    if path is None:
+        raise InputError(f"{flag} is required")
+    p = Path(path)
+    if kind == "dir" and not p.is_dir():
+        raise InputError(f"{flag}: directory not found: {p}")
+    if kind == "file" and not p.is_file():
+        raise InputError(f"{flag}: file not found: {p}")
+    if kind == "any" and not p.exists():
+        raise InputError(f"{flag}: not found: {p}")
+    return p
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def is_within(path: Path, folder: Path) -> bool:
+    return path.resolve() == folder.resolve() or path.resolve().is_relative_to(folder.resolve())
+
+
+def _writable_parent(p: Path, flag: str) -> None:
+    parent = next((a for a in (p.parent, *p.parent.parents) if a.exists()), Path("."))
+    if not parent.is_dir():
+        raise InputError(f"{flag}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{flag}: cannot write into {parent}")
+
+
+def require_output_file(path: str | os.PathLike, flag: str,
+                        inputs: dict[str, str | os.PathLike | None] | None = None) -> Path:
+    """An output file path that can be written: checked up front, not after hours of work.
+
+    ``inputs`` maps the flags of the stage's input files to their paths: an output that is
+    one of them is refused, so a typo can never overwrite what the stage reads.
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{flag}: {p} is a directory, expected a file path")
+    if p.exists() and not p.is_file():
+        raise InputError(f"{flag}: {p} exists and is not a regular file")
+    for in_flag, in_path in (inputs or {}).items():
+        if in_path is not None and _same_path(p, Path(in_path)):
+            raise InputError(f"{flag}: {p} is the same file as {in_flag}")
+    _writable_parent(p, flag)
+    return p
+
+
+def require_output_dir(path: str | os.PathLike, flag: str,
+                       inputs: dict[str, str | os.PathLike | None] | None = None) -> Path:
+    """An output folder that can be written and is not (inside) an input folder of the stage."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise InputError(f"{flag}: {p} exists and is not a directory")
+    for in_flag, in_path in (inputs or {}).items():
+        if in_path is not None and Path(in_path).is_dir() and is_within(p, Path(in_path)):
+            raise InputError(f"{flag}: {p} is inside {in_flag} ({in_path}); write outputs elsewhere")
+    if p.is_dir():
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise InputError(f"{flag}: cannot write into {p}")
+    else:
+        _writable_parent(p, flag)
+    return p
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def hub_offline() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub.constants import HF_HUB_CACHE
+    return (Path(HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--"))).is_dir()
+
+
+def require_model(name: str, flag: str) -> str:
+    """A model given as a local path must exist; a hub id (``org/name``) is passed through.
+
+    Offline, a hub id must already be in the local cache: ``models/llava`` that does not
+    exist is then reported as missing here, not as a failed download deep inside a library.
+    """
+    path = Path(name).expanduser()
+    if path.exists():
+        return str(path)
+    if _HUB_ID.match(name) and path.suffix not in (".pt", ".pth", ".bin", ".safetensors"):
+        if hub_offline() and not in_hub_cache(name):
+            raise InputError(f"{flag}: {name} is not a local path, and the hub is offline "
+                             "(HF_HUB_OFFLINE=1) with no cached copy of it")
+        return name
+    raise InputError(f"{flag}: model not found: {name} (give a local path or a hub id like org/name)")
+
+
+def yolo_offline() -> bool:
+    return hub_offline() or os.environ.get("YOLO_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def require_yolo_weights(name: str, flag: str = "--yolo_model") -> str:
+    """A YOLO weights file: a local path, or one of Ultralytics' official names (``yolov8x.pt``,
+    ``yolo11x.pt``, ``rtdetr-l.pt``), which Ultralytics downloads on first use.
+
+    Offline, an official name that is not on disk fails here with one line that says so,
+    instead of deep inside the library.
+    """
+    path = Path(name).expanduser()
+    if path.is_file():
+        return str(path)
+    if path.exists():
+        raise InputError(f"{flag}: {name} is not a file (give the .pt weights file)")
+    from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES
+    official = path.name in GITHUB_ASSETS_NAMES or path.name in {f"rtdetr-{k}.pt" for k in "lx"}
+    if official and len(path.parts) == 1:
+        if yolo_offline():
+            raise InputError(f"{flag}: {name} is an Ultralytics weights name that is downloaded on first use, "
+                             "but this run is offline (YOLO_OFFLINE/HF_HUB_OFFLINE); give a local path")
+        return name
+    raise InputError(f"{flag}: model not found: {name} (give a local .pt path or an Ultralytics "
+                     "weights name such as yolov8x.pt)")
+
+
+def resolve_device(device: str | None = "auto") -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``mps``, else ``cpu``; others are checked."""
+    import torch
+    mps = getattr(torch.backends, "mps", None)
+    mps_ok = mps is not None and mps.is_available()
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "mps" if mps_ok else "cpu"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise InputError(f"--device {device}: not a device (auto, cpu, cuda, cuda:1, mps)") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {device}: no CUDA GPU is visible")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise InputError(f"--device {device}: only {torch.cuda.device_count()} CUDA GPU(s) visible")
+    elif parsed.type == "mps" and not mps_ok:
+        raise InputError(f"--device {device}: MPS is not available on this machine")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"--device {device}: use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(seed: int, flag: str = "--seed") -> int:
+    """numpy accepts seeds in 0..2**32-1 only: refuse others up front with the flag named."""
+    if not 0 <= seed <= MAX_SEED:
+        raise InputError(f"{flag} must be in 0..{MAX_SEED}, got {seed}")
+    return seed
+
+
+def set_seed(seed: int) -> None:
+    import numpy as np
+    import torch
+    check_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# One precision flag for the captioner, training and inference: --precision (old name --dtype).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_PRECISION_ALIASES = {"float32": "fp32", "fp32": "fp32", "float16": "fp16", "fp16": "fp16", "half": "fp16",
+                      "bfloat16": "bf16", "bf16": "bf16", "auto": "auto"}
+
+
+def precision_name(value: str) -> str:
+    """``auto``, ``fp32``, ``bf16`` or ``fp16`` for any accepted spelling (``float16``, ``torch.bfloat16``, ...);
+    argparse ``type=`` for ``--precision``."""
+    name = _PRECISION_ALIASES.get(str(value).lower().replace("torch.", ""))
+    if name is None:
+        import argparse
+        raise argparse.ArgumentTypeError(f"{value!r} is not one of {', '.join(PRECISIONS)}")
+    return name
+
+
+def add_precision_flag(parser, help_auto: str) -> None:
+    """``--precision`` (alias ``--dtype``), with the same names and meaning in every stage."""
+    parser.add_argument("--precision", "--dtype", dest="precision", type=precision_name, default="auto",
+                        metavar="{" + ",".join(PRECISIONS) + "}",
+                        help=f"numeric precision: {help_auto}; fp32, bf16 or fp16 force one "
+                             "(float32/bfloat16/float16 are accepted too)")
+
+
+def resolve_dtype(precision, device: str):
+    """The torch dtype for ``precision`` on ``device``: ``auto`` is bf16 where the GPU supports it, else fp16
+    on a GPU, fp32 on CPU / MPS. A torch.dtype passes through."""
+    import torch
+    if isinstance(precision, torch.dtype):
+        return precision
+    name = precision_name(precision or "auto")
+    if name == "auto":
+        if str(device).startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
