@@ -26,7 +26,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from PIL import Image, ImageDraw
 
-from vlm_annotation import prompts
+from vlm_annotation import prompts, runtime
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -38,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=8, help="batch size of the batched way (default 8)")
     parser.add_argument("--new_tokens", type=int, default=16, help="tokens generated per answer (default 16)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default auto)")
-    parser.add_argument("--dtype", default="auto", help="auto, float32, float16, bfloat16 (default auto)")
+    runtime.add_precision_flag(parser, "auto = bf16/fp16 on a GPU, fp32 on the CPU")
     return parser.parse_args(argv)
 
 
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
         if model_path is None:
             from models.make_tiny_models import build_llava
             model_path = str(build_llava(Path(tmp), seed=0))
-        vlm = VLMInference(model_path, base_model=args.base_model, device=args.device, dtype=args.dtype)
+        vlm = VLMInference(model_path, base_model=args.base_model, device=args.device, precision=args.precision)
         images, questions = workload(args.num_questions)
         gen = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens}
         print(f"model {args.model_path or 'tiny llava'} on {vlm.device} ({vlm.dtype}), "

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from vlm_annotation import data_annotation, merge_annotations
+from vlm_annotation import data_annotation, evaluate_annotations, export_annotations, import_labels, merge_annotations
+from vlm_annotation.data_annotation import fuse_detections
 from vlm_annotation.progress import progress_path
 from vlm_annotation.schema import QA_TYPES, load_annotations
 
@@ -118,6 +119,57 @@ def test_interrupted_run_resumes_to_the_same_file(reference, tiny_models, images
     data_annotation.ProgressLog(progress_path(out), {"seed": 1}).open().close()
     code = data_annotation.main(args_for(tiny_models, images_dir, out))
     assert code == 2
+
+
+def _fields(objects, keys=("label", "bbox", "score", "sources")):
+    return [tuple(json.dumps(o[k]) for k in keys) for o in objects]
+
+
+def test_kept_detector_boxes_imported_labels_and_evaluation(reference, tiny_models, images_dir, tmp_path, capsys):
+    # --keep_detector_boxes only adds: the objects are those of the run without it.
+    kept_file = tmp_path / "kept.json"
+    assert data_annotation.main(args_for(tiny_models, images_dir, kept_file, "--keep_detector_boxes",
+                                         "--dtype", "float32")) == 0
+    kept = load_annotations(kept_file)
+    assert kept["meta"]["keep_detector_boxes"] is True and kept["meta"]["dtype"] == "fp32"
+    assert [{k: v for k, v in r.items() if k != "detector_boxes"} for r in kept["images"]] == reference[0]["images"]
+    assert any(r["detector_boxes"]["yolo"] for r in kept["images"]) and \
+        any(r["detector_boxes"]["rtdetr"] for r in kept["images"])
+    for rec in kept["images"]:
+        # Fusing the kept boxes again (what evaluate_annotations --sweep does) gives exactly the stored objects.
+        again = fuse_detections([rec["detector_boxes"]["yolo"], rec["detector_boxes"]["rtdetr"]],
+                                rec["width"], rec["height"], "wbf", [1.0, 1.0], 0.55)
+        assert _fields(again) == _fields(rec["objects"])
+
+    # Export -> import: the same boxes, described by the same code (same captioner, prompts and seed).
+    coco = tmp_path / "gt.json"
+    assert export_annotations.main(["--annotation_file", str(reference[1]), "--format", "coco",
+                                    "--output_file", str(coco)]) == 0
+    imported_file = tmp_path / "imported.json"
+    assert import_labels.main(["--coco", str(coco), "--images_dir", str(images_dir), "--output_file",
+                               str(imported_file), "--captioner_model", str(tiny_models["blip"]), "--seed", "3",
+                               "--batch_size", "2"]) == 0
+    imported = load_annotations(imported_file)
+    assert [r["image"] for r in imported["images"]] == GOOD
+    for mine, theirs in zip(imported["images"], reference[0]["images"]):
+        assert mine["caption"] == theirs["caption"]
+        assert sorted(_fields(mine["objects"], ("label", "bbox", "description"))) == \
+            sorted(_fields(theirs["objects"], ("label", "bbox", "description")))
+        assert all(o["sources"] == ["labels"] and o["score"] == 1.0 for o in mine["objects"])
+    assert f"{len(BROKEN)} images of --images_dir not in the labels" in capsys.readouterr().out
+
+    # Scored against those labels: the file's own objects are perfect; the table and sweep come from the kept boxes.
+    metrics = tmp_path / "metrics.json"
+    assert evaluate_annotations.main(["--annotations", str(kept_file), "--ground_truth", str(coco),
+                                      "--output_file", str(metrics), "--sweep"]) == 0
+    m = json.loads(metrics.read_text())
+    assert (m["map"], m["precision"], m["recall"]) == (1.0, 1.0, 1.0)
+    assert m["images"]["evaluated"] == len(GOOD) and m["images"]["skipped_in_annotations"] == []
+    file_row = {k: m[k] for k in ("map", "map50", "precision", "recall", "detections")}
+    assert {k: m["detectors"]["yolo + rtdetr wbf"][k] for k in file_row} == file_row
+    assert m["recommended"]["flags"].startswith("--fusion wbf --detector_weights 1 1 --iou_threshold 0.55")
+    out = capsys.readouterr().out
+    assert "| yolo |" in out and "| rtdetr |" in out and "recommended: --fusion" in out
 
 
 def test_two_shards_merged_equal_one_run(reference, tiny_models, images_dir, tmp_path):

@@ -210,3 +210,53 @@ def test_piecewise_tokenization_equals_whole_text(layout):
         pieces = tokenize_segments(tok, [(t, False) for t in texts])
         assert sum(pieces, []) == tok("".join(texts), add_special_tokens=False).input_ids
         assert [tok.decode(p) for p in pieces] == expected
+
+
+class _SpyTokenizer:
+    """The real tokenizer, remembering the longest text it was asked to tokenize."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.longest = tokenizer, 0
+
+    def __call__(self, text, **kwargs):
+        self.longest = max(self.longest, len(text))
+        return self.tokenizer(text, **kwargs)
+
+
+def test_tokenization_cost_is_bounded_by_max_length(layout, toy):
+    """A record with a 5 MB answer is cut to a character budget before any tokenization (issue 16)."""
+    import copy
+    _, image_dir, _ = toy
+    huge = "the small red box " * 300_000                      # 5.4 MB
+    late = copy.deepcopy(MULTI_TURN)
+    late["conversations"][3]["value"] = huge                   # second answer: the record loses turns 2 and 3
+    early = copy.deepcopy(MULTI_TURN)
+    early["id"] = "early#0"
+    early["conversations"][1]["value"] = huge                  # first answer: the record is dropped
+    spy = copy.copy(layout)
+    spy.tokenizer = _SpyTokenizer(layout.tokenizer)
+    examples, stats = build_examples([late, early], "x.json", image_dir, spy, max_length=512)
+    budget = layout.char_budget(512)
+    assert budget == 512 * layout.longest_token_chars < 20_000
+    assert spy.tokenizer.longest < budget + 200                # the templates add a few characters
+    assert (stats.examples, stats.shortened, stats.turns_dropped, stats.dropped) == (1, 1, 2, 1)
+    assert stats.dropped_ids == ["early#0"]
+    # what is kept equals the record without the over-long turns
+    first_pair = dict(MULTI_TURN, conversations=MULTI_TURN["conversations"][:2])
+    reference, _ = build_examples([first_pair], "x.json", image_dir, layout, max_length=512)
+    assert examples[0].input_ids == reference[0].input_ids and examples[0].labels == reference[0].labels
+
+
+def test_jsonl_file_gives_the_same_examples_as_json(layout, toy, tmp_path):
+    json_path, image_dir, records = toy
+    jsonl = tmp_path / "toy.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in records))
+    a, stats_a = load_llava_dataset(json_path, image_dir, layout, max_length=512)
+    b, stats_b = load_llava_dataset(jsonl, image_dir, layout, max_length=512)
+    assert stats_a == stats_b and stats_b.records == 4
+    assert [(e.input_ids, e.labels, e.image_path) for e in a.examples] == \
+        [(e.input_ids, e.labels, e.image_path) for e in b.examples]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(records[0]) + "\n" + json.dumps({"id": "x#0"}) + "\n")
+    with pytest.raises(InputError, match="record 1 .id 'x#0'.: field 'image'"):
+        load_llava_dataset(bad, image_dir, layout, max_length=512)

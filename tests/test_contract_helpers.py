@@ -5,13 +5,14 @@ import os
 import pytest
 
 from vlm_annotation import prompts
-from vlm_annotation.io_utils import InputError, JsonlAppender, iter_jsonl, write_json_atomic, write_jsonl_atomic
+from vlm_annotation.io_utils import InputError, JsonlAppender, RecordWriter, iter_jsonl, write_json_atomic
 from vlm_annotation.runtime import report_input_errors, require_model
 
 
 def test_atomic_writers_leave_no_temp_files(tmp_path):
     write_json_atomic(tmp_path / "a" / "x.json", {"k": [1, 2]})
-    write_jsonl_atomic(tmp_path / "y.jsonl", [{"a": 1}, {"a": 2}])
+    with RecordWriter(tmp_path / "y.jsonl", style="jsonl") as w:
+        w.write_many([{"a": 1}, {"a": 2}])
     assert json.loads((tmp_path / "a" / "x.json").read_text()) == {"k": [1, 2]}
     assert [r for _, r in iter_jsonl(tmp_path / "y.jsonl")] == [{"a": 1}, {"a": 2}]
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "x.json", "y.jsonl"]
@@ -85,7 +86,8 @@ def test_require_model_and_error_reporting(tmp_path, capsys, monkeypatch):
 
 def test_jsonl_keeps_unicode_line_separators_inside_strings(tmp_path):
     path = tmp_path / "u.jsonl"
-    write_jsonl_atomic(path, [{"a": "x\u2028y"}, {"a": "z"}])
+    with RecordWriter(path, style="jsonl") as w:
+        w.write_many([{"a": "x\u2028y"}, {"a": "z"}])
     assert [r for _, r in iter_jsonl(path)] == [{"a": "x\u2028y"}, {"a": "z"}]
 
 

@@ -185,3 +185,104 @@ def test_script_runs_from_the_command_line(tmp_path):
                          capture_output=True, text=True, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "wrote 2 records (2 images, 9 Q&A turns)" in res.stdout
+
+
+def test_qa_types_keeps_only_the_chosen_pairs(tmp_path, capsys):
+    rc, out = _run(tmp_path, _annotations(), "--qa_types", "count", "location")
+    assert rc == 0
+    records = json.loads(out.read_text())
+    assert [(r["image"], r["qa_types"]) for r in records] == [("scenes/wide.jpg", ["count"]), ("tall.png", ["location"])]
+    printed = capsys.readouterr().out
+    assert ("left out 7 Q&A pairs of other types (--qa_types): count_class 1, exists 1, grounding 1, "
+            "region_description 2, region_label 1, relation 1") in printed
+    assert "skipped 1 image(s) without Q&A pairs of those types" in printed
+    with pytest.raises(SystemExit) as err:
+        convert.parse_args(["--annotation_file", "a", "--output_file", "b", "--qa_types", "colour"])
+    assert err.value.code == 2
+
+
+# ----------------------------------------------------------------------------- images other trainers misread
+
+def _misread_dataset(tmp_path):
+    """An EXIF-rotated JPEG, a half-transparent PNG and a plain JPEG, annotated in displayed pixels."""
+    from PIL import Image
+    images = tmp_path / "images"
+    (images / "sub").mkdir(parents=True)
+    # Stored 40x20 with a red top-left corner; EXIF orientation 6 = turn 90 degrees clockwise to show,
+    # so it is shown 20x40 with the red corner at the top right.
+    stored = Image.new("RGB", (40, 20), (0, 0, 255))
+    stored.paste((255, 0, 0), (0, 0, 10, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(images / "sub" / "rot.jpg", exif=exif, quality=95)
+    clear = Image.new("RGBA", (20, 10), (0, 0, 0, 0))       # transparent black on the left
+    clear.paste((0, 200, 0, 255), (10, 0, 20, 10))           # opaque green on the right
+    clear.save(images / "t.png")
+    Image.new("RGB", (30, 30), (9, 9, 9)).save(images / "plain.jpg")
+
+    def rec(name, w, h, box):
+        return {"image": name, "width": w, "height": h, "caption": "",
+                "objects": [{"id": 0, "label": "mark", "bbox": box, "score": 1.0, "sources": ["labels"]}],
+                "qa": [{"question": prompts.GROUNDING.format(text="the mark"), "answer": "[0, 0, 1, 1]",
+                        "type": "grounding", "object_ids": [0]}]}
+    data = {"images": [rec("sub/rot.jpg", 20, 40, [10, 0, 20, 10]), rec("t.png", 20, 10, [0, 0, 10, 10]),
+                       rec("plain.jpg", 30, 30, [0, 0, 5, 5])], "skipped": [], "meta": {}}
+    return images, data
+
+
+def test_convert_counts_the_images_other_trainers_misread(tmp_path, capsys):
+    images, data = _misread_dataset(tmp_path)
+    rc, out = _run(tmp_path, data, "--image_dir", str(images))
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert ("2 of 3 images are read differently by a plain Image.open().convert('RGB') than by this toolkit: "
+            "1 EXIF-rotated (e.g. sub/rot.jpg), 1 with transparent pixels (e.g. t.png)") in printed
+    assert "pass --upright_images_dir DIR" in printed
+    rc, _ = _run(tmp_path, {"images": [data["images"][2]], "skipped": [], "meta": {}}, "--image_dir", str(images))
+    assert "all 1 images read the same with a plain Image.open().convert('RGB')" in capsys.readouterr().out
+    rc, _ = _run(tmp_path, data)
+    assert "images not checked for EXIF rotation or transparency" in capsys.readouterr().out
+
+
+def test_upright_copies_show_other_trainers_the_pixels_the_boxes_describe(tmp_path, capsys):
+    from PIL import Image
+
+    from vlm_annotation.images import load_image
+    images, data = _misread_dataset(tmp_path)
+    upright = tmp_path / "upright"
+    rc, out = _run(tmp_path, data, "--image_dir", str(images), "--upright_images_dir", str(upright))
+    assert rc == 0
+    assert f"upright images: 2 copies written, 1 links -> {upright}" in capsys.readouterr().out
+    assert out.read_text() == _run(tmp_path, data)[1].read_text()          # the records do not change
+    # A plain reader of the upright folder sees the boxes' pixels: the red corner inside the box
+    # [10, 0, 20, 10] of the displayed 20x40 image; the transparent half white, the rest green.
+    rot = Image.open(upright / "sub" / "rot.jpg")
+    assert rot.size == (20, 40) and rot.getexif().get(0x0112) is None
+    rot = rot.convert("RGB")
+    assert max(abs(a - b) for a, b in zip(rot.getpixel((15, 5)), (255, 0, 0))) <= 8
+    assert max(abs(a - b) for a, b in zip(rot.getpixel((5, 5)), (0, 0, 255))) <= 8
+    # The original, read the plain way, has blue there: the box would point at the wrong pixels.
+    plain = Image.open(images / "sub" / "rot.jpg").convert("RGB")
+    assert plain.size == (40, 20) and max(abs(a - b) for a, b in zip(plain.getpixel((15, 5)), (0, 0, 255))) <= 8
+    png = Image.open(upright / "t.png")
+    assert png.mode == "RGB" and png.getpixel((5, 5)) == (255, 255, 255) and png.getpixel((15, 5)) == (0, 200, 0)
+    assert Image.open(images / "t.png").convert("RGB").getpixel((5, 5)) == (0, 0, 0)
+    assert (upright / "plain.jpg").is_symlink() and (upright / "plain.jpg").resolve() == (images / "plain.jpg").resolve()
+    # The toolkit's loader reads both folders alike (JPEG re-encoding aside).
+    for name in ("sub/rot.jpg", "t.png", "plain.jpg"):
+        a, b = load_image(images / name), load_image(upright / name)
+        assert a.size == b.size
+        assert max(abs(x - y) for x, y in zip(a.getpixel((15, 5)), b.getpixel((15, 5)))) <= 8
+    # Run again: the same folder, nothing left over.
+    assert _run(tmp_path, data, "--image_dir", str(images), "--upright_images_dir", str(upright))[0] == 0
+    assert sorted(str(p.relative_to(upright)) for p in upright.rglob("*")) == ["plain.jpg", "sub", "sub/rot.jpg", "t.png"]
+
+
+def test_upright_folder_flags_are_checked(tmp_path, capsys):
+    images, data = _misread_dataset(tmp_path)
+    assert _run(tmp_path, data, "--upright_images_dir", str(tmp_path / "u"))[0] == 2
+    assert "--upright_images_dir needs --image_dir" in capsys.readouterr().err
+    assert _run(tmp_path, data, "--image_dir", str(images), "--upright_images_dir", str(images / "u"))[0] == 2
+    assert "is inside --image_dir" in capsys.readouterr().err
+    assert _run(tmp_path, data, "--image_dir", str(images), "--upright_images_dir", str(tmp_path))[0] == 2
+    assert "holds --image_dir" in capsys.readouterr().err

@@ -104,3 +104,74 @@ def test_missing_files_and_bad_outputs_exit_2(tmp_path, capsys):
     assert evaluate.main(["--predictions", str(preds), "--output_file", str(preds)]) == 2
     assert "--output_file" in capsys.readouterr().err
     assert not (tmp_path / "m.json").exists()
+
+
+def test_streamed_scores_equal_the_list_api(tmp_path):
+    """score_file (one pass, running sums) gives what score_predictions gives on the loaded list."""
+    from vlm_inference.metrics import score_predictions
+    records = _model_preds() + [_pred(5, None, "Blue!", "blue"), _pred(6, "count_class", "2.5 cans", "3 cans"),
+                                _pred(7, "region_description", "a red can (small)", "the cat's red can")]
+    path = _write(tmp_path / "p.jsonl", records)
+    scored = evaluate.score_file(path)
+    assert scored.result == score_predictions(evaluate.load_predictions(path))
+    assert scored.n == 9 and scored.untyped and scored.question_keys is None
+    assert scored.result["per_type"]["count_class"] == {"n": 1, "accuracy": 0.0, "count_exact": 0.0,
+                                                        "count_mae": 0.5, "count_no_number": 0}
+
+
+def test_duplicate_far_apart_names_both_lines(tmp_path, capsys):
+    records = [_pred(i, "exists", "yes", "yes") for i in range(50)] + [_pred(7, "exists", "no", "yes")]
+    preds = _write(tmp_path / "p.jsonl", records)
+    assert evaluate.main(["--predictions", str(preds), "--output_file", str(tmp_path / "m.json")]) == 2
+    err = capsys.readouterr().err
+    assert "line 51: id 'img7.jpg#0' turn 0 is already scored at line 8" in err
+    # same id, other turn: not a duplicate
+    records[-1] = _pred(7, "exists", "no", "yes", turn=1)
+    _write(preds, records)
+    assert evaluate.main(["--predictions", str(preds), "--output_file", str(tmp_path / "m.json")]) == 0
+
+
+def test_baseline_over_other_questions_is_noted(tmp_path):
+    base = _model_preds()[:5] + [_pred(9, "exists", "yes", "yes")]   # 5 shared, 1 other
+    preds = _write(tmp_path / "p.jsonl", _model_preds())
+    basef = _write(tmp_path / "b.jsonl", base)
+    out = tmp_path / "m.json"
+    assert evaluate.main(["--predictions", str(preds), "--baseline", str(basef), "--output_file", str(out)]) == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["common_questions"] == 5
+    assert metrics["notes"] == ["the two files share 5 questions (model 6, baseline 6): the comparison is not "
+                                "over the same questions"]
+
+
+def test_memory_does_not_grow_with_lines(tmp_path):
+    """Scoring keeps running sums and 8 bytes a record: 20k lines peak within 1 MiB of 2k lines'."""
+    import tracemalloc
+
+    from vlm_inference.metrics import normalize_answer
+
+    def peak(n):
+        kinds = [("exists", "Yes.", "yes"), ("count", "There are 2 cans.", "There are 3 cans in this image."),
+                 ("grounding", "[0.00, 0.00, 0.51, 1.00]", REF_BOX), ("region_label", "can", "bottle")]
+        path = _write(tmp_path / f"p{n}.jsonl", [_pred(i, *kinds[i % 4]) for i in range(n)])
+        normalize_answer.cache_clear()
+        tracemalloc.start()
+        evaluate.score_file(path)
+        top = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return top
+    small, big = peak(2000), peak(20000)
+    assert big - small < 1024 * 1024, (small, big)
+
+
+def test_runs_as_a_file(tmp_path):
+    """``python vlm_inference/evaluate.py`` (the documented command): its folder's vlm_inference.py must not
+    shadow the package."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    preds = _write(tmp_path / "p.jsonl", _model_preds())
+    script = Path(evaluate.__file__)
+    done = subprocess.run([sys.executable, str(script), "--predictions", str(preds), "--output_file",
+                           str(tmp_path / "m.json")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "scored 6 answers in 4 question types" in done.stdout

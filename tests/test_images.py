@@ -74,3 +74,45 @@ def test_non_image_is_refused_after_ultralytics_patched_pillow(tmp_path):
     (tmp_path / "notes.jpg").write_text("not an image")
     with pytest.raises(ImageLoadError, match="not a recognised image format"):
         load_image(tmp_path / "notes.jpg")
+
+
+def _png(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(path)
+    return path
+
+
+def test_listing_follows_symlinks_wherever_they_point(tmp_path):
+    """The one symlink rule of every stage: a link inside the images folder is followed."""
+    from vlm_annotation.images import list_images
+    images, outside = tmp_path / "images", tmp_path / "elsewhere"
+    _png(images / "b.png")
+    _png(images / "sub" / "a.jpg")
+    _png(outside / "far.jpg")
+    _png(outside / "more" / "deep.png")
+    (images / "notes.txt").write_text("not an image")
+    _png(images / ".hidden.png")
+    _png(images / ".cache" / "x.png")
+    (images / "linked.jpg").symlink_to(outside / "far.jpg")      # a file outside the folder
+    (images / "shelf").symlink_to(outside / "more")               # a folder outside it
+    (images / "sub" / "loop").symlink_to(images)                  # back to a folder above: not again
+    (images / "sub" / "again.jpg").symlink_to(images / "sub" / "a.jpg")
+    (images / "broken.jpg").symlink_to(tmp_path / "gone.jpg")     # listed, so that it is skipped with a reason
+    assert list_images(images) == ["b.png", "broken.jpg", "linked.jpg", "shelf/deep.png", "sub/a.jpg",
+                                   "sub/again.jpg"]
+    assert load_image(images / "linked.jpg").size == (8, 8)
+    with pytest.raises(ImageLoadError, match="not found"):
+        load_image(images / "broken.jpg")
+
+
+def test_undecodable_file_name_is_refused_with_a_printable_reason(tmp_path):
+    import os
+
+    from vlm_annotation.images import list_images, printable_name
+    raw = os.fsdecode(b"caf\xe9.jpg")                    # Latin-1 bytes on a UTF-8 system
+    _png(tmp_path / raw)
+    assert list_images(tmp_path) == [raw]
+    with pytest.raises(ImageLoadError) as err:
+        load_image(tmp_path / raw)
+    assert str(err.value) == "file name is not valid UTF-8 (caf\\xe9.jpg); rename the file"
+    assert printable_name(raw) == "caf\\xe9.jpg" and printable_name("café.jpg") == "café.jpg"

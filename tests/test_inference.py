@@ -137,8 +137,10 @@ def test_loading_errors_are_clear(tmp_path, tiny_models):
         VLMInference(tmp_path / "no_such_model")
     with pytest.raises(ValueError, match="needs a CUDA GPU"):
         VLMInference(tiny_models["llava"], device="cpu", load_in_4bit=True)
-    with pytest.raises(ValueError, match="unknown"):
+    with pytest.raises(ValueError, match="'int3' is not one of auto, fp32, bf16, fp16"):
         VLMInference(tiny_models["llava"], dtype="int3")
+    with pytest.raises(ValueError, match="not both"):
+        VLMInference(tiny_models["llava"], precision="fp32", dtype="fp32")
     copy = tmp_path / "llava_copy"
     shutil.copytree(tiny_models["llava"], copy)
     (copy / "prompt_format.json").write_text(json.dumps({"first_turn": "USER: {question} ASSISTANT:"}))
@@ -264,7 +266,7 @@ def test_cli_answers_and_describes(tiny_models, images, capsys):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--bbox", "60", "10", "20", "50"], "need x1 <= x2"),
+    (["--bbox", "60", "10", "20", "50"], "x2 (20) < x1 (60)"),
     (["--question", "  "], "--question is empty"),
     (["--bbox", "200", "100", "300", "200"], "lies outside"),
 ])
@@ -283,3 +285,102 @@ def test_cli_missing_image_and_model_exit_2(tiny_models, tmp_path, capsys):
                     "--question", "Hi?"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--model_path: model not found" in err[0]
+
+
+def test_cli_precision_flag_and_its_old_name(tiny_models, images):
+    common = ["--model_path", str(tiny_models["llava"]), "--image", str(images[0]), "--question", "Hi?"]
+    assert vi.parse_args(common).precision == "auto"
+    assert vi.parse_args(common + ["--precision", "bf16"]).precision == "bf16"
+    assert vi.parse_args(common + ["--dtype", "bfloat16"]).precision == "bf16"  # old name, old spelling
+    with pytest.raises(SystemExit):
+        vi.parse_args(common + ["--precision", "int3"])
+
+
+def test_precision_loads_the_weights_in_that_dtype(tiny_models, images):
+    vlm = VLMInference(tiny_models["llava"], precision="bf16")
+    assert vlm.dtype == torch.bfloat16 and next(vlm.model.parameters()).dtype == torch.bfloat16
+    assert isinstance(vlm.answer_question(images[0], "How many objects are there?", max_new_tokens=3), str)
+    assert VLMInference(tiny_models["llava"], dtype="float32").dtype == torch.float32  # the old keyword
+
+
+# ------------------------------------------------------------------ issue 16: hostile input
+def test_nul_byte_in_an_image_path_is_one_clear_error(vlm):
+    with pytest.raises(InferenceInputError, match="holds a NUL byte") as caught:
+        vlm.answer_question("scenes/a\0b.jpg", "How many objects are there?")
+    assert "embedded null byte" not in str(caught.value) and "\n" not in str(caught.value)
+
+
+def _prompt_length(vlm, image, question):
+    inputs = vlm.processor(images=[vlm.model_image(Image.open(image).convert("RGB"))],
+                           text=[vlm.prompt_format.prompt(question)], return_tensors="pt")
+    return int(inputs["input_ids"].shape[1])
+
+
+def test_a_prompt_longer_than_the_context_is_refused(vlm, images):
+    assert vlm.max_length == 2048  # the tiny LLaVA's max_position_embeddings
+    huge = " ".join(["cat"] * 5000)  # ~5,000 tokens to a 2,048-token model
+    with pytest.raises(InferenceInputError, match="exceeds the model's 2048-token context") as caught:
+        vlm.answer_questions([images[0]] * 3, ["How many?", huge, "Where?"], max_new_tokens=4)
+    assert caught.value.index == 1  # a batch caller can skip just that question
+    # The bound is exact: prompt + new tokens may fill the context, not one token more.
+    fits = "Is it " + " ".join(["cat"] * 2006) + "?"
+    length = _prompt_length(vlm, images[0], fits)
+    assert 2040 < length < 2048
+    assert isinstance(vlm.answer_question(images[0], fits, max_new_tokens=2048 - length), str)
+    with pytest.raises(InferenceInputError, match=f"the prompt is {length} tokens"):
+        vlm.answer_question(images[0], fits, max_new_tokens=2049 - length)
+
+
+def test_a_bad_item_of_a_batch_is_named_by_its_index(vlm, images, tmp_path):
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    with pytest.raises(InferenceInputError, match="not a recognised image") as caught:
+        vlm.answer_questions([images[0], images[1], tmp_path / "bad.jpg"], ["a", "b", "c"])
+    assert caught.value.index == 2
+    with pytest.raises(InferenceInputError, match="question is empty") as caught:
+        vlm.answer_questions([images[0]] * 2, ["a", " "])
+    assert caught.value.index == 1
+    with pytest.raises(InferenceInputError, match="lies outside") as caught:
+        vlm.describe_objects([(images[0], [1, 1, 5, 5]), (images[0], [500, 500, 600, 600])])
+    assert caught.value.index == 1
+
+
+# ------------------------------------------------------------------ issue 10.5: the package import
+_IMPORT_PROBE = """
+import sys
+import vlm_inference
+import vlm_inference.predict
+heavy = [m for m in ("torch", "transformers", "peft", "vlm_training.llava_data") if m in sys.modules]
+from vlm_inference import VLMInference, InferenceInputError
+from vlm_inference import vlm_inference as module
+assert VLMInference is module.VLMInference and InferenceInputError is module.InferenceInputError
+heavy += [m for m in ("torch", "transformers") if m in sys.modules]
+print("heavy:", heavy)
+try:
+    from vlm_inference import no_such_name
+except ImportError as e:
+    print("missing:", type(e).__name__)
+"""
+
+
+def test_package_exports_the_class_without_loading_torch():
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", _IMPORT_PROBE], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["heavy: []", "missing: ImportError"]
+
+
+def test_a_half_written_model_folder_is_refused(tiny_models, images, tmp_path, capsys):
+    """train_vlm.py keeps saving.incomplete in --output_dir while it moves the final model in (issue 16)."""
+    model = tmp_path / "vlm_model"
+    shutil.copytree(tiny_models["llava"], model)
+    shutil.copytree(tiny_models["llava"], model / "merged")
+    (model / vi.SAVING_MARKER).write_text("train_vlm.py is moving the final model into this folder\n")
+    for path in (model, model / "merged"):
+        with pytest.raises(InferenceInputError, match="is half-written: its final save was interrupted"):
+            VLMInference(path)
+        assert vi.main(["--model_path", str(path), "--image", str(images[0]), "--question", "Hi?"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "run the same train_vlm.py command again to finish it" in err[0]
+    (model / vi.SAVING_MARKER).unlink()
+    assert VLMInference(model / "merged").kind == "model"

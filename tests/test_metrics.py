@@ -13,8 +13,8 @@ from vlm_inference import metrics as M
     ("the dog.", "dog"),
     ("A dog", "dog"),
     ("Yes.", "yes"),
-    ("dont", "don’t"),            # contractions table: "dont" -> "don’t"
-    ("isnt", "isn’t"),
+    ("dont", "don't"),            # contractions table: "dont" -> "don't"
+    ("isnt", "isn't"),
     ("ten", "10"),
     ("none", "0"),
     ("left, of the can", "left of can"),
@@ -38,7 +38,52 @@ def test_official_normalisation_steps():
     assert M.process_punctuation("3.5 m") == "3.5 m"              # a decimal point stays
     assert M.process_digit_article("The Two Cats") == "2 cats"
     assert M.normalize_answer(" An\tapple\n") == "apple"
-    assert M.normalize_answer("whats up") == "what’s up"
+    assert M.normalize_answer("whats up") == "what's up"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Yes!", "yes"),               # "!" is in the current punctuation list
+    ("hot-dog", "hot dog"),        # so is "-": no space next to it -> a space
+    ("dont", "don't"),             # straight apostrophe, as in the current contractions table
+    ("It's a dog", "it's dog"),    # "'" is no longer punctuation
+    ("{red}", "red"),
+    ("time: 3:30", "time: 3:30"),  # ":" is no longer punctuation either
+    ("couldn'tve", "couldn't've"),
+])
+def test_current_official_normalisation(text, expected):
+    assert M.normalize_answer(text) == expected
+
+
+# Strings chosen to hit every rule and quirk of the official functions: each punctuation mark
+# with and without a space beside it, the digit-comma rule (which removes ALL punctuation of the
+# string), decimal points, the 32-period limit, number words, articles, contractions with and
+# without apostrophes, curly quotes, upper case, unicode and empty text.
+TRICKY = [
+    "Yes!", "hot-dog", "dont", "It's a dog", "yes.", "Yes, it is.", "no", "2", "Two", "TEN", "none", "zero",
+    "1,000", "1,000 dogs!", "3.5", "3.5 m.", "e.g. a cat", "Mr. Smith's hat", "a.b.c", ". . .", "." * 40,
+    "the end.", "An apple", "a the an", "red/blue", "red / blue", "(left)", "( left )", "[0.10, 0.20, 0.30, 0.40]",
+    "x=y+z", "back\\slash", "snake_case", "a>b<c", "@home", "`tick`", "what?", "what ?", "{curly}", "{ curly }",
+    'say "hi"', "don’t", "isnt", "Im", "Id've", "ow's'at", "'ows'at", "somebody'd", "yall'll", "whats",
+    "left-hand side", "state-of-the-art", "-5", "5-", "  spaced   out  ", "tab\there", "new\nline", "",
+    "café crème", "naïve", "UPPER Case WORDS", "one two three", "no, none", "It is 10 o'clock", "oclock",
+    "can't", "cant", "100%", "#1", "$5", "a & b", "3,5", "1,2,3 go!", "end!", "!!!", "?!", "--",
+]
+
+
+def test_normalisation_equals_the_official_script():
+    """Side by side with the vendored official code (tests/vqa_eval_reference.py, commit a013f00)."""
+    from tests.vqa_eval_reference import VQAEval
+    ref = VQAEval()
+    assert len(TRICKY) >= 50
+    for text in TRICKY:
+        official = text.replace("\n", " ").replace("\t", " ").strip()
+        official = ref.processDigitArticle(ref.processPunctuation(official))
+        assert M.normalize_answer(text) == official, text
+        assert M.process_punctuation(text) == ref.processPunctuation(text), text
+        assert M.process_digit_article(text) == ref.processDigitArticle(text), text
+    # the tables themselves
+    assert M.CONTRACTIONS == ref.contractions and list(M.PUNCT) == ref.punct
+    assert list(M.ARTICLES) == ref.articles and M.MANUAL_MAP.items() <= ref.manualMap.items()
 
 
 @pytest.mark.parametrize("text, number", [
@@ -109,9 +154,130 @@ def test_cider_d_hand_computed():
     assert M.score_descriptions([{"answer": "a", "reference": "a"}])["cider"] is None
 
 
-def test_caption_tokens():
-    assert M.caption_tokens("A green, glass Bottle.") == ["a", "green", "glass", "bottle"]
-    assert M.caption_tokens("It's [0.10, 0.20]!") == ["it's", "0", "10", "0", "20"]
+# Captions and the tokens coco-caption scores for them: the output of pycocoevalcap 1.2's tokenizer
+# (Stanford CoreNLP 3.4.1 PTBTokenizer -preserveLines -lowerCase, run with openjdk 17) after its
+# PUNCTUATIONS filter, pasted here. Note "-lrb-" etc. stay: the filter lists them in upper case.
+PTB_REFERENCE = [
+    ('a red car parked on the street', 'a red car parked on the street'),
+    ("The cat's toy (red) is on the mat.", "the cat 's toy -lrb- red -rrb- is on the mat"),
+    ("He doesn't like it, does he?", "he does n't like it does he"),
+    ('A hot-dog stand near the road.', 'a hot-dog stand near the road'),
+    ('"Quoted" words and \'single\' ones...', 'quoted words and single ones'),
+    ("It's a dog's life -- isn't it?", "it 's a dog 's life is n't it"),
+    ('Two men; one woman: 3.5 m tall! {curly} [square]',
+     'two men one woman 3.5 m tall -lcb- curly -rcb- -lsb- square -rsb-'),
+    ("can't won't I'm we'll they've you'd cannot gonna",
+     "ca n't wo n't i 'm we 'll they 've you 'd can not gon na"),
+    ('$5 100% #1 a & b x/y 1,000 3:30', '$ 5 100 % # 1 a & b x/y 1,000 3:30'),
+    ("The dogs' bowls. cats'", 'the dogs bowls cats'),
+    ('a man in a black shirt and blue jeans', 'a man in a black shirt and blue jeans'),
+    ('A close-up of a pizza with pepperoni.', 'a close-up of a pizza with pepperoni'),
+    ("a woman's hand holding a cell phone", "a woman 's hand holding a cell phone"),
+    ("there's a clock on the tower", "there 's a clock on the tower"),
+    ('A large, white building with many windows.', 'a large white building with many windows'),
+    ('people are walking down the sidewalk', 'people are walking down the sidewalk'),
+    ('A bus that is parked in front of a building', 'a bus that is parked in front of a building'),
+    ('two giraffes standing next to each other', 'two giraffes standing next to each other'),
+    ('a plate of food with broccoli and rice', 'a plate of food with broccoli and rice'),
+    ("the children's playground is empty", "the children 's playground is empty"),
+    ('A black-and-white photo of a train.', 'a black-and-white photo of a train'),
+    ('a bowl of soup (tomato) and bread', 'a bowl of soup -lrb- tomato -rrb- and bread'),
+    ('the sign says "stop"', 'the sign says stop'),
+    ('a teddy bear sitting on a chair', 'a teddy bear sitting on a chair'),
+    ('an old-fashioned clock', 'an old-fashioned clock'),
+    ('a baseball player swinging a bat', 'a baseball player swinging a bat'),
+    ('a kite flying in the blue sky', 'a kite flying in the blue sky'),
+    ('a skateboarder doing a trick on a ramp', 'a skateboarder doing a trick on a ramp'),
+    ('the bottle is green and half-full', 'the bottle is green and half-full'),
+    ('a small can on the left', 'a small can on the left'),
+    ('a cup, a bowl and a spoon', 'a cup a bowl and a spoon'),
+    ("what's on the table?", "what 's on the table"),
+    ("it is the boy's ball", "it is the boy 's ball"),
+    ("a ball that isn't round", "a ball that is n't round"),
+    ("a dog wasn't there", "a dog was n't there"),
+    ("they're standing in line", "they 're standing in line"),
+    ("we've got two cups", "we 've got two cups"),
+    ("an elephant's trunk", "an elephant 's trunk"),
+    ('a 10-year-old boy', 'a 10-year-old boy'),
+    ("the man's and woman's bags", "the man 's and woman 's bags"),
+    ('a red (or maybe orange) ball', 'a red -lrb- or maybe orange -rrb- ball'),
+    ('a zebra; another zebra', 'a zebra another zebra'),
+    ('a dog/cat hybrid', 'a dog/cat hybrid'),
+    ('a sign: no parking', 'a sign no parking'),
+    ('a green bottle...', 'a green bottle'),
+    ('a chair [broken]', 'a chair -lsb- broken -rsb-'),
+    ("the lamp's shade is torn", "the lamp 's shade is torn"),
+    ('two dogs playing frisbee!', 'two dogs playing frisbee'),
+    ('3 bottles on a shelf', '3 bottles on a shelf'),
+    ('a can of coke', 'a can of coke'),
+    ('the surface is grass', 'the surface is grass'),
+    ('a tall glass of milk.', 'a tall glass of milk'),
+    ('a man riding a horse on a dirt road', 'a man riding a horse on a dirt road'),
+    ('the cat is lying on the sofa , sleeping', 'the cat is lying on the sofa sleeping'),
+    ('a yellow-green leaf', 'a yellow-green leaf'),
+    ("'tis the season", "'t is the season"),
+    ('a woman in a t-shirt', 'a woman in a t-shirt'),
+    ('is it a dog ?', 'is it a dog'),
+    ("a black cat 's tail", "a black cat 's tail"),
+    ("don't touch", "do n't touch"),
+    ('A green, glass Bottle.', 'a green glass bottle'),
+    ("It's [0.10, 0.20]!", "it 's -lsb- 0.10 0.20 -rsb-"),
+]
+
+
+@pytest.mark.parametrize("caption, tokens", PTB_REFERENCE)
+def test_caption_tokens_equal_coco_captions_ptb_tokenizer(caption, tokens):
+    assert M.caption_tokens(caption) == tokens.split()
+
+
+def test_caption_tokens_issue_cases():
+    assert M.caption_tokens("the cat's toy") == ["the", "cat", "'s", "toy"]
+    assert M.caption_tokens("It doesn't (really)") == ["it", "does", "n't", "-lrb-", "really", "-rrb-"]
+    assert M.caption_tokens("a hot-dog") == ["a", "hot-dog"]
+    assert M.caption_tokens("the cat’s toy") == ["the", "cat", "'s", "toy"]          # curly = straight
+    assert M.ptb_tokens("Yes, St. Paul.") == ["yes", ",", "st.", "paul", "."]
+
+
+def test_caption_tokens_known_differences_from_ptb():
+    """Where PTB's lexer does more than caption_tokens (documented in metrics.py); pinned as they are."""
+    assert M.caption_tokens("at 5:30pm") == ["at", "5:30pm"]             # PTB: at 5:30 pm
+    assert M.caption_tokens("y'all") == ["y'all"]                        # PTB: y' all
+    assert M.caption_tokens("ok?yes") == ["ok", "yes"]                   # PTB: ok?yes
+    assert M.caption_tokens("a...") == ["a"]                             # PTB: a.
+
+
+def test_caption_tokens_live_against_pycocoevalcap():
+    """With pycocoevalcap and Java installed, compare with its tokenizer directly (else skipped)."""
+    import shutil
+    ptb = pytest.importorskip("pycocoevalcap.tokenizer.ptbtokenizer")
+    if shutil.which("java") is None:
+        pytest.skip("no java")
+    captions = [c for c, _ in PTB_REFERENCE]
+    out = ptb.PTBTokenizer().tokenize({i: [{"caption": c}] for i, c in enumerate(captions)})
+    assert [M.caption_tokens(c) for c in captions] == [out[i][0].split() for i in range(len(captions))]
+
+
+def test_description_scores_equal_pycocoevalcap():
+    """BLEU-1..4, ROUGE-L and CIDEr-D of raw captions equal pycocoevalcap's scorers on the PTB tokens the
+    jar gives (PTB_REFERENCE), when pycocoevalcap is installed (else skipped; its scorers need no Java)."""
+    bleu_mod = pytest.importorskip("pycocoevalcap.bleu.bleu")
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+    captions = [c for c, _ in PTB_REFERENCE]
+    tokens = [t for _, t in PTB_REFERENCE]
+    order = list(range(1, len(captions))) + [0]                 # hypothesis i is caption i+1: partial overlaps
+    hyps = [captions[j] for j in order]
+    gts = {i: [tokens[i]] for i in range(len(captions))}
+    res = {i: [tokens[j]] for i, j in enumerate(order)}
+    # ... and every third hypothesis is its own reference, so the scores are far from 0
+    for i in range(0, len(captions), 3):
+        hyps[i], res[i] = captions[i], [tokens[i]]
+    b, _ = bleu_mod.Bleu(4).compute_score(gts, res, verbose=0)
+    r, _ = Rouge().compute_score(gts, res)
+    c, _ = Cider().compute_score(gts, res)
+    ours = M.score_descriptions([{"answer": h, "reference": ref} for h, ref in zip(hyps, captions)])
+    assert [ours[f"bleu{k}"] for k in range(1, 5)] == pytest.approx(b, abs=1e-12)
+    assert ours["rougeL"] == pytest.approx(r, abs=1e-12) and ours["cider"] == pytest.approx(c, abs=1e-12)
 
 
 def test_score_predictions_by_type():
@@ -141,3 +307,15 @@ def test_difference_skips_counts():
     a = {"overall": {"n": 4, "accuracy": 0.75}, "per_type": {"count": {"n": 2, "accuracy": 0.5, "count_no_number": 1}}}
     b = {"overall": {"n": 4, "accuracy": 0.25}, "per_type": {"count": {"n": 2, "accuracy": 1.0, "count_no_number": 0}}}
     assert M.difference(a, b) == {"overall": {"accuracy": 0.5}, "per_type": {"count": {"accuracy": -0.5}}}
+
+
+def test_grounding_reads_every_familys_box_notation():
+    """Qwen2-VL's (x1,y1),(x2,y2) and Qwen2.5-VL's bbox_2d are scored in their own frame (IoU is frame-free)."""
+    ref = "<|box_start|>(0,0),(1000,1000)<|box_end|>"
+    assert M.grounding_iou("<|box_start|>(0,0),(510,1000)<|box_end|>", ref) == pytest.approx(0.51)
+    assert M.grounding_iou("(0,0),(490,1000)", ref) == pytest.approx(0.49)     # special tokens skipped
+    assert M.grounding_iou('```json\n[{"bbox_2d": [0, 0, 50, 100], "label": "can"}]\n```',
+                           '{"bbox_2d": [0, 0, 100, 100]}') == pytest.approx(0.5)
+    assert M.grounding_iou("[0.50, 0.50, 0.20, 0.20]", "[0.00, 0.00, 1.00, 1.00]") == 0.0     # inverted: no box
+    g = M.score_grounding([{"answer": "[0.50, 0.50, 0.20, 0.20]", "reference": "[0.00, 0.00, 1.00, 1.00]"}])
+    assert g == {"n": 1, "acc@0.5": 0.0, "mean_iou": 0.0, "no_box": 1}

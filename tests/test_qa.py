@@ -99,3 +99,21 @@ def test_several_objects_of_one_class_name_their_box():
         prompts.LOCATION_BOXED.format(label="glass", box=box_to_text(GLASS["bbox"], W, H)),
         prompts.LOCATION_BOXED.format(label="glass", box=box_to_text(other["bbox"], W, H))]
     assert len(t["exists"]) == 2  # one yes, one no (one class present -> one negative)
+
+
+def test_surface_question_when_the_description_names_what_the_object_lies_on():
+    qa = generate_qa([GLASS, BOTTLE], W, H, VOCAB, image_rng(0, "a.jpg"), WHERE)
+    # The user guide's example: the glass's description says it is on the grass; the bottle's names no surface.
+    assert by_type(qa)["surface"] == [{"question": "What is the glass lying on?", "answer": "grass",
+                                       "type": "surface", "object_ids": [0]}]
+    assert qa[-1]["type"] == "surface"  # QA_TYPES order
+
+
+def test_surface_question_names_the_box_when_the_class_repeats_and_skips_other_prepositions():
+    other = dict(GLASS, id=1, bbox=[300.0, 10.0, 360.0, 80.0],
+                 description="Here is a glass. The glass is on top of a wooden table, at the top of the image.")
+    inside = dict(BOTTLE, id=2, description="Here is a bottle. The bottle is in a bag, on the right of the image.")
+    t = by_type(generate_qa([GLASS, other, inside], W, H, VOCAB, image_rng(0, "c.jpg")))
+    assert [(q["question"], q["answer"], q["object_ids"]) for q in t["surface"]] == [
+        (f"What is the glass at {box_to_text(GLASS['bbox'], W, H)} lying on?", "grass", [0]),
+        (f"What is the glass at {box_to_text(other['bbox'], W, H)} lying on?", "wooden table", [1])]

@@ -38,6 +38,7 @@ BAD_CASES = [
     (lambda d: d["images"][0].__setitem__("image", "/abs/a.jpg"), "images[0].image", "relative"),
     (lambda d: d["images"][0].__setitem__("image", "../a.jpg"), "images[0].image", "relative"),
     (lambda d: d["images"][1].__setitem__("image", "a.jpg"), "images[1].image", "already listed"),
+    (lambda d: d["images"][1].__setitem__("image", "sub/b\x00.png"), "images[1].image", "NUL byte"),
     (lambda d: d["images"][0]["objects"][1].__setitem__("bbox", [1, 2, 3]), "images[0].objects[1].bbox", "4 numbers"),
     (lambda d: d["images"][0]["objects"][1].__setitem__("bbox", [60, 5, 50, 79]), "images[0].objects[1].bbox", "x1 < x2"),
     (lambda d: d["images"][0]["objects"][1].__setitem__("bbox", [60, 5, 150, 79]), "images[0].objects[1].bbox", "outside"),
@@ -75,3 +76,26 @@ def test_load_annotations_names_the_file(tmp_path):
         load_annotations(tmp_path / "missing.json")
     path.write_text(json.dumps(good()))
     assert len(load_annotations(path)["images"]) == 2
+
+
+def test_the_streamed_reader_reports_like_the_whole_file_validator(tmp_path):
+    """Every BAD_CASE gives the same field and problem through AnnotationReader, JSON and JSONL."""
+    from vlm_annotation.schema import AnnotationReader, AnnotationWriter
+    for mutate, field, problem in BAD_CASES:
+        data = copy.deepcopy(good())
+        mutate(data)
+        path = tmp_path / "ann.json"
+        path.write_text(json.dumps(data))
+        with pytest.raises(AnnotationError) as err:
+            list(AnnotationReader(path))
+        assert (err.value.field, problem in err.value.problem) == (field, True)
+    data = good()
+    jl = tmp_path / "ann.jsonl"
+    with AnnotationWriter(jl) as w:
+        w.write_many(data["images"])
+        w.finish(data["skipped"], data["meta"])
+    lines = jl.read_text().splitlines()
+    assert json.loads(lines[-2]) == {"skipped": data["skipped"]} and json.loads(lines[-1]) == {"meta": data["meta"]}
+    assert load_annotations(jl) == data
+    reader = AnnotationReader(jl)
+    assert [r["image"] for r in reader] == ["a.jpg", "sub/b.png"] and reader.meta == {"tool": "test"}

@@ -91,3 +91,16 @@ def test_context_crop_adds_margin_and_stays_inside():
     assert context_crop(img, [40, 30, 60, 50], 0.5).size == (40, 40)
     assert context_crop(img, [0, 0, 20, 20], 0.5).size == (30, 30)
     assert context_crop(img, [99, 79, 100, 80], 0.0).size == (8, 8)
+
+
+def test_description_surface_reads_back_what_compose_description_wrote():
+    from vlm_annotation.describer import description_surface
+    text = compose_description("glass", "in the bottom left of the image", "small", "on the grass",
+                               [("to the left of", "can")], "litter on the grass")
+    assert description_surface(text, "glass") == ("on", "grass")
+    assert description_surface(compose_description("can", "at the top of the image", "large", "on top of a bag"),
+                               "can") == ("on top of", "bag")
+    assert description_surface(compose_description("can", "in the centre of the image", "small"), "can") == ("", "")
+    assert description_surface("Here is a can. The can is on the grass, in the centre of the image.", "glass") == \
+        ("", "")
+    assert description_surface("", "can") == ("", "")

@@ -2,11 +2,13 @@
 import hashlib
 import time
 
+import pytest
 import torch
 from PIL import Image
 
-from models.make_tiny_models import CLASSES, build_all, sample_photos
+from models.make_tiny_models import CLASSES, FAMILY_MODELS, build_all, sample_photos
 from vlm_annotation.prompts import PromptFormat
+from vlm_training import families
 
 
 def test_yolo_loads_and_emits_boxes_on_a_photo(tiny_models):
@@ -74,7 +76,76 @@ def test_builder_is_fast_and_deterministic(tmp_path, tiny_models):
     paths = build_all(tmp_path / "again", seed=0)
     assert time.perf_counter() - start < 30
     first = tiny_models["llava"].parent
-    for name in ("llava", "blip", "rtdetr"):
+    for name in ("llava", "blip", "rtdetr", *FAMILY_MODELS):
         assert _digest(first / name) == _digest(paths["yolo"].parent / name)
     tok_a = (first / "llava" / "tokenizer.json").read_text()
     assert tok_a == (paths["llava"] / "tokenizer.json").read_text()
+
+
+EXPECTED_PROMPTS = {
+    "llava_next": "[INST] <image>\nHow many objects are there? [/INST]",
+    "qwen2_vl": ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                 "<|vision_start|><|image_pad|><|vision_end|>How many objects are there?<|im_end|>\n"
+                 "<|im_start|>assistant\n"),
+    "qwen3_vl": ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>How many objects are there?"
+                 "<|im_end|>\n<|im_start|>assistant\n"),
+}
+EXPECTED_PROMPTS["qwen2_5_vl"] = EXPECTED_PROMPTS["qwen2_vl"]
+EXPECTED_PROMPTS["llava_onevision"] = "<|im_start|>user <image>\nHow many objects are there?<|im_end|><|im_start|>assistant\n"
+
+
+@pytest.mark.parametrize("name", FAMILY_MODELS)
+def test_family_model_loads_runs_and_generates(name, tiny_models):
+    """Each family's tiny model loads through its own class and AutoProcessor, takes images of
+    several aspect ratios (as many image tokens as its processor says), runs and generates."""
+    import transformers
+    from transformers import AutoProcessor
+    folder = tiny_models[name]
+    family = families.detect_family(folder)
+    assert family.name == name
+    processor = AutoProcessor.from_pretrained(folder)
+    assert type(processor).__name__ == family.processor_class
+    model = getattr(transformers, family.model_class).from_pretrained(folder).eval()
+    prompt = families.generation_prompt(processor, "How many objects are there?")
+    assert prompt == EXPECTED_PROMPTS[name]
+    image_token_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    counts = set()
+    for size in [(100, 30), (64, 64), (200, 100)]:
+        inputs = processor(images=Image.new("RGB", size, (30, 120, 40)), text=prompt, return_tensors="pt")
+        n_image_tokens = int((inputs["input_ids"] == image_token_id).sum())
+        counts.add(n_image_tokens)
+        with torch.no_grad():
+            logits = model(**inputs).logits
+        assert logits.shape[:2] == inputs["input_ids"].shape and logits.shape[-1] == len(processor.tokenizer)
+        out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+        assert inputs["input_ids"].shape[1] < out.shape[1] <= inputs["input_ids"].shape[1] + 3
+    assert len(counts) > 1, "image tokens should depend on the aspect ratio for these families"
+
+
+@pytest.mark.parametrize("name", FAMILY_MODELS)
+def test_family_tokenizer_round_trips_its_box_text_and_end_of_turn(name, tiny_models):
+    from transformers import AutoProcessor
+    processor = AutoProcessor.from_pretrained(tiny_models[name])
+    tok = processor.tokenizer
+    frame = families.frame_for(tiny_models[name])
+    box, width, height = [37.0, 12.5, 301.0, 420.0], 640, 480
+    family = families.detect_family(tiny_models[name])
+    eot = families.end_of_turn(family, tok)
+    assert tok.convert_tokens_to_ids(eot) != tok.unk_token_id and len(tok(eot, add_special_tokens=False).input_ids) == 1
+    for text in (frame.render_box(box, width, height), frame.render_answer(box, width, height, "glass")):
+        text = f"Please provide a short description for this region: {text}"
+        assert tok.decode(tok(text, add_special_tokens=False).input_ids) == text
+
+
+def test_an_older_build_without_the_families_is_not_taken_as_complete(tmp_path, tiny_models):
+    import json
+
+    from models.make_tiny_models import _complete
+    listing = {k: str(v) for k, v in tiny_models.items()}
+    (tmp_path / "tiny_models.json").write_text(json.dumps(listing))
+    assert _complete(tmp_path)
+    older = {k: v for k, v in listing.items() if k not in FAMILY_MODELS}
+    (tmp_path / "tiny_models.json").write_text(json.dumps(older))
+    assert not _complete(tmp_path)
+    (tmp_path / "tiny_models.json").write_text("{not json")
+    assert not _complete(tmp_path)

@@ -1,6 +1,7 @@
 """train_vlm.py end to end on the tiny LLaVA: artefacts, memorisation, resume, full fine-tune, errors."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -63,7 +64,8 @@ def test_writes_every_artefact_and_loss_falls(trained, tiny_models):
     assert not any(n.startswith("checkpoint-") for n in names)  # --save_steps 0
     assert (trained / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     processor = AutoProcessor.from_pretrained(trained)
-    assert PromptFormat.load(trained) == PromptFormat.from_chat_template(processor)
+    # the default --system_prompt auto: LLaVA v1's sentence for LLaVA-1.5's turn layout, saved with the model
+    assert PromptFormat.load(trained) == PromptFormat.from_chat_template(processor).with_system_prompt("llava_v1")
 
     args = json.loads((trained / "train_args.json").read_text())
     assert args["base_model"] == str(tiny_models["llava"])
@@ -200,11 +202,10 @@ def test_bad_input_is_one_clear_line_and_exit_2(case, toy, tiny_models, tmp_path
     if case == "escape":
         shutil.copy(image_dir / records[0]["image"], image_dir.parent / "outside.png")
         data[2]["image"] = "scenes/../../outside.png"
-        expected = ("record 2 (id 'scenes/blue.jpg#0'): image path 'scenes/../../outside.png' escapes "
-                    f"--image_dir {image_dir}")
+        expected = "record 2 (id 'scenes/blue.jpg#0'): "  # the message itself is llava_format's
     elif case == "absolute":
         data[1]["image"] = str(image_dir / records[0]["image"])
-        expected = "record 1 (id 'scenes/green.png#0'): image path"
+        expected = "record 1 (id 'scenes/green.png#0'): "
     elif case == "malformed":
         data[3]["conversations"][1] = {"from": "gpt"}
         expected = "record 3 (id 'scenes/sub/white.png#0'): conversations[1].value must be a non-empty string"
@@ -234,4 +235,127 @@ def test_bad_input_is_one_clear_line_and_exit_2(case, toy, tiny_models, tmp_path
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
+    if case in ("escape", "absolute"):
+        assert "escapes --image_dir" in err[0]
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- flags (HfArgumentParser)
+def test_any_trainer_option_is_a_flag_and_tensorboard_works_offline(toy, tiny_models, tmp_path):
+    """Issue 10: --report_to / --lr_scheduler_type / --save_total_limit need no code of ours."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    out = tmp_path / "tb"
+    assert main(base_args(toy, tiny_models, out) + [
+        "--use_lora", "--lora_r", "4", "--batch_size", "2", "--logging_steps", "1", "--report_to", "tensorboard",
+        "--lr_scheduler_type", "linear", "--save_total_limit", "1", "--max_steps", "3", "--save_steps", "1",
+        "--warmup_ratio", "0", "--learning_rate", "1e-3"]) == 0
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-3"]      # at most one checkpoint kept
+    events = list(out.rglob("events.out.tfevents.*"))
+    assert len(events) == 1
+    accumulator = EventAccumulator(str(events[0].parent))
+    accumulator.Reload()
+    assert [e.step for e in accumulator.Scalars("train/loss")] == [1, 2, 3]
+    metrics = json.loads((out / "metrics.json").read_text())
+    # linear decay from 1e-3 over 3 steps, no warmup (the Trainer logs the rate after each step's update)
+    assert [e["learning_rate"] for e in metrics["train_loss"]] == pytest.approx([1e-3, 2e-3 / 3, 1e-3 / 3])
+    assert metrics["train_samples_per_second"] * metrics["train_runtime_s"] == pytest.approx(6)  # 3 steps x 2
+    assert json.loads((out / "train_args.json").read_text())["training_args"]["lr_scheduler_type"] == "linear"
+
+
+def test_the_guides_flags_map_onto_training_arguments(toy, tiny_models, tmp_path, capsys):
+    from vlm_training.train_vlm import parse_args
+    common = base_args(toy, tiny_models, tmp_path / "o")
+    model, data, args = parse_args(common + ["--use_lora", "--batch_size", "3", "--num_epochs", "2",
+                                             "--warmup_ratio", "0.1", "--no_group_by_length", "--bf16",
+                                             "--optim", "adamw_torch", "--save_steps", "0"])
+    assert (model.use_lora, data.val_data, args.per_device_train_batch_size, args.per_device_eval_batch_size,
+            args.num_train_epochs, args.warmup_steps) == (True, None, 3, 3, 2.0, 0.1)
+    assert (args.train_sampling_strategy, args.precision, args.bf16, args.optim.value) == (
+        "random", "bf16", True, "adamw_torch")
+    assert (args.save_strategy.value, args.eval_strategy, args.data_seed) == ("no", "no", 42)
+    model, _, args = parse_args(common + ["--val_data", str(toy[0]), "--eval_steps", "5", "--dtype", "float32"])
+    # defaults: LLaVA-1.5's LoRA recipe
+    assert (model.lora_r, model.lora_alpha, model.projector_lr, args.learning_rate, args.lr_scheduler_type.value,
+            args.warmup_steps, model.system_prompt) == (128, 256, 2e-5, 2e-4, "cosine", 0.03, "auto")
+    assert (args.eval_strategy.value, args.eval_steps, args.precision, args.train_sampling_strategy) == (
+        "steps", 5, "fp32", "group_by_length")
+    with pytest.raises(SystemExit) as exit_help:
+        parse_args(["--help"])
+    assert exit_help.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for flag in ("--train_data", "--val_data", "--image_dir", "--output_dir", "--base_model", "--use_lora",
+                 "--batch_size", "--num_epochs", "--lora_r", "--train_projector", "--projector_lr",
+                 "--train_vision_tower", "--load_in_4bit", "--merge_lora", "--resume_from_checkpoint",
+                 "--max_length", "--no_group_by_length", "--precision", "--fp32", "--system_prompt",
+                 "--report_to", "--lr_scheduler_type", "--save_total_limit", "--deepspeed"):
+        assert flag in text, flag
+    from vlm_training.train_vlm import DataArguments, ModelArguments, VLMTrainingArguments
+    ours = [f for cls in (ModelArguments, DataArguments) for f in dataclasses.fields(cls)]
+    ours += [f for f in dataclasses.fields(VLMTrainingArguments) if f.name in VLMTrainingArguments.__annotations__]
+    assert all(f.metadata.get("help") for f in ours if f.name not in (
+        "remove_unused_columns", "label_names", "ddp_find_unused_parameters", "disable_tqdm"))
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--precision", "fp32", "--bf16"], "--precision fp32 and --bf16 disagree"),
+    (["--lr_scheduler_type", "nope"], None),
+    (["--system_prompt", " "], "--system_prompt: a system prompt cannot be blank"),
+    (["--max_steps", "0"], "--max_steps and --eval_steps must be >= 1"),
+    (["--deepspeed", "missing.json"], "--deepspeed: config file not found: missing.json"),
+    (["--resume_from_checkpoint", "nowhere"], "--resume_from_checkpoint: nowhere is not a complete"),
+])
+def test_bad_flags_are_one_line_and_exit_2(flags, expected, toy, tiny_models, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = None
+    try:
+        code = main(base_args(toy, tiny_models, out) + flags)
+    except SystemExit as e:  # argparse's own refusal of a value outside the choices
+        code = e.code
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    if expected:
+        assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
+    else:
+        assert "invalid choice: 'nope'" in err[-1]
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------- vision tower, system prompt
+def _changed(before: dict, after: dict) -> set[str]:
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+def test_train_vision_tower_full_and_with_lora(toy, tiny_models, tmp_path):
+    """Issue 13: --train_vision_tower trains the CLIP tower (fully), in a full fine-tune and beside LoRA."""
+    from peft import PeftModel
+    from transformers import LlavaForConditionalGeneration
+    quick = ["--batch_size", "4", "--max_steps", "2", "--learning_rate", "1e-3", "--save_steps", "0",
+             "--train_vision_tower", "--system_prompt", "none"]
+    full, lora = tmp_path / "full", tmp_path / "lora"
+    assert main(base_args(toy, tiny_models, full) + quick + ["--vision_tower_lr", "5e-4"]) == 0
+    base = LlavaForConditionalGeneration.from_pretrained(tiny_models["llava"]).state_dict()
+    changed = _changed(base, LlavaForConditionalGeneration.from_pretrained(full).state_dict())
+    assert any("vision_tower" in k for k in changed) and any("language_model" in k for k in changed)
+
+    assert main(base_args(toy, tiny_models, lora) + quick + ["--use_lora", "--lora_r", "4",
+                                                           "--gradient_checkpointing"]) == 0
+    assert json.loads((lora / "adapter_config.json").read_text())["modules_to_save"] == ["vision_tower"]
+    keys = list(load_file(lora / "adapter_model.safetensors"))
+    assert any("vision_tower" in k and "lora_" not in k for k in keys)
+    assert not any("vision_tower" in k and "lora_" in k for k in keys)     # LoRA stays on the language model
+    merged = PeftModel.from_pretrained(LlavaForConditionalGeneration.from_pretrained(tiny_models["llava"]),
+                                       lora).merge_and_unload().state_dict()
+    vision = {k for k in _changed(base, merged) if "vision_tower" in k}
+    assert vision and not any("multi_modal_projector" in k for k in _changed(base, merged))
+    assert json.loads((lora / "train_args.json").read_text())["train_vision_tower"] is True
+
+
+def test_system_prompt_is_saved_with_the_model(toy, tiny_models, tmp_path):
+    quick = ["--use_lora", "--lora_r", "4", "--batch_size", "4", "--max_steps", "1", "--save_steps", "0"]
+    out = tmp_path / "sys"
+    assert main(base_args(toy, tiny_models, out) + quick + ["--system_prompt", "Answer briefly."]) == 0
+    fmt = PromptFormat.load(out)
+    assert fmt.system_prompt == "Answer briefly."
+    assert fmt.prompt("Q?") == "Answer briefly. USER: <image>\nQ? ASSISTANT:"
+    assert main(base_args(toy, tiny_models, out) + quick + ["--system_prompt", "none"]) == 0
+    assert PromptFormat.load(out).prompt("Q?") == "USER: <image>\nQ? ASSISTANT:"

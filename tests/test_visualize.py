@@ -201,6 +201,38 @@ def test_size_mismatch_is_noted_and_boxes_scaled(dataset, tmp_path):
         out / "index.html").read_text(encoding="utf-8")
 
 
+def test_page_links_are_a_window_so_the_html_grows_linearly():
+    assert visualize.page_numbers(1, 1) == [1]
+    assert visualize.page_numbers(1, 20) == [1, 2, 3, 4, 5, 6, None, 20]
+    assert visualize.page_numbers(10, 20) == [1, None, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, None, 20]
+    assert visualize.page_numbers(19, 20) == [1, None, 14, 15, 16, 17, 18, 19, 20]
+    assert visualize.page_numbers(3, 7) == [1, 2, 3, 4, 5, 6, 7]
+    # Navigation bytes per page do not depend on the number of pages (up to the digits).
+    sizes = [len(visualize.render_nav(500, n)) for n in (1000, 10_000, 100_000)]
+    assert max(sizes) - min(sizes) <= 30 and sizes[0] < 1000
+
+
+def test_gallery_of_many_pages_links_nearby_pages_and_an_index_of_all(dataset, tmp_path):
+    images = dataset["images"]
+    data = {"images": [dict(dataset["data"]["images"][1], image=f"p{i:02d}.png") for i in range(14)], "meta": {}}
+    for i in range(14):
+        shutil.copy(images / "sub" / "b.png", images / f"p{i:02d}.png")
+    ann = _write_json(tmp_path / "many.json", data)
+    out = tmp_path / "review"
+    assert main(["--annotation_file", str(ann), "--images_dir", str(images), "--output_dir", str(out),
+                 "--per_page", "1"]) == 0
+    pages = {p: (out / visualize.page_name(p)).read_text(encoding="utf-8") for p in range(1, 15)}
+    linked = {p: sorted({int(m) for m in re.findall(r'href="page_(\d+)\.html"', html)}
+                        | ({1} if 'href="index.html"' in html else set())) for p, html in pages.items()}
+    assert linked[1] == [2, 3, 4, 5, 6, 14]
+    assert linked[8] == [1, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14]
+    assert all('href="pages.html"' in html for html in pages.values())
+    index = (out / "pages.html").read_text(encoding="utf-8")
+    assert [int(m) for m in re.findall(r'href="page_(\d+)\.html"', index)] == list(range(2, 15))
+    assert 'href="index.html">page 1</a>: images[0] to images[0]' in index
+    assert "14 images drawn" in pages[1] and 'data-image="p07.png"' in pages[8]
+
+
 # ----------------------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("breakage, where", [

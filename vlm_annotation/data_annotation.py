@@ -19,6 +19,12 @@ are fused (Weighted Boxes Fusion per class, or NMS), BLIP/BLIP-2 captions a cont
 of each object with the class's prompt plus the whole image, each object gets a
 description with its position, size and relations, and the image gets Q&A pairs.
 
+With ``--keep_detector_boxes`` each image record also keeps each detector's own boxes
+(``detector_boxes``), so ``evaluate_annotations.py`` can score YOLO alone, RT-DETR alone and
+both fusions, and sweep the fusion settings, without running the detectors again. Labels you
+already have go through the same captioning, description and Q&A code with
+``import_labels.py`` (COCO json or a YOLO dataset).
+
 Resumable: progress goes to ``<output_file>.progress.jsonl`` a line per image; run the
 same command again after a crash and finished images are not redone. Scales out: under
 ``torchrun --nproc_per_node N`` (or ``accelerate launch``) each process takes a shard and
@@ -37,11 +43,12 @@ from pathlib import Path
 from vlm_annotation.describer import Captioner, PromptBook, compose_description, context_crop, surface_phrase
 from vlm_annotation.detectors import DETECTOR_NAMES, ClassMap, RTDetrDetector, YoloDetector
 from vlm_annotation.fusion import FUSION_METHODS, fuse
-from vlm_annotation.images import ImageLoadError, is_image_file, load_image
+from vlm_annotation.images import ImageLoadError, is_image_file, list_images, load_image
 from vlm_annotation.io_utils import InputError
 from vlm_annotation.progress import ProgressLog, progress_path, write_from_progress
 from vlm_annotation.qa import generate_qa, image_rng
 from vlm_annotation.runtime import (
+    add_precision_flag,
     check_seed,
     report_input_errors,
     require_model,
@@ -49,6 +56,7 @@ from vlm_annotation.runtime import (
     require_path,
     require_yolo_weights,
     resolve_device,
+    resolve_dtype,
     set_seed,
 )
 from vlm_annotation.spatial import nearest, position_phrase, relation_phrase, size_word
@@ -59,57 +67,37 @@ TOOL_VERSION = "0.1.0"
 BOX_DECIMALS, SCORE_DECIMALS = 2, 4
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images_dir", required=True, help="folder of images (walked recursively)")
-    p.add_argument("--output_file", required=True, help="annotation file to write (JSON)")
-    p.add_argument("--yolo_model", required=True, help="Ultralytics YOLO weights (.pt)")
-    p.add_argument("--detr_model", required=True, help="RT-DETR model: local dir or hub id")
-    p.add_argument("--detr_processor", default=None,
-                   help="RT-DETR image processor dir or hub id (default: the --detr_model dir)")
+def add_describe_args(p: argparse.ArgumentParser, class_map_help: str) -> None:
+    """The flags of everything after the boxes (captions, descriptions, Q&A) and of the run itself.
+
+    Shared with ``import_labels.py``, so imported labels are described exactly like detections.
+    """
     p.add_argument("--captioner_model", default="Salesforce/blip-image-captioning-base",
                    help="BLIP or BLIP-2 captioning model: local dir or hub id "
                         "(default Salesforce/blip-image-captioning-base)")
-    p.add_argument("--conf_threshold", type=float, default=0.3,
-                   help="keep detections scoring above this, per detector (default 0.3)")
-    p.add_argument("--fusion", choices=FUSION_METHODS, default="wbf",
-                   help="how to combine the two detectors: weighted boxes fusion or NMS (default wbf)")
-    p.add_argument("--iou_threshold", type=float, default=0.55,
-                   help="boxes of one class overlapping more than this are fused/suppressed (default 0.55)")
-    p.add_argument("--detector_weights", type=float, nargs=2, default=[1.0, 1.0], metavar=("YOLO", "RTDETR"),
-                   help="weights of YOLO and RT-DETR in the fusion (default 1 1)")
-    p.add_argument("--class_map", default=None,
-                   help="JSON file mapping detector class names to one vocabulary "
-                        "({\"wine glass\": \"glass\", \"person\": null} or per detector {\"yolo\": {...}})")
+    p.add_argument("--class_map", default=None, help=class_map_help)
     p.add_argument("--prompts", default=None,
                    help="JSON file of captioning prompts per class ({\"glass\": \"a photo of a glass lying on\"}; "
                         "keys __default__ and __image__ for other classes and the whole image)")
-    p.add_argument("--max_det", type=int, default=50,
-                   help="at most this many boxes per detector per image (default 50)")
-    p.add_argument("--imgsz", type=int, default=640, help="YOLO input size, a fixed square (default 640)")
     p.add_argument("--crop_margin", type=float, default=0.5,
                    help="context around a box for its caption, as a fraction of the box size (default 0.5)")
     p.add_argument("--caption_max_tokens", type=int, default=20, help="longest caption, in tokens (default 20)")
     p.add_argument("--max_region_qa", type=int, default=10,
                    help="objects per image (best scores first) that get per-object questions (default 10)")
-    p.add_argument("--batch_size", type=int, default=8, help="images per detector batch (default 8)")
+    p.add_argument("--batch_size", type=int, default=8, help="images per batch (default 8)")
     p.add_argument("--caption_batch_size", type=int, default=64, help="crops per captioner call (default 64)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default auto)")
-    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"),
-                   help="captioner precision (auto: float16 on CUDA, else float32)")
+    add_precision_flag(p, "of the captioner; auto is bf16 (fp16 where unsupported) on CUDA, fp32 elsewhere")
     p.add_argument("--max_images", type=int, default=None, help="annotate only the first N images (sorted by path)")
     p.add_argument("--seed", type=int, default=42, help="seed of the Q&A choices (default 42)")
     p.add_argument("--num_shards", type=int, default=1, help="split the images into this many shards (default 1)")
     p.add_argument("--shard_index", type=int, default=0, help="which shard this run annotates, 0-based (default 0)")
     p.add_argument("--restart", action="store_true", help="discard the progress of an earlier run and start over")
-    args = p.parse_args(argv)
-    checks = [
-        (0.0 <= args.conf_threshold <= 1.0, "--conf_threshold must be between 0 and 1"),
-        (0.0 < args.iou_threshold <= 1.0, "--iou_threshold must be in (0, 1]"),
-        (all(w >= 0 for w in args.detector_weights) and sum(args.detector_weights) > 0,
-         "--detector_weights must be non-negative, not both zero"),
-        (args.max_det >= 1, "--max_det must be at least 1"),
-        (args.imgsz >= 32, "--imgsz must be at least 32"),
+
+
+def describe_checks(args) -> list[tuple[bool, str]]:
+    """Checks of the flags declared by :func:`add_describe_args` (the caller reports the first failure)."""
+    return [
         (args.crop_margin >= 0, "--crop_margin must be >= 0"),
         (args.caption_max_tokens >= 1, "--caption_max_tokens must be at least 1"),
         (args.max_region_qa >= 0, "--max_region_qa must be >= 0"),
@@ -118,21 +106,47 @@ def parse_args(argv=None) -> argparse.Namespace:
         (args.num_shards >= 1, "--num_shards must be at least 1"),
         (0 <= args.shard_index < args.num_shards, "--shard_index must be in [0, --num_shards)"),
     ]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images_dir", required=True, help="folder of images (walked recursively)")
+    p.add_argument("--output_file", required=True, help="annotation file to write (JSON)")
+    p.add_argument("--yolo_model", required=True, help="Ultralytics YOLO weights (.pt)")
+    p.add_argument("--detr_model", required=True, help="RT-DETR model: local dir or hub id")
+    p.add_argument("--detr_processor", default=None,
+                   help="RT-DETR image processor dir or hub id (default: the --detr_model dir)")
+    p.add_argument("--conf_threshold", type=float, default=0.3,
+                   help="keep detections scoring above this, per detector (default 0.3)")
+    p.add_argument("--fusion", choices=FUSION_METHODS, default="wbf",
+                   help="how to combine the two detectors: weighted boxes fusion or NMS (default wbf)")
+    p.add_argument("--iou_threshold", type=float, default=0.55,
+                   help="boxes of one class overlapping more than this are fused/suppressed (default 0.55)")
+    p.add_argument("--detector_weights", type=float, nargs=2, default=[1.0, 1.0], metavar=("YOLO", "RTDETR"),
+                   help="weights of YOLO and RT-DETR in the fusion (default 1 1)")
+    p.add_argument("--keep_detector_boxes", action="store_true",
+                   help="also keep each detector's own boxes (after the class map, before fusion) in each image "
+                        "record's detector_boxes, so evaluate_annotations.py can score each detector and other "
+                        "fusion settings (--sweep) without running the detectors again")
+    p.add_argument("--max_det", type=int, default=50,
+                   help="at most this many boxes per detector per image (default 50)")
+    p.add_argument("--imgsz", type=int, default=640, help="YOLO input size, a fixed square (default 640)")
+    add_describe_args(p, "JSON file mapping detector class names to one vocabulary "
+                         "({\"wine glass\": \"glass\", \"person\": null} or per detector {\"yolo\": {...}})")
+    args = p.parse_args(argv)
+    checks = [
+        (0.0 <= args.conf_threshold <= 1.0, "--conf_threshold must be between 0 and 1"),
+        (0.0 < args.iou_threshold <= 1.0, "--iou_threshold must be in (0, 1]"),
+        (all(w >= 0 for w in args.detector_weights) and sum(args.detector_weights) > 0,
+         "--detector_weights must be non-negative, not both zero"),
+        (args.max_det >= 1, "--max_det must be at least 1"),
+        (args.imgsz >= 32, "--imgsz must be at least 32"),
+        *describe_checks(args),
+    ]
     for ok, message in checks:
         if not ok:
             p.error(message)
     return args
-
-
-def list_images(images_dir: Path) -> list[str]:
-    """Relative POSIX paths of the image files under ``images_dir``, sorted."""
-    found = []
-    for root, dirs, files in os.walk(images_dir):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in files:
-            if not name.startswith(".") and is_image_file(name):
-                found.append((Path(root) / name).relative_to(images_dir).as_posix())
-    return sorted(found)
 
 
 def distributed_context() -> tuple[int, int, int]:
@@ -143,34 +157,44 @@ def distributed_context() -> tuple[int, int, int]:
     return rank, world, local
 
 
-class Annotator:
-    """Detect, fuse, caption, describe and question a batch of images."""
+def round_objects(objects: list[dict]) -> list[dict]:
+    """Number the objects of one image and round them to the precision the file stores."""
+    for k, o in enumerate(objects):
+        o["id"] = k
+        o["bbox"] = [round(v, BOX_DECIMALS) for v in o["bbox"]]
+        o["score"] = round(o["score"], SCORE_DECIMALS)
+    return objects
 
-    def __init__(self, args, device: str, class_map: ClassMap, prompt_book: PromptBook):
-        self.args, self.prompt_book = args, prompt_book
-        self.yolo = YoloDetector(args.yolo_model, device, class_map, args.conf_threshold, args.imgsz,
-                                 args.max_det, args.batch_size)
-        self.detr = RTDetrDetector(args.detr_model, args.detr_processor, device, class_map,
-                                   args.conf_threshold, args.max_det, args.batch_size)
+
+def fuse_detections(per_detector: list[list[dict]], width: int, height: int, method: str, weights, iou_thr: float,
+                    conf: float | None = None) -> list[dict]:
+    """The objects data_annotation.py stores for one image, from each detector's boxes.
+
+    ``conf``: keep only detections scoring above it first (the detectors already did this at
+    the run's ``--conf_threshold``; ``evaluate_annotations.py --sweep`` tries higher ones).
+    """
+    if conf is not None:
+        per_detector = [[d for d in dets if d["score"] > conf] for dets in per_detector]
+    return round_objects(fuse(per_detector, DETECTOR_NAMES, width, height, method, weights, iou_thr))
+
+
+class Describer:
+    """Caption, describe and question the objects of a batch of images, wherever the boxes came from."""
+
+    def __init__(self, args, device: str, prompt_book: PromptBook, vocabulary: list[str]):
+        self.args, self.prompt_book, self.vocabulary = args, prompt_book, vocabulary
+        dtype = str(resolve_dtype(args.precision, device)).removeprefix("torch.")
         self.captioner = Captioner(args.captioner_model, device, args.caption_batch_size,
-                                   args.caption_max_tokens, args.dtype)
-        self.vocabulary = sorted(self.yolo.vocabulary() | self.detr.vocabulary())
+                                   args.caption_max_tokens, dtype)
 
-    def annotate(self, names: list[str], images: list) -> list[dict]:
+    def describe(self, names: list[str], images: list, objects: list[list[dict]],
+                 extras: list[dict] | None = None) -> list[dict]:
+        """One record per image. ``objects``: numbered, rounded objects with label, bbox, score, sources;
+        ``extras``: more fields for each record (e.g. ``detector_boxes``)."""
         a = self.args
-        yolo_dets, detr_dets = self.yolo.detect(images), self.detr.detect(images)
-        fused = []
-        for image, y, d in zip(images, yolo_dets, detr_dets):
-            w, h = image.size
-            objs = fuse([y, d], DETECTOR_NAMES, w, h, a.fusion, a.detector_weights, a.iou_threshold)
-            for k, o in enumerate(objs):
-                o["id"] = k
-                o["bbox"] = [round(v, BOX_DECIMALS) for v in o["bbox"]]
-                o["score"] = round(o["score"], SCORE_DECIMALS)
-            fused.append(objs)
         # Every crop of the batch, plus each whole image, through the captioner in one go.
         crops, prompts, owners = [], [], []
-        for i, (image, objs) in enumerate(zip(images, fused)):
+        for i, (image, objs) in enumerate(zip(images, objects)):
             for o in objs:
                 crops.append(context_crop(image, o["bbox"], a.crop_margin))
                 prompts.append(self.prompt_book.for_label(o["label"]))
@@ -182,7 +206,7 @@ class Annotator:
         scene = {i: c for (i, oid), c in zip(owners, captions) if oid is None}
         object_captions = {(i, oid): (c, p) for (i, oid), c, p in zip(owners, captions, prompts) if oid is not None}
         records = []
-        for i, (name, image, objs) in enumerate(zip(names, images, fused)):
+        for i, (name, image, objs) in enumerate(zip(names, images, objects)):
             w, h = image.size
             where = {}
             for o in objs:
@@ -195,17 +219,47 @@ class Annotator:
                 o["description"] = compose_description(
                     o["label"], place, size_word(o["bbox"], w, h), surface, relations, scene[i],
                     context="" if surface else caption)
-            objects = [{k: o[k] for k in ("id", "label", "bbox", "score", "sources", "description")} for o in objs]
-            qa = generate_qa(objects, w, h, self.vocabulary, image_rng(a.seed, name), where, a.max_region_qa)
+            objs = [{k: o[k] for k in ("id", "label", "bbox", "score", "sources", "description")} for o in objs]
+            qa = generate_qa(objs, w, h, self.vocabulary, image_rng(a.seed, name), where, a.max_region_qa)
             records.append({"image": name, "width": w, "height": h, "caption": scene[i],
-                            "objects": objects, "qa": qa})
+                            "objects": objs, "qa": qa, **(extras[i] if extras else {})})
         return records
 
 
-def _load(images_dir: Path, names: list[str]) -> list[tuple[str, object]]:
+class Annotator:
+    """Detect, fuse, caption, describe and question a batch of images."""
+
+    def __init__(self, args, device: str, class_map: ClassMap, prompt_book: PromptBook):
+        self.args = args
+        self.yolo = YoloDetector(args.yolo_model, device, class_map, args.conf_threshold, args.imgsz,
+                                 args.max_det, args.batch_size)
+        self.detr = RTDetrDetector(args.detr_model, args.detr_processor, device, class_map,
+                                   args.conf_threshold, args.max_det, args.batch_size)
+        self.describer = Describer(args, device, prompt_book, sorted(self.yolo.vocabulary() | self.detr.vocabulary()))
+
+    def annotate(self, names: list[str], images: list) -> list[dict]:
+        a = self.args
+        per_image = list(zip(self.yolo.detect(images), self.detr.detect(images)))
+        objects = [fuse_detections(list(dets), *image.size, a.fusion, a.detector_weights, a.iou_threshold)
+                   for image, dets in zip(images, per_image)]
+        extras = None
+        if a.keep_detector_boxes:
+            # Unrounded, so that fusing them again (evaluate_annotations.py) gives exactly these objects.
+            extras = [{"detector_boxes": dict(zip(DETECTOR_NAMES, dets))} for dets in per_image]
+        return self.describer.describe(names, images, objects, extras)
+
+
+class Skip(str):
+    """What an annotator returns instead of a record for an image it refuses (the reason)."""
+
+
+def _load(images_dir: Path, names: list[str], skip: dict[str, str]) -> list[tuple[str, object]]:
     """(name, RGB image) or (name, ImageLoadError) for each file."""
     out = []
     for name in names:
+        if name in skip:
+            out.append((name, ImageLoadError(skip[name])))
+            continue
         try:
             out.append((name, load_image(images_dir / name)))
         except ImageLoadError as e:
@@ -215,15 +269,22 @@ def _load(images_dir: Path, names: list[str]) -> list[tuple[str, object]]:
 
 def run_settings(args, class_map: ClassMap, prompt_book: PromptBook) -> dict:
     """The settings that decide the annotations (a resumed run must use the same ones)."""
-    return {
+    settings = {
         "yolo_model": args.yolo_model, "detr_model": args.detr_model,
         "detr_processor": args.detr_processor or args.detr_model, "captioner_model": args.captioner_model,
         "conf_threshold": args.conf_threshold, "fusion": args.fusion, "iou_threshold": args.iou_threshold,
         "detector_weights": list(args.detector_weights), "class_map": class_map.to_dict(),
         "prompts": prompt_book.to_dict(), "max_det": args.max_det, "imgsz": args.imgsz,
-        "crop_margin": args.crop_margin, "caption_max_tokens": args.caption_max_tokens,
-        "max_region_qa": args.max_region_qa, "dtype": args.dtype, "seed": args.seed,
+        **describe_settings(args),
     }
+    if args.keep_detector_boxes:  # only when set: files of runs without it stay as they were
+        settings["keep_detector_boxes"] = True
+    return settings
+
+
+def describe_settings(args) -> dict:
+    return {"crop_margin": args.crop_margin, "caption_max_tokens": args.caption_max_tokens,
+            "max_region_qa": args.max_region_qa, "dtype": args.precision, "seed": args.seed}
 
 
 def _barrier_group(world: int):
@@ -239,30 +300,17 @@ def _barrier_group(world: int):
     return dist
 
 
-@report_input_errors
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    start = time.perf_counter()
-    images_dir = require_path(args.images_dir, "--images_dir", "dir")
-    require_output_file(args.output_file, "--output_file", {
-        "--yolo_model": args.yolo_model, "--detr_model": args.detr_model, "--detr_processor": args.detr_processor,
-        "--captioner_model": args.captioner_model, "--class_map": args.class_map, "--prompts": args.prompts})
-    if is_image_file(args.output_file):
-        raise InputError(f"--output_file: {args.output_file} is an image path; give a .json file")
-    check_seed(args.seed)
-    args.yolo_model = require_yolo_weights(args.yolo_model, "--yolo_model")
-    args.detr_model = require_model(args.detr_model, "--detr_model")
-    if args.detr_processor:
-        args.detr_processor = require_model(args.detr_processor, "--detr_processor")
-    args.captioner_model = require_model(args.captioner_model, "--captioner_model")
-    class_map = ClassMap.from_file(args.class_map)
-    prompt_book = PromptBook.from_file(args.prompts)
-    names = list_images(images_dir)
-    if not names:
-        raise InputError(f"--images_dir: no images found in {images_dir}")
+def run_annotation(args, images_dir: Path, names: list[str], make_annotator, settings: dict, meta: dict,
+                   start: float, skip: dict[str, str] | None = None, summary_tail: str = "") -> int:
+    """Shard, resume, load, annotate, log progress and write the annotation file: the part of the stage
+    that does not depend on where the boxes come from (detectors here, labels in import_labels.py).
+
+    ``make_annotator(device)`` builds an object whose ``annotate(names, images)`` returns one record
+    (or :class:`Skip`) per image; ``skip`` maps images to reasons they are skipped without loading.
+    """
+    skip = skip or {}
     if args.max_images:
         names = names[:args.max_images]
-
     rank, world, local_rank = distributed_context()
     # Round-robin (every shard gets a similar mix): first this machine's shard, then this
     # process's part of it, so machines with different numbers of processes still agree.
@@ -273,12 +321,11 @@ def main(argv=None) -> int:
         device = f"cuda:{local_rank}"
     set_seed(args.seed)
 
-    settings = run_settings(args, class_map, prompt_book)
     log = ProgressLog(progress_path(args.output_file, args.shard_index, args.num_shards, rank, world), settings,
                       args.restart)
     todo = [n for n in mine if n not in log.done]
     # Models load before anything is written, so a bad model is refused with nothing on disk.
-    annotator = Annotator(args, device, class_map, prompt_book) if todo else None
+    annotator = make_annotator(device) if any(n not in skip for n in todo) else None
     from tqdm import tqdm
     log.open()
     try:
@@ -288,16 +335,18 @@ def main(argv=None) -> int:
         bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="img", desc=desc)
         # Read the next batch of images from disk while the models work on this one.
         with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(_load, images_dir, batches[0]) if batches else None
+            pending = pool.submit(_load, images_dir, batches[0], skip) if batches else None
             for b in range(len(batches)):
                 loaded = pending.result()
-                pending = pool.submit(_load, images_dir, batches[b + 1]) if b + 1 < len(batches) else None
+                pending = pool.submit(_load, images_dir, batches[b + 1], skip) if b + 1 < len(batches) else None
                 good = [(n, im) for n, im in loaded if not isinstance(im, ImageLoadError)]
-                records = {r["image"]: r for r in annotator.annotate([n for n, _ in good], [im for _, im in good])} \
-                    if good else {}
+                records = dict(zip([n for n, _ in good],
+                                   annotator.annotate([n for n, _ in good], [im for _, im in good]))) if good else {}
                 for name, im in loaded:
                     if isinstance(im, ImageLoadError):
                         log.add_skipped(name, str(im))
+                    elif isinstance(records[name], Skip):
+                        log.add_skipped(name, str(records[name]))
                     else:
                         log.add_image(records[name])
                     bar.update(1)
@@ -311,8 +360,7 @@ def main(argv=None) -> int:
         dist.destroy_process_group()
     if rank != 0:
         return 0
-    meta = {"tool": "vlm_annotation/data_annotation.py", "version": TOOL_VERSION,
-            "images_dir": str(args.images_dir), **settings}
+    meta = {**meta, **settings}
     if args.num_shards > 1:
         meta["shard"] = {"index": args.shard_index, "count": args.num_shards}
     parts = [progress_path(args.output_file, args.shard_index, args.num_shards, r, world) for r in range(world)]
@@ -321,12 +369,43 @@ def main(argv=None) -> int:
         part.unlink(missing_ok=True)
     seconds = time.perf_counter() - start
     print(f"annotated {counts['images']} images: {counts['objects']} objects, {counts['qa']} Q&A pairs, "
-          f"{counts['skipped']} skipped, {seconds:.1f}s -> {args.output_file}", flush=True)
+          f"{counts['skipped']} skipped, {seconds:.1f}s -> {args.output_file}{summary_tail}", flush=True)
     if counts["images"] == 0:
         print(f"error: none of the {counts['skipped']} images could be read; reasons are under "
               f"'skipped' in {args.output_file}", file=sys.stderr, flush=True)
         return 1
     return 0
+
+
+def check_describe_inputs(args, inputs: dict) -> tuple[ClassMap, PromptBook]:
+    """The output file, seed, captioner, class map and prompts, checked before anything runs."""
+    require_output_file(args.output_file, "--output_file", {
+        **inputs, "--captioner_model": args.captioner_model, "--class_map": args.class_map,
+        "--prompts": args.prompts})
+    if is_image_file(args.output_file):
+        raise InputError(f"--output_file: {args.output_file} is an image path; give a .json file")
+    check_seed(args.seed)
+    args.captioner_model = require_model(args.captioner_model, "--captioner_model")
+    return ClassMap.from_file(args.class_map), PromptBook.from_file(args.prompts)
+
+
+@report_input_errors
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    images_dir = require_path(args.images_dir, "--images_dir", "dir")
+    class_map, prompt_book = check_describe_inputs(args, {
+        "--yolo_model": args.yolo_model, "--detr_model": args.detr_model, "--detr_processor": args.detr_processor})
+    args.yolo_model = require_yolo_weights(args.yolo_model, "--yolo_model")
+    args.detr_model = require_model(args.detr_model, "--detr_model")
+    if args.detr_processor:
+        args.detr_processor = require_model(args.detr_processor, "--detr_processor")
+    names = list_images(images_dir)
+    if not names:
+        raise InputError(f"--images_dir: no images found in {images_dir}")
+    meta = {"tool": "vlm_annotation/data_annotation.py", "version": TOOL_VERSION, "images_dir": str(args.images_dir)}
+    return run_annotation(args, images_dir, names, lambda device: Annotator(args, device, class_map, prompt_book),
+                          run_settings(args, class_map, prompt_book), meta, start)
 
 
 if __name__ == "__main__":

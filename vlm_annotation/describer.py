@@ -133,6 +133,32 @@ def surface_phrase(prompt: str, continuation: str) -> str:
     return ""
 
 
+# "The glass is on the grass, in the bottom left of the image." (what compose_description writes)
+_PLACE = r"(?:in|at|on) the [a-z -]+ of the image"
+_ARTICLES = ("the ", "a ", "an ")
+
+
+def description_surface(description: str, label: str) -> tuple[str, str]:
+    """(preposition, surface) named by a description of :func:`compose_description`, else ("", "").
+
+    "Here is a glass. The glass is on the grass, in the bottom left of the image." ->
+    ("on", "grass"): the article is dropped, so the surface answers "What is the glass lying on?".
+    """
+    match = re.search(rf"The {re.escape(label)} is (.+?), {_PLACE}\.", description or "")
+    if not match:
+        return "", ""
+    phrase = match.group(1)
+    for prep in _PREPOSITIONS:
+        if phrase.startswith(prep + " "):
+            rest = phrase[len(prep) + 1:]
+            for art in _ARTICLES:
+                if rest.startswith(art):
+                    rest = rest[len(art):]
+                    break
+            return (prep, rest) if rest else ("", "")
+    return "", ""
+
+
 def compose_description(label: str, position: str, size: str, surface: str = "",
                         relations: Sequence[tuple[str, str]] = (), scene: str = "",
                         context: str = "") -> str:

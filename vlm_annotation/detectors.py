@@ -24,6 +24,8 @@ from vlm_annotation.boxes import clip_box, is_degenerate
 from vlm_annotation.io_utils import InputError, read_json
 
 DETECTOR_NAMES = ("yolo", "rtdetr")
+# The source name of objects imported from existing labels (import_labels.py); a --class_map may have a section for it.
+LABELS_SOURCE = "labels"
 
 
 def import_ultralytics():
@@ -50,7 +52,8 @@ class ClassMap:
 
     The ``--class_map`` file is either one mapping for all detectors
     (``{"wine glass": "glass", "person": null}``) or one per detector
-    (``{"yolo": {...}, "rtdetr": {...}}``). Keys are matched after :func:`normalize_name`.
+    (``{"yolo": {...}, "rtdetr": {...}}``; ``"labels"`` for imported labels). Keys are matched after
+    :func:`normalize_name`.
     """
 
     def __init__(self, shared: dict | None = None, per_detector: dict | None = None):
@@ -65,7 +68,7 @@ class ClassMap:
         data = read_json(path)
         if not isinstance(data, dict):
             raise InputError(f"{path}: expected a JSON object mapping class names to class names")
-        per = bool(data) and set(data) <= set(DETECTOR_NAMES) and all(isinstance(v, dict) for v in data.values())
+        per = bool(data) and set(data) <= {*DETECTOR_NAMES, LABELS_SOURCE} and all(isinstance(v, dict) for v in data.values())
         for scope, mapping in (data.items() if per else [("*", data)]):
             for key, value in mapping.items():
                 if value is not None and (not isinstance(value, str) or not value.strip()):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from vlm_annotation.boxes import iou
+from vlm_annotation.boxes import box_area, clip_box, iou, normalized_to_pixel, pixel_to_normalized
 
 FUSION_METHODS = ("wbf", "nms")
 
@@ -31,11 +31,9 @@ def _prefilter(detections_per_model: Sequence[Sequence[dict]], names: Sequence[s
             score = float(det["score"])
             if score < skip_box_thr:
                 continue
-            x1, y1, x2, y2 = (float(v) for v in det["bbox"])
-            x1, x2 = sorted((x1 / width, x2 / width))
-            y1, y2 = sorted((y1 / height, y2 / height))
-            box = [min(max(v, 0.0), 1.0) for v in (x1, y1, x2, y2)]
-            if (box[2] - box[0]) * (box[3] - box[1]) <= 0.0:
+            # 0..1 of the image (what WBF averages in), corners ordered and clipped to the unit square.
+            box = clip_box(pixel_to_normalized([float(v) for v in det["bbox"]], width, height), 1.0, 1.0)
+            if box_area(box) <= 0.0:
                 continue
             by_label.setdefault(det["label"], []).append(
                 {"score": score * weights[model_idx], "weight": float(weights[model_idx]),
@@ -66,7 +64,7 @@ def _best_match(fused: list[dict], box: Sequence[float], iou_thr: float) -> int:
 
 def _to_pixels(label: str, box: Sequence[float], score: float, sources, width: float, height: float) -> dict:
     return {"label": label,
-            "bbox": [box[0] * width, box[1] * height, box[2] * width, box[3] * height],
+            "bbox": normalized_to_pixel(box, width, height),
             "score": min(max(score, 0.0), 1.0),
             "sources": sorted(set(sources))}
 

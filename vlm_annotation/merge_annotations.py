@@ -6,18 +6,28 @@
 Each shard comes from ``data_annotation.py --num_shards N --shard_index K`` (on as many
 machines as you like). The shards must have been made with the same settings, and every
 shard of the run must be there; images are sorted by path, as a single run writes them.
+
+Any size: shards are sorted by path already (as an annotation run writes them), so they are
+merged a record at a time, like ``sort -m``; memory does not grow with the number of images.
+Inputs that are not sorted are merged through a temp file beside the output (memory: the
+paths only). ``.jsonl`` inputs and outputs use the JSONL layout.
 """
 from __future__ import annotations
 
 import argparse
+import heapq
+import json
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
-from vlm_annotation.io_utils import InputError
-from vlm_annotation.progress import write_annotations_stream
-from vlm_annotation.runtime import report_input_errors, require_output_file, require_path
-from vlm_annotation.schema import load_annotations
+from tqdm import tqdm
+
+from vlm_annotation.io_utils import InputError, dumps_line
+from vlm_annotation.runtime import report_input_errors, require_output_file, require_path, single_writer
+from vlm_annotation.schema import AnnotationReader, AnnotationWriter, _path_digest
 
 # Meta keys that may differ between shards (machines mount the images in different places).
 _PER_SHARD_META = ("shard", "images_dir")
@@ -34,15 +44,69 @@ def _common_meta(meta: dict) -> dict:
     return {k: v for k, v in meta.items() if k not in _PER_SHARD_META}
 
 
-def merge(paths: list[Path]) -> tuple[list[dict], list[dict], dict]:
-    """Images, skipped and meta of the merged file; raises InputError on incompatible shards."""
-    images: dict[str, dict] = {}
+class _Unsorted(Exception):
+    pass
+
+
+def _sorted_records(reader: AnnotationReader, k: int) -> Iterator[tuple[str, int, dict]]:
+    last = None
+    for rec in reader:
+        if last is not None and rec["image"] < last:
+            raise _Unsorted(reader.path)
+        last = rec["image"]
+        yield rec["image"], k, rec
+
+
+def _merged_sorted(readers: list[AnnotationReader]) -> Iterator[tuple[Path, dict]]:
+    """Records of all readers in path order (each input sorted), a record at a time."""
+    streams = [_sorted_records(r, k) for k, r in enumerate(readers)]
+    # Equal paths come out in input order (the tie-break is the input's position), so the
+    # second one is the one found "also in another input file".
+    for _, k, rec in heapq.merge(*streams, key=lambda t: (t[0], t[1])):
+        yield readers[k].path, rec
+
+
+def _merged_by_spool(readers: list[AnnotationReader], spool_dir: Path) -> Iterator[tuple[Path, dict]]:
+    """Records of all readers in path order, inputs in any order: each record is parked in a
+    temp file and only ``(path, input, offset)`` is kept in memory, then read back sorted."""
+    index: list[tuple[str, int, int]] = []
+    with tempfile.TemporaryFile(dir=spool_dir, prefix=".merge-spool.") as spool:
+        for k, reader in enumerate(readers):
+            for rec in reader:
+                index.append((rec["image"], k, spool.tell()))
+                spool.write(dumps_line(rec) + b"\n")
+        index.sort()
+        for _, k, offset in index:
+            spool.seek(offset)
+            yield readers[k].path, json.loads(spool.readline())
+
+
+def _merge_into(writer: AnnotationWriter, readers: list[AnnotationReader], records) -> dict:
+    counts = {"images": 0, "objects": 0, "qa": 0}
+    digests = bytearray()
+    last, last_path = None, None
+    for path, rec in tqdm(records, desc="merge", unit=" images", mininterval=1.0, disable=None):
+        if rec["image"] == last:
+            where = "listed twice in it" if path == last_path else "also in another input file"
+            raise InputError(f"{path}: {rec['image']} is {where}")
+        last, last_path = rec["image"], path
+        digests += _path_digest(rec["image"])
+        writer.write(rec)
+        counts["images"] += 1
+        counts["objects"] += len(rec["objects"])
+        counts["qa"] += len(rec.get("qa", []))
+    counts["digests"] = digests
+    return counts
+
+
+def check_shards(readers: list[AnnotationReader], image_digests: bytearray) -> tuple[list[dict], dict]:
+    """Skipped list and meta of the merged file; InputError on incompatible or missing shards."""
     skipped: dict[str, dict] = {}
+    where: dict[str, Path] = {}
     meta, first = None, None
     shard_ids, shard_counts = set(), set()
-    for path in paths:
-        data = load_annotations(path)
-        m = data.get("meta", {})
+    for reader in readers:
+        m, path = reader.meta, reader.path
         if meta is None:
             meta, first = m, path
         elif _common_meta(m) != _common_meta(meta):
@@ -53,14 +117,18 @@ def merge(paths: list[Path]) -> tuple[list[dict], list[dict], dict]:
                 raise InputError(f"{path}: shard {m['shard']['index']} given twice")
             shard_ids.add(m["shard"]["index"])
             shard_counts.add(m["shard"]["count"])
-        for rec in data["images"]:
-            if rec["image"] in images or rec["image"] in skipped:
-                raise InputError(f"{path}: {rec['image']} is also in another input file")
-            images[rec["image"]] = rec
-        for rec in data.get("skipped", []):
-            if rec["image"] in images or rec["image"] in skipped:
+        for rec in reader.skipped:
+            if rec["image"] in skipped:
                 raise InputError(f"{path}: {rec['image']} is also in another input file")
             skipped[rec["image"]] = rec
+            where[rec["image"]] = path
+    if skipped:  # an image both merged and skipped: found through the 16-byte path digests
+        wanted = {_path_digest(image): image for image in skipped}
+        listed = bytes(image_digests)
+        for i in range(0, len(listed), 16):
+            image = wanted.get(listed[i:i + 16])
+            if image is not None:
+                raise InputError(f"{where[image]}: {image} is also in another input file")
     if len(shard_counts) > 1:
         raise InputError(f"the input files come from runs with different --num_shards: {sorted(shard_counts)}")
     if shard_counts:
@@ -68,7 +136,7 @@ def merge(paths: list[Path]) -> tuple[list[dict], list[dict], dict]:
         if missing:
             raise InputError(f"shard(s) {', '.join(map(str, missing))} missing from --input_files")
     merged_meta = {k: v for k, v in (meta or {}).items() if k != "shard"}
-    return ([images[k] for k in sorted(images)], [skipped[k] for k in sorted(skipped)], merged_meta)
+    return [skipped[k] for k in sorted(skipped)], merged_meta
 
 
 @report_input_errors
@@ -77,10 +145,23 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     paths = [require_path(p, "--input_files", "file") for p in args.input_files]
     require_output_file(args.output_file, "--output_file", {f"--input_files ({p})": p for p in paths})
-    images, skipped, meta = merge(paths)
-    counts = write_annotations_stream(args.output_file, images, skipped, meta)
+    out = Path(args.output_file)
+    with single_writer(out, "--output_file"):
+        try:
+            with AnnotationWriter(out, style="lines") as writer:
+                readers = [AnnotationReader(p) for p in paths]
+                counts = _merge_into(writer, readers, _merged_sorted(readers))
+                skipped, meta = check_shards(readers, counts["digests"])
+                writer.finish(skipped, meta)
+        except _Unsorted as e:
+            print(f"note: {e.args[0]} is not sorted by image path; merging through a temp file", flush=True)
+            with AnnotationWriter(out, style="lines") as writer:
+                readers = [AnnotationReader(p) for p in paths]
+                counts = _merge_into(writer, readers, _merged_by_spool(readers, out.parent))
+                skipped, meta = check_shards(readers, counts["digests"])
+                writer.finish(skipped, meta)
     print(f"merged {len(paths)} files: {counts['images']} images, {counts['objects']} objects, "
-          f"{counts['qa']} Q&A pairs, {counts['skipped']} skipped, {time.perf_counter() - start:.1f}s "
+          f"{counts['qa']} Q&A pairs, {len(skipped)} skipped, {time.perf_counter() - start:.1f}s "
           f"-> {args.output_file}", flush=True)
     return 0
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 PROMPT_FORMAT_FILE = "prompt_format.json"
@@ -28,6 +28,9 @@ EXISTS = "Is there a {label} in this image?"
 LOCATION = "Where is the {label}?"
 LOCATION_BOXED = "Where is the {label} at {box}?"
 RELATION = "Where is the {label_a} {box_a} relative to the {label_b} {box_b}?"
+# The ground the scene lies on (issue 13's "surface" type); the boxed one when several objects share the class.
+SURFACE = "What is the {label} lying on?"
+SURFACE_BOXED = "What is the {label} at {box} lying on?"
 
 _IRREGULAR_PLURALS = {"person": "people", "man": "men", "woman": "women", "child": "children",
                       "mouse": "mice", "knife": "knives", "leaf": "leaves", "sheep": "sheep",
@@ -69,6 +72,53 @@ def count_answer(n: int, noun: str = "object", where: str = " in this image") ->
 # once; vlm_training.llava_format re-exports it for the LLaVA file.
 IMAGE_TOKEN = "<image>"
 
+# System prompts by name. "llava_v1" is the system message of the conversation template that
+# LLaVA-1.5 was instruction-tuned with (haotian-liu/LLaVA, llava/conversation.py, conv_vicuna_v1,
+# selected by ``--version v1`` in scripts/v1_5/finetune*.sh and by ``--conv-mode vicuna_v1`` in its
+# evaluation scripts); it precedes "USER: <image>\n..." after one space (the template's ``sep``).
+SYSTEM_PROMPTS = {
+    "none": "",
+    "llava_v1": ("A chat between a curious user and an artificial intelligence assistant. "
+                 "The assistant gives helpful, detailed, and polite answers to the user's questions."),
+}
+# LLaVA-1.5's turn layout (llava-hf chat template and LLaVA's SeparatorStyle.TWO alike).
+LLAVA_15_FIRST_TURN = "USER: " + IMAGE_TOKEN + "\n{question} ASSISTANT:"
+SYSTEM_PROMPT_HELP = (
+    "system prompt put before the first turn, saved in prompt_format.json so inference asks the same way: "
+    "'none', 'llava_v1' (LLaVA-1.5's own: \"" + SYSTEM_PROMPTS["llava_v1"] + "\"), 'auto' "
+    "(llava_v1 for a base model with LLaVA-1.5's turn layout, which was instruction-tuned with it; "
+    "none otherwise), or any other text, used as it is")
+
+
+def resolve_system_prompt(value: str | None, fmt: "PromptFormat | None" = None) -> str:
+    """The system prompt text for a ``--system_prompt`` value ("" means none).
+
+    ``none`` and ``llava_v1`` are names (:data:`SYSTEM_PROMPTS`); ``auto`` or None is
+    :func:`default_system_prompt` of ``fmt``; anything else is the literal text. Raises
+    ValueError for text that cannot be a system prompt (blank, or holding the image token),
+    for the caller to report with its flag's name.
+    """
+    if value is None or value == "auto":
+        return default_system_prompt(fmt if fmt is not None else PromptFormat())
+    if value in SYSTEM_PROMPTS:
+        return SYSTEM_PROMPTS[value]
+    if not value.strip():
+        raise ValueError("a system prompt cannot be blank (say 'none' for no system prompt)")
+    image_token = fmt.image_token if fmt is not None else IMAGE_TOKEN
+    if image_token in value:
+        raise ValueError(f"a system prompt cannot hold the image token {image_token}")
+    return value
+
+
+def default_system_prompt(fmt: "PromptFormat") -> str:
+    """LLaVA v1's system prompt for LLaVA-1.5's turn layout (what the base model was tuned with), else none.
+
+    llava-hf/llava-1.5-* keep LLaVA-1.5's weights, which original LLaVA instruction-tuned with
+    every conversation starting with :data:`SYSTEM_PROMPTS` ``["llava_v1"]``; their chat
+    template merely leaves it out. Other layouts (other families) get none.
+    """
+    return SYSTEM_PROMPTS["llava_v1"] if fmt.first_turn == LLAVA_15_FIRST_TURN else ""
+
 
 @dataclass
 class PromptFormat:
@@ -77,13 +127,18 @@ class PromptFormat:
     ``first_turn`` carries the image token; ``next_turn`` is used for later questions of
     the same conversation. After ``answer_prefix + answer`` the tokenizer's EOS is added
     (the llava-1.5-hf chat template puts none, and a model taught without it never stops).
+    ``system_prompt`` (text, "" for none; see :func:`resolve_system_prompt`) goes before the
+    first turn as ``system_template`` lays it out ("{system} ": LLaVA v1's "<system> USER: ...").
+    Files saved before these two fields existed load with no system prompt, as they were trained.
     """
-    first_turn: str = "USER: " + IMAGE_TOKEN + "\n{question} ASSISTANT:"
+    first_turn: str = LLAVA_15_FIRST_TURN
     next_turn: str = "USER: {question} ASSISTANT:"
     answer_prefix: str = " "
     image_token: str = IMAGE_TOKEN
     pad_to_square: bool = True
     box_decimals: int = 2
+    system_prompt: str = ""
+    system_template: str = "{system} "
     templates: dict = field(default_factory=lambda: {
         "region_description": REGION_DESCRIPTION,
         "region_description_labeled": REGION_DESCRIPTION_LABELED,
@@ -92,7 +147,19 @@ class PromptFormat:
     })
 
     def prompt(self, question: str, first: bool = True) -> str:
-        return (self.first_turn if first else self.next_turn).format(question=question)
+        """The text before an answer: the system prompt (first turn only), then the turn with ``question``."""
+        if not first:
+            return self.next_turn.format(question=question)
+        return self.system_prefix() + self.first_turn.format(question=question)
+
+    def system_prefix(self) -> str:
+        """What precedes the first turn: "" without a system prompt."""
+        # str.replace, not format: a literal system prompt may hold braces.
+        return self.system_template.replace("{system}", self.system_prompt) if self.system_prompt else ""
+
+    def with_system_prompt(self, value: str | None) -> "PromptFormat":
+        """A copy with the system prompt that ``value`` names (see :func:`resolve_system_prompt`)."""
+        return replace(self, system_prompt=resolve_system_prompt(value, self))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -106,6 +173,13 @@ class PromptFormat:
                 raise ValueError(f"prompt format: {key} has no {{question}} placeholder")
         if fmt.image_token not in fmt.first_turn:
             raise ValueError("prompt format: first_turn has no image token")
+        for key in ("system_prompt", "system_template"):
+            if not isinstance(getattr(fmt, key), str):
+                raise ValueError(f"prompt format: {key} must be a string")
+        if "{system}" not in fmt.system_template:
+            raise ValueError("prompt format: system_template has no {system} placeholder")
+        if fmt.image_token in fmt.system_prompt:
+            raise ValueError("prompt format: system_prompt holds the image token")
         return fmt
 
     def save(self, directory: str | os.PathLike) -> Path:
@@ -161,4 +235,31 @@ class PromptFormat:
         first_turn = first[len(bos):] if bos and first.startswith(bos) else first
         return cls(first_turn=first_turn.replace(q, "{question}"),
                    next_turn=next_turn.replace(q, "{question}"),
-                   answer_prefix=answer_prefix, image_token=image_token)
+                   answer_prefix=answer_prefix, image_token=image_token,
+                   system_template=_system_template(processor, q, first, bos) or default.system_template)
+
+
+def _system_template(processor, q: str, first: str, bos: str | None) -> str | None:
+    """How the chat template lays out a system message before the first turn, or None if it cannot tell.
+
+    The llava-1.5-hf template renders a system message as its text plus a space ("S USER: ..."),
+    the same as LLaVA's own v1 conversation template.
+    """
+    s = "SSSS"
+    try:
+        text = processor.apply_chat_template(
+            [{"role": "system", "content": [{"type": "text", "text": s}]},
+             {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
+            add_generation_prompt=True, tokenize=False)
+    except Exception:
+        return None
+
+    def strip_bos(t: str) -> str:
+        return t[len(bos):] if bos and t.startswith(bos) else t
+    text, turn = strip_bos(text), strip_bos(first)
+    if not text.endswith(turn):
+        return None
+    prefix = text[:len(text) - len(turn)]
+    if prefix.count(s) != 1:
+        return None
+    return prefix.replace(s, "{system}")

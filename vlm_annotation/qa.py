@@ -14,7 +14,11 @@ from typing import Sequence
 
 from vlm_annotation import prompts
 from vlm_annotation.boxes import box_to_text
+from vlm_annotation.describer import description_surface
 from vlm_annotation.spatial import position_phrase, position_word, relation_phrase
+
+# Prepositions after which "What is the glass lying on?" is the right question.
+_ON = ("on", "on top of")
 
 
 def image_rng(seed: int, image: str) -> random.Random:
@@ -103,4 +107,15 @@ def generate_qa(objects: Sequence[dict], width: int, height: int, vocabulary: Se
         question = prompts.RELATION.format(label_a=a["label"], box_a=boxes[a["id"]],
                                            label_b=b["label"], box_b=boxes[b["id"]])
         qa.append(_qa(question, f"The {a['label']} is {phrase} the {b['label']}.", "relation", [a["id"], b["id"]]))
+
+    # "What is the glass lying on?" -> "grass", when the object's description names what it lies on.
+    for obj in focus:
+        prep, surface = description_surface(obj.get("description", ""), obj["label"])
+        if prep not in _ON:
+            continue
+        if len(ids_by_label[obj["label"]]) == 1:
+            question = prompts.SURFACE.format(label=obj["label"])
+        else:
+            question = prompts.SURFACE_BOXED.format(label=obj["label"], box=boxes[obj["id"]])
+        qa.append(_qa(question, surface, "surface", [obj["id"]]))
     return qa

@@ -43,6 +43,21 @@ def handle_sigterm() -> None:
 INTERRUPTED_MESSAGE = "finished work is saved; run the same command again to resume"
 
 
+def _end_progress_bars() -> None:
+    """Close open tqdm bars, so a message after them starts on a line of its own."""
+    tqdm_module = sys.modules.get("tqdm.std")
+    if tqdm_module is None:
+        return
+    for bar in list(getattr(tqdm_module.tqdm, "_instances", ())):
+        with contextlib.suppress(Exception):
+            bar.close()
+
+
+def _say(line: str) -> None:
+    _end_progress_bars()
+    print(line, file=sys.stderr, flush=True)
+
+
 def report_input_errors(main: Callable[..., int]) -> Callable[..., int]:
     """Turn an :class:`InputError` raised by ``main`` into one line on stderr and exit code 2.
 
@@ -58,18 +73,17 @@ def report_input_errors(main: Callable[..., int]) -> Callable[..., int]:
         try:
             return main(*args, **kwargs)
         except InputError as e:
-            print(f"error: {e}", file=sys.stderr, flush=True)
+            _say(f"error: {e}")
             return EXIT_INPUT_ERROR
         except KeyboardInterrupt as e:
             what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
-            print(f"{what}: {INTERRUPTED_MESSAGE}", file=sys.stderr, flush=True)
+            _say(f"{what}: {INTERRUPTED_MESSAGE}")
             return EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             where = f": {e.filename}" if e.filename else ""
-            print(f"error: disk full{where} ({e.strerror}); free space and run the same command again",
-                  file=sys.stderr, flush=True)
+            _say(f"error: disk full{where} ({e.strerror}); free space and run the same command again")
             return EXIT_DISK_FULL
 
     return wrapper
@@ -79,37 +93,101 @@ class OutputBusy(InputError):
     """Another live run holds the output this run would write."""
 
 
-@contextlib.contextmanager
-def single_writer(output: str | os.PathLike, flag: str = "output") -> Iterator[Path]:
-    """Hold ``<output>.lock`` for the duration: one writer per output, across processes.
+def _temp_name_pattern(path: Path) -> "re.Pattern[str]":
+    # The names io_utils.atomic_output gives its temp files: mkstemp(prefix=".NAME.", suffix=".tmp").
+    return re.compile(rf"\.{re.escape(path.name)}\.[A-Za-z0-9_]{{8}}\.tmp")
 
-    ``fcntl.flock`` is released by the kernel when its holder dies (kill -9 included), so a
-    lock left by a dead process never blocks; the pid and command written into the lock file
-    only serve the message. A second run refuses with one line naming the first.
+
+def remove_stale_temps(output: str | os.PathLike) -> list[Path]:
+    """Remove the temp files a killed atomic write of ``output`` left (``.NAME.XXXXXXXX.tmp``).
+
+    Call it only while holding ``output``'s :func:`single_writer` lock: with no other live
+    writer, every such file is the remains of a dead one. Returns what was removed.
+    """
+    path = Path(output)
+    pattern = _temp_name_pattern(path)
+    removed = []
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for entry in os.scandir(path.parent):
+            if pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+    return removed
+
+
+def _lock_path(output: str | os.PathLike) -> Path:
+    out = Path(output)
+    return out.with_name(f"{out.name}.lock")
+
+
+def acquire_writer_lock(output: str | os.PathLike, flag: str = "output", clean_temps: bool = True,
+                        name: str | os.PathLike | None = None) -> int:
+    """Take ``<output>.lock`` (fcntl.flock, non-blocking) and return its descriptor.
+
+    Raises :class:`OutputBusy` (one line naming the holder's pid and command) while another live
+    process holds it. The kernel releases a flock when its holder dies (kill -9 included), so a
+    lock left by a dead process never blocks. Release with :func:`release_writer_lock`, which
+    also removes the lock file. With ``clean_temps``, stale temp files of ``output``
+    (:func:`remove_stale_temps`) are removed once the lock is held. ``name``: what the message
+    calls the output, when the lock guards a file that stands for it (a progress file).
     """
     import fcntl
-    lock = Path(output)
-    lock = lock.with_name(f"{lock.name}.lock")
+    lock = _lock_path(output)
     lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
-            raise OutputBusy(f"{flag}: {output} is being written by another run ({holder}); "
+            os.close(fd)
+            raise OutputBusy(f"{flag}: {name or output} is being written by another run ({holder}); "
                              "wait for it to finish or stop it") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        # The holder before us may have removed the lock file between our open and our flock:
+        # then we hold a lock on a file nobody else can find. Only the file at the path counts.
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()}: {' '.join(sys.argv)[:300]}".encode(), 0)
-        try:
-            yield lock
-        finally:
-            # The file stays (unlinking it would let a waiter lock a dead inode); emptied, it
-            # names no holder, and the kernel lock goes with the descriptor.
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)
-    finally:
+        if clean_temps:
+            remove_stale_temps(output)
+    except BaseException:
+        release_writer_lock(output, fd)
+        raise
+    return fd
+
+
+def release_writer_lock(output: str | os.PathLike, fd: int) -> None:
+    """Remove ``<output>.lock`` and release the lock (in that order: see :func:`acquire_writer_lock`)."""
+    with contextlib.suppress(OSError):
+        os.unlink(_lock_path(output))
+    with contextlib.suppress(OSError):
         os.close(fd)
+
+
+@contextlib.contextmanager
+def single_writer(output: str | os.PathLike, flag: str = "output", clean_temps: bool = True) -> Iterator[Path]:
+    """Hold ``<output>.lock`` for the duration: one writer per output, across processes.
+
+    A second run refuses with one line naming the first (its pid and command); a lock left by a
+    dead process never blocks; the lock file is removed when the holder finishes. Stale temp
+    files of ``output`` left by a killed atomic write are removed once the lock is held.
+    """
+    fd = acquire_writer_lock(output, flag, clean_temps)
+    try:
+        yield _lock_path(output)
+    finally:
+        release_writer_lock(output, fd)
 
 
 def require_path(path: str | os.PathLike | None, flag: str, kind: str = "any") -> Path:

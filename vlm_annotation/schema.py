@@ -13,14 +13,21 @@ An annotation file (``annotations.json`` and the split files) is a JSON object::
 
 Boxes are pixels of the displayed image (after EXIF rotation). :func:`validate_annotations`
 reports the first bad field by its path, e.g. ``images[12].objects[3].bbox``.
+
+The same content may be a JSONL file (any name ending in ``.jsonl``): one image record per
+line, then ``{"skipped": [...]}`` and ``{"meta": {...}}`` on lines of their own (readers accept
+those two lines anywhere). :class:`AnnotationReader` streams either layout a validated record at
+a time; :class:`AnnotationWriter` writes either, record by record.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterator
 
-from vlm_annotation.io_utils import InputError, read_json
+from vlm_annotation.io_utils import STREAMED, InputError, RecordWriter, is_jsonl, stream_json, stream_jsonl
 
 QA_TYPES = (
     "count", "count_class", "exists", "location",
@@ -114,6 +121,8 @@ def validate_image_record(rec: Any, file, path: str) -> None:
     if not isinstance(rec, dict):
         raise AnnotationError(file, path, "expected an object")
     _check_str(_require(rec, "image", file, path), file, f"{path}.image", nonempty=True)
+    if "\x00" in rec["image"]:
+        raise AnnotationError(file, f"{path}.image", "contains a NUL byte; no file can have that name")
     if os.path.isabs(rec["image"]) or ".." in rec["image"].replace("\\", "/").split("/"):
         raise AnnotationError(file, f"{path}.image", "must be a path relative to the images dir")
     width, height = _require(rec, "width", file, path), _require(rec, "height", file, path)
@@ -153,7 +162,12 @@ def validate_annotations(data: Any, file: str | os.PathLike | None = None) -> di
             raise AnnotationError(file, f"images[{i}].image",
                                   f"{rec['image']!r} already listed at images[{seen[rec['image']]}]")
         seen[rec["image"]] = i
-    skipped = data.get("skipped", [])
+    validate_skipped(data.get("skipped", []), file)
+    validate_meta(data.get("meta", {}), file)
+    return data
+
+
+def validate_skipped(skipped: Any, file) -> list:
     if not isinstance(skipped, list):
         raise AnnotationError(file, "skipped", "expected a list")
     for i, s in enumerate(skipped):
@@ -161,16 +175,124 @@ def validate_annotations(data: Any, file: str | os.PathLike | None = None) -> di
             raise AnnotationError(file, f"skipped[{i}]", "expected an object")
         _check_str(_require(s, "image", file, f"skipped[{i}]"), file, f"skipped[{i}].image")
         _check_str(_require(s, "reason", file, f"skipped[{i}]"), file, f"skipped[{i}].reason")
-    meta = data.get("meta", {})
+    return skipped
+
+
+def validate_meta(meta: Any, file) -> dict:
     if not isinstance(meta, dict):
         raise AnnotationError(file, "meta", "expected an object")
-    return data
+    return meta
+
+
+def _path_digest(image: str) -> bytes:
+    return hashlib.blake2b(image.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def _first_duplicate(digests: bytearray) -> tuple[int, int] | None:
+    """``(i, j)``, i < j, of the duplicate whose later index j is smallest (the first one a reader
+    in file order meets), from 16-byte path digests (128 bits: a collision of distinct paths
+    would take ~1e19 images); None when every digest is distinct. Memory: 16 bytes an image."""
+    import numpy as np
+    if len(digests) < 32:
+        return None
+    cols = np.frombuffer(bytes(digests), dtype=">u8").reshape(-1, 2)
+    order = np.lexsort((cols[:, 1], cols[:, 0]))
+    ranked = cols[order]
+    same = np.flatnonzero((ranked[1:] == ranked[:-1]).all(axis=1))
+    if not len(same):
+        return None
+    # In a run of equal digests the earliest index is the one first listed.
+    best = None
+    for k in same:
+        j = int(max(order[k], order[k + 1]))
+        if best is None or j < best[1]:
+            start = k
+            while start > 0 and (ranked[start - 1] == ranked[k]).all():
+                start -= 1
+            best = (int(order[start:k + 2].min()), j)
+    return best
+
+
+class AnnotationReader:
+    """Stream an annotation file (JSON layout or JSONL) one validated image record at a time.
+
+    ::
+
+        reader = AnnotationReader("annotations.json")
+        for rec in reader:              # images[i], each validated once; errors name the field
+            ...
+        reader.meta, reader.skipped, reader.count   # complete once the loop has ended
+
+    Memory holds one record (plus 16 bytes an image to refuse a path listed twice, which is
+    reported when the loop ends). ``validate=False`` reads a file already checked in this run.
+    """
+
+    def __init__(self, path: str | os.PathLike, validate: bool = True):
+        self.path = Path(path)
+        self.validate = validate
+        self.meta: dict = {}
+        self.skipped: list = []
+        self.count = 0
+
+    def _raw(self) -> Iterator[tuple[str | None, Any]]:
+        if is_jsonl(self.path):
+            for _, value in stream_jsonl(self.path):
+                if isinstance(value, dict) and len(value) == 1 and ("meta" in value or "skipped" in value):
+                    yield next(iter(value.items()))
+                else:
+                    yield None, value
+            yield "images", STREAMED  # the lines are the list
+        else:
+            yield from stream_json(self.path, "images")
+
+    def __iter__(self) -> Iterator[dict]:
+        self.meta, self.skipped, self.count = {}, [], 0
+        digests = bytearray()
+        seen_images = False
+        for key, value in self._raw():
+            if key is None:
+                if self.validate:
+                    validate_image_record(value, self.path, f"images[{self.count}]")
+                    digests += _path_digest(value["image"])
+                self.count += 1
+                yield value
+            elif key == "images":
+                seen_images = True
+                if value is not STREAMED:  # a list would have been streamed
+                    raise AnnotationError(self.path, "images", "expected a list")
+            elif key == "skipped":
+                self.skipped = validate_skipped(value, self.path)
+            elif key == "meta":
+                self.meta = validate_meta(value, self.path)
+        if not seen_images:
+            raise AnnotationError(self.path, "images", "missing")
+        dup = _first_duplicate(digests) if self.validate else None
+        if dup is not None:
+            i, j = dup
+            image = next(rec["image"] for k, rec in enumerate(AnnotationReader(self.path, False)) if k == j)
+            raise AnnotationError(self.path, f"images[{j}].image", f"{image!r} already listed at images[{i}]")
 
 
 def load_annotations(path: str | os.PathLike) -> dict:
-    """Read and validate an annotation file (errors name the file and the field)."""
-    return validate_annotations(read_json(path), path)
+    """Read and validate a whole annotation file into memory (small files; big ones: :class:`AnnotationReader`)."""
+    reader = AnnotationReader(path)
+    images = list(reader)
+    return {"images": images, "skipped": reader.skipped, "meta": reader.meta}
 
 
-def empty_annotations(meta: dict | None = None) -> dict:
-    return {"images": [], "skipped": [], "meta": dict(meta or {})}
+class AnnotationWriter(RecordWriter):
+    """Write an annotation file record by record, atomically; JSONL when the name ends in ``.jsonl``.
+
+    ``style="indent"``: the bytes of ``json.dumps(data, indent=2)`` (split files);
+    ``style="lines"``: one image record per line (what an annotation run and merge write).
+    Records are written as given (validate them where they are read); :meth:`finish` writes
+    ``skipped`` and ``meta`` and commits.
+    """
+
+    def __init__(self, path: str | os.PathLike, style: str = "indent", commit: bool = True):
+        super().__init__(path, "images", None if is_jsonl(path) else style, tail_indent={"meta": 1}, commit=commit)
+
+    def finish(self, skipped: list, meta: dict) -> None:
+        validate_skipped(skipped, self.path)
+        validate_meta(meta, self.path)
+        self.close({"skipped": skipped, "meta": meta})

@@ -11,6 +11,11 @@ description) and the Q&A pairs. Links are relative, so the folder can be moved o
 image that cannot be opened is listed in the page and the summary, with the reason, not drawn;
 the files the annotator skipped are listed with their reasons too.
 
+Any size: the annotation file is read twice a record at a time (the class colours need every
+label first) and each page is written when it is full, so memory holds one page. Each page
+links to the pages near it, the first and the last, and ``pages.html`` lists every page, so the
+HTML grows linearly with the number of images.
+
 Text is drawn with Pillow's built-in font (``ImageFont.load_default``): nothing is fetched.
 """
 from __future__ import annotations
@@ -31,10 +36,12 @@ from tqdm import tqdm
 from vlm_annotation.images import ImageLoadError, load_image
 from vlm_annotation.io_utils import InputError, atomic_output, write_text_atomic
 from vlm_annotation.runtime import report_input_errors, require_output_dir, require_path
-from vlm_annotation.schema import load_annotations
+from vlm_annotation.schema import AnnotationReader
 
 IMAGES_SUBDIR = "images"
 INDEX_NAME = "index.html"
+PAGES_NAME = "pages.html"
+NAV_WINDOW = 5  # a page links to the pages this far before and after it
 # 20 colours chosen to be told apart (Sasha Trubetskoy's list); classes get them in sorted
 # order, so a gallery never shows two classes in the same colour until it has more than 20.
 PALETTE = (
@@ -312,15 +319,53 @@ def render_problems(skipped: list[dict], missing: list[Entry], per_page: int) ->
             + "\n</tbody></table></section>")
 
 
+def page_numbers(page: int, n_pages: int, window: int = NAV_WINDOW) -> list[int | None]:
+    """The pages a page links to: the first, ``window`` either side of it, the last; None for a gap."""
+    shown = sorted({1, n_pages, *range(max(1, page - window), min(n_pages, page + window) + 1)})
+    out: list[int | None] = []
+    for p in shown:
+        if out and p - out[-1] > 1:
+            out.append(None)
+        out.append(p)
+    return out
+
+
+def render_nav(page: int, n_pages: int) -> str:
+    if n_pages <= 1:
+        return ""
+    links = [f"<span>page {page} of {n_pages}:</span>"]
+    for p in page_numbers(page, n_pages):
+        if p is None:
+            links.append("<span>&hellip;</span>")
+        else:
+            links.append(f"<span><b>{p}</b></span>" if p == page else f'<a href="{_url(page_name(p))}">{p}</a>')
+    links.append(f'<a href="{PAGES_NAME}">all pages</a>')
+    return "<nav>" + "".join(links) + "</nav>"
+
+
+def render_pages_index(title: str, n_pages: int, n_entries: int, per_page: int) -> str:
+    rows = "\n".join(f'<li><a href="{_url(page_name(p))}">page {p}</a>: images[{(p - 1) * per_page}] to '
+                     f'images[{min(n_entries, p * per_page) - 1}]</li>' for p in range(1, n_pages + 1))
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{_e(title)}: all pages</title>
+<style>{CSS}</style>
+</head>
+<body>
+<h1>{_e(title)}: all {n_pages} pages</h1>
+<ol>
+{rows}
+</ol>
+</body>
+</html>
+"""
+
+
 def render_page(*, title: str, summary: str, page: int, n_pages: int, entries: list[Entry],
                 colours: dict, problems_html: str) -> str:
-    nav = ""
-    if n_pages > 1:
-        links = [f"<span>page {page} of {n_pages}:</span>"]
-        for p in range(1, n_pages + 1):
-            links.append(f"<span><b>{p}</b></span>" if p == page
-                         else f'<a href="{_url(page_name(p))}">{p}</a>')
-        nav = "<nav>" + "".join(links) + "</nav>"
+    nav = render_nav(page, n_pages)
     legend = " ".join(f'<span class="item">{_swatch(c)}{_e(label)}</span>'
                       for label, c in colours.items())
     if page == 1:
@@ -384,43 +429,82 @@ def draw_entry(entry: Entry, images_dir: Path, output_dir: Path, colours: dict,
     entry.drawn, entry.size = rel, drawn.size
 
 
+@dataclass
+class _Survey:
+    """What the pages need before the first one is written (pass 1 over the file)."""
+    labels: set
+    n_records: int
+    n_shown: int
+    n_objects: int
+    n_qa: int
+    skipped: list
+
+
+def survey(annotation_file: Path, max_images: int | None) -> _Survey:
+    """Validate every record once and gather the class labels and counts (one record in memory)."""
+    reader = AnnotationReader(annotation_file)
+    labels: set = set()
+    n_objects = n_qa = 0
+    for i, rec in enumerate(reader):
+        labels.update(o["label"] for o in rec["objects"])
+        if max_images is None or i < max_images:
+            n_objects += len(rec["objects"])
+            n_qa += len(rec.get("qa", []))
+    n_shown = reader.count if max_images is None else min(reader.count, max_images)
+    return _Survey(labels, reader.count, n_shown, n_objects, n_qa, reader.skipped)
+
+
 @report_input_errors
 def main(argv=None) -> int:
     args = parse_args(argv)
     annotation_file = require_path(args.annotation_file, "--annotation_file", "file")
     images_dir = require_path(args.images_dir, "--images_dir", "dir")
     check_args(args)
-    data = load_annotations(annotation_file)  # AnnotationError names file and field
+    info = survey(annotation_file, args.max_images)  # AnnotationError names file and field
     output_dir = Path(args.output_dir)
-
-    records = data["images"]
-    shown = records if args.max_images is None else records[:args.max_images]
-    colours = class_colours(o["label"] for rec in records for o in rec["objects"])
-    entries = [Entry(i, rec) for i, rec in enumerate(shown)]
-    for entry in tqdm(entries, desc="drawing", unit="img"):
-        draw_entry(entry, images_dir, output_dir, colours,
-                   args.max_side, args.line_width, args.jpeg_quality)
-        if entry.problem:
-            tqdm.write(f"warning: {entry.record['image']}: {entry.problem}", file=sys.stderr)
-
-    drawn = [e for e in entries if e.drawn]
-    missing = [e for e in entries if e.problem]
-    skipped = data.get("skipped", [])
-    n_objects = sum(len(e.record["objects"]) for e in entries)
-    n_qa = sum(len(e.record.get("qa", [])) for e in entries)
-    limited = f" (first {len(shown)} of {len(records)})" if len(shown) < len(records) else ""
-    summary = (f"{len(drawn)} images drawn{limited}, {n_objects} objects, {n_qa} Q&A pairs; "
-               f"{len(missing)} missing or unreadable; {len(skipped)} skipped by the annotator")
-
-    n_pages = max(1, math.ceil(len(entries) / args.per_page))
+    colours = class_colours(info.labels)
+    n_pages = max(1, math.ceil(info.n_shown / args.per_page))
     title = f"Annotation review: {annotation_file.name}"
-    problems_html = render_problems(skipped, missing, args.per_page)
-    # index.html last: until it is replaced, the previous gallery stays whole.
-    for page in range(n_pages, 0, -1):
-        chunk = entries[(page - 1) * args.per_page: page * args.per_page]
-        write_text_atomic(output_dir / page_name(page), render_page(
-            title=title, summary=summary, page=page, n_pages=n_pages, entries=chunk,
-            colours=colours, problems_html=problems_html))
+    limited = f" (first {info.n_shown} of {info.n_records})" if info.n_shown < info.n_records else ""
+    known = (f"{info.n_shown} image records{limited}, {info.n_objects} objects, {info.n_qa} Q&A pairs; "
+             f"{len(info.skipped)} skipped by the annotator; drawn and missing: see {INDEX_NAME}")
+
+    first_page: list[Entry] = []
+    missing: list[Entry] = []  # only what the problems table shows, not the records
+    page: list[Entry] = []
+    n_drawn = 0
+    progress = tqdm(total=info.n_shown, desc="drawing", unit="img")
+    for index, rec in enumerate(AnnotationReader(annotation_file, validate=False)):
+        if index >= info.n_shown:
+            break
+        entry = Entry(index, rec)
+        draw_entry(entry, images_dir, output_dir, colours, args.max_side, args.line_width, args.jpeg_quality)
+        progress.update()
+        if entry.problem:
+            tqdm.write(f"warning: {rec['image']}: {entry.problem}", file=sys.stderr)
+            missing.append(Entry(index, {"image": rec["image"]}, problem=entry.problem))
+        else:
+            n_drawn += 1
+        page.append(entry)
+        if len(page) == args.per_page or index == info.n_shown - 1:
+            number = index // args.per_page + 1
+            if number == 1:
+                first_page = page  # written last, with the final summary and the problems
+            else:
+                write_text_atomic(output_dir / page_name(number), render_page(
+                    title=title, summary=known, page=number, n_pages=n_pages, entries=page,
+                    colours=colours, problems_html="(page 1)" if missing or info.skipped else ""))
+            page = []
+    progress.close()
+
+    summary = (f"{n_drawn} images drawn{limited}, {info.n_objects} objects, {info.n_qa} Q&A pairs; "
+               f"{len(missing)} missing or unreadable; {len(info.skipped)} skipped by the annotator")
+    if n_pages > 1:
+        write_text_atomic(output_dir / PAGES_NAME, render_pages_index(title, n_pages, info.n_shown, args.per_page))
+    # index.html last: until it is replaced, the previous gallery's first page stays whole.
+    write_text_atomic(output_dir / INDEX_NAME, render_page(
+        title=title, summary=summary, page=1, n_pages=n_pages, entries=first_page,
+        colours=colours, problems_html=render_problems(info.skipped, missing, args.per_page)))
     index = output_dir / INDEX_NAME
     print(f"visualize: {summary}; gallery: {index}", flush=True)
     return 0

@@ -8,18 +8,31 @@ Reads the ``predictions.jsonl`` that ``predict.py`` writes (one JSON object a li
 (overall and per type, with counts) and ``report.md`` (a markdown table; by default beside
 ``metrics.json``), and prints the table. With ``--baseline`` both models are scored and the
 difference (model - baseline) is reported. Metrics: see ``vlm_inference/metrics.py``.
+
+The files are read a line at a time and each answer is scored once; what is kept is running
+sums, the region descriptions' token ids and CIDEr-D's n-gram document frequencies (counts),
+and 8 bytes a record for the duplicate check (16 with ``--baseline``), so millions of lines fit
+in a few hundred MiB.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+from array import array
+from dataclasses import dataclass
 from pathlib import Path
 
-from vlm_annotation.boxes import parse_box
+import numpy as np
+
+if __package__ in (None, ""):  # run as a file: its folder's vlm_inference.py would shadow the vlm_inference package
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 from vlm_annotation.io_utils import InputError, iter_jsonl, write_json_atomic, write_text_atomic
 from vlm_annotation.runtime import report_input_errors, require_output_file
-from vlm_inference.metrics import GROUNDING_TYPES, UNTYPED, difference, is_count_key, score_predictions
+from vlm_inference.metrics import GROUNDING_TYPES, UNTYPED, PredictionScorer, difference, is_count_key
+from vlm_training.families import first_box
 
 # Which count a pooled overall metric is taken over.
 _OVERALL_N = {"accuracy": "n_short_answer", "count_exact": "n_count", "count_mae": "n_count",
@@ -48,37 +61,102 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def load_predictions(path: str | os.PathLike) -> list[dict]:
-    """Read and check a predictions file; errors name the file and line."""
-    records: list[dict] = []
-    seen: dict[tuple, int] = {}
+def check_record(rec, where: str) -> None:
+    """The fields evaluation reads, checked once per record; errors name the file and line."""
+    if not isinstance(rec, dict):
+        raise InputError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+    for key in ("answer", "reference"):
+        if key not in rec:
+            raise InputError(f"{where}: {key}: missing")
+        if not isinstance(rec[key], str):
+            raise InputError(f"{where}: {key}: expected a string, got {type(rec[key]).__name__}")
+    qtype = rec.get("type")
+    if qtype is not None and (not isinstance(qtype, str) or not qtype):
+        raise InputError(f"{where}: type: expected a question type name or null")
+    if "id" in rec and not isinstance(rec["id"], str):
+        raise InputError(f"{where}: id: expected a string")
+    turn = rec.get("turn", 0)
+    if not isinstance(turn, int) or isinstance(turn, bool) or turn < 0:
+        raise InputError(f"{where}: turn: expected a non-negative integer")
+    if qtype in GROUNDING_TYPES and first_box(rec["reference"]) is None:
+        raise InputError(f"{where}: reference: a grounding reference must hold a box like [0.10, 0.20, 0.30, 0.40]")
+
+
+def _question_key(rec: dict) -> int:
+    """A 64-bit hash of (id, turn, question): what makes two files' records the same question."""
+    question = rec.get("question")
+    if not isinstance(question, (str, type(None))):
+        question = json.dumps(question, sort_keys=True)
+    return hash((rec.get("id"), rec.get("turn", 0), question))
+
+
+@dataclass
+class ScoredFile:
+    """What one pass over a predictions file keeps: running scores, counts and 8-byte keys."""
+    path: str
+    result: dict
+    n: int
+    untyped: bool
+    question_keys: np.ndarray | None      # unique hashes of (id, turn, question), when asked for
+
+
+def score_file(path: str | os.PathLike, question_keys: bool = False) -> ScoredFile:
+    """Check and score a predictions file in one streaming pass; errors name the file and line.
+
+    Memory: the scores' running sums, the region descriptions' token ids for CIDEr-D, and
+    8 bytes a record for the duplicate check (and 8 more with ``question_keys``).
+    """
+    scorer = PredictionScorer()
+    id_keys = array("q")                  # hash((id, turn)) of each record with an id
+    qkeys = array("q") if question_keys else None
+    untyped = False
     for line_no, rec in iter_jsonl(path, skip_partial_last=False):
-        where = f"{path}: line {line_no}"
-        if not isinstance(rec, dict):
-            raise InputError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-        for key in ("answer", "reference"):
-            if key not in rec:
-                raise InputError(f"{where}: {key}: missing")
-            if not isinstance(rec[key], str):
-                raise InputError(f"{where}: {key}: expected a string, got {type(rec[key]).__name__}")
-        qtype = rec.get("type")
-        if qtype is not None and (not isinstance(qtype, str) or not qtype):
-            raise InputError(f"{where}: type: expected a question type name or null")
-        if "id" in rec and not isinstance(rec["id"], str):
-            raise InputError(f"{where}: id: expected a string")
-        turn = rec.get("turn", 0)
-        if not isinstance(turn, int) or isinstance(turn, bool) or turn < 0:
-            raise InputError(f"{where}: turn: expected a non-negative integer")
-        if qtype in GROUNDING_TYPES and parse_box(rec["reference"]) is None:
-            raise InputError(f"{where}: reference: a grounding reference must hold a box like [0.10, 0.20, 0.30, 0.40]")
+        check_record(rec, f"{path}: line {line_no}")
         if "id" in rec:
-            key = (rec["id"], turn)
-            if key in seen:
-                raise InputError(f"{where}: id {rec['id']!r} turn {turn} is already scored at line {seen[key]}")
-            seen[key] = line_no
+            id_keys.append(hash((rec["id"], rec.get("turn", 0))))
+        if qkeys is not None:
+            qkeys.append(_question_key(rec))
+        qtype = rec.get("type")
+        untyped = untyped or (qtype or UNTYPED) == UNTYPED
+        scorer.add(rec["answer"], rec["reference"], qtype)
+    if not scorer.n:
+        raise InputError(f"{path}: no predictions in the file")
+    _check_duplicates(path, id_keys)
+    keys = np.unique(np.frombuffer(qkeys, dtype=np.int64)) if qkeys is not None else None
+    return ScoredFile(str(path), scorer.result(), scorer.n, untyped, keys)
+
+
+def _check_duplicates(path, id_keys: array) -> None:
+    """Refuse a second record of the same (id, turn), naming both lines.
+
+    Only hashes are kept while scoring; when two are equal the file is read again to find
+    (and confirm) the pair, so a hash collision can never refuse a good file.
+    """
+    keys = np.sort(np.frombuffer(id_keys, dtype=np.int64))
+    repeated = set(keys[1:][keys[1:] == keys[:-1]].tolist())
+    if not repeated:
+        return
+    first: dict = {}
+    for line_no, rec in iter_jsonl(path, skip_partial_last=False):
+        if "id" not in rec:
+            continue
+        key = (rec["id"], rec.get("turn", 0))
+        if hash(key) in repeated:
+            if key in first:
+                raise InputError(f"{path}: line {line_no}: id {key[0]!r} turn {key[1]} is already scored "
+                                 f"at line {first[key]}")
+            first[key] = line_no
+
+
+def load_predictions(path: str | os.PathLike) -> list[dict]:
+    """Read and check a whole predictions file (for small files and tests; :func:`score_file` streams)."""
+    records: list[dict] = []
+    for line_no, rec in iter_jsonl(path, skip_partial_last=False):
+        check_record(rec, f"{path}: line {line_no}")
         records.append(rec)
     if not records:
         raise InputError(f"{path}: no predictions in the file")
+    _check_duplicates(path, array("q", (hash((r["id"], r.get("turn", 0))) for r in records if "id" in r)))
     return records
 
 
@@ -133,42 +211,38 @@ def _check_outputs(args) -> tuple[Path, Path]:
     return out, report
 
 
-def _question_keys(preds: list[dict]) -> set:
-    return {(p.get("id"), p.get("turn", 0), p.get("question")) for p in preds}
-
-
 @report_input_errors
 def main(argv=None) -> int:
     args = parse_args(argv)
     out, report_path = _check_outputs(args)
-    preds = load_predictions(args.predictions)
-    base_preds = load_predictions(args.baseline) if args.baseline else None
+    scored = score_file(args.predictions, question_keys=bool(args.baseline))
+    base = score_file(args.baseline, question_keys=True) if args.baseline else None
 
-    result = {"predictions": str(args.predictions), **score_predictions(preds)}
+    result = {"predictions": str(args.predictions), **scored.result}
     notes = []
-    if any((p.get("type") or UNTYPED) == UNTYPED for p in preds):
+    if scored.untyped:
         notes.append("some predictions carry no type: they are scored as short answers under 'untyped'")
     described = result["overall"].get("n_region_description")
     if described == 1:
         notes.append("CIDEr needs at least 2 region descriptions (its idf is taken over the "
                      "evaluated references): not reported")
     baseline = None
-    if base_preds is not None:
-        baseline = {"predictions": str(args.baseline), **score_predictions(base_preds)}
+    if base is not None:
+        baseline = {"predictions": str(args.baseline), **base.result}
         result["baseline"] = baseline
         result["difference"] = difference(result, baseline)
-        common = len(_question_keys(preds) & _question_keys(base_preds))
+        common = int(np.intersect1d(scored.question_keys, base.question_keys, assume_unique=True).size)
         result["common_questions"] = common
-        if common != len(preds) or common != len(base_preds):
-            notes.append(f"the two files share {common} questions (model {len(preds)}, baseline "
-                         f"{len(base_preds)}): the comparison is not over the same questions")
+        if common != scored.n or common != base.n:
+            notes.append(f"the two files share {common} questions (model {scored.n}, baseline "
+                         f"{base.n}): the comparison is not over the same questions")
     if notes:
         result["notes"] = notes
 
     table = render_table(result, baseline)
-    title = f"Predictions: `{args.predictions}` ({len(preds)} answers)"
+    title = f"Predictions: `{args.predictions}` ({scored.n} answers)"
     if baseline:
-        title += f"  \nBaseline: `{args.baseline}` ({len(base_preds)} answers); Δ = model - baseline"
+        title += f"  \nBaseline: `{args.baseline}` ({base.n} answers); Δ = model - baseline"
     report = "\n\n".join(["# Evaluation report", title, table, *(f"Note: {n}" for n in notes),
                           f"Metrics: {_LEGEND}"]) + "\n"
     write_json_atomic(out, result)
@@ -177,7 +251,7 @@ def main(argv=None) -> int:
     print(table)
     for note in notes:
         print(f"note: {note}")
-    print(f"scored {len(preds)} answers in {len(result['per_type'])} question types -> {out}, {report_path}")
+    print(f"scored {scored.n} answers in {len(result['per_type'])} question types -> {out}, {report_path}")
     return 0
 
 

@@ -1,29 +1,40 @@
 """Scoring functions for stage 6, pure Python, no Java, no model.
 
-- Short answers: exact match after the official VQAv2 answer normalisation
-  (``processPunctuation`` and ``processDigitArticle`` of the VQA evaluation script,
-  ported with its tables and quirks). VQAv2 scores against 10 human answers with
-  ``min(#matches / 3, 1)``; a Q&A pair here has one reference, so that becomes exact match,
-  and the normalisation is applied to both sides so "Two" matches "2" either way round.
+- Short answers: exact match after the official VQA answer normalisation
+  (``processPunctuation`` and ``processDigitArticle`` of the current official ``vqaEval.py``,
+  GT-Vision-Lab/VQA master, commit a013f00 of 2021-03-11, ported with its tables and quirks:
+  "Yes!" -> "yes", "hot-dog" -> "hot dog", "dont" -> "don't", "It's a dog" -> "it's dog").
+  VQAv2 scores against 10 human answers with ``min(#matches / 3, 1)``; a Q&A pair here has one
+  reference, so that becomes exact match. The official script normalises only when the human
+  answers disagree (with one reference that would be never); here both sides are always
+  normalised, so "Two" matches "2" either way round.
 - Counts: also the first number in the answer against the first in the reference.
-- Grounding: the first box in the answer against the reference box, both in the text
-  frame (``boxes.parse_box``); IoU >= 0.5 is a hit; an answer without a box has IoU 0.
+- Grounding: the first box in the answer against the reference box, both in the text frame
+  of the model's family, read in any family's notation (``families.first_box``: "[x1, y1, x2, y2]",
+  Qwen2-VL's "(x1,y1),(x2,y2)", '"bbox_2d": [...]'); IoU does not change under the per-axis scale
+  and shift that maps a frame to pixels, so no image size is needed. IoU >= 0.5 is a hit; an
+  answer without a box (or with an inverted one) has IoU 0.
 - Region descriptions: BLEU-1..4 (corpus level, "closest" reference length), ROUGE-L
   (beta 1.2) and CIDEr-D (sigma 6, clipped tf-idf, idf over the evaluated references),
-  ported from coco-caption (pycocoevalcap). Its Java PTB tokenizer is replaced by
-  :func:`caption_tokens` (lowercase, punctuation dropped), which gives the same tokens for
-  plain English captions.
+  ported from coco-caption (pycocoevalcap). Its Java PTB tokenizer (Stanford CoreNLP 3.4.1,
+  then its PUNCTUATIONS filter) is reproduced by :func:`caption_tokens`: "cat's" -> cat 's,
+  "doesn't" -> does n't, "(" -> -lrb- (kept, as coco-caption keeps it), hyphenated words whole;
+  on 62 reference captions the tokens equal the jar's and BLEU/ROUGE-L/CIDEr-D equal
+  pycocoevalcap's; the few cases where PTB's lexer differs are listed above ``caption_tokens``.
 """
 from __future__ import annotations
 
 import math
 import re
-from collections import Counter, defaultdict
+from array import array
+from collections import Counter
+from functools import lru_cache
 from typing import Iterable, Sequence
 
-from vlm_annotation.boxes import iou, parse_box
+from vlm_annotation.boxes import iou
+from vlm_training.families import first_box
 
-SHORT_ANSWER_TYPES = ("count", "count_class", "exists", "region_label", "location", "relation")
+SHORT_ANSWER_TYPES = ("count", "count_class", "exists", "region_label", "location", "relation", "surface")
 COUNT_TYPES = ("count", "count_class")
 GROUNDING_TYPES = ("grounding",)
 DESCRIPTION_TYPES = ("region_description",)
@@ -31,39 +42,39 @@ UNTYPED = "untyped"
 IOU_THRESHOLD = 0.5
 
 # ---------------------------------------------------------------------------------------
-# VQAv2 answer normalisation (GT-Vision-Lab/VQA, PythonEvaluationTools/vqaEvaluation/vqaEval.py).
-# The tables are copied as they are, curly apostrophes and all.
+# VQA answer normalisation: GT-Vision-Lab/VQA, PythonEvaluationTools/vqaEvaluation/vqaEval.py at
+# commit a013f0043c1e2cdc995922dfe257f7149aa9af06 (master, 2021-03-11). The tables are the official
+# ones as they are (straight apostrophes, odd entries such as "somebody'd" -> "somebodyd" included);
+# tests/test_metrics.py checks these functions against the vendored official code
+# (tests/vqa_eval_reference.py) string by string.
 # ---------------------------------------------------------------------------------------
 CONTRACTIONS = {
     "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
-    "couldn'tve": "couldn’t’ve", "couldnt’ve": "couldn’t’ve", "didnt": "didn’t", "doesnt": "doesn’t",
-    "dont": "don’t", "hadnt": "hadn’t", "hadnt’ve": "hadn’t’ve", "hadn'tve": "hadn’t’ve", "hasnt": "hasn’t",
-    "havent": "haven’t", "hed": "he’d", "hed’ve": "he’d’ve", "he’dve": "he’d’ve", "hes": "he’s",
-    "howd": "how’d", "howll": "how’ll", "hows": "how’s", "Id’ve": "I’d’ve", "I’dve": "I’d’ve", "Im": "I’m",
-    "Ive": "I’ve", "isnt": "isn’t", "itd": "it’d", "itd’ve": "it’d’ve", "it’dve": "it’d’ve", "itll": "it’ll",
-    "let’s": "let’s", "maam": "ma’am", "mightnt": "mightn’t", "mightnt’ve": "mightn’t’ve",
-    "mightn’tve": "mightn’t’ve", "mightve": "might’ve", "mustnt": "mustn’t", "mustve": "must’ve",
-    "neednt": "needn’t", "notve": "not’ve", "oclock": "o’clock", "oughtnt": "oughtn’t",
-    "ow’s’at": "’ow’s’at", "’ows’at": "’ow’s’at", "’ow’sat": "’ow’s’at", "shant": "shan’t",
-    "shed’ve": "she’d’ve", "she’dve": "she’d’ve", "she’s": "she’s", "shouldve": "should’ve",
-    "shouldnt": "shouldn’t", "shouldnt’ve": "shouldn’t’ve", "shouldn’tve": "shouldn’t’ve",
-    "somebody’d": "somebodyd", "somebodyd’ve": "somebody’d’ve", "somebody’dve": "somebody’d’ve",
-    "somebodyll": "somebody’ll", "somebodys": "somebody’s", "someoned": "someone’d",
-    "someoned’ve": "someone’d’ve", "someone’dve": "someone’d’ve", "someonell": "someone’ll",
-    "someones": "someone’s", "somethingd": "something’d", "somethingd’ve": "something’d’ve",
-    "something’dve": "something’d’ve", "somethingll": "something’ll", "thats": "that’s",
-    "thered": "there’d", "thered’ve": "there’d’ve", "there’dve": "there’d’ve", "therere": "there’re",
-    "theres": "there’s", "theyd": "they’d", "theyd’ve": "they’d’ve", "they’dve": "they’d’ve",
-    "theyll": "they’ll", "theyre": "they’re", "theyve": "they’ve", "twas": "’twas", "wasnt": "wasn’t",
-    "wed’ve": "we’d’ve", "we’dve": "we’d’ve", "weve": "we've", "werent": "weren’t", "whatll": "what’ll",
-    "whatre": "what’re", "whats": "what’s", "whatve": "what’ve", "whens": "when’s", "whered": "where’d",
-    "wheres": "where's", "whereve": "where’ve", "whod": "who’d", "whod’ve": "who’d’ve",
-    "who’dve": "who’d’ve", "wholl": "who’ll", "whos": "who’s", "whove": "who've", "whyll": "why’ll",
-    "whyre": "why’re", "whys": "why’s", "wont": "won’t", "wouldve": "would’ve", "wouldnt": "wouldn’t",
-    "wouldnt’ve": "wouldn’t’ve", "wouldn’tve": "wouldn’t’ve", "yall": "y’all", "yall’ll": "y’all’ll",
-    "y’allll": "y’all’ll", "yall’d’ve": "y’all’d’ve", "y’alld’ve": "y’all’d’ve", "y’all’dve": "y’all’d’ve",
-    "youd": "you’d", "youd’ve": "you’d’ve", "you’dve": "you’d’ve", "youll": "you’ll", "youre": "you’re",
-    "youve": "you’ve",
+    "couldn'tve": "couldn't've", "couldnt've": "couldn't've", "didnt": "didn't", "doesnt": "doesn't", "dont": "don't",
+    "hadnt": "hadn't", "hadnt've": "hadn't've", "hadn'tve": "hadn't've", "hasnt": "hasn't", "havent": "haven't",
+    "hed": "he'd", "hed've": "he'd've", "he'dve": "he'd've", "hes": "he's", "howd": "how'd", "howll": "how'll",
+    "hows": "how's", "Id've": "I'd've", "I'dve": "I'd've", "Im": "I'm", "Ive": "I've", "isnt": "isn't", "itd": "it'd",
+    "itd've": "it'd've", "it'dve": "it'd've", "itll": "it'll", "let's": "let's", "maam": "ma'am",
+    "mightnt": "mightn't", "mightnt've": "mightn't've", "mightn'tve": "mightn't've", "mightve": "might've",
+    "mustnt": "mustn't", "mustve": "must've", "neednt": "needn't", "notve": "not've", "oclock": "o'clock",
+    "oughtnt": "oughtn't", "ow's'at": "'ow's'at", "'ows'at": "'ow's'at", "'ow'sat": "'ow's'at", "shant": "shan't",
+    "shed've": "she'd've", "she'dve": "she'd've", "she's": "she's", "shouldve": "should've", "shouldnt": "shouldn't",
+    "shouldnt've": "shouldn't've", "shouldn'tve": "shouldn't've", "somebody'd": "somebodyd",
+    "somebodyd've": "somebody'd've", "somebody'dve": "somebody'd've", "somebodyll": "somebody'll",
+    "somebodys": "somebody's", "someoned": "someone'd", "someoned've": "someone'd've", "someone'dve": "someone'd've",
+    "someonell": "someone'll", "someones": "someone's", "somethingd": "something'd",
+    "somethingd've": "something'd've", "something'dve": "something'd've", "somethingll": "something'll",
+    "thats": "that's", "thered": "there'd", "thered've": "there'd've", "there'dve": "there'd've",
+    "therere": "there're", "theres": "there's", "theyd": "they'd", "theyd've": "they'd've", "they'dve": "they'd've",
+    "theyll": "they'll", "theyre": "they're", "theyve": "they've", "twas": "'twas", "wasnt": "wasn't",
+    "wed've": "we'd've", "we'dve": "we'd've", "weve": "we've", "werent": "weren't", "whatll": "what'll",
+    "whatre": "what're", "whats": "what's", "whatve": "what've", "whens": "when's", "whered": "where'd",
+    "wheres": "where's", "whereve": "where've", "whod": "who'd", "whod've": "who'd've", "who'dve": "who'd've",
+    "wholl": "who'll", "whos": "who's", "whove": "who've", "whyll": "why'll", "whyre": "why're", "whys": "why's",
+    "wont": "won't", "wouldve": "would've", "wouldnt": "wouldn't", "wouldnt've": "wouldn't've",
+    "wouldn'tve": "wouldn't've", "yall": "y'all", "yall'll": "y'all'll", "y'allll": "y'all'll",
+    "yall'd've": "y'all'd've", "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've", "youd": "you'd",
+    "youd've": "you'd've", "you'dve": "you'd've", "youll": "you'll", "youre": "you're", "youve": "you've",
 }
 MANUAL_MAP = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
               "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
@@ -71,14 +82,18 @@ ARTICLES = ("a", "an", "the")
 # Sic: "(?!<=\d)" is the official script's (a lookahead where a lookbehind was meant); kept.
 PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
 COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
-PUNCT = [";", ":", "/", "'", "[", "]", '"', "(", ")", "=", "+", "\\", "_", ">", "<", "@", "`", ",", "?"]
+PUNCT = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
 
 
 def process_punctuation(in_text: str) -> str:
     """VQA ``processPunctuation``: drop or space out punctuation, strip sentence periods."""
     out_text = in_text
+    # The official script searches for a digit-comma-digit once per mark; the answer is the same each time.
+    strip_all = COMMA_STRIP.search(in_text) is not None
     for p in PUNCT:
-        if (p + " " in in_text or " " + p in in_text) or COMMA_STRIP.search(in_text) is not None:
+        if p not in in_text:        # replacing marks never creates another one: nothing to do
+            continue
+        if strip_all or p + " " in in_text or " " + p in in_text:
             out_text = out_text.replace(p, "")
         else:
             out_text = out_text.replace(p, " ")
@@ -96,6 +111,8 @@ def process_digit_article(in_text: str) -> str:
     return " ".join(CONTRACTIONS.get(w, w) for w in words)
 
 
+# Short answers repeat ("yes", "2", "red"): a bounded cache makes each distinct one cost once.
+@lru_cache(maxsize=1 << 16)
 def normalize_answer(text: str) -> str:
     """An answer as the VQA evaluation compares it."""
     text = (text or "").replace("\n", " ").replace("\t", " ").strip()
@@ -111,7 +128,11 @@ _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 def first_number(text: str) -> float | None:
     """The first number in an answer after normalisation ("Two." -> 2, "There are no cans" -> 0)."""
-    words = normalize_answer(text).split()
+    return _first_number_of(normalize_answer(text))
+
+
+def _first_number_of(normalized: str) -> float | None:
+    words = normalized.split()
     for word in words:
         m = _NUMBER.fullmatch(word.replace(",", ""))
         if m:
@@ -125,55 +146,157 @@ def grounding_iou(answer: str, reference: str) -> float | None:
 
     0.0 when the answer has no box; None when the reference has none (cannot be scored).
     """
-    ref_box = parse_box(reference)
+    ref_box = first_box(reference)
     if ref_box is None:
         return None
-    box = parse_box(answer)
+    box = first_box(answer)
     return 0.0 if box is None else iou(box, ref_box)
 
 
 # ---------------------------------------------------------------------------------------
 # Caption metrics, ported from coco-caption (pycocoevalcap): bleu_scorer.py, rouge.py, cider_scorer.py.
 # ---------------------------------------------------------------------------------------
-_CAPTION_TOKEN = re.compile(r"[a-z0-9]+(?:['’][a-z]+)*")
+# coco-caption tokenizes with Stanford CoreNLP 3.4.1's PTBTokenizer (Java; ``-preserveLines -lowerCase``)
+# and then drops the tokens in its PUNCTUATIONS list. caption_tokens() does the same in Python for
+# the cases captions have, checked token for token against that jar (tests/test_metrics.py): possessives
+# and contractions split ("cat's" -> cat 's, "doesn't" -> does n't, "can't" -> ca n't, "cannot" -> can
+# not, "gonna" -> gon na), brackets become -lrb- -rrb- -lsb- -rsb- -lcb- -rcb- and stay (the list names
+# them in upper case, the tokenizer writes them in lower case), hyphenated words, numbers ("3.5",
+# "1,000", "3:30"), slashes and acronyms ("u.s.") stay whole, a sentence period is split off and
+# dropped except after PTB's abbreviations ("st.", "mr.") and single letters, "$ # % &" are tokens of
+# their own, curly quotes count as straight ones. Known differences (rare in captions): a time glued
+# to a word ("5:30pm" -> PTB "5:30 pm"), "y'all", "rock'n'roll", "a..." (PTB "a. . .") and the
+# other special cases of PTB's lexer (URLs, emoticons, fractions such as "1 1/2").
+_PTB_PUNCTUATIONS = frozenset(["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":",
+                               "-", "--", "...", ";"])
+_PTB_BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"}
+# Words PTBTokenizer keeps with their period (checked against the jar; "no.", "in.", "fig." are split).
+_PTB_ABBREVIATIONS = frozenset(
+    "mr mrs ms dr st jr sr vs etc inc ltd co corp ave prof mt ft lt gen rev jan feb sept oct dept sq rd blvd "
+    "bros est cf al gov sen rep col capt sgt tel mo jun aug sep nov dec mar apr".split())
+_PTB_SPLIT_WORDS = {"cannot": ["can", "not"], "gonna": ["gon", "na"], "gotta": ["got", "ta"],
+                    "wanna": ["wan", "na"], "lemme": ["lem", "me"], "gimme": ["gim", "me"],
+                    "'tis": ["'t", "is"], "'twas": ["'t", "was"]}
+_PTB_QUOTES = str.maketrans({"’": "'", "‘": "'", "“": '"', "”": '"'})
+# Always a token of their own: brackets, double quotes, ; ? ! and "..."/"--"; "," and ":" unless between digits.
+_PTB_SPLIT = re.compile(r'(\.\.\.|--|[()\[\]{}";?!]|(?<!\d)[,:]|[,:](?!\d))')
+_PTB_CLITIC = re.compile(r"^(.+?)(n't|'s|'m|'d|'re|'ve|'ll)$")
+_PTB_AMPERSAND = re.compile(r"(&)")
+
+
+def _ptb_piece(piece: str) -> list[str]:
+    """PTB tokens of one piece of text with no space and none of the always-split marks."""
+    front, back = [], []
+    while len(piece) > 1 and piece[0] in "$#" and piece[1].isdigit():
+        front.append(piece[0])
+        piece = piece[1:]
+    if piece.startswith("'") and piece not in _PTB_SPLIT_WORDS and not _PTB_CLITIC.match("x" + piece):
+        front.append("`")
+        piece = piece[1:]
+    while len(piece) > 1:
+        if piece.endswith("'"):
+            back.append("'")
+            piece = piece[:-1]
+        elif piece.endswith("%"):
+            back.append("%")
+            piece = piece[:-1]
+        elif piece.endswith("-"):
+            back.append("-")
+            piece = piece[:-1]
+        elif piece.endswith(".") and not _ptb_keeps_period(piece[:-1]):
+            back.append(".")
+            piece = piece[:-1]
+        else:
+            break
+    if piece.startswith("-") and len(piece) > 1 and not piece[1].isdigit():
+        front.append("-")
+        piece = piece[1:]
+    if piece in _PTB_SPLIT_WORDS:
+        middle = list(_PTB_SPLIT_WORDS[piece])
+    elif "&" in piece and not piece.isupper():
+        middle = [p for p in _PTB_AMPERSAND.split(piece) if p]
+    else:
+        m = _PTB_CLITIC.match(piece)
+        middle = [m.group(1), m.group(2)] if m else ([piece] if piece else [])
+    return front + middle + back[::-1]
+
+
+def _ptb_keeps_period(word: str) -> bool:
+    """Whether PTB keeps the final period of ``word + "."`` (an acronym, an initial or an abbreviation)."""
+    if word.endswith("."):          # "b.." -> "b." "."
+        return False
+    return "." in word or (len(word) == 1 and word.isalpha()) or word in _PTB_ABBREVIATIONS
+
+
+def ptb_tokens(text: str) -> list[str]:
+    """The tokens PTBTokenizer (``-lowerCase``) gives for ``text``, punctuation tokens included."""
+    text = (text or "").replace("\n", " ").translate(_PTB_QUOTES)
+    out: list[str] = []
+    for chunk in text.split():
+        upper_amp = "&" in chunk and chunk.isupper()
+        for piece in _PTB_SPLIT.split(chunk):
+            if not piece:
+                continue
+            if piece in _PTB_BRACKETS:
+                out.append(_PTB_BRACKETS[piece])
+            elif piece == '"':
+                out.append("``" if not out or out[-1] in _PTB_BRACKETS.values() else "''")
+            elif len(piece) == 1 and piece in ",:;?!" or piece in ("...", "--"):
+                out.append(piece)
+            else:
+                out.extend(t.lower() for t in (_ptb_piece(piece.lower()) if not upper_amp else [piece]))
+    return out
+
+
+_PLAIN_TEXT = re.compile(r"[a-z0-9 ]*")
 
 
 def caption_tokens(text: str) -> list[str]:
-    """Lowercase word tokens with punctuation removed (what coco-caption's PTB tokenizer feeds its scorers)."""
-    return _CAPTION_TOKEN.findall((text or "").lower())
+    """The tokens coco-caption scores: PTB tokens, lowercased, without its PUNCTUATIONS."""
+    low = (text or "").lower()
+    if _PLAIN_TEXT.fullmatch(low):                  # most captions: PTB only splits at the spaces
+        words = low.split()
+        if not any(w in _PTB_SPLIT_WORDS for w in words):
+            return words
+    return [t for t in ptb_tokens(text) if t not in _PTB_PUNCTUATIONS]
 
 
-def _ngrams(words: Sequence[str], n: int) -> Counter:
+def _orders(words: Sequence, n: int) -> list[Counter]:
+    """Counts of the k-grams for k = 1..n, one Counter each, in coco-caption's order (by position)."""
+    return [Counter(zip(*(words[i:] for i in range(k)))) for k in range(1, n + 1)]
+
+
+def _ngrams(words: Sequence, n: int) -> Counter:
+    """Counts of the 1..n-grams in one Counter, inserted in coco-caption's order (by length, then position)."""
     counts: Counter = Counter()
     for k in range(1, n + 1):
-        for i in range(len(words) - k + 1):
-            counts[tuple(words[i:i + k])] += 1
+        counts.update(zip(*(words[i:] for i in range(k))))
     return counts
 
 
-def bleu(hypotheses: Sequence[Sequence[str]], references: Sequence[Sequence[Sequence[str]]], n: int = 4) -> list[float]:
-    """Corpus BLEU-1..n as coco-caption computes it ("closest" reference length, its smoothing).
+def _bleu_counts(hyp: list[Counter], hyp_len: int, refs: Sequence[list[Counter]], ref_lens: Sequence[int],
+                 n: int) -> tuple[int, int, list[int], list[int]]:
+    """One item's (testlen, reflen, guess, correct) as coco-caption's ``BleuScorer`` accumulates them."""
+    reflen = min((abs(r - hyp_len), r) for r in ref_lens)[1]
+    guess = [max(0, hyp_len - k) for k in range(n)]
+    correct = [0] * n
+    for k in range(n):
+        if len(refs) == 1:
+            maxcounts = refs[0][k]
+        else:
+            maxcounts = {}
+            for ref in refs:
+                for ngram, count in ref[k].items():
+                    if count > maxcounts.get(ngram, 0):
+                        maxcounts[ngram] = count
+        correct[k] = sum(min(maxcounts.get(ngram, 0), count) for ngram, count in hyp[k].items())
+    return hyp_len, reflen, guess, correct
 
-    ``hypotheses[i]`` is a token list, ``references[i]`` a list of token lists.
-    """
+
+def _bleu_scores(testlen: int, reflen: int, guess: Sequence[int], correct: Sequence[int], n: int) -> list[float]:
     small, tiny = 1e-9, 1e-15
-    guess, correct = [0] * n, [0] * n
-    testlen_total = reflen_total = 0
-    for hyp, refs in zip(hypotheses, references):
-        maxcounts: dict = {}
-        for ref in refs:
-            for ngram, count in _ngrams(ref, n).items():
-                maxcounts[ngram] = max(maxcounts.get(ngram, 0), count)
-        testlen = len(hyp)
-        reflen = min((abs(len(r) - testlen), len(r)) for r in refs)[1]
-        testlen_total += testlen
-        reflen_total += reflen
-        for k in range(n):
-            guess[k] += max(0, testlen - k)
-        for ngram, count in _ngrams(hyp, n).items():
-            correct[len(ngram) - 1] += min(maxcounts.get(ngram, 0), count)
     scores = []
-    ratio = (testlen_total + tiny) / (reflen_total + small)
+    ratio = (testlen + tiny) / (reflen + small)
     for nn in range(1, n + 1):
         score = 1.0
         for k in range(nn):
@@ -185,15 +308,43 @@ def bleu(hypotheses: Sequence[Sequence[str]], references: Sequence[Sequence[Sequ
     return scores
 
 
-def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
-    """Length of the longest common subsequence of two token lists."""
-    prev = [0] * (len(b) + 1)
+def bleu(hypotheses: Sequence[Sequence[str]], references: Sequence[Sequence[Sequence[str]]], n: int = 4) -> list[float]:
+    """Corpus BLEU-1..n as coco-caption computes it ("closest" reference length, its smoothing).
+
+    ``hypotheses[i]`` is a token list, ``references[i]`` a list of token lists.
+    """
+    guess, correct = [0] * n, [0] * n
+    testlen_total = reflen_total = 0
+    for hyp, refs in zip(hypotheses, references):
+        t, r, g, c = _bleu_counts(_orders(hyp, n), len(hyp), [_orders(ref, n) for ref in refs],
+                                  [len(ref) for ref in refs], n)
+        testlen_total += t
+        reflen_total += r
+        for k in range(n):
+            guess[k] += g[k]
+            correct[k] += c[k]
+    return _bleu_scores(testlen_total, reflen_total, guess, correct, n)
+
+
+def lcs_length(a: Sequence, b: Sequence) -> int:
+    """Length of the longest common subsequence of two token lists.
+
+    Bit-parallel (Hyyrö 2004): one big-integer step per token of ``a`` instead of a
+    ``len(a) x len(b)`` table; the result is the same integer.
+    """
+    if not a or not b:
+        return 0
+    masks: dict = {}
+    for j, y in enumerate(b):
+        masks[y] = masks.get(y, 0) | (1 << j)
+    full = (1 << len(b)) - 1
+    v = full
     for x in a:
-        cur = [0]
-        for j, y in enumerate(b, start=1):
-            cur.append(prev[j - 1] + 1 if x == y else max(prev[j], cur[j - 1]))
-        prev = cur
-    return prev[-1]
+        m = masks.get(x)
+        if m is not None:
+            u = v & m
+            v = ((v + u) | (v - u)) & full
+    return len(b) - v.bit_count()
 
 
 def rouge_l(hypothesis: Sequence[str], references: Sequence[Sequence[str]], beta: float = 1.2) -> float:
@@ -211,6 +362,59 @@ def rouge_l(hypothesis: Sequence[str], references: Sequence[Sequence[str]], beta
     return ((1 + beta ** 2) * p * r) / (r + beta ** 2 * p)
 
 
+def _cider_weights(doc_freq: dict, ref_len: float) -> dict:
+    """``ref_len - log(max(1, df))`` of each n-gram of the references (coco-caption's idf factor)."""
+    return {ngram: ref_len - math.log(max(1.0, df)) for ngram, df in doc_freq.items()}
+
+
+def _cider_vec(orders: list[Counter], weights: dict, ref_len: float) -> tuple[list[dict], list[float], int]:
+    """coco-caption's ``counts2vec``: tf-idf vectors per n-gram length, their norms, and its "length"."""
+    vec, norm = [], []
+    get = weights.get
+    for counts in orders:
+        v = {}
+        total = 0.0
+        for ngram, tf in counts.items():
+            value = v[ngram] = float(tf) * get(ngram, ref_len)
+            total += value ** 2
+        vec.append(v)
+        norm.append(math.sqrt(total))
+    # sic: coco-caption's "length" counts bigrams
+    return vec, norm, sum(orders[1].values()) if len(orders) > 1 else 0
+
+
+def _cider_item(hyp: list[Counter], refs: Sequence[list[Counter]], weights: dict, ref_len: float,
+                sigma: float) -> float:
+    """One item's CIDEr-D (coco-caption's ``CiderScorer.compute_cider`` for one test)."""
+    n = len(hyp)
+    vec, norm, length = _cider_vec(hyp, weights, ref_len)
+    total = [0.0] * n
+    for ref in refs:
+        vec_r, norm_r, length_r = _cider_vec(ref, weights, ref_len)
+        delta = float(length - length_r)
+        for k in range(n):
+            val = 0.0
+            ref_k = vec_r[k]
+            for ngram, h in vec[k].items():
+                r = ref_k.get(ngram, 0.0)
+                if r:
+                    val += min(h, r) * r
+            if norm[k] != 0 and norm_r[k] != 0:
+                val /= norm[k] * norm_r[k]
+            val *= math.e ** (-(delta ** 2) / (2 * sigma ** 2))
+            total[k] += val
+    return sum(total) / n / len(refs) * 10.0
+
+
+def _doc_freq_add(doc_freq: Counter, refs: Sequence[list[Counter]]) -> None:
+    """One item's references add 1 to the document frequency of each n-gram they hold."""
+    if len(refs) == 1:                  # the n-grams of one reference are distinct keys already
+        for counts in refs[0]:
+            doc_freq.update(counts.keys())
+    else:
+        doc_freq.update({g for ref in refs for counts in ref for g in counts})
+
+
 def cider_d(hypotheses: Sequence[Sequence[str]], references: Sequence[Sequence[Sequence[str]]],
             n: int = 4, sigma: float = 6.0) -> list[float]:
     """CIDEr-D per item, as coco-caption's ``CiderScorer`` (mean of the list is the corpus score).
@@ -218,88 +422,252 @@ def cider_d(hypotheses: Sequence[Sequence[str]], references: Sequence[Sequence[S
     Document frequencies come from the references of the items scored together, so the
     value depends on the evaluated set (as in coco-caption); one item alone scores 0.
     """
-    crefs = [[_ngrams(r, n) for r in refs] for refs in references]
-    ctest = [_ngrams(h, n) for h in hypotheses]
-    doc_freq: dict = defaultdict(float)
+    crefs = [[_orders(r, n) for r in refs] for refs in references]
+    ctest = [_orders(h, n) for h in hypotheses]
+    doc_freq: Counter = Counter()
     for refs in crefs:
-        for ngram in {g for ref in refs for g in ref}:
-            doc_freq[ngram] += 1
+        _doc_freq_add(doc_freq, refs)
     ref_len = math.log(float(len(crefs))) if crefs else 0.0
-
-    def counts2vec(cnts):
-        vec = [defaultdict(float) for _ in range(n)]
-        norm = [0.0] * n
-        length = 0
-        for ngram, tf in cnts.items():
-            df = math.log(max(1.0, doc_freq[ngram]))
-            k = len(ngram) - 1
-            vec[k][ngram] = float(tf) * (ref_len - df)
-            norm[k] += vec[k][ngram] ** 2
-            if k == 1:          # sic: coco-caption's "length" counts bigrams
-                length += tf
-        return vec, [math.sqrt(v) for v in norm], length
-
-    def sim(vec_h, vec_r, norm_h, norm_r, len_h, len_r):
-        delta = float(len_h - len_r)
-        val = [0.0] * n
-        for k in range(n):
-            for ngram in vec_h[k]:
-                val[k] += min(vec_h[k][ngram], vec_r[k].get(ngram, 0.0)) * vec_r[k].get(ngram, 0.0)
-            if norm_h[k] != 0 and norm_r[k] != 0:
-                val[k] /= norm_h[k] * norm_r[k]
-            val[k] *= math.e ** (-(delta ** 2) / (2 * sigma ** 2))
-        return val
-
-    scores = []
-    for test, refs in zip(ctest, crefs):
-        vec, norm, length = counts2vec(test)
-        total = [0.0] * n
-        for ref in refs:
-            vec_r, norm_r, length_r = counts2vec(ref)
-            total = [a + b for a, b in zip(total, sim(vec, vec_r, norm, norm_r, length, length_r))]
-        scores.append(sum(total) / n / len(refs) * 10.0)
-    return scores
+    weights = _cider_weights(doc_freq, ref_len)
+    return [_cider_item(test, refs, weights, ref_len, sigma) for test, refs in zip(ctest, crefs)]
 
 
 # ---------------------------------------------------------------------------------------
-# Scoring a list of predictions by question type.
+# Scoring predictions by question type, a record at a time: each answer is normalised,
+# tokenized and scored once, and only running sums are kept, except what CIDEr-D needs at
+# the end (its document frequencies are taken over all references first): the description
+# tokens as integer ids (4 bytes a token) and the n-gram document frequencies as counts.
 # ---------------------------------------------------------------------------------------
-def _mean(values: Iterable[float]) -> float | None:
-    values = list(values)
-    return sum(values) / len(values) if values else None
+def _ratio(total: float, n: int) -> float | None:
+    return total / n if n else None
+
+
+class _ShortAnswers:
+    def __init__(self, counts: bool):
+        self.counts = counts
+        self.n = self.correct = 0
+        self.exact = self.no_number = self.n_errors = 0
+        self.error_sum = 0.0
+
+    def add(self, answer: str, reference: str) -> None:
+        a, r = normalize_answer(answer), normalize_answer(reference)
+        self.n += 1
+        self.correct += a == r
+        if self.counts:
+            na, nr = _first_number_of(a), _first_number_of(r)
+            self.exact += na is not None and na == nr
+            if na is None:
+                self.no_number += 1
+            elif nr is not None:
+                self.n_errors += 1
+                self.error_sum += abs(na - nr)
+
+    def merge(self, other: "_ShortAnswers") -> None:
+        self.n += other.n
+        self.correct += other.correct
+        self.exact += other.exact
+        self.no_number += other.no_number
+        self.n_errors += other.n_errors
+        self.error_sum += other.error_sum
+
+    def result(self) -> dict:
+        out = {"n": self.n, "accuracy": _ratio(self.correct, self.n)}
+        if self.counts:
+            out.update(count_exact=_ratio(self.exact, self.n), count_mae=_ratio(self.error_sum, self.n_errors),
+                       count_no_number=self.no_number)
+        return out
+
+
+class _Grounding:
+    def __init__(self):
+        self.n = self.hits = self.no_box = 0
+        self.iou_sum = 0.0
+
+    def add(self, answer: str, reference: str) -> None:
+        box = first_box(answer)
+        if box is None:
+            self.no_box += 1
+        ref_box = first_box(reference)
+        if ref_box is None:
+            return                  # cannot be scored (evaluate.py refuses such a reference)
+        value = 0.0 if box is None else iou(box, ref_box)
+        self.n += 1
+        self.hits += value >= IOU_THRESHOLD
+        self.iou_sum += value
+
+    def result(self) -> dict:
+        return {"n": self.n, "acc@0.5": _ratio(self.hits, self.n), "mean_iou": _ratio(self.iou_sum, self.n),
+                "no_box": self.no_box}
+
+
+class _Descriptions:
+    """Region descriptions: token ids now, BLEU / ROUGE-L / CIDEr-D at the end."""
+    N = 4
+    SIGMA = 6.0
+
+    def __init__(self, vocab: dict):
+        self.vocab = vocab              # token -> id, shared by all description types
+        self.tokens = array("i")        # hypothesis then reference ids of each item, back to back
+        self.lengths = array("i")       # len(hyp), len(ref) of each item
+        self.doc_freq: Counter = Counter()
+
+    @property
+    def n(self) -> int:
+        return len(self.lengths) // 2
+
+    def _ids(self, text: str) -> list[int]:
+        vocab = self.vocab
+        return [vocab.setdefault(t, len(vocab)) for t in caption_tokens(text)]
+
+    def add(self, answer: str, reference: str) -> None:
+        hyp, ref = self._ids(answer), self._ids(reference)
+        self.tokens.extend(hyp)
+        self.tokens.extend(ref)
+        self.lengths.append(len(hyp))
+        self.lengths.append(len(ref))
+        _doc_freq_add(self.doc_freq, [_orders(ref, self.N)])
+
+    def items(self):
+        pos, lengths, tokens = 0, self.lengths, self.tokens
+        for i in range(0, len(lengths), 2):
+            hyp = tokens[pos:pos + lengths[i]].tolist()
+            pos += lengths[i]
+            ref = tokens[pos:pos + lengths[i + 1]].tolist()
+            pos += lengths[i + 1]
+            yield hyp, ref
+
+    def result(self, doc_freq: dict | None = None, items=None, n_items: int | None = None) -> dict:
+        n = self.N
+        n_items = self.n if n_items is None else n_items
+        out: dict = {"n": n_items}
+        if not n_items:
+            return out
+        ref_len = math.log(float(n_items))
+        weights = _cider_weights(self.doc_freq if doc_freq is None else doc_freq, ref_len)
+        guess, correct = [0] * n, [0] * n
+        testlen_total = reflen_total = 0
+        rouge_sum = cider_sum = 0.0
+        for hyp, ref in (self.items() if items is None else items):
+            hyp_orders, ref_orders = _orders(hyp, n), _orders(ref, n)
+            t, r, g, c = _bleu_counts(hyp_orders, len(hyp), [ref_orders], [len(ref)], n)
+            testlen_total += t
+            reflen_total += r
+            for k in range(n):
+                guess[k] += g[k]
+                correct[k] += c[k]
+            rouge_sum += rouge_l(hyp, [ref])
+            cider_sum += _cider_item(hyp_orders, [ref_orders], weights, ref_len, self.SIGMA)
+        for k, value in enumerate(_bleu_scores(testlen_total, reflen_total, guess, correct, n), start=1):
+            out[f"bleu{k}"] = value
+        out["rougeL"] = rouge_sum / n_items
+        # CIDEr-D's idf is log(N / df): with one description every weight is 0, so the score
+        # says nothing; report it as missing instead of a misleading 0.
+        out["cider"] = cider_sum / n_items if n_items >= 2 else None
+        return out
+
+
+def _pooled_descriptions(parts: list[_Descriptions]) -> dict:
+    """Descriptions of several types scored together (document frequencies over all of them)."""
+    if len(parts) == 1:
+        return parts[0].result()
+    doc_freq: Counter = Counter()
+    for part in parts:
+        doc_freq.update(part.doc_freq)
+    items = (item for part in parts for item in part.items())
+    return parts[0].result(doc_freq=doc_freq, items=items, n_items=sum(p.n for p in parts))
+
+
+def _kind(qtype: str) -> str:
+    if qtype in GROUNDING_TYPES:
+        return "grounding"
+    if qtype in DESCRIPTION_TYPES:
+        return "description"
+    return "short"
+
+
+class PredictionScorer:
+    """Scores prediction records one at a time; :meth:`result` gives what :func:`score_predictions` gives.
+
+    ``add`` takes a record's ``answer``, ``reference`` and ``type`` (None -> "untyped").
+    """
+
+    def __init__(self):
+        self.n = 0
+        self.per_type: dict = {}
+        self._vocab: dict = {}
+
+    def add(self, answer: str, reference: str, qtype: str | None) -> None:
+        qtype = qtype or UNTYPED
+        scorer = self.per_type.get(qtype)
+        if scorer is None:
+            kind = _kind(qtype)
+            scorer = (_Grounding() if kind == "grounding" else _Descriptions(self._vocab) if kind == "description"
+                      else _ShortAnswers(counts=qtype in COUNT_TYPES))
+            self.per_type[qtype] = scorer
+        self.n += 1
+        scorer.add(answer, reference)
+
+    def result(self) -> dict:
+        per = self.per_type
+        per_type = {t: per[t].result() for t in sorted(per)}
+        overall: dict = {"n": self.n}
+        short = [s for t, s in per.items() if _kind(t) == "short"]
+        if short:
+            pooled = _ShortAnswers(counts=False)
+            for s in short:
+                pooled.merge(s)
+            overall.update(n_short_answer=pooled.n, accuracy=pooled.result()["accuracy"])
+        counted = [per[t] for t in COUNT_TYPES if t in per]
+        if counted:
+            pooled = _ShortAnswers(counts=True)
+            for s in counted:
+                pooled.merge(s)
+            c = pooled.result()
+            overall.update(n_count=pooled.n, count_exact=c["count_exact"], count_mae=c["count_mae"])
+        grounding = [per[t] for t in GROUNDING_TYPES if t in per]
+        if grounding:
+            pooled = _Grounding()
+            for g in grounding:
+                pooled.n += g.n
+                pooled.hits += g.hits
+                pooled.iou_sum += g.iou_sum
+                pooled.no_box += g.no_box
+            g = pooled.result()
+            overall.update({"n_grounding": g["n"], "acc@0.5": g["acc@0.5"], "mean_iou": g["mean_iou"]})
+        described = [t for t in DESCRIPTION_TYPES if t in per]
+        if described:
+            # one description type (the usual case): its per-type scores are the pooled ones
+            d = per_type[described[0]] if len(described) == 1 else _pooled_descriptions([per[t] for t in described])
+            overall.update(n_region_description=d["n"], bleu4=d["bleu4"], rougeL=d["rougeL"], cider=d["cider"])
+        return {"overall": overall, "per_type": per_type}
+
+
+def _score_all(preds: Sequence[dict]) -> PredictionScorer:
+    scorer = PredictionScorer()
+    for p in preds:
+        scorer.add(p["answer"], p["reference"], p.get("type"))
+    return scorer
 
 
 def score_short_answers(preds: Sequence[dict], counts: bool = False) -> dict:
-    out = {"n": len(preds), "accuracy": _mean(float(answers_match(p["answer"], p["reference"])) for p in preds)}
-    if counts:
-        pairs = [(first_number(p["answer"]), first_number(p["reference"])) for p in preds]
-        out["count_exact"] = _mean(float(a is not None and a == r) for a, r in pairs)
-        errors = [abs(a - r) for a, r in pairs if a is not None and r is not None]
-        out["count_mae"] = _mean(errors)
-        out["count_no_number"] = sum(1 for a, _ in pairs if a is None)
-    return out
+    s = _ShortAnswers(counts)
+    for p in preds:
+        s.add(p["answer"], p["reference"])
+    return s.result()
 
 
 def score_grounding(preds: Sequence[dict]) -> dict:
-    ious = [grounding_iou(p["answer"], p["reference"]) for p in preds]
-    ious = [v for v in ious if v is not None]
-    return {"n": len(ious), "acc@0.5": _mean(float(v >= IOU_THRESHOLD) for v in ious),
-            "mean_iou": _mean(ious), "no_box": sum(1 for p in preds if parse_box(p["answer"]) is None)}
+    g = _Grounding()
+    for p in preds:
+        g.add(p["answer"], p["reference"])
+    return g.result()
 
 
 def score_descriptions(preds: Sequence[dict]) -> dict:
-    hyps = [caption_tokens(p["answer"]) for p in preds]
-    refs = [[caption_tokens(p["reference"])] for p in preds]
-    out: dict = {"n": len(preds)}
-    if not preds:
-        return out
-    for k, value in enumerate(bleu(hyps, refs), start=1):
-        out[f"bleu{k}"] = value
-    out["rougeL"] = _mean(rouge_l(h, r) for h, r in zip(hyps, refs))
-    # CIDEr-D's idf is log(N / df): with one description every weight is 0, so the score
-    # says nothing; report it as missing instead of a misleading 0.
-    out["cider"] = _mean(cider_d(hyps, refs)) if len(preds) >= 2 else None
-    return out
+    d = _Descriptions({})
+    for p in preds:
+        d.add(p["answer"], p["reference"])
+    return d.result()
 
 
 def score_type(qtype: str, preds: Sequence[dict]) -> dict:
@@ -311,33 +679,13 @@ def score_type(qtype: str, preds: Sequence[dict]) -> dict:
     return score_short_answers(preds, counts=qtype in COUNT_TYPES)
 
 
-def score_predictions(preds: Sequence[dict]) -> dict:
+def score_predictions(preds: Iterable[dict]) -> dict:
     """``{"overall": {...}, "per_type": {type: {...}}}`` for prediction records.
 
     Each record needs ``answer``, ``reference`` and ``type`` (None -> "untyped").
     ``overall`` pools each metric over the types it applies to.
     """
-    by_type: dict[str, list[dict]] = defaultdict(list)
-    for p in preds:
-        by_type[p.get("type") or UNTYPED].append(p)
-    per_type = {t: score_type(t, by_type[t]) for t in sorted(by_type)}
-    short = [p for t, ps in by_type.items() if t not in GROUNDING_TYPES + DESCRIPTION_TYPES for p in ps]
-    counted = [p for t in COUNT_TYPES for p in by_type.get(t, [])]
-    grounding = [p for t in GROUNDING_TYPES for p in by_type.get(t, [])]
-    described = [p for t in DESCRIPTION_TYPES for p in by_type.get(t, [])]
-    overall: dict = {"n": len(preds)}
-    if short:
-        overall.update(n_short_answer=len(short), accuracy=score_short_answers(short)["accuracy"])
-    if counted:
-        c = score_short_answers(counted, counts=True)
-        overall.update(n_count=len(counted), count_exact=c["count_exact"], count_mae=c["count_mae"])
-    if grounding:
-        g = score_grounding(grounding)
-        overall.update({"n_grounding": g["n"], "acc@0.5": g["acc@0.5"], "mean_iou": g["mean_iou"]})
-    if described:
-        d = score_descriptions(described)
-        overall.update(n_region_description=d["n"], bleu4=d["bleu4"], rougeL=d["rougeL"], cider=d["cider"])
-    return {"overall": overall, "per_type": per_type}
+    return _score_all(preds).result()
 
 
 COUNT_KEYS = ("n", "count_no_number", "no_box")

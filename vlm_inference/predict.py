@@ -10,11 +10,16 @@ image, and the model's own earlier answers never leak into the next question.
 
 One JSON line per question, flushed as it is written:
 ``{"id", "image", "turn", "question", "answer", "reference", "type", "model"}`` (see the
-contracts in the evaluation stage). A run that is stopped can be started again with the same
-command: questions whose ``(id, turn)`` is already in ``--output_file`` are skipped (and a file
-that another model wrote is refused). Large files
-can be split over several processes or GPUs with ``--num_chunks N --chunk_idx K`` (one
-``--output_file`` each; ``cat`` them together afterwards, every line stands alone).
+contracts in the evaluation stage). ``--data`` (a JSON array or ``.jsonl``) is read a record
+at a time and the answers are written a line at a time, so memory does not grow with the file.
+
+A stopped run (Ctrl-C, SIGTERM, kill -9) is resumed by the same command: the answers already
+in ``--output_file`` are kept and the questions after them asked (a file another model wrote,
+or one of other questions, is refused). One run at a time writes a given ``--output_file``:
+a second refuses, naming the first. A question whose image cannot be read, or whose prompt
+does not fit the model's context, is reported and skipped. Large files can be split over
+several processes or GPUs with ``--num_shards N --shard_index K`` (contiguous shards; one
+``--output_file`` each; ``cat`` them together in shard order afterwards).
 """
 from __future__ import annotations
 
@@ -22,40 +27,67 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
-from vlm_annotation.io_utils import InputError, JsonlAppender, iter_jsonl, read_json
-from vlm_annotation.runtime import report_input_errors, require_model, require_output_file, require_path
-from vlm_inference.vlm_inference import VLMInference, add_model_args
-from vlm_training.llava_format import IMAGE_TOKEN, resolve_image_path, validate_llava_records
+from tqdm import tqdm
+
+if __package__ in (None, ""):  # run as a file: its folder's vlm_inference.py would shadow the vlm_inference package
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from vlm_annotation.io_utils import InputError, JsonlAppender, stream_jsonl
+from vlm_annotation.runtime import report_input_errors, require_output_file, require_path, single_writer
+from vlm_inference.vlm_inference import InferenceInputError, add_model_args, check_model_args, load_model
+from vlm_training.llava_format import IMAGE_TOKEN, iter_llava_records, record_where, resolve_image_path
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(parser)
-    parser.add_argument("--data", required=True, help="LLaVA-format JSON file (e.g. test_llava.json)")
+    parser.add_argument("--data", required=True, help="LLaVA-format file, a JSON array or .jsonl (e.g. test_llava.json)")
     parser.add_argument("--image_dir", required=True, help="folder the records' image paths are relative to")
     parser.add_argument("--output_file", default="predictions.jsonl",
                         help="JSONL to append predictions to (default predictions.jsonl); resumed if it exists")
     parser.add_argument("--batch_size", type=int, default=8, help="questions per generate call (default 8)")
-    parser.add_argument("--num_chunks", type=int, default=1, help="split the records into this many shards (default 1)")
-    parser.add_argument("--chunk_idx", type=int, default=0, help="which shard this process answers, 0-based (default 0)")
+    parser.add_argument("--num_shards", "--num_chunks", dest="num_shards", type=int, default=1,
+                        help="split the records into this many contiguous shards (default 1; old name --num_chunks)")
+    parser.add_argument("--shard_index", "--chunk_idx", dest="shard_index", type=int, default=0,
+                        help="which shard this process answers, 0-based (default 0; old name --chunk_idx)")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         raise InputError(f"--batch_size must be >= 1, got {args.batch_size}")
-    if args.max_new_tokens < 1:
-        raise InputError(f"--max_new_tokens must be >= 1, got {args.max_new_tokens}")
-    if args.num_chunks < 1:
-        raise InputError(f"--num_chunks must be >= 1, got {args.num_chunks}")
-    if not 0 <= args.chunk_idx < args.num_chunks:
-        raise InputError(f"--chunk_idx must be in 0..{args.num_chunks - 1} for --num_chunks {args.num_chunks}, "
-                         f"got {args.chunk_idx}")
+    if args.num_shards < 1:
+        raise InputError(f"--num_shards must be >= 1, got {args.num_shards}")
+    if not 0 <= args.shard_index < args.num_shards:
+        raise InputError(f"--shard_index must be in 0..{args.num_shards - 1} for --num_shards {args.num_shards}, "
+                         f"got {args.shard_index}")
+    check_model_args(args)
+    args.data = require_path(args.data, "--data", "file")
+    args.image_dir = require_path(args.image_dir, "--image_dir", "dir")
+    args.output_file = require_output_file(args.output_file, "--output_file", {"--data": args.data})
     return args
 
 
-def get_chunk(records: list, num_chunks: int, chunk_idx: int) -> list:
-    """Shard ``chunk_idx`` of ``num_chunks`` contiguous, near-equal shards that cover ``records`` once."""
-    n = len(records)
-    return records[chunk_idx * n // num_chunks:(chunk_idx + 1) * n // num_chunks]
+def read_records(data_path: Path) -> Iterator[tuple[int, dict]]:
+    """``(index, record)`` for every record of ``--data``, each validated: the one reader of the file."""
+    yield from enumerate(iter_llava_records(data_path))
+
+
+def shard_bounds(n: int, num_shards: int, shard_index: int) -> tuple[int, int]:
+    """Records ``[lo, hi)`` of shard ``shard_index``: contiguous, near-equal shards that cover ``n`` once."""
+    return shard_index * n // num_shards, (shard_index + 1) * n // num_shards
+
+
+def count_records(data_path: Path) -> int:
+    """The number of records; ids must be unique, since answers are matched to questions by ``(id, turn)``."""
+    seen: dict[str, int] = {}
+    for i, record in read_records(data_path):
+        if record["id"] in seen:
+            raise InputError(f"{record_where(data_path, i, record)}: duplicate id (record {seen[record['id']]} "
+                             "has it too)")
+        seen[record["id"]] = i
+    if not seen:
+        raise InputError(f"--data: {data_path} holds no records")
+    return len(seen)
 
 
 def record_questions(record: dict) -> list[dict]:
@@ -67,25 +99,15 @@ def record_questions(record: dict) -> list[dict]:
             for j in range(0, len(turns), 2)]
 
 
-def load_questions(data_path: Path, image_dir: Path, num_chunks: int, chunk_idx: int) -> tuple[int, list[dict]]:
-    """This shard's records flattened to questions; (number of records, questions)."""
-    # The same validator as training: every human turn has its reference answer, types are known.
-    records = validate_llava_records(read_json(data_path), data_path)
-    if not records:
-        raise InputError(f"--data: {data_path} holds no records")
-    seen: dict[str, int] = {}
-    for i, record in enumerate(records):
-        rid = record.get("id") if isinstance(record, dict) else None
-        if isinstance(rid, str):
-            if rid in seen:  # resuming keys on (id, turn): ids must be unique
-                raise InputError(f"{data_path}: [{i}].id: duplicate of [{seen[rid]}].id ({rid!r})")
-            seen[rid] = i
-    indexed = get_chunk(list(enumerate(records)), num_chunks, chunk_idx)
-    questions = []
-    for i, record in indexed:
-        resolve_image_path(image_dir, record["image"], f"{data_path}: record {i} (id {record['id']!r})")
-        questions.extend(record_questions(record))
-    return len(indexed), questions
+def shard_questions(data_path: Path, image_dir: Path, lo: int, hi: int, check_images: bool) -> Iterator[dict]:
+    """The questions of records ``[lo, hi)`` in file order (their image paths checked when asked)."""
+    for i, record in read_records(data_path):
+        if i >= hi:
+            return
+        if i >= lo:
+            if check_images:
+                resolve_image_path(image_dir, record["image"], record_where(data_path, i, record))
+            yield from record_questions(record)
 
 
 def model_identity(model_path: str, base_model: str | None) -> str:
@@ -95,70 +117,81 @@ def model_identity(model_path: str, base_model: str | None) -> str:
     return one(model_path) + (f" (base {one(base_model)})" if base_model else "")
 
 
-def done_keys(output_file: Path, model: str) -> set[tuple[str, int]]:
-    """``(id, turn)`` of the predictions already in ``output_file`` (a killed writer's partial line aside).
+def resume_point(output_file: Path, questions: Iterator[dict], model: str) -> tuple[int, int, int]:
+    """``(answers kept, questions before the first one to ask, total questions)``.
 
-    Lines written by another model refuse the resume: mixing two models' answers in one
-    file would make its scores meaningless.
+    The file must answer the questions in their order (as this stage writes them); questions
+    it skips over were skipped by an earlier run (unreadable image, over-long prompt) and stay so.
     """
-    if not output_file.is_file():
-        return set()
-    keys = set()
-    for line_no, rec in iter_jsonl(output_file):
+    kept = position = 0
+    # A killed writer's partial last line is not counted: JsonlAppender drops it, and it is asked again.
+    for line_no, rec in stream_jsonl(output_file, skip_partial_last=True) if output_file.exists() else ():
         if not isinstance(rec, dict) or "id" not in rec or "turn" not in rec:
             raise InputError(f"{output_file}: line {line_no}: not a prediction (needs id and turn)")
         if rec.get("model", model) != model:
             raise InputError(f"{output_file}: line {line_no} was written by another model ({rec['model']}); "
                              "give another --output_file or delete this one")
-        keys.add((rec["id"], rec["turn"]))
-    return keys
+        for q in questions:
+            position += 1
+            if (q["id"], q["turn"]) == (rec["id"], rec["turn"]):
+                break
+        else:
+            raise InputError(f"{output_file}: line {line_no} (id {rec['id']!r} turn {rec['turn']}) answers a "
+                             "question that is not in --data (this shard), or not in its order; "
+                             "give another --output_file")
+        kept += 1
+    return kept, position, position + sum(1 for _ in questions)
+
+
+def ask(vlm, batch: list[dict], image_dir: Path, data_path: Path, max_new_tokens: int, batch_size: int):
+    """``(question, answer)`` for the batch; a question the model cannot take is reported and left out."""
+    batch = list(batch)
+    while batch:
+        try:
+            answers = vlm.answer_questions([image_dir / q["image"] for q in batch], [q["question"] for q in batch],
+                                           batch_size=batch_size, max_new_tokens=max_new_tokens)
+            return list(zip(batch, answers))
+        except InferenceInputError as e:
+            if e.index is None:
+                raise
+            q = batch.pop(e.index)
+            tqdm.write(f"predict: skipped {data_path}: id {q['id']!r} turn {q['turn']}: {e}", file=sys.stderr)
+    return []
 
 
 @report_input_errors
 def main(argv=None) -> int:
-    from tqdm import tqdm
-
     args = parse_args(argv)
-    data_path = require_path(args.data, "--data", "file")
-    image_dir = require_path(args.image_dir, "--image_dir", "dir")
-    output_file = require_output_file(args.output_file, "--output_file", {"--data": data_path})
-    require_model(args.model_path, "--model_path")
-    n_records, questions = load_questions(data_path, image_dir, args.num_chunks, args.chunk_idx)
+    data_path, image_dir, output_file = args.data, args.image_dir, args.output_file
+    n_total = count_records(data_path)
+    lo, hi = shard_bounds(n_total, args.num_shards, args.shard_index)
+    shard = f"shard {args.shard_index + 1}/{args.num_shards}"
     model = model_identity(args.model_path, args.base_model)
-    done = done_keys(output_file, model)
-    shard = f"chunk {args.chunk_idx + 1}/{args.num_chunks}"
-    foreign = done - {(q["id"], q["turn"]) for q in questions}
-    if foreign:
-        some = ", ".join(f"{i} turn {t}" for i, t in sorted(foreign)[:3])
-        raise InputError(f"--output_file: {output_file} holds answers to {len(foreign)} questions that are not in "
-                         f"--data {data_path} ({shard}), e.g. {some}; give another --output_file")
-    if not questions:
-        print(f"predict: no questions in {data_path} ({shard}): nothing to do", flush=True)
-        return 0
-    pending = [q for q in questions if (q["id"], q["turn"]) not in done]
-    if not pending:
-        print(f"predict: nothing to do: all {len(questions)} questions of {n_records} records ({shard}) "
-              f"are already in {output_file}", flush=True)
-        return 0
-
-    vlm = VLMInference(args.model_path, base_model=args.base_model, device=args.device, dtype=args.dtype,
-                       load_in_8bit=args.load_in_8bit, load_in_4bit=args.load_in_4bit)
-    start = time.perf_counter()
-    written = 0
-    with JsonlAppender(output_file) as out, tqdm(total=len(pending), desc="predict", unit="q") as bar:
-        for b in range(0, len(pending), args.batch_size):
-            batch = pending[b:b + args.batch_size]
-            answers = vlm.answer_questions([image_dir / q["image"] for q in batch], [q["question"] for q in batch],
-                                           batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
-            for q, answer in zip(batch, answers):
-                out.write({"id": q["id"], "image": q["image"], "turn": q["turn"], "question": q["question"],
-                           "answer": answer, "reference": q["reference"], "type": q["type"], "model": model})
-                written += 1
-            bar.update(len(batch))
+    with single_writer(output_file, "--output_file"):
+        kept, position, total = resume_point(
+            output_file, shard_questions(data_path, image_dir, lo, hi, check_images=True), model)
+        if total == position:
+            print(f"predict: nothing to do: all {total} questions of {hi - lo} records ({shard}) are answered "
+                  f"in {output_file}" + (f" or skipped ({position - kept})" if position > kept else ""), flush=True)
+            return 0
+        vlm = load_model(args)
+        start, written, skipped = time.perf_counter(), 0, 0
+        pending = shard_questions(data_path, image_dir, lo, hi, check_images=False)
+        for _ in range(position):
+            next(pending)
+        with JsonlAppender(output_file) as out, tqdm(total=total - position, desc="predict", unit="q") as bar:
+            while batch := [q for _, q in zip(range(args.batch_size), pending)]:
+                answered = ask(vlm, batch, image_dir, data_path, args.max_new_tokens, args.batch_size)
+                for q, answer in answered:
+                    out.write({"id": q["id"], "image": q["image"], "turn": q["turn"], "question": q["question"],
+                               "answer": answer, "reference": q["reference"], "type": q["type"], "model": model})
+                written += len(answered)
+                skipped += len(batch) - len(answered)
+                bar.update(len(batch))
     elapsed = time.perf_counter() - start
-    print(f"predict: {written} answers written to {output_file} ({len(questions) - len(pending)} already there) "
-          f"for {n_records} records ({shard}) in {elapsed:.1f}s, {written / max(elapsed, 1e-9):.2f} answers/s",
-          flush=True)
+    print(f"predict: {written} answers written to {output_file} ({kept} already there"
+          + (f", {skipped} skipped" if skipped else "") + f") for {hi - lo} records ({shard}) "
+          f"in {elapsed:.1f}s, {written / max(elapsed, 1e-9):.2f} answers/s", flush=True)
     return 0
 
 

@@ -5,7 +5,7 @@
     python vlm_inference/vlm_inference.py --model_path vlm_model --image image.jpg \\
         --question "How many objects are there?"
 
-From Python:
+From Python (``from vlm_inference import VLMInference`` works too):
 
     from vlm_inference.vlm_inference import VLMInference
     vlm = VLMInference(model_path="./vlm_model", base_model="llava-hf/llava-1.5-7b-hf")
@@ -19,6 +19,7 @@ The model is asked exactly as training taught it: the prompt format is read from
 ``model_path/prompt_format.json`` (a model without one gets the default LLaVA-1.5 format),
 the image is padded to a square with the processor's mean colour, and boxes are written
 with the shared box format. Decoding is greedy unless generation settings say otherwise.
+A prompt longer than the model's context (with the new tokens) is refused, never cut.
 """
 from __future__ import annotations
 
@@ -33,47 +34,27 @@ from typing import Any, Iterable, Sequence
 
 from PIL import Image
 
-from vlm_annotation import boxes, prompts
+from vlm_annotation import boxes, prompts, runtime
 from vlm_annotation.images import ImageLoadError, as_rgb_image
 from vlm_annotation.io_utils import InputError
 from vlm_annotation.prompts import PROMPT_FORMAT_FILE, PromptFormat
-from vlm_annotation.runtime import report_input_errors, require_model, resolve_device
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 MODEL_CONFIG_FILE = "config.json"
-TRAIN_ARGS_FILE = "train_args.json"
+SAVING_MARKER = "saving.incomplete"  # train_vlm.py's, while it moves a final model into its --output_dir
 # Any of these in a folder means the processor (or at least its tokenizer) was saved there.
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
 DEFAULT_MAX_NEW_TOKENS = 128
 DEFAULT_BATCH_SIZE = 8
 
-_DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
-                "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
-
 
 class InferenceInputError(InputError, ValueError):
-    """Bad input to :class:`VLMInference` (an image, a box, a question, a model path).
+    """Bad input to :class:`VLMInference`: a ``ValueError`` for library callers, an ``InputError`` (one line,
+    exit 2) for the command lines. ``index``: the offending item of a batched call (None: the whole call)."""
 
-    A ``ValueError`` for library callers, and an ``InputError`` so the command lines report
-    it as one line with exit code 2.
-    """
-
-
-def resolve_dtype(dtype: Any, device: str):
-    """``None``/``"auto"`` -> bfloat16 (or float16) on a GPU, float32 on the CPU; names accepted."""
-    import torch
-    if dtype is None or dtype == "auto":
-        if device.startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        if device.startswith("mps"):
-            return torch.float16
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    name = _DTYPE_NAMES.get(str(dtype).lower().replace("torch.", ""))
-    if name is None:
-        raise InferenceInputError(f"dtype: unknown {dtype!r} (use auto, float32, float16 or bfloat16)")
-    return getattr(torch, name)
+    def __init__(self, message: str, index: int | None = None):
+        super().__init__(message)
+        self.index = index
 
 
 def _first_line(err: BaseException) -> str:
@@ -81,19 +62,17 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def _require_model(name: str, flag: str) -> str:
+def _checked(check, *args):
+    """A shared runtime check whose InputError (or argparse's type error) becomes an InferenceInputError."""
     try:
-        return require_model(name, flag)
-    except InputError as e:
+        return check(*args)
+    except (InputError, argparse.ArgumentTypeError) as e:
         raise InferenceInputError(str(e)) from None
 
 
 def validate_bbox(bbox: Any, width: int, height: int) -> list[float]:
-    """Check a pixel box ``[x1, y1, x2, y2]`` and clip it to the image (warning when it had to).
-
-    Raises :class:`InferenceInputError` for anything but four finite numbers, for reversed
-    corners (``x2 < x1``) and for a box with no area inside the image.
-    """
+    """A pixel box ``[x1, y1, x2, y2]`` clipped to the image (with a warning when it had to be); refused
+    unless it is four finite numbers, corners in order, with some area inside the image."""
     try:
         values = [float(v) for v in bbox]
     except (TypeError, ValueError):
@@ -101,10 +80,9 @@ def validate_bbox(bbox: Any, width: int, height: int) -> list[float]:
     if len(values) != 4 or not all(math.isfinite(v) for v in values):
         raise InferenceInputError(f"bbox must be four finite numbers [x1, y1, x2, y2], got {bbox!r}")
     x1, y1, x2, y2 = values
-    if x2 < x1:
-        raise InferenceInputError(f"bbox {values}: x2 ({x2:g}) < x1 ({x1:g}); boxes are [x1, y1, x2, y2]")
-    if y2 < y1:
-        raise InferenceInputError(f"bbox {values}: y2 ({y2:g}) < y1 ({y1:g}); boxes are [x1, y1, x2, y2]")
+    for lo, hi, a, b in ((x1, x2, "x1", "x2"), (y1, y2, "y1", "y2")):
+        if hi < lo:
+            raise InferenceInputError(f"bbox {values}: {b} ({hi:g}) < {a} ({lo:g}); boxes are [x1, y1, x2, y2]")
     clipped = [float(v) for v in boxes.clip_box(values, width, height)]
     if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
         where = "has no area" if (x2 == x1 or y2 == y1) else f"lies outside the {width}x{height} image"
@@ -115,15 +93,45 @@ def validate_bbox(bbox: Any, width: int, height: int) -> list[float]:
     return clipped
 
 
+def refuse_half_written(model_path: str | os.PathLike) -> None:
+    """A model folder (or the merged/ folder inside one) that training was stopped while saving is refused."""
+    local = Path(model_path).expanduser()
+    for folder in (local, local.parent) if local.is_dir() else ():
+        if (folder / SAVING_MARKER).exists():
+            raise InferenceInputError(f"--model_path: {local} is half-written: its final save was interrupted "
+                                      f"({folder / SAVING_MARKER}); run the same train_vlm.py command again to finish it")
+
+
+def load_image(image: Any) -> Image.Image:
+    """A path or a PIL image -> RGB PIL in displayed orientation; InferenceInputError otherwise."""
+    if isinstance(image, (str, os.PathLike)):
+        if "\0" in os.fspath(image):  # the OS cannot name such a file; Python would say "embedded null byte"
+            raise InferenceInputError(f"image path {os.fspath(image)!r} holds a NUL byte")
+        if not Path(image).is_file():
+            raise InferenceInputError(f"image not found: {image}")
+    elif not isinstance(image, Image.Image):
+        raise InferenceInputError(f"image must be a file path or a PIL image, got {type(image).__name__}")
+    try:
+        return as_rgb_image(image)
+    except ImageLoadError as e:
+        raise InferenceInputError(f"image {image}: {e}") from None
+
+
 class VLMInference:
-    """A LLaVA model (adapter, merged, full or base) loaded once, asked about images and boxes."""
+    """A LLaVA model (adapter, merged, full or base) loaded once, asked about images and boxes.
+
+    ``precision`` is ``auto`` (bf16/fp16 on a GPU, fp32 on the CPU), ``fp32``, ``bf16``,
+    ``fp16`` or a torch dtype; ``dtype`` is its old name.
+    """
+
+    load_image = staticmethod(load_image)
 
     def __init__(self, model_path: str | os.PathLike, base_model: str | None = None, device: str | None = None,
-                 dtype: Any = None, load_in_8bit: bool = False, load_in_4bit: bool = False):
-        try:
-            self.device = resolve_device(device or "auto")
-        except InputError as e:
-            raise InferenceInputError(str(e)) from None
+                 precision: Any = None, load_in_8bit: bool = False, load_in_4bit: bool = False, dtype: Any = None):
+        if precision is not None and dtype is not None:
+            raise InferenceInputError("give precision or its old name dtype, not both")
+        self.device = _checked(runtime.resolve_device, device or "auto")
+        self.dtype = _checked(runtime.resolve_dtype, dtype if precision is None else precision, self.device)
         if load_in_8bit and load_in_4bit:
             raise InferenceInputError("choose one of load_in_8bit and load_in_4bit")
         self.quantized = bool(load_in_8bit or load_in_4bit)
@@ -131,33 +139,29 @@ class VLMInference:
             raise InferenceInputError(
                 f"{'load_in_8bit' if load_in_8bit else 'load_in_4bit'} needs a CUDA GPU (bitsandbytes); "
                 f"the device here is {self.device}: load without quantization instead")
-        self.dtype = resolve_dtype(dtype, self.device)
 
         self.model_path = str(model_path)
+        refuse_half_written(model_path)
         local = Path(model_path).expanduser()
         self.local_dir = local if local.is_dir() else None
-        if self.local_dir is not None and (local / ADAPTER_CONFIG_FILE).is_file():
-            self.kind = "adapter"
-            self.base_model = self._adapter_base(local, base_model)
-            weights_source, weights_flag = self.base_model, "--base_model"
-        elif self.local_dir is not None:
-            if not (local / MODEL_CONFIG_FILE).is_file():
-                raise InferenceInputError(
-                    f"--model_path: {local} holds neither a LoRA adapter ({ADAPTER_CONFIG_FILE}) "
-                    f"nor a model ({MODEL_CONFIG_FILE})")
-            self.kind = "model"
-            self.base_model = None  # a merged / full / base model needs no base
-            weights_source, weights_flag = str(local), "--model_path"
+        self.kind, self.base_model = "model", None  # a merged / full / base model needs no base
+        if self.local_dir is None:
+            weights = _checked(runtime.require_model, self.model_path, "--model_path")
+        elif (local / ADAPTER_CONFIG_FILE).is_file():
+            self.kind, self.base_model = "adapter", self._adapter_base(local, base_model)
+            weights = self.base_model
+        elif (local / MODEL_CONFIG_FILE).is_file():
+            weights = str(local)
         else:
-            self.kind = "model"
-            self.base_model = None
-            weights_source, weights_flag = _require_model(str(model_path), "--model_path"), "--model_path"
+            raise InferenceInputError(f"--model_path: {local} holds neither a LoRA adapter ({ADAPTER_CONFIG_FILE}) "
+                                      f"nor a model ({MODEL_CONFIG_FILE})")
 
-        # The small files first: a bad prompt format or processor fails before the weights load.
-        self.prompt_format = self._load_prompt_format()
-        processor_source = str(local) if self._has_processor(self.local_dir) else (self.base_model or
-                                                                                   self.model_path)
-        self.processor = self._load_processor(processor_source)
+        try:  # the small files first: a bad prompt format or processor fails before the weights load
+            self.prompt_format = PromptFormat.load(local) if self.local_dir else PromptFormat()
+        except (ValueError, TypeError, OSError) as e:
+            raise InferenceInputError(f"{local / PROMPT_FORMAT_FILE}: {_first_line(e)}") from None
+        has_processor = self.local_dir is not None and any((local / f).is_file() for f in PROCESSOR_FILES)
+        self.processor = self._load_processor(str(local) if has_processor else (self.base_model or self.model_path))
         self.tokenizer = self.processor.tokenizer
         # Generation appends after the prompt, so every prompt of a batch must end at the right edge.
         self.tokenizer.padding_side = "left"
@@ -166,35 +170,31 @@ class VLMInference:
         mean = getattr(self.processor.image_processor, "image_mean", None) or (0.5, 0.5, 0.5)
         self.pad_fill = tuple(float(v) for v in mean)
 
-        self.model = self._load_model(weights_source, weights_flag, load_in_8bit, load_in_4bit)
+        self.model = self._load_model(weights, "--base_model" if self.kind == "adapter" else "--model_path",
+                                      load_in_8bit, load_in_4bit)
         if self.kind == "adapter":
             self.model = self._attach_adapter(self.model, local)
         if not self.quantized:
             self.model.to(self.device)
         self.model.eval()
+        # Prompt + answer must fit the positions the language model was trained with.
+        self.max_length = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
 
     # ------------------------------------------------------------------ loading
     @staticmethod
-    def _has_processor(directory: Path | None) -> bool:
-        return directory is not None and any((directory / f).is_file() for f in PROCESSOR_FILES)
-
-    @staticmethod
     def _adapter_base(adapter_dir: Path, base_model: str | None) -> str:
         if base_model:
-            return _require_model(str(base_model), "--base_model")
-        named = None
+            return _checked(runtime.require_model, str(base_model), "--base_model")
         try:
             named = json.loads((adapter_dir / ADAPTER_CONFIG_FILE).read_text(encoding="utf-8")).get(
-                "base_model_name_or_path")
-            if not named and (adapter_dir / TRAIN_ARGS_FILE).is_file():
-                named = json.loads((adapter_dir / TRAIN_ARGS_FILE).read_text(encoding="utf-8")).get("base_model")
+                "base_model_name_or_path")  # peft writes it: the base the adapter was trained on
         except (OSError, json.JSONDecodeError, AttributeError) as e:
             raise InferenceInputError(f"{adapter_dir / ADAPTER_CONFIG_FILE}: unreadable: {_first_line(e)}") from None
         if not named:
             raise InferenceInputError(f"--model_path {adapter_dir} is a LoRA adapter that names no base model: "
                                       "pass --base_model")
         try:
-            return _require_model(str(named), "--base_model")
+            return runtime.require_model(str(named), "--base_model")
         except InputError:
             raise InferenceInputError(f"the adapter in {adapter_dir} was trained on {named}, which is not found "
                                       "here: pass --base_model") from None
@@ -245,40 +245,17 @@ class VLMInference:
             raise InferenceInputError(f"{source}: the processor there is not an image+text processor")
         return processor
 
-    def _load_prompt_format(self) -> PromptFormat:
-        if self.local_dir is None:
-            return PromptFormat()
-        try:
-            return PromptFormat.load(self.local_dir)
-        except (ValueError, TypeError, OSError) as e:
-            raise InferenceInputError(f"{self.local_dir / PROMPT_FORMAT_FILE}: {_first_line(e)}") from None
-
-    # ------------------------------------------------------------------ inputs
-    @staticmethod
-    def load_image(image: Any) -> Image.Image:
-        """A path or a PIL image -> RGB PIL in displayed orientation; clear errors otherwise."""
-        if isinstance(image, (str, os.PathLike)):
-            if not Path(image).is_file():
-                raise InferenceInputError(f"image not found: {image}")
-        elif not isinstance(image, Image.Image):
-            raise InferenceInputError(f"image must be a file path or a PIL image, got {type(image).__name__}")
-        try:
-            return as_rgb_image(image)
-        except ImageLoadError as e:
-            raise InferenceInputError(f"image {image}: {e}") from None
-
-    def clean_question(self, question: Any) -> str:
+    # ------------------------------------------------------------------ prompts
+    def clean_question(self, question: Any, index: int | None = None) -> str:
         """The question as the model will read it: stripped, without a leading image token."""
         if not isinstance(question, str):
-            raise InferenceInputError(f"question must be text, got {type(question).__name__}")
-        text = question.strip()
+            raise InferenceInputError(f"question must be text, got {type(question).__name__}", index)
         token = self.prompt_format.image_token
-        if text.startswith(token):  # a question copied from a LLaVA file ("<image>\nQ")
-            text = text[len(token):].strip()
+        text = question.strip().removeprefix(token).strip()  # a question copied from a LLaVA file ("<image>\nQ")
         if not text:
-            raise InferenceInputError("question is empty")
+            raise InferenceInputError("question is empty", index)
         if token in text:
-            raise InferenceInputError(f"question must not contain the image token {token}: {question!r}")
+            raise InferenceInputError(f"question must not contain the image token {token}: {question!r}", index)
         return text
 
     def region_question(self, bbox: Sequence[float], width: int, height: int, label: str | None = None) -> str:
@@ -296,17 +273,15 @@ class VLMInference:
 
     def model_image(self, image: Image.Image) -> Image.Image:
         """What the model sees: the image padded to a square in the processor's mean colour."""
-        if self.prompt_format.pad_to_square:
-            return boxes.pad_to_square(image, self.pad_fill)
-        return image
+        return boxes.pad_to_square(image, self.pad_fill) if self.prompt_format.pad_to_square else image
 
     # ------------------------------------------------------------------ generation
     def _generate(self, questions: list[str], images: list[Image.Image], batch_size: int,
                   generate_kwargs: dict) -> list[str]:
-        """Answer ``questions[i]`` about ``images[i]`` (already displayed-orientation RGB), in batches."""
+        """Answer checked ``questions[i]`` about loaded ``images[i]``, in batches."""
         import torch
-        if batch_size < 1:
-            raise InferenceInputError(f"batch_size must be >= 1, got {batch_size}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise InferenceInputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         settings = {"max_new_tokens": DEFAULT_MAX_NEW_TOKENS, "do_sample": False, "num_beams": 1}
         settings.update(generate_kwargs)
         if getattr(self.model.generation_config, "pad_token_id", None) is None:
@@ -316,6 +291,7 @@ class VLMInference:
             texts = [self.prompt_format.prompt(q, first=True) for q in questions[start:start + batch_size]]
             pixels = [self.model_image(img) for img in images[start:start + batch_size]]
             inputs = self.processor(images=pixels, text=texts, padding=True, return_tensors="pt")
+            self._check_lengths(inputs["attention_mask"].sum(dim=1).tolist(), settings.get("max_new_tokens"), start)
             inputs = inputs.to(self.model.device)
             if "pixel_values" in inputs:
                 inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
@@ -324,22 +300,33 @@ class VLMInference:
             # Decoder-only generation returns prompt + answer; with left padding every prompt
             # ends at the same column, so the answer is everything after it.
             new_tokens = output[:, inputs["input_ids"].shape[1]:]
-            decoded = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-            answers.extend(text.strip() for text in decoded)
+            answers.extend(text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
         return answers
+
+    def _check_lengths(self, lengths: list[int], max_new_tokens: int | None, offset: int) -> None:
+        """Refuse a prompt that, with its answer, would run past the model's positions (it would
+        answer garbage, or fail in the position embedding): cutting it would change the question."""
+        for row, length in enumerate(lengths):
+            if self.max_length and length + (max_new_tokens or 0) > self.max_length:
+                raise InferenceInputError(
+                    f"the prompt is {length} tokens (image included), which with max_new_tokens {max_new_tokens} "
+                    f"exceeds the model's {self.max_length}-token context: shorten the question or ask for "
+                    "fewer new tokens", offset + row)
 
     def _images(self, images: Iterable[Any]) -> list[Image.Image]:
         """Load every image once, even when a path repeats (several questions about one photo)."""
         cache: dict[str, Image.Image] = {}
         out = []
-        for image in images:
-            if isinstance(image, (str, os.PathLike)):
-                key = os.fspath(image)
-                if key not in cache:
-                    cache[key] = self.load_image(image)
-                out.append(cache[key])
-            else:
-                out.append(self.load_image(image))
+        for i, image in enumerate(images):
+            key = os.fspath(image) if isinstance(image, (str, os.PathLike)) else None
+            if key is None or key not in cache:
+                try:
+                    loaded = load_image(image)
+                except InferenceInputError as e:
+                    raise InferenceInputError(str(e), i) from None
+                if key is not None:
+                    cache[key] = loaded
+            out.append(loaded if key is None else cache[key])
         return out
 
     # ------------------------------------------------------------------ public API
@@ -351,19 +338,20 @@ class VLMInference:
         """
         parsed = []
         for i, item in enumerate(items):
-            if isinstance(item, dict):
-                if "image" not in item or "bbox" not in item:
-                    raise InferenceInputError(f"item {i}: needs 'image' and 'bbox'")
+            if isinstance(item, dict) and "image" in item and "bbox" in item:
                 parsed.append((item["image"], item["bbox"], item.get("label")))
             elif isinstance(item, (tuple, list)) and len(item) in (2, 3):
                 parsed.append((item[0], item[1], item[2] if len(item) == 3 else None))
             else:
-                raise InferenceInputError(f"item {i}: expected (image, bbox[, label]) or a dict, got {item!r}")
+                raise InferenceInputError(f"item {i}: expected (image, bbox[, label]) or a dict with 'image' "
+                                          f"and 'bbox', got {item!r}", i)
         images = self._images(image for image, _, _ in parsed)
         questions = []
-        for img, (_, bbox, label) in zip(images, parsed):
-            width, height = img.size
-            questions.append(self.region_question(validate_bbox(bbox, width, height), width, height, label))
+        for i, (img, (_, bbox, label)) in enumerate(zip(images, parsed)):
+            try:
+                questions.append(self.region_question(validate_bbox(bbox, *img.size), *img.size, label))
+            except InferenceInputError as e:
+                raise InferenceInputError(str(e), i) from None
         return self._generate(questions, images, batch_size, generate_kwargs)
 
     def describe_object(self, image: Any, bbox: Sequence[float], label: str | None = None,
@@ -379,7 +367,7 @@ class VLMInference:
         """
         if isinstance(questions, str):
             raise InferenceInputError("questions must be a list of strings (use answer_question for one)")
-        questions = [self.clean_question(q) for q in questions]
+        questions = [self.clean_question(q, i) for i, q in enumerate(questions)]
         if isinstance(images, (str, os.PathLike, Image.Image)):
             images = [images] * len(questions)
         images = list(images)
@@ -393,14 +381,14 @@ class VLMInference:
 
     def locate(self, image: Any, description: str, **generate_kwargs) -> list[float] | None:
         """The box (pixels of the displayed image) the model gives for ``description``, or None."""
-        img = self.load_image(image)
+        img = load_image(image)
         answer = self._generate([self.grounding_question(description)], [img], 1, generate_kwargs)[0]
         return boxes.text_to_box(answer, *img.size)
 
 
 # ---------------------------------------------------------------------- command line
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """The flags that say which model to load and how (shared with predict.py)."""
+    """The flags that say which model to load and how (shared with predict.py; checked by check_model_args)."""
     parser.add_argument("--model_path", required=True,
                         help="training output (LoRA adapter), a merged/full model folder, or a base model / hub id")
     parser.add_argument("--base_model", default=None,
@@ -408,11 +396,27 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max_new_tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
                         help=f"most tokens per answer (default {DEFAULT_MAX_NEW_TOKENS})")
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--dtype", default="auto",
-                        help="auto (bf16/fp16 on GPU, fp32 on CPU), float32, float16, bfloat16")
+    runtime.add_precision_flag(parser, "auto = bf16 (fp16 where the GPU lacks bf16) on a GPU, fp32 on the CPU")
     quant = parser.add_mutually_exclusive_group()
     quant.add_argument("--load_in_8bit", action="store_true", help="load the weights in 8 bits (CUDA only)")
     quant.add_argument("--load_in_4bit", action="store_true", help="load the weights in 4 bits (CUDA only)")
+
+
+def check_model_args(args: argparse.Namespace) -> None:
+    """The checks of :func:`add_model_args`' flags that need no model loaded."""
+    if args.max_new_tokens < 1:
+        raise InputError(f"--max_new_tokens must be >= 1, got {args.max_new_tokens}")
+    runtime.require_model(args.model_path, "--model_path")
+    refuse_half_written(args.model_path)
+    if args.base_model is not None:
+        runtime.require_model(args.base_model, "--base_model")
+    runtime.resolve_device(args.device)
+
+
+def load_model(args: argparse.Namespace) -> VLMInference:
+    """The model that :func:`add_model_args`' flags name."""
+    return VLMInference(args.model_path, base_model=args.base_model, device=args.device, precision=args.precision,
+                        load_in_8bit=args.load_in_8bit, load_in_4bit=args.load_in_4bit)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -425,47 +429,34 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help="describe the object in this box (pixels of the displayed image)")
     ask.add_argument("--locate", metavar="TEXT", help="print the box (pixels) of the region TEXT describes")
     parser.add_argument("--label", default=None, help="class name of the object in --bbox (optional)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # Cheap checks first, so a typo does not wait for the model to load.
+    check_model_args(args)
+    runtime.require_path(args.image, "--image", "file")
+    for flag in ("question", "locate"):
+        if getattr(args, flag) is not None and not getattr(args, flag).strip():
+            raise InputError(f"--{flag} is empty")
+    return args
 
 
-@report_input_errors
+@runtime.report_input_errors
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.max_new_tokens < 1:
-        raise InputError(f"--max_new_tokens must be >= 1, got {args.max_new_tokens}")
-    if not Path(args.image).is_file():
-        raise InputError(f"--image: file not found: {args.image}")
-    # Cheap checks first, so a typo does not wait for the model to load.
-    _require_model(args.model_path, "--model_path")
-    if args.question is not None and not args.question.strip():
-        raise InputError("--question is empty")
-    if args.locate is not None and not args.locate.strip():
-        raise InputError("--locate is empty")
-    if args.bbox is not None:
-        x1, y1, x2, y2 = args.bbox
-        if x2 < x1 or y2 < y1:
-            raise InputError(f"--bbox {x1:g} {y1:g} {x2:g} {y2:g}: need x1 <= x2 and y1 <= y2 (X1 Y1 X2 Y2)")
-    image = VLMInference.load_image(args.image)
-    if args.bbox is not None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the clipping warning is shown once, below
-            validate_bbox(args.bbox, *image.size)
-    vlm = VLMInference(args.model_path, base_model=args.base_model, device=args.device, dtype=args.dtype,
-                       load_in_8bit=args.load_in_8bit, load_in_4bit=args.load_in_4bit)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UserWarning)
-        if args.question is not None:
-            result = vlm.answer_question(image, args.question, max_new_tokens=args.max_new_tokens)
-        elif args.locate is not None:
-            box = vlm.locate(image, args.locate, max_new_tokens=args.max_new_tokens)
-            result = "none" if box is None else "[" + ", ".join(f"{v:.1f}" for v in box) + "]"
-        else:
-            result = vlm.describe_object(image, args.bbox, label=args.label, max_new_tokens=args.max_new_tokens)
-    for w in caught:
-        if issubclass(w.category, UserWarning) and str(w.message).startswith("bbox"):
+    image = load_image(args.image)
+    if args.bbox is not None:  # needs the image's size; checked before the model loads all the same
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            args.bbox = validate_bbox(args.bbox, *image.size)
+        for w in caught:
             print(f"warning: {w.message}", file=sys.stderr, flush=True)
-        else:
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    vlm = load_model(args)
+    if args.question is not None:
+        result = vlm.answer_question(image, args.question, max_new_tokens=args.max_new_tokens)
+    elif args.locate is not None:
+        box = vlm.locate(image, args.locate, max_new_tokens=args.max_new_tokens)
+        result = "none" if box is None else "[" + ", ".join(f"{v:.1f}" for v in box) + "]"
+    else:
+        result = vlm.describe_object(image, args.bbox, label=args.label, max_new_tokens=args.max_new_tokens)
     print(result, flush=True)
     return 0
 

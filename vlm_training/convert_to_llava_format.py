@@ -14,20 +14,50 @@ re-rendered from the referenced objects' pixel boxes with ``boxes.box_to_text`` 
 padded to a square, 0..1, 2 decimals), so every file uses the one box format training and
 inference use. The original LLaVA training code and LLaMA-Factory's ShareGPT loader read
 this file as is; ``width``, ``height`` and ``qa_types`` are extra keys they ignore.
+
+Images that other trainers would read differently (issue: EXIF rotation, transparency). The
+toolkit opens an image the way a viewer shows it: turned upright by its EXIF orientation,
+transparent pixels on white, 16-bit images scaled; its boxes are in that frame. Original LLaVA,
+LLaMA-Factory and most trainers open the file with a plain ``Image.open(p).convert("RGB")``: no
+rotation, transparent pixels in whatever colour they store. With ``--image_dir`` conversion
+counts the images where the two differ and says so; with ``--upright_images_dir DIR`` it also
+writes a folder those trainers can use instead of ``--image_dir``: an upright RGB copy of each
+such image (same relative path and format; JPEGs re-encoded at quality 95) and a symlink to
+every other image, so the records' paths stay as they are and every pixel matches its boxes.
+The toolkit's own training reads either folder the same way.
+
+    python vlm_training/convert_to_llava_format.py --annotation_file train.json \
+        --output_file train_llava.json --image_dir images --upright_images_dir images_upright
+
+Any size: records are read, converted and written one at a time. A ``.jsonl`` input is read as
+JSONL; a ``.jsonl`` output is written as JSONL (the toolkit's training reads both; LLaVA and
+LLaMA-Factory want the default JSON list).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections import Counter
 from pathlib import Path
 
+from tqdm import tqdm
+
 from vlm_annotation import prompts
 from vlm_annotation.boxes import BOX_PATTERN, box_to_text
-from vlm_annotation.io_utils import InputError, write_json_atomic
-from vlm_annotation.runtime import report_input_errors, require_output_file
-from vlm_annotation.schema import AnnotationError, load_annotations
-from vlm_training.llava_format import IMAGE_PLACEHOLDER, IMAGE_TOKEN
+from vlm_annotation.images import ImageLoadError, load_image
+from vlm_annotation.io_utils import InputError, atomic_output
+from vlm_annotation.runtime import (
+    is_within,
+    report_input_errors,
+    require_output_dir,
+    require_output_file,
+    require_path,
+    single_writer,
+)
+from vlm_annotation.schema import QA_TYPES, AnnotationError, AnnotationReader
+from vlm_training.llava_format import IMAGE_PLACEHOLDER, IMAGE_TOKEN, LlavaWriter, resolve_image_path
+from vlm_training.split_data import check_not_pending
 
 # Types whose question names a region by its box (one referenced object).
 _REGION_QUESTION_TYPES = ("region_description", "region_label")
@@ -43,9 +73,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max_turns", type=int, default=0,
                    help="most Q&A pairs in one record; extra pairs of an image go to further records "
                         "of the same image (ids <image>#1, #2, ...). 0 = no cap")
+    p.add_argument("--qa_types", nargs="+", choices=QA_TYPES, default=None, metavar="TYPE",
+                   help=f"convert only Q&A pairs of these types (default: all: {' '.join(QA_TYPES)}); an image "
+                        "left with none gets no record, like an image without Q&A pairs")
+    p.add_argument("--image_dir", default=None,
+                   help="folder the records' image paths are relative to; when given, images that a plain "
+                        "Image.open().convert('RGB') reads differently (EXIF-rotated, transparent, 16-bit) "
+                        "are counted and reported")
+    p.add_argument("--upright_images_dir", default=None,
+                   help="with --image_dir: write here an upright RGB copy of each such image and a symlink to "
+                        "every other one (same relative paths), for trainers that ignore EXIF orientation "
+                        "and transparency: give them this folder instead of --image_dir")
     args = p.parse_args(argv)
     if args.max_turns < 0:
         raise InputError(f"--max_turns must be >= 0, got {args.max_turns}")
+    if args.upright_images_dir is not None and args.image_dir is None:
+        raise InputError("--upright_images_dir needs --image_dir (the folder to read the images from)")
+    if args.image_dir is not None:
+        image_dir = require_path(args.image_dir, "--image_dir", "dir")
+        if args.upright_images_dir is not None:
+            upright = require_output_dir(args.upright_images_dir, "--upright_images_dir", {"--image_dir": image_dir})
+            if upright.exists() and is_within(image_dir, upright):
+                raise InputError(f"--upright_images_dir: {upright} holds --image_dir ({image_dir}); "
+                                 "write the copies elsewhere")
     return args
 
 
@@ -65,17 +115,32 @@ def _region_question(qa: dict, obj: dict, box: str) -> str:
     return prompts.REGION_DESCRIPTION.format(box=box)
 
 
-def render_pair(rec: dict, qa: dict, file, path: str) -> tuple[str, str]:
+class _ImageBoxes:
+    """The objects of one image by id, and each one's box text, rendered once per image."""
+
+    def __init__(self, rec: dict):
+        self.rec = rec
+        self.objects = {o["id"]: o for o in rec["objects"]}
+        self._text: dict[int, str] = {}
+
+    def box_text(self, oid: int) -> str:
+        text = self._text.get(oid)
+        if text is None:
+            text = self._text[oid] = box_to_text(self.objects[oid]["bbox"], self.rec["width"], self.rec["height"])
+        return text
+
+
+def render_pair(rec: dict, qa: dict, file, path: str, boxes: _ImageBoxes | None = None) -> tuple[str, str]:
     """The (question, answer) text of one Q&A pair with every box in the shared format.
 
     The annotation's wording (already from ``prompts``) is kept; boxes are re-rendered from
     the pixel boxes of the objects the pair refers to, in the order of ``object_ids``.
     Region questions are rebuilt from their template; a grounding answer is the box.
     """
-    objects = {o["id"]: o for o in rec["objects"]}
-    width, height = rec["width"], rec["height"]
-    refs = [objects[i] for i in qa.get("object_ids", [])]
-    box_texts = [box_to_text(o["bbox"], width, height) for o in refs]
+    boxes = boxes or _ImageBoxes(rec)
+    ids = qa.get("object_ids", [])
+    refs = [boxes.objects[i] for i in ids]
+    box_texts = [boxes.box_text(i) for i in ids]
     question, answer, qtype = qa["question"], qa["answer"], qa["type"]
     for field, text in (("question", question), ("answer", answer)):
         if IMAGE_TOKEN in text:
@@ -83,6 +148,8 @@ def render_pair(rec: dict, qa: dict, file, path: str) -> tuple[str, str]:
 
     def rerender_boxes(text: str, field: str) -> str:
         """Boxes in free text are the referenced objects' boxes, in object_ids order."""
+        if "[" not in text:  # no box (the common case): skip the pattern
+            return text
         n_boxes = len(BOX_PATTERN.findall(text))
         if not n_boxes:
             return text
@@ -107,10 +174,20 @@ def render_pair(rec: dict, qa: dict, file, path: str) -> tuple[str, str]:
     return question, answer
 
 
-def image_records(rec: dict, index: int, file, max_turns: int) -> list[dict]:
-    """The LLaVA records of one image: its Q&A pairs as turns, ``max_turns`` per record."""
-    pairs = [(render_pair(rec, qa, file, f"images[{index}].qa[{k}]"), qa["type"])
-             for k, qa in enumerate(rec.get("qa", []))]
+def image_records(rec: dict, index: int, file, max_turns: int, qa_types=None, left_out: Counter | None = None
+                  ) -> list[dict]:
+    """The LLaVA records of one image: its Q&A pairs as turns, ``max_turns`` per record.
+
+    ``qa_types``: keep only pairs of these types (the others are counted in ``left_out``).
+    """
+    boxes = _ImageBoxes(rec)
+    pairs = []
+    for k, qa in enumerate(rec.get("qa", [])):
+        if qa_types is not None and qa["type"] not in qa_types:
+            if left_out is not None:
+                left_out[qa["type"]] += 1
+            continue
+        pairs.append((render_pair(rec, qa, file, f"images[{index}].qa[{k}]", boxes), qa["type"]))
     size = max_turns if max_turns > 0 else max(1, len(pairs))
     image = rec["image"].replace("\\", "/")
     out = []
@@ -125,18 +202,144 @@ def image_records(rec: dict, index: int, file, max_turns: int) -> list[dict]:
     return out
 
 
+# ----------------------------------------------------------------------------- images other trainers misread
+
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+_DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+ORIENTATION_TAG = 0x0112
+
+
+def misread_reasons(path: Path) -> list[str]:
+    """Why ``Image.open(path).convert("RGB")`` gives other pixels than the toolkit's loader:
+    ``"rotated"`` (an EXIF orientation other than 1), ``"transparent"`` (an alpha channel with a
+    pixel that is not opaque), ``"deep"`` (16-bit or float samples, which convert() clips).
+    An unreadable file has none (the loader reports it where it is read)."""
+    from PIL import Image
+    reasons = []
+    try:
+        with Image.open(path) as img:
+            if img.getexif().get(ORIENTATION_TAG, 1) not in (1, None):
+                reasons.append("rotated")
+            mode = img.mode
+            if mode == "P" and "transparency" in img.info:
+                mode = "PA"
+            if mode in _ALPHA_MODES:
+                alpha = img.convert("RGBA").getchannel("A")
+                if alpha.getextrema()[0] < 255:
+                    reasons.append("transparent")
+            elif mode in _DEEP_MODES:
+                reasons.append("deep")
+    except (OSError, ValueError, SyntaxError):
+        return []
+    return reasons
+
+
+class UprightImages:
+    """Check each image once; with an output folder, write the upright copies and links."""
+
+    def __init__(self, image_dir: Path, out_dir: Path | None):
+        self.image_dir, self.out_dir = image_dir, out_dir
+        self.last: str | None = None
+        self.n_images = 0
+        self.counts: Counter = Counter()
+        self.examples: dict[str, str] = {}
+
+    def add(self, rel: str, where: str) -> None:
+        if rel == self.last:  # --max_turns: several records of one image, one after the other
+            return
+        self.last = rel
+        self.n_images += 1
+        try:
+            src = resolve_image_path(self.image_dir, rel, where)
+        except InputError:
+            self.counts["missing"] += 1
+            return
+        reasons = misread_reasons(src)
+        for r in reasons:
+            self.counts[r] += 1
+            self.examples.setdefault(r, rel)
+        if reasons:
+            self.counts["affected"] += 1
+        if self.out_dir is not None:
+            self._write(src, rel, bool(reasons))
+
+    def _write(self, src: Path, rel: str, affected: bool) -> None:
+        dst = self.out_dir / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if not affected:
+            target = os.path.abspath(src)
+            if dst.is_symlink() and os.readlink(dst) == target:
+                return
+            tmp = dst.with_name(f".{dst.name}.link.tmp")
+            tmp.unlink(missing_ok=True)
+            os.symlink(target, tmp)
+            os.replace(tmp, dst)  # a file or link left by an earlier run is replaced in one step
+            self.counts["linked"] += 1
+            return
+        try:
+            image = load_image(src)
+        except ImageLoadError:
+            self.counts["missing"] += 1
+            return
+        from PIL import Image
+        with Image.open(src) as original:
+            fmt = original.format or "PNG"
+        options = {"quality": 95} if fmt == "JPEG" else {"lossless": True} if fmt == "WEBP" else {}
+        with atomic_output(dst) as tmp:
+            image.save(tmp, format=fmt, **options)
+        self.counts["copied"] += 1
+
+    def report(self) -> list[str]:
+        c = self.counts
+        lines = []
+        if c["affected"]:
+            what = {"rotated": "EXIF-rotated", "transparent": "with transparent pixels", "deep": "16-bit or float"}
+            parts = ", ".join(f"{c[r]} {what[r]} (e.g. {self.examples[r]})" for r in what if c[r])
+            lines.append(f"{c['affected']} of {self.n_images} images are read differently by a plain "
+                         f"Image.open().convert('RGB') than by this toolkit: {parts}")
+            if self.out_dir is None:
+                lines.append("their boxes are right for this toolkit's training; for other trainers pass "
+                             "--upright_images_dir DIR and give them DIR as the image folder")
+        else:
+            lines.append(f"all {self.n_images - c['missing']} images read the same with a plain "
+                         "Image.open().convert('RGB'): no EXIF rotation or transparency")
+        if c["missing"]:
+            lines.append(f"{c['missing']} image(s) not found or unreadable under --image_dir")
+        if self.out_dir is not None:
+            lines.append(f"upright images: {c['copied']} copies written, {c['linked']} links -> {self.out_dir} "
+                         "(use it as the image folder)")
+        return lines
+
+
+class Stats:
+    """Counts for the summary, gathered a record at a time."""
+
+    def __init__(self):
+        self.images = self.records = self.empty = 0
+        self.types: Counter = Counter()
+
+    def add(self, records: list[dict]) -> None:
+        if not records:
+            self.empty += 1
+            return
+        self.images += 1
+        self.records += len(records)
+        for r in records:
+            self.types.update(r["qa_types"])
+
+    def as_dict(self) -> dict:
+        return {"images": self.images, "records": self.records, "turns": sum(self.types.values()),
+                "skipped_empty": self.empty, "types": dict(sorted(self.types.items()))}
+
+
 def convert(data: dict, file=None, max_turns: int = 0) -> tuple[list[dict], dict]:
-    """All LLaVA records of an annotation file, and counts for the summary."""
-    records, empty = [], 0
+    """All LLaVA records of an annotation file held in memory, and counts for the summary."""
+    records, stats = [], Stats()
     for i, rec in enumerate(data["images"]):
         recs = image_records(rec, i, file, max_turns)
-        if not recs:
-            empty += 1
+        stats.add(recs)
         records += recs
-    types = Counter(t for r in records for t in r["qa_types"])
-    stats = {"images": len(data["images"]) - empty, "records": len(records),
-             "turns": sum(types.values()), "skipped_empty": empty, "types": dict(sorted(types.items()))}
-    return records, stats
+    return records, stats.as_dict()
 
 
 @report_input_errors
@@ -145,14 +348,35 @@ def main(argv=None) -> int:
     out = require_output_file(args.output_file, "--output_file")
     if out.resolve() == Path(args.annotation_file).resolve():
         raise InputError(f"--output_file: {out} is the same file as --annotation_file")
-    data = load_annotations(args.annotation_file)
-    records, stats = convert(data, args.annotation_file, args.max_turns)
-    write_json_atomic(out, records)
-    if stats["skipped_empty"]:
-        print(f"skipped {stats['skipped_empty']} image(s) without Q&A pairs (no record to write)")
-    per_type = ", ".join(f"{t} {n}" for t, n in stats["types"].items()) or "none"
+    check_not_pending(args.annotation_file, "--annotation_file")
+    stats = Stats()
+    left_out: Counter = Counter()
+    qa_types = None if args.qa_types is None else set(args.qa_types)
+    images = None if args.image_dir is None else UprightImages(
+        Path(args.image_dir), None if args.upright_images_dir is None else Path(args.upright_images_dir))
+    with single_writer(out, "--output_file"), LlavaWriter(out) as writer:
+        reader = AnnotationReader(args.annotation_file)
+        for i, rec in enumerate(tqdm(reader, desc="convert", unit=" images", mininterval=1.0, disable=None)):
+            recs = image_records(rec, i, args.annotation_file, args.max_turns, qa_types, left_out)
+            writer.write_many(recs)
+            stats.add(recs)
+            if images is not None and recs:
+                images.add(recs[0]["image"], f"{args.annotation_file}: images[{i}]")
+    s = stats.as_dict()
+    if left_out:
+        print(f"left out {sum(left_out.values())} Q&A pairs of other types (--qa_types): "
+              + ", ".join(f"{t} {n}" for t, n in sorted(left_out.items())))
+    if s["skipped_empty"]:
+        kind = " of those types" if qa_types is not None else ""
+        print(f"skipped {s['skipped_empty']} image(s) without Q&A pairs{kind} (no record to write)")
+    per_type = ", ".join(f"{t} {n}" for t, n in s["types"].items()) or "none"
     print(f"turns by type: {per_type}")
-    print(f"wrote {stats['records']} records ({stats['images']} images, {stats['turns']} Q&A turns) -> {out}")
+    if images is not None:
+        for line in images.report():
+            print(line)
+    else:
+        print("note: images not checked for EXIF rotation or transparency (pass --image_dir to check them)")
+    print(f"wrote {s['records']} records ({s['images']} images, {s['turns']} Q&A turns) -> {out}")
     return 0
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import torch
 from PIL import Image
@@ -34,22 +35,30 @@ from vlm_annotation.boxes import pad_to_square
 from vlm_annotation.images import ImageLoadError, load_image
 from vlm_annotation.io_utils import InputError
 from vlm_annotation.prompts import PromptFormat
-from vlm_training.llava_format import IMAGE_PLACEHOLDER, load_llava_file, record_where, resolve_image_path
+from vlm_training.llava_format import IMAGE_PLACEHOLDER, iter_llava_records, record_where, resolve_image_path
 
 IGNORE_INDEX = -100
 
 
 # --------------------------------------------------------------------------- tokenization
-def conversation_segments(record: dict, fmt: PromptFormat, eos_token: str) -> list[tuple[str, bool]]:
-    """The conversation as ``(text, supervised)`` pieces: prompt, answer+EOS, prompt, answer+EOS, ..."""
+def conversation_segments(record: dict, fmt: PromptFormat, eos_token: str,
+                          char_budget: int | None = None) -> list[tuple[str, bool]]:
+    """The conversation as ``(text, supervised)`` pieces: prompt, answer+EOS, prompt, answer+EOS, ...
+
+    With ``char_budget``, only the leading turn pairs whose text adds up to at most that many
+    characters: the rest cannot fit (see :meth:`TokenLayout.char_budget`) and is never built or tokenized.
+    """
     conv = record["conversations"]
-    segments = []
+    segments, used = [], 0
     for k in range(0, len(conv), 2):
-        question = conv[k]["value"]
+        question, answer = conv[k]["value"], conv[k + 1]["value"]
+        used += len(question) + len(answer)
+        if char_budget is not None and used > char_budget:
+            break
         if k == 0:
             question = question[len(IMAGE_PLACEHOLDER):]
         segments.append((fmt.prompt(question, first=(k == 0)), False))
-        segments.append((fmt.answer_prefix + conv[k + 1]["value"] + eos_token, True))
+        segments.append((fmt.answer_prefix + answer + eos_token, True))
     return segments
 
 
@@ -136,6 +145,14 @@ class TokenLayout:
         if self.num_image_tokens == 0 or ours != ref:
             raise RuntimeError("tokenizing a prompt piecewise does not reproduce the processor's input_ids "
                                f"(ours {ours[:40]}..., processor {ref[:40]}...)")
+        # No token covers more characters than the longest vocabulary entry (as written in the vocabulary,
+        # which is never shorter than the text it decodes to).
+        self.longest_token_chars = max(len(t) for t in tok.get_vocab())
+
+    def char_budget(self, max_length: int) -> int:
+        """Characters of conversation text beyond which ``max_length`` tokens surely cannot hold it:
+        longer text is cut before any tokenization, so its cost is bounded by ``max_length``."""
+        return max_length * self.longest_token_chars
 
     def expand(self, ids: list[int]) -> list[int]:
         """Replace the single image token by the model's ``num_image_tokens`` copies."""
@@ -147,19 +164,23 @@ class TokenLayout:
         return self.image_processor(images=square, return_tensors="pt")["pixel_values"][0]
 
 
-def build_examples(records: list[dict], path: str | os.PathLike, image_dir: str | os.PathLike,
+def build_examples(records: Iterable[dict], path: str | os.PathLike, image_dir: str | os.PathLike,
                    layout: TokenLayout, max_length: int) -> tuple[list[Example], DatasetStats]:
-    """Tokenize every record, keep whole turn pairs that fit in ``max_length``, resolve images."""
+    """Tokenize every record, keep whole turn pairs that fit in ``max_length``, resolve images.
+
+    ``records`` may be a stream: only the tokenized examples are kept.
+    """
     path, image_dir = Path(path), Path(image_dir)
-    stats = DatasetStats(records=len(records))
+    stats = DatasetStats()
     examples = []
-    progress = tqdm(records, desc=f"tokenizing {path.name}", unit="record", disable=len(records) < 2000)
-    for i, rec in enumerate(progress):
+    budget = layout.char_budget(max_length)
+    for i, rec in enumerate(tqdm(records, desc=f"tokenizing {path.name}", unit="record", delay=2)):
+        stats.records += 1
         where = record_where(path, i, rec)
         image_path = resolve_image_path(image_dir, rec["image"], where)
-        segments = conversation_segments(rec, layout.fmt, layout.eos_token)
-        pieces = tokenize_segments(layout.tokenizer, segments)
-        if pieces[0].count(layout.image_token_id) != 1:
+        pairs = len(rec["conversations"]) // 2
+        pieces = tokenize_segments(layout.tokenizer, conversation_segments(rec, layout.fmt, layout.eos_token, budget))
+        if pieces and pieces[0].count(layout.image_token_id) != 1:
             raise InputError(f"{where}: the first prompt does not tokenize to exactly one image token")
         extra = layout.num_image_tokens - 1
         input_ids, labels = list(layout.bos), [IGNORE_INDEX] * len(layout.bos)
@@ -174,7 +195,6 @@ def build_examples(records: list[dict], path: str | os.PathLike, image_dir: str 
             input_ids += prompt_ids + answer_ids
             labels += [IGNORE_INDEX] * len(prompt_ids) + answer_ids
             pairs_kept += 1
-        pairs = len(pieces) // 2
         if pairs_kept == 0:
             stats.dropped += 1
             stats.dropped_ids.append(rec["id"])
@@ -219,9 +239,12 @@ class LlavaDataset(torch.utils.data.Dataset):
 
 def load_llava_dataset(path: str | os.PathLike, image_dir: str | os.PathLike, layout: TokenLayout,
                        max_length: int, flag: str = "--train_data") -> tuple[LlavaDataset, DatasetStats]:
-    """Read, validate and tokenize a LLaVA file into a dataset; InputError if nothing fits."""
-    records = load_llava_file(path, flag)
-    examples, stats = build_examples(records, path, image_dir, layout, max_length)
+    """Stream, validate and tokenize a LLaVA file (JSON list or JSONL) into a dataset; InputError if nothing fits."""
+    if not Path(path).is_file():
+        raise InputError(f"{flag}: file not found: {path}")
+    examples, stats = build_examples(iter_llava_records(path), path, image_dir, layout, max_length)
+    if not stats.records:
+        raise InputError(f"{flag}: {path} holds no records")
     if not examples:
         raise InputError(f"{flag}: no record of {path} fits in --max_length {max_length} "
                          f"(an image alone takes {layout.num_image_tokens} tokens)")

@@ -10,13 +10,23 @@ A record::
 
 ``<image>`` appears once, at the start of the first human turn (as original LLaVA writes it);
 ``qa_types`` (one per turn pair) is ignored by LLaVA loaders and used here to score by type.
+
+The file is a JSON list (what LLaVA and LLaMA-Factory read), or JSONL (one record a line) when
+its name ends in ``.jsonl``. :func:`iter_llava_records` streams either, validating each record
+once; :class:`LlavaWriter` writes either, record by record.
+
+Image paths, one rule for every stage: a record's ``image`` is relative to ``--image_dir``,
+without ``..`` and without NUL bytes; symlinks inside ``--image_dir`` are followed wherever they
+point (a folder of links into a shared dataset is a common layout), exactly as annotation,
+which listed the folder, followed them. See :func:`resolve_image_path`.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, Iterator
 
-from vlm_annotation.io_utils import InputError, read_json
+from vlm_annotation.io_utils import InputError, RecordWriter, is_jsonl, stream_json, stream_jsonl
 from vlm_annotation.prompts import IMAGE_TOKEN
 from vlm_annotation.schema import QA_TYPES
 
@@ -28,68 +38,112 @@ def record_where(path: Path, index: int, record) -> str:
     return f"{path}: record {index}" + (f" (id {rid!r})" if isinstance(rid, str) else "")
 
 
+def validate_llava_record(rec: Any, where: str) -> dict:
+    """Check one record; the first problem raises InputError naming ``where`` and the field."""
+    if not isinstance(rec, dict):
+        raise InputError(f"{where}: expected an object, got {type(rec).__name__}")
+    if not isinstance(rec.get("id"), str) or not rec["id"]:
+        raise InputError(f"{where}: field 'id' must be a non-empty string")
+    if not isinstance(rec.get("image"), str) or not rec["image"].strip():
+        raise InputError(f"{where}: field 'image' must be a non-empty string (path relative to --image_dir)")
+    check_image_path(rec["image"], f"{where}: field 'image'")
+    conv = rec.get("conversations")
+    if not isinstance(conv, list) or len(conv) < 2:
+        raise InputError(f"{where}: field 'conversations' must be a list of at least one human/gpt pair")
+    if len(conv) % 2:
+        raise InputError(f"{where}: field 'conversations' has {len(conv)} turns; "
+                         "expected human/gpt pairs (the last turn must be 'gpt')")
+    for j, turn in enumerate(conv):
+        expected = "human" if j % 2 == 0 else "gpt"
+        if not isinstance(turn, dict):
+            raise InputError(f"{where}: conversations[{j}] must be an object with 'from' and 'value'")
+        if turn.get("from") != expected:
+            raise InputError(f"{where}: conversations[{j}].from must be {expected!r}, got {turn.get('from')!r}")
+        value = turn.get("value")
+        if not isinstance(value, str) or not value.strip():
+            raise InputError(f"{where}: conversations[{j}].value must be a non-empty string")
+        if j == 0 and not value.startswith(IMAGE_PLACEHOLDER):
+            raise InputError(f"{where}: conversations[0].value must start with '<image>\\n'")
+        if j == 0 and not value[len(IMAGE_PLACEHOLDER):].strip():
+            raise InputError(f"{where}: conversations[0].value: empty question after '<image>\\n'")
+        if IMAGE_TOKEN in (value[len(IMAGE_PLACEHOLDER):] if j == 0 else value):
+            raise InputError(f"{where}: conversations[{j}].value: '<image>' may appear only once, "
+                             "at the start of the first human turn")
+    qa_types = rec.get("qa_types")
+    if qa_types is not None and not (isinstance(qa_types, list) and len(qa_types) == len(conv) // 2):
+        raise InputError(f"{where}: field 'qa_types' must be a list with one entry per turn pair "
+                         f"({len(conv) // 2})")
+    for j, qtype in enumerate(qa_types or []):
+        if qtype is not None and qtype not in QA_TYPES:
+            raise InputError(f"{where}: qa_types[{j}]: {qtype!r} is not one of {', '.join(QA_TYPES)}")
+    return rec
+
+
 def validate_llava_records(data, path: str | os.PathLike) -> list[dict]:
-    """Check the LLaVA file's structure; the first problem raises InputError naming record and field."""
+    """Check a loaded LLaVA file (a list of records); the first problem raises InputError."""
     path = Path(path)
     if not isinstance(data, list):
         raise InputError(f"{path}: expected a JSON list of LLaVA records, got {type(data).__name__}")
     for i, rec in enumerate(data):
-        where = record_where(path, i, rec)
-        if not isinstance(rec, dict):
-            raise InputError(f"{where}: expected an object, got {type(rec).__name__}")
-        if not isinstance(rec.get("id"), str) or not rec["id"]:
-            raise InputError(f"{where}: field 'id' must be a non-empty string")
-        if not isinstance(rec.get("image"), str) or not rec["image"].strip():
-            raise InputError(f"{where}: field 'image' must be a non-empty string (path relative to --image_dir)")
-        conv = rec.get("conversations")
-        if not isinstance(conv, list) or len(conv) < 2:
-            raise InputError(f"{where}: field 'conversations' must be a list of at least one human/gpt pair")
-        if len(conv) % 2:
-            raise InputError(f"{where}: field 'conversations' has {len(conv)} turns; "
-                             "expected human/gpt pairs (the last turn must be 'gpt')")
-        for j, turn in enumerate(conv):
-            expected = "human" if j % 2 == 0 else "gpt"
-            if not isinstance(turn, dict):
-                raise InputError(f"{where}: conversations[{j}] must be an object with 'from' and 'value'")
-            if turn.get("from") != expected:
-                raise InputError(f"{where}: conversations[{j}].from must be {expected!r}, got {turn.get('from')!r}")
-            value = turn.get("value")
-            if not isinstance(value, str) or not value.strip():
-                raise InputError(f"{where}: conversations[{j}].value must be a non-empty string")
-            if j == 0 and not value.startswith(IMAGE_PLACEHOLDER):
-                raise InputError(f"{where}: conversations[0].value must start with '<image>\\n'")
-            if j == 0 and not value[len(IMAGE_PLACEHOLDER):].strip():
-                raise InputError(f"{where}: conversations[0].value: empty question after '<image>\\n'")
-            if IMAGE_TOKEN in (value[len(IMAGE_PLACEHOLDER):] if j == 0 else value):
-                raise InputError(f"{where}: conversations[{j}].value: '<image>' may appear only once, "
-                                 "at the start of the first human turn")
-        qa_types = rec.get("qa_types")
-        if qa_types is not None and not (isinstance(qa_types, list) and len(qa_types) == len(conv) // 2):
-            raise InputError(f"{where}: field 'qa_types' must be a list with one entry per turn pair "
-                             f"({len(conv) // 2})")
-        for j, qtype in enumerate(qa_types or []):
-            if qtype is not None and qtype not in QA_TYPES:
-                raise InputError(f"{where}: qa_types[{j}]: {qtype!r} is not one of {', '.join(QA_TYPES)}")
+        validate_llava_record(rec, record_where(path, i, rec))
     return data
 
 
+def _raw_llava(path: Path) -> Iterator[Any]:
+    if is_jsonl(path):
+        for _, rec in stream_jsonl(path):
+            yield rec
+        return
+    for key, rec in stream_json(path, None):
+        if key is None:
+            yield rec
+
+
+def iter_llava_records(path: str | os.PathLike, validate: bool = True) -> Iterator[dict]:
+    """Stream a LLaVA file (JSON list, or JSONL by name), one validated record at a time."""
+    path = Path(path)
+    for i, rec in enumerate(_raw_llava(path)):
+        yield validate_llava_record(rec, record_where(path, i, rec)) if validate else rec
+
+
 def load_llava_file(path: str | os.PathLike, flag: str) -> list[dict]:
-    """Read and validate a LLaVA JSON file given by ``flag``."""
+    """Read and validate a whole LLaVA file (JSON list or JSONL) given by ``flag``."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{flag}: file not found: {p}")
-    records = validate_llava_records(read_json(p), p)
+    records = list(iter_llava_records(p))
     if not records:
         raise InputError(f"{flag}: {p} holds no records")
     return records
 
 
+class LlavaWriter(RecordWriter):
+    """Write a LLaVA file record by record, atomically: the bytes of ``json.dumps(records,
+    indent=2)`` (a JSON list, as LLaVA and LLaMA-Factory read it), or JSONL when the name ends
+    in ``.jsonl``."""
+
+    def __init__(self, path: str | os.PathLike, commit: bool = True):
+        super().__init__(path, None, commit=commit)
+
+
+def check_image_path(rel: str, where: str) -> str:
+    """Refuse an image path that is absolute, climbs out with ``..`` or holds a NUL byte."""
+    if "\x00" in rel:
+        raise InputError(f"{where}: image path {rel!r} contains a NUL byte; no file can have that name")
+    if os.path.isabs(rel) or Path(rel).is_absolute() or ".." in rel.replace("\\", "/").split("/"):
+        raise InputError(f"{where}: image path {rel!r} escapes --image_dir (it must be relative, without '..')")
+    return rel
+
+
 def resolve_image_path(image_dir: Path, rel: str, where: str) -> Path:
-    """``image_dir / rel``, refused when it escapes ``image_dir`` (absolute path, ``..``, symlink)."""
-    root = image_dir.resolve()
-    candidate = (root / rel).resolve()
-    if Path(rel).is_absolute() or not candidate.is_relative_to(root):
-        raise InputError(f"{where}: image path {rel!r} escapes --image_dir {image_dir}")
+    """``image_dir / rel`` as an absolute path; the one rule every stage applies to image paths.
+
+    The path as written must stay inside ``image_dir`` (relative, no ``..``, no NUL byte);
+    symlinks inside ``image_dir`` are followed wherever they point, as annotation followed them
+    when it listed the folder. A dangling link or a missing file is "image not found".
+    """
+    check_image_path(rel, where)
+    candidate = Path(os.path.abspath(image_dir)) / rel
     if not candidate.is_file():
-        raise InputError(f"{where}: image not found: {image_dir / rel}")
+        raise InputError(f"{where}: image not found: {Path(image_dir) / rel}")
     return candidate

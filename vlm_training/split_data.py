@@ -14,18 +14,32 @@ images nearest a cut, so the split is deterministic, ignores input order, and ad
 later moves at most a few old images that sit next to a cut (never across the whole range).
 With few images every split that has a positive ratio still gets one image when there are
 enough to go round (train first, then val, then test), and the script says so.
+
+Any size: the input is read twice, a record at a time (first the keys, 8 bytes an image, then
+the records, each written straight to its split), so memory does not grow with the file.
+A ``.jsonl`` input or output name selects the JSONL layout (see ``vlm_annotation/schema.py``).
+
+All or nothing: the three files are written to temp files first and then renamed as a set,
+with a marker ``.<name>.split-pending`` beside each output for the time of the renames. A run
+killed in between leaves the markers; ``convert_to_llava_format.py`` refuses a split file that
+has one, and running split again (the same command) writes all three files anew.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import math
+import os
 import sys
+from array import array
 from pathlib import Path
 
-from vlm_annotation.io_utils import InputError, write_json_atomic
-from vlm_annotation.runtime import report_input_errors, require_output_file
-from vlm_annotation.schema import load_annotations, validate_annotations
+from tqdm import tqdm
+
+from vlm_annotation.io_utils import InputError, fsync_dir, write_json_atomic
+from vlm_annotation.runtime import report_input_errors, require_output_file, single_writer
+from vlm_annotation.schema import AnnotationReader, AnnotationWriter
 
 SPLITS = ("train", "val", "test")
 SPLIT_METHOD = "sha256(seed:image) key, images ordered by key, cut at rounded cumulative ratios"
@@ -66,11 +80,16 @@ def check_ratios(train_ratio: float, val_ratio: float) -> float:
     return max(0.0, 1.0 - total) if total < 1 - _RATIO_EPS else 0.0
 
 
+def image_key_int(image: str, seed: int) -> int:
+    """The 64-bit integer behind :func:`image_key` (exact, for sorting and comparing)."""
+    path = image.replace("\\", "/")
+    digest = hashlib.sha256(f"{seed}:{path}".encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
 def image_key(image: str, seed: int) -> float:
     """A fixed pseudo-random number in [0, 1) for an image path (depends on nothing else)."""
-    path = image.replace("\\", "/")
-    digest = hashlib.sha256(f"{seed}:{path}".encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0 ** 64
+    return image_key_int(image, seed) / 2.0 ** 64
 
 
 def _round_half_up(x: float) -> int:
@@ -120,6 +139,72 @@ def assign_splits(images: list[str], train_ratio: float, val_ratio: float, seed:
     return assignment, notes
 
 
+class Assigner:
+    """Which split an image goes to, from the sorted keys of all images (8 bytes an image).
+
+    The rule of :func:`assign_splits` (rank of ``(key, path)``, cut at the split counts) without
+    holding the paths: an image whose key is unique has rank = number of smaller keys, so it
+    is in train when its key is at most the ``n_train``-th smallest, and so on. Images that share
+    a key (never seen with SHA-256, but ``a\\b.jpg`` and ``a/b.jpg`` do) are ranked by path,
+    as :func:`assign_splits` ranks them; ``tied_paths`` gives their paths.
+    """
+
+    def __init__(self, keys: array, n_train: int, n_val: int):
+        import numpy as np
+        self.sorted = np.sort(np.frombuffer(keys, dtype=np.uint64))
+        n = len(self.sorted)
+        self.n_train, self.n_val = n_train, n_val
+        big = 1 << 64  # above every key: an empty cut takes nothing
+        self.cut1 = int(self.sorted[n_train - 1]) if n_train else -1
+        self.cut2 = int(self.sorted[n_train + n_val - 1]) if n_train + n_val else -1
+        if n_train + n_val == n:
+            self.cut2 = big
+        same = np.flatnonzero(self.sorted[1:] == self.sorted[:-1])
+        self.tied: dict[int, list[str]] = {int(self.sorted[k]): [] for k in same}
+
+    def add_tied(self, key: int, image: str) -> None:
+        self.tied[key].append(image)
+
+    def split_of(self, key: int, image: str) -> str:
+        if key in self.tied:
+            import numpy as np
+            rank = int(np.searchsorted(self.sorted, np.uint64(key), "left")) + sorted(self.tied[key]).index(image)
+            return "train" if rank < self.n_train else "val" if rank < self.n_train + self.n_val else "test"
+        return "train" if key <= self.cut1 else "val" if key <= self.cut2 else "test"
+
+
+def pending_marker(path: str | os.PathLike) -> Path:
+    """The marker that stands beside a split file while the three files are being replaced."""
+    p = Path(path)
+    return p.with_name(f".{p.name}.split-pending")
+
+
+def check_not_pending(path: str | os.PathLike, flag: str) -> None:
+    """Refuse a split file whose split run was killed while replacing the three files."""
+    if pending_marker(path).exists():
+        raise InputError(f"{flag}: {path} comes from a split_data.py run that was interrupted while it "
+                         "replaced the split files (train/val/test may mix two splits); run the same "
+                         "split_data.py command again")
+
+
+def commit_as_set(temps: dict[str, Path], outputs: dict[str, Path], generation: str) -> None:
+    """Rename the fsynced temps onto the outputs as one step for readers that check the markers."""
+    dirs = {p.parent.resolve() for p in outputs.values()}
+    record = {"generation": generation, "files": {name: str(p) for name, p in outputs.items()}}
+    for path in outputs.values():
+        write_json_atomic(pending_marker(path), record)
+    for d in dirs:
+        fsync_dir(d)
+    for name, path in outputs.items():
+        os.replace(temps[name], path)
+    for d in dirs:
+        fsync_dir(d)
+    for path in outputs.values():
+        pending_marker(path).unlink(missing_ok=True)
+    for d in dirs:
+        fsync_dir(d)
+
+
 def _check_outputs(args) -> dict[str, Path]:
     outputs = {"train": Path(args.train_file), "val": Path(args.val_file), "test": Path(args.test_file)}
     flags = {"train": "--train_file", "val": "--val_file", "test": "--test_file"}
@@ -133,44 +218,93 @@ def _check_outputs(args) -> dict[str, Path]:
     return outputs
 
 
+def _identity(path: str) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None  # the reader says what is wrong with it
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _read_keys(path: str, seed: int) -> tuple[array, AnnotationReader]:
+    """Pass 1: validate every record once and keep only its key."""
+    keys = array("Q")
+    reader = AnnotationReader(path)
+    for rec in tqdm(reader, desc="split: reading", unit=" images", mininterval=1.0, disable=None):
+        keys.append(image_key_int(rec["image"], seed))
+    return keys, reader
+
+
+def _write_splits(args, outputs, assigner: Assigner, source_meta: dict, split_info: dict, n: int, stack
+                  ) -> tuple[dict[str, Path], dict[str, int], dict[str, int]]:
+    """Pass 2: each record straight to its split's temp file."""
+    writers = {name: stack.enter_context(AnnotationWriter(outputs[name], commit=False)) for name in SPLITS}
+    counts = dict.fromkeys(SPLITS, 0)
+    n_qa = dict.fromkeys(SPLITS, 0)
+    for rec in tqdm(AnnotationReader(args.input_file, validate=False), total=n, desc="split: writing",
+                    unit=" images", mininterval=1.0, disable=None):
+        key = image_key_int(rec["image"], args.seed)
+        name = assigner.split_of(key, rec["image"])
+        writers[name].write(rec)
+        counts[name] += 1
+        n_qa[name] += len(rec.get("qa", []))
+    for name in SPLITS:
+        meta = dict(source_meta)
+        meta["split"] = dict(split_info, name=name)
+        writers[name].finish([], meta)
+    return {name: w.temp for name, w in writers.items()}, counts, n_qa
+
+
 @report_input_errors
 def main(argv=None) -> int:
     args = parse_args(argv)
     test_ratio = check_ratios(args.train_ratio, args.val_ratio)
     outputs = _check_outputs(args)
-    data = load_annotations(args.input_file)
-    records = data["images"]
-    if not records:
-        raise InputError(f"{args.input_file}: images: the list is empty, nothing to split")
-
-    assignment, notes = assign_splits([r["image"] for r in records], args.train_ratio, args.val_ratio, args.seed)
-    counts = {s: sum(1 for v in assignment.values() if v == s) for s in SPLITS}
-    source_meta = data.get("meta", {})
-    split_info = {
-        "method": SPLIT_METHOD, "seed": args.seed,
-        "train_ratio": args.train_ratio, "val_ratio": args.val_ratio, "test_ratio": round(test_ratio, 12),
-        "source_file": str(args.input_file), "images_per_split": counts,
-        "skipped_in_source": len(data.get("skipped", [])),
-    }
-    if notes:
-        split_info["notes"] = notes
-    files = {}
-    for name in SPLITS:
-        meta = dict(source_meta)
-        meta["split"] = dict(split_info, name=name)
-        # Input order is kept inside a split, so the files read like the source.
-        part = {"images": [r for r in records if assignment[r["image"]] == name], "skipped": [], "meta": meta}
-        files[name] = validate_annotations(part, outputs[name])
-
-    for name in SPLITS:
-        write_json_atomic(outputs[name], files[name])
+    flags = {"train": "--train_file", "val": "--val_file", "test": "--test_file"}
+    with contextlib.ExitStack() as stack:
+        for name in SPLITS:
+            stack.enter_context(single_writer(outputs[name], flags[name]))
+        if any(pending_marker(p).exists() for p in outputs.values()):
+            print("note: the last split into these files was interrupted while replacing them; "
+                  "writing all three again", flush=True)
+        before = _identity(args.input_file)
+        keys, reader = _read_keys(args.input_file, args.seed)
+        n = reader.count
+        if not n:
+            raise InputError(f"{args.input_file}: images: the list is empty, nothing to split")
+        (n_train, n_val, _), notes = split_counts(n, args.train_ratio, args.val_ratio)
+        assigner = Assigner(keys, n_train, n_val)
+        if assigner.tied:  # a third, rare pass: the paths of images that share a key
+            for rec in AnnotationReader(args.input_file, validate=False):
+                key = image_key_int(rec["image"], args.seed)
+                if key in assigner.tied:
+                    assigner.add_tied(key, rec["image"])
+        counts = {"train": n_train, "val": n_val, "test": n - n_train - n_val}
+        split_info = {
+            "method": SPLIT_METHOD, "seed": args.seed,
+            "train_ratio": args.train_ratio, "val_ratio": args.val_ratio, "test_ratio": round(test_ratio, 12),
+            "source_file": str(args.input_file), "images_per_split": counts,
+            "skipped_in_source": len(reader.skipped),
+        }
+        if notes:
+            split_info["notes"] = notes
+        temps: dict[str, Path] = {}
+        try:
+            with contextlib.ExitStack() as writers:
+                temps, written, n_qa = _write_splits(args, outputs, assigner, reader.meta, split_info, n, writers)
+            if written != counts or _identity(args.input_file) != before:
+                raise InputError(f"--input_file: {args.input_file} changed while it was being split; run again")
+            generation = hashlib.sha256(keys.tobytes() + repr(sorted(split_info.items())).encode()).hexdigest()[:16]
+            commit_as_set(temps, outputs, generation)
+        finally:
+            for tmp in temps.values():  # left only when the set was not committed
+                tmp.unlink(missing_ok=True)
 
     for note in notes:
         print(f"note: {note}")
     for name in SPLITS:
-        n_qa = sum(len(r.get("qa", [])) for r in files[name]["images"])
-        print(f"{name:5s}: {counts[name]:6d} images, {n_qa:7d} Q&A pairs -> {outputs[name]}")
-    print(f"split {len(records)} images (seed {args.seed}, ratios "
+        print(f"{name:5s}: {counts[name]:6d} images, {n_qa[name]:7d} Q&A pairs -> {outputs[name]}")
+    print(f"split {n} images (seed {args.seed}, ratios "
           f"{args.train_ratio:g}/{args.val_ratio:g}/{test_ratio:g})")
     return 0
 

@@ -4,44 +4,65 @@
         --output_dir ./vlm_model --base_model llava-hf/llava-1.5-7b-hf --image_dir data/images \\
         --use_lora --batch_size 4 --num_epochs 3
 
-Several GPUs: ``accelerate launch vlm_training/train_vlm.py ...`` or ``torchrun --nproc_per_node N
-vlm_training/train_vlm.py ...``; DeepSpeed: add ``--deepspeed ds_config.json``. QLoRA: add
-``--load_in_4bit`` (CUDA + bitsandbytes).
+Flags are parsed with transformers' HfArgumentParser, as in its run_*.py examples and LLaVA's
+train.py: every TrainingArguments option is a flag (--report_to tensorboard, --lr_scheduler_type,
+--optim, --save_total_limit, --gradient_checkpointing, --deepspeed ds_config.json, ...). Several GPUs:
+``accelerate launch vlm_training/train_vlm.py ...`` or ``torchrun --nproc_per_node N ...``. QLoRA:
+``--load_in_4bit`` (CUDA + bitsandbytes). Training files may be JSON arrays or JSONL.
 
 Defaults follow LLaVA-1.5's LoRA recipe: r 128, alpha 256, lr 2e-4 (projector 2e-5), cosine
-schedule, 3% warmup, bf16 where the GPU supports it. LoRA goes on the language model's linear
-layers only (never the CLIP vision tower); the vision tower stays frozen; ``--train_projector``
-trains the projector fully. Without ``--use_lora`` the language model and the projector are
-fine-tuned fully.
+schedule, 3% warmup, bf16 where the GPU supports it, LLaVA v1's system prompt. LoRA goes on the
+language model's linear layers only; ``--train_projector`` trains the projector fully;
+``--train_vision_tower`` trains the CLIP vision tower fully (else frozen). Without ``--use_lora``
+the language model and the projector are fine-tuned fully. Images are padded to a square with the
+processor's image mean; only answers and their EOS are supervised.
 
-Images are padded to a square with the processor's image mean (never centre-cropped); each
-conversation is laid out by the prompt format derived from the processor's chat template, with
-EOS after every answer; only answers and their EOS are supervised.
-
-``--output_dir`` receives: the adapter (or the full model), the processor, prompt_format.json,
-train_args.json, metrics.json, loss.png, and checkpoint-N/ folders (``--resume_from_checkpoint
-latest`` continues from the newest one). ``--merge_lora`` also writes ``merged/``.
+``--output_dir`` receives the adapter (or full model), the processor, prompt_format.json,
+train_args.json, metrics.json, loss.png and checkpoint-N/ folders; ``--merge_lora`` adds merged/.
+Ctrl-C or SIGTERM saves a checkpoint at the current step; running the same command again continues
+an interrupted run from its newest complete checkpoint (``--resume_from_checkpoint latest`` or a
+checkpoint folder says so explicitly).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
+import json
 import math
 import os
 import shutil
+import signal
 import sys
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+from transformers import HfArgumentParser, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy, SchedulerType
+
 from vlm_annotation.io_utils import InputError, write_json_atomic
-from vlm_annotation.prompts import PromptFormat
+from vlm_annotation.prompts import SYSTEM_PROMPT_HELP, PromptFormat, resolve_system_prompt
 from vlm_annotation.runtime import (
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
     check_seed,
     is_within,
+    precision_name,
     report_input_errors,
     require_model,
     require_output_dir,
     resolve_device,
+    resolve_dtype,
+    single_writer,
+)
+from vlm_training.model_dir import ADAPTER_FILES, FULL_MODEL_FILES, MERGED_DIR, SAVING_MARKER, TRAIN_ARGS_FILE
+from vlm_training.vlm_trainer import (
+    RunTotals,
+    StopOnSignal,
+    VLMTrainer,
+    is_complete_checkpoint,
+    resolve_checkpoint,
 )
 
 DEFAULT_BASE_MODEL = "llava-hf/llava-1.5-7b-hf"
@@ -49,192 +70,223 @@ DEFAULT_BASE_MODEL = "llava-hf/llava-1.5-7b-hf"
 LORA_TARGET_REGEX = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 PROJECTOR = "multi_modal_projector"
 VISION_TOWER = "vision_tower"
-MERGED_DIR = "merged"  # --merge_lora writes the merged model here, inside --output_dir
-TRAIN_ARGS_FILE = "train_args.json"  # marks a folder this script wrote
+_TMP_FINAL = ".final.tmp"
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    data = p.add_argument_group("data")
-    data.add_argument("--train_data", required=True, help="training file in LLaVA format (stage 3 output)")
-    data.add_argument("--val_data", default=None, help="validation file in LLaVA format (optional)")
-    data.add_argument("--image_dir", required=True, help="folder the records' 'image' paths are relative to")
-    data.add_argument("--output_dir", required=True, help="where the adapter/model, processor, prompt format, "
-                                                          "metrics and checkpoints are written")
-    data.add_argument("--max_length", type=int, default=2048,
-                      help="longest example in tokens, image tokens included (default 2048); an over-long "
-                           "record loses its last turns, or is dropped if its first turn does not fit")
-    data.add_argument("--no_group_by_length", dest="group_by_length", action="store_false",
-                      help="sample batches at random instead of grouping examples of similar length "
-                           "(grouping is on by default: less padding)")
-    data.add_argument("--dataloader_num_workers", type=int, default=0,
-                      help="worker processes that load and preprocess images (default 0: in the main process)")
-
-    model = p.add_argument_group("model")
-    model.add_argument("--base_model", default=DEFAULT_BASE_MODEL,
-                       help=f"LLaVA checkpoint: hub id or local folder (default {DEFAULT_BASE_MODEL})")
-    model.add_argument("--use_lora", action="store_true",
-                       help="train LoRA adapters on the language model (else: full fine-tune of the language "
-                            "model and the projector)")
-    model.add_argument("--lora_r", type=int, default=128, help="LoRA rank (default 128, LLaVA-1.5)")
-    model.add_argument("--lora_alpha", type=int, default=256, help="LoRA alpha (default 256, LLaVA-1.5)")
-    model.add_argument("--lora_dropout", type=float, default=0.05, help="LoRA dropout (default 0.05)")
-    model.add_argument("--train_projector", action="store_true",
-                       help="with --use_lora, also train the multimodal projector fully (at --projector_lr)")
-    model.add_argument("--projector_lr", type=float, default=2e-5,
-                       help="learning rate of the projector when it is trained (default 2e-5, LLaVA-1.5)")
-    model.add_argument("--load_in_4bit", action="store_true", help="QLoRA: load the base model in 4-bit NF4 "
-                                                                   "(needs --use_lora, CUDA and bitsandbytes)")
-    model.add_argument("--load_in_8bit", action="store_true", help="load the base model in 8-bit "
-                                                                   "(needs --use_lora, CUDA and bitsandbytes)")
-    model.add_argument("--merge_lora", action="store_true",
-                       help="after training also save the base model with the adapter merged into "
-                            "OUTPUT_DIR/merged (needs --use_lora)")
-
-    opt = p.add_argument_group("optimisation")
-    opt.add_argument("--batch_size", type=int, default=4, help="examples per device per step (default 4)")
-    opt.add_argument("--num_epochs", type=float, default=1.0, help="passes over the training data (default 1)")
-    opt.add_argument("--max_steps", type=int, default=None,
-                     help="stop after this many optimizer steps (overrides --num_epochs)")
-    opt.add_argument("--learning_rate", type=float, default=2e-4, help="peak learning rate (default 2e-4)")
-    opt.add_argument("--weight_decay", type=float, default=0.0, help="AdamW weight decay (default 0)")
-    opt.add_argument("--warmup_ratio", type=float, default=0.03,
-                     help="fraction of the steps with linear warmup before the cosine decay (default 0.03)")
-    opt.add_argument("--gradient_accumulation_steps", type=int, default=1,
-                     help="batches accumulated per optimizer step (default 1)")
-    opt.add_argument("--gradient_checkpointing", action="store_true",
-                     help="recompute activations in the backward pass (less memory, ~30%% slower)")
-    opt.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
-                     help="auto (default): bf16 where the GPU supports it, else fp16 on a GPU, fp32 on the CPU")
-    opt.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help="same as --precision bf16")
-    opt.add_argument("--fp16", dest="precision", action="store_const", const="fp16", help="same as --precision fp16")
-    opt.add_argument("--fp32", dest="precision", action="store_const", const="fp32", help="same as --precision fp32")
-    opt.add_argument("--deepspeed", default=None,
-                     help="DeepSpeed config JSON passed to the Trainer (an 'optimizer' section in it replaces "
-                          "the AdamW with the projector's own learning rate)")
-    opt.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
-
-    run = p.add_argument_group("logging and checkpoints")
-    run.add_argument("--logging_steps", type=int, default=10, help="log the training loss every N steps (default 10)")
-    run.add_argument("--eval_steps", type=int, default=None,
-                     help="evaluate on --val_data every N steps (default: at the end of every epoch)")
-    run.add_argument("--save_steps", type=int, default=500,
-                     help="write a checkpoint every N steps (default 500; 0: no checkpoints)")
-    run.add_argument("--save_total_limit", type=int, default=2,
-                     help="keep at most this many checkpoints (default 2)")
-    run.add_argument("--resume_from_checkpoint", default=None,
-                     help="a checkpoint folder to continue from, or 'latest' for the newest checkpoint-N "
-                          "in --output_dir (a fresh start when there is none)")
-    return p.parse_args(argv)
+# --------------------------------------------------------------------------- arguments
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The docstring as written, and each flag's default."""
 
 
-def check_args(args: argparse.Namespace) -> None:
-    """Every check that needs no model, in one place; raises InputError naming the flag."""
-    for flag in ("train_data", "val_data"):
-        path = getattr(args, flag)
-        if path is not None and not Path(path).is_file():
-            raise InputError(f"--{flag}: file not found: {path}")
-    if not Path(args.image_dir).is_dir():
-        raise InputError(f"--image_dir: directory not found: {args.image_dir}")
-    args.base_model = require_model(args.base_model, "--base_model")
-    out = require_output_dir(args.output_dir, "--output_dir", {"--image_dir": args.image_dir})
-    base = Path(args.base_model)
+@dataclass
+class ModelArguments:
+    _argument_group_name = "model"
+    base_model: str = field(default=DEFAULT_BASE_MODEL, metadata={
+        "help": "LLaVA checkpoint: hub id or local folder"})
+    use_lora: bool = field(default=False, metadata={
+        "help": "train LoRA adapters on the language model (else: full fine-tune of language model and projector)"})
+    lora_r: int = field(default=128, metadata={"help": "LoRA rank (LLaVA-1.5: 128)"})
+    lora_alpha: int = field(default=256, metadata={"help": "LoRA alpha (LLaVA-1.5: 256)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
+    train_projector: bool = field(default=False, metadata={
+        "help": "with --use_lora, also train the multimodal projector fully (at --projector_lr)"})
+    projector_lr: float = field(default=2e-5, metadata={
+        "help": "learning rate of the projector when it is trained (LLaVA-1.5: 2e-5)"})
+    train_vision_tower: bool = field(default=False, metadata={
+        "help": "also train the CLIP vision tower fully (as LLaVA-NeXT and LLaMA-Factory offer); needed for a "
+                "model that starts from random weights"})
+    vision_tower_lr: float | None = field(default=None, metadata={
+        "help": "learning rate of the vision tower with --train_vision_tower (default: --learning_rate)"})
+    load_in_4bit: bool = field(default=False, metadata={
+        "help": "QLoRA: load the base model in 4-bit NF4 (needs --use_lora, CUDA and bitsandbytes)"})
+    load_in_8bit: bool = field(default=False, metadata={
+        "help": "load the base model in 8-bit (needs --use_lora, CUDA and bitsandbytes)"})
+    merge_lora: bool = field(default=False, metadata={
+        "help": "after training also save the base model with the adapter merged into OUTPUT_DIR/merged"})
+    system_prompt: str = field(default="auto", metadata={"help": SYSTEM_PROMPT_HELP})
+
+    def __post_init__(self):
+        self.base_model = require_model(self.base_model, "--base_model")
+        for flag in ("lora_r", "lora_alpha"):
+            if getattr(self, flag) < 1:
+                raise InputError(f"--{flag} must be >= 1, got {getattr(self, flag)}")
+        for flag in ("projector_lr", "vision_tower_lr"):
+            lr = getattr(self, flag)
+            if lr is not None and not (math.isfinite(lr) and lr > 0):
+                raise InputError(f"--{flag} must be a finite number > 0, got {lr}")
+        if not 0 <= self.lora_dropout < 1:
+            raise InputError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.load_in_4bit and self.load_in_8bit:
+            raise InputError("--load_in_4bit and --load_in_8bit exclude each other")
+        if (self.load_in_4bit or self.load_in_8bit) and not self.use_lora:
+            raise InputError("--load_in_4bit/--load_in_8bit train a quantized model through LoRA: add --use_lora")
+        if self.merge_lora and not self.use_lora:
+            raise InputError("--merge_lora needs --use_lora")
+        try:
+            resolve_system_prompt(self.system_prompt)
+        except ValueError as e:
+            raise InputError(f"--system_prompt: {e}") from None
+
+
+@dataclass
+class DataArguments:
+    _argument_group_name = "data"
+    train_data: str = field(metadata={"help": "training file in LLaVA format (stage 3 output; .json or .jsonl)"})
+    image_dir: str = field(metadata={"help": "folder the records' 'image' paths are relative to"})
+    val_data: str | None = field(default=None, metadata={"help": "validation file in LLaVA format (optional)"})
+    max_length: int = field(default=2048, metadata={
+        "help": "longest example in tokens, image tokens included; an over-long record loses its last turns, "
+                "or is dropped if its first turn does not fit"})
+
+    def __post_init__(self):
+        for flag in ("train_data", "val_data"):
+            path = getattr(self, flag)
+            if path is not None and not Path(path).is_file():
+                raise InputError(f"--{flag}: file not found: {path}")
+        if not Path(self.image_dir).is_dir():
+            raise InputError(f"--image_dir: directory not found: {self.image_dir}")
+        if self.max_length < 1:
+            raise InputError(f"--max_length must be >= 1, got {self.max_length}")
+
+
+@dataclass
+class VLMTrainingArguments(TrainingArguments):
+    """TrainingArguments with LLaVA-1.5's LoRA recipe as defaults and the toolkit's flag names as aliases."""
+    _argument_group_name = "training (any transformers TrainingArguments option; defaults: LLaVA-1.5 LoRA recipe)"
+    output_dir: str | None = field(default=None, metadata={
+        "required": True, "help": "where the adapter/model, processor, prompt format, metrics and checkpoints go"})
+    per_device_train_batch_size: int = field(default=4, metadata={
+        "aliases": ["--batch_size"], "help": "examples per device per step (alias --batch_size)"})
+    per_device_eval_batch_size: int | None = field(default=None, metadata={
+        "help": "examples per device per evaluation step (default: the training batch size)"})
+    num_train_epochs: float = field(default=1.0, metadata={
+        "aliases": ["--num_epochs"], "help": "passes over the training data (alias --num_epochs)"})
+    learning_rate: float = field(default=2e-4, metadata={"help": "peak learning rate (LLaVA-1.5 LoRA: 2e-4)"})
+    lr_scheduler_type: SchedulerType | str = field(default="cosine", metadata={"help": "learning-rate schedule"})
+    warmup_steps: float = field(default=0.03, metadata={
+        "aliases": ["--warmup_ratio"],
+        "help": "linear warmup: a float in [0, 1) is a fraction of the steps, else a number of steps"})
+    logging_steps: float = field(default=10, metadata={"help": "log the training loss every N steps"})
+    logging_first_step: bool = field(default=True, metadata={"help": "log the loss of the first step too"})
+    eval_strategy: str = field(default="auto", metadata={
+        "choices": ["auto", "no", "steps", "epoch"],
+        "help": "auto: with --val_data, every --eval_steps steps if given, else every epoch"})
+    save_steps: float = field(default=500, metadata={"help": "write a checkpoint every N steps (0: none)"})
+    save_total_limit: int | None = field(default=2, metadata={"help": "keep at most this many checkpoints"})
+    train_sampling_strategy: str = field(default="group_by_length", metadata={
+        "choices": ["random", "sequential", "group_by_length"], "help": "order of the training examples"})
+    group_by_length: bool = field(default=True, metadata={
+        "help": "batch examples of similar length (less padding); --no_group_by_length samples at random"})
+    precision: str = field(default="auto", metadata={
+        "aliases": ["--dtype"], "help": "auto (bf16 where the GPU supports it, fp16 on other GPUs, fp32 on the "
+                                        "CPU), fp32, bf16 or fp16; --bf16/--fp16/--fp32 mean the same"})
+    fp32: bool = field(default=False, metadata={"help": "same as --precision fp32"})
+    resume_from_checkpoint: str | None = field(default=None, metadata={
+        "help": "a checkpoint folder, or 'latest' (the newest complete checkpoint-N in --output_dir); without it "
+                "an interrupted run in --output_dir is continued"})
+    remove_unused_columns: bool = False
+    label_names: list[str] | None = field(default_factory=lambda: ["labels"])
+    ddp_find_unused_parameters: bool | None = False  # every trainable weight takes part in every forward pass
+    disable_tqdm: bool | None = False
+
+    def __post_init__(self):
+        if self.output_dir is None:
+            raise InputError("--output_dir is required")
+        try:
+            self.precision = precision_name(self.precision)
+        except Exception:
+            raise InputError(f"--precision: {self.precision!r} is not one of auto, fp32, bf16, fp16") from None
+        named = [p for p in ("bf16", "fp16", "fp32") if getattr(self, p)]
+        if len(named) > 1 or (named and self.precision not in ("auto", named[0])):
+            raise InputError(f"--precision {self.precision} and --{' --'.join(named)} disagree; give one")
+        self.precision = named[0] if named else self.precision
+        self.device_name = resolve_device("auto")
+        if self.precision == "fp16" and self.device_name != "cuda":
+            raise InputError(f"--fp16 needs a CUDA GPU (training runs on {self.device_name}); use --bf16 or --fp32")
+        if self.precision == "bf16" and self.device_name == "cuda" and not torch.cuda.is_bf16_supported():
+            raise InputError("--bf16: this GPU does not support bfloat16; use --fp16")
+        dtype = resolve_dtype(self.precision, self.device_name)  # auto: what this device does best
+        self.precision = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+        self.bf16, self.fp16, self.fp32 = (self.precision == p for p in ("bf16", "fp16", "fp32"))
+        self.use_cpu = self.device_name == "cpu"
+        check_seed(self.seed)
+        for flag in ("learning_rate", "weight_decay"):
+            if not math.isfinite(getattr(self, flag)) or getattr(self, flag) < 0:
+                raise InputError(f"--{flag} must be a finite number >= 0, got {getattr(self, flag)}")
+        for flag in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps"):
+            if getattr(self, flag) < 1:
+                raise InputError(f"--{flag} must be >= 1, got {getattr(self, flag)}")
+        if self.learning_rate == 0 or self.num_train_epochs <= 0 or self.save_steps < 0 or self.warmup_steps < 0:
+            raise InputError("--learning_rate and --num_train_epochs must be > 0, --save_steps and "
+                             "--warmup_steps >= 0")
+        if (self.max_steps != -1 and self.max_steps < 1) or (self.eval_steps is not None and self.eval_steps <= 0):
+            raise InputError("--max_steps and --eval_steps must be >= 1")
+        if self.deepspeed is not None and not str(self.deepspeed).startswith("{"):
+            if not Path(self.deepspeed).is_file():
+                raise InputError(f"--deepspeed: config file not found: {self.deepspeed}")
+            if importlib.util.find_spec("deepspeed") is None:
+                raise InputError("--deepspeed needs the deepspeed package: pip install deepspeed")
+        ckpt = self.resume_from_checkpoint
+        if ckpt not in (None, "latest") and not is_complete_checkpoint(Path(ckpt)):
+            raise InputError(f"--resume_from_checkpoint: {ckpt} is not a complete Trainer checkpoint "
+                             "(no trainer_state.json or weights); give a checkpoint-N folder or 'latest'")
+        # The toolkit's spellings, translated before TrainingArguments reads them.
+        if self.eval_strategy == "auto":
+            self.eval_strategy = "steps" if self.eval_steps else "epoch"
+        if self.save_steps == 0:
+            self.save_strategy = "no"
+        if self.per_device_eval_batch_size is None:
+            self.per_device_eval_batch_size = self.per_device_train_batch_size
+        if self.data_seed is None:
+            self.data_seed = self.seed  # the length-grouped order is drawn from it (see the sampler)
+        if not self.group_by_length:
+            self.train_sampling_strategy = "random"
+        if (self.gradient_checkpointing or self.activation_checkpointing) and not (
+                self.gradient_checkpointing_kwargs or self.activation_checkpointing_kwargs):
+            self.activation_checkpointing_kwargs = {"use_reentrant": False}
+        try:
+            super().__post_init__()
+        except ValueError as e:
+            raise InputError(str(e).splitlines()[0]) from None
+
+
+def parse_args(argv=None) -> tuple[ModelArguments, DataArguments, VLMTrainingArguments]:
+    """Parse and check every flag; cross-flag checks that need no model happen here, once."""
+    parser = HfArgumentParser((ModelArguments, DataArguments, VLMTrainingArguments), description=__doc__,
+                              formatter_class=HelpFormatter)
+    model, data, train = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+    out = require_output_dir(train.output_dir, "--output_dir", {"--image_dir": data.image_dir})
+    base = Path(model.base_model)
     if base.is_dir() and (is_within(out, base) or is_within(base, out)):
         raise InputError(f"--output_dir: {out} overlaps --base_model {base}; write the fine-tuned model elsewhere")
-    if out.is_dir() and any(out.iterdir()) and not (out / TRAIN_ARGS_FILE).is_file():
+    ours = (out / TRAIN_ARGS_FILE).is_file() or (out / SAVING_MARKER).is_file()
+    if out.is_dir() and not ours and any((out / n).exists() for n in FULL_MODEL_FILES + ADAPTER_FILES):
         # Not a folder this script wrote: never delete or overwrite someone else's files.
-        if any((out / n).exists() for n in _FULL_MODEL_FILES + _ADAPTER_FILES):
-            raise InputError(f"--output_dir: {out} holds a model that train_vlm.py did not write; "
-                             "choose an empty or new folder")
-    check_seed(args.seed)
-    for flag in ("learning_rate", "projector_lr", "weight_decay"):
-        if not math.isfinite(getattr(args, flag)):
-            raise InputError(f"--{flag} must be a finite number, got {getattr(args, flag)}")
-    if args.weight_decay < 0:
-        raise InputError(f"--weight_decay must be >= 0, got {args.weight_decay}")
-    positive = ["batch_size", "lora_r", "lora_alpha", "gradient_accumulation_steps", "logging_steps", "max_length"]
-    for flag in positive:
-        if getattr(args, flag) < 1:
-            raise InputError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
-    for flag in ("max_steps", "eval_steps"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            raise InputError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
-    if args.save_steps < 0 or args.dataloader_num_workers < 0:
-        raise InputError("--save_steps and --dataloader_num_workers must be >= 0")
-    if args.num_epochs <= 0:
-        raise InputError(f"--num_epochs must be > 0, got {args.num_epochs}")
-    if args.learning_rate <= 0 or args.projector_lr <= 0:
-        raise InputError("--learning_rate and --projector_lr must be > 0")
-    if not 0 <= args.warmup_ratio < 1:
-        raise InputError(f"--warmup_ratio must be in [0, 1), got {args.warmup_ratio}")
-    if not 0 <= args.lora_dropout < 1:
-        raise InputError(f"--lora_dropout must be in [0, 1), got {args.lora_dropout}")
-    if args.load_in_4bit and args.load_in_8bit:
-        raise InputError("--load_in_4bit and --load_in_8bit exclude each other")
-    if (args.load_in_4bit or args.load_in_8bit) and not args.use_lora:
-        raise InputError("--load_in_4bit/--load_in_8bit train a quantized model through LoRA: add --use_lora")
-    if args.merge_lora and not args.use_lora:
-        raise InputError("--merge_lora needs --use_lora")
-    if args.deepspeed is not None:
-        if not Path(args.deepspeed).is_file():
-            raise InputError(f"--deepspeed: config file not found: {args.deepspeed}")
-        if importlib.util.find_spec("deepspeed") is None:
-            raise InputError("--deepspeed needs the deepspeed package: pip install deepspeed")
-    if args.resume_from_checkpoint not in (None, "latest"):
-        if not Path(args.resume_from_checkpoint).is_dir():
-            raise InputError(f"--resume_from_checkpoint: checkpoint folder not found: {args.resume_from_checkpoint}")
-        if not (Path(args.resume_from_checkpoint) / "trainer_state.json").is_file():
-            raise InputError(f"--resume_from_checkpoint: {args.resume_from_checkpoint} is not a Trainer checkpoint "
-                             "(no trainer_state.json); give a checkpoint-N folder or 'latest'")
-
-
-def resolve_precision(requested: str, device: str) -> str:
-    """bf16 / fp16 / fp32 for this device; an impossible request is an InputError."""
-    import torch
-    if requested == "auto":
-        if device == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "fp32"
-    if requested == "fp16" and device != "cuda":
-        raise InputError(f"--fp16 needs a CUDA GPU (training runs on {device}); use --bf16 or --fp32")
-    if requested == "bf16" and device == "cuda" and not torch.cuda.is_bf16_supported():
-        raise InputError("--bf16: this GPU does not support bfloat16; use --fp16")
-    return requested
-
-
-def check_quantization(args: argparse.Namespace, device: str) -> None:
-    if not (args.load_in_4bit or args.load_in_8bit):
-        return
-    flag = "--load_in_4bit" if args.load_in_4bit else "--load_in_8bit"
-    if device != "cuda":
-        raise InputError(f"{flag} (QLoRA) needs a CUDA GPU; none is visible (train without it on {device})")
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise InputError(f"{flag} needs the bitsandbytes package: pip install bitsandbytes")
-
-
-def resolve_checkpoint(args: argparse.Namespace) -> str | None:
-    if args.resume_from_checkpoint != "latest":
-        return args.resume_from_checkpoint
-    from transformers.trainer_utils import get_last_checkpoint
-    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
-    if last is None:
-        print(f"--resume_from_checkpoint latest: no checkpoint in {args.output_dir}; starting from scratch",
-              flush=True)
-    return last
+        raise InputError(f"--output_dir: {out} holds a model that train_vlm.py did not write; "
+                         "choose an empty or new folder")
+    if data.val_data is None:
+        train.eval_strategy, train.do_eval = IntervalStrategy.NO, False  # nothing to evaluate on
+    if model.load_in_4bit or model.load_in_8bit:
+        flag = "--load_in_4bit" if model.load_in_4bit else "--load_in_8bit"
+        if train.device_name != "cuda":
+            raise InputError(f"{flag} (QLoRA) needs a CUDA GPU; none is visible (train without it on "
+                             f"{train.device_name})")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise InputError(f"{flag} needs the bitsandbytes package: pip install bitsandbytes")
+    return model, data, train
 
 
 # --------------------------------------------------------------------------- model
-def load_base_model(name: str, precision: str, args: argparse.Namespace | None = None, quantize: bool = True):
-    """LlavaForConditionalGeneration in the training dtype, quantized when asked."""
-    import torch
+def load_base_model(name: str, precision: str, model_args: ModelArguments | None = None):
+    """LlavaForConditionalGeneration in the training dtype, quantized when ``model_args`` ask for it."""
     from transformers import LlavaForConditionalGeneration
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
     kwargs = {"dtype": dtype}
-    if quantize and args is not None and (args.load_in_4bit or args.load_in_8bit):
+    if model_args is not None and (model_args.load_in_4bit or model_args.load_in_8bit):
         from transformers import BitsAndBytesConfig
         # The vision tower, projector and head stay unquantized (small, and precision matters there).
         skip = [VISION_TOWER, PROJECTOR, "lm_head"]
-        if args.load_in_4bit:
+        if model_args.load_in_4bit:
             qcfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                       bnb_4bit_compute_dtype=dtype, llm_int8_skip_modules=skip)
         else:
@@ -247,18 +299,18 @@ def load_base_model(name: str, precision: str, args: argparse.Namespace | None =
         raise InputError(f"--base_model {name}: cannot load a LLaVA model: {str(e).splitlines()[0]}") from None
 
 
-def prepare_trainable(model, args: argparse.Namespace):
-    """LoRA (+ projector) or full fine-tune of language model + projector; the vision tower is frozen."""
-    import torch
+def prepare_trainable(model, args: ModelArguments, checkpointing: bool):
+    """LoRA (+ projector) or full fine-tune of language model + projector; the vision tower is frozen
+    unless --train_vision_tower (then it is trained fully, in LoRA mode as a module to save)."""
     if args.use_lora:
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
         if args.load_in_4bit or args.load_in_8bit:
-            model = prepare_model_for_kbit_training(
-                model, use_gradient_checkpointing=args.gradient_checkpointing,
-                gradient_checkpointing_kwargs={"use_reentrant": False})
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing,
+                                                    gradient_checkpointing_kwargs={"use_reentrant": False})
+        to_save = [m for m, on in ((PROJECTOR, args.train_projector), (VISION_TOWER, args.train_vision_tower)) if on]
         config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
                             target_modules=LORA_TARGET_REGEX, bias="none", task_type="CAUSAL_LM",
-                            modules_to_save=[PROJECTOR] if args.train_projector else None)
+                            modules_to_save=to_save or None)
         model = get_peft_model(model, config)
         # Trainable weights in fp32 (AMP's grad scaler refuses fp16 gradients; optimizer states stay exact).
         for param in model.parameters():
@@ -266,9 +318,10 @@ def prepare_trainable(model, args: argparse.Namespace):
                 param.data = param.data.float()
     else:
         model.requires_grad_(True)
-    for name, param in model.named_parameters():
-        if f"{VISION_TOWER}." in name:
-            param.requires_grad_(False)
+    if not args.train_vision_tower:
+        for name, param in model.named_parameters():
+            if f"{VISION_TOWER}." in name:
+                param.requires_grad_(False)
     return model
 
 
@@ -281,97 +334,16 @@ def count_parameters(model) -> tuple[int, int]:
     return trainable, total
 
 
-# Weights of the other mode that an earlier run may have left in --output_dir: inference
-# looks for an adapter first, so a stale one would shadow a new full model (and vice versa).
-_FULL_MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
-                     "pytorch_model.bin", "pytorch_model.bin.index.json")
-_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
-
-
-def remove_stale_model_files(out: Path, use_lora: bool, merge_lora: bool) -> list[str]:
-    """Delete what an earlier run of the other mode (or an old merged model) left in ``out``."""
-    removed = []
-    names = _FULL_MODEL_FILES if use_lora else _ADAPTER_FILES
-    candidates = [out / n for n in names]
-    if use_lora:
-        candidates += sorted(out.glob("model-*-of-*.safetensors"))
-    for path in candidates:
-        if path.is_file():
-            path.unlink()
-            removed.append(path.name)
-    if not merge_lora and (out / MERGED_DIR).is_dir():
-        shutil.rmtree(out / MERGED_DIR)
-        removed.append(MERGED_DIR + "/")
-    return removed
-
-
-# --------------------------------------------------------------------------- trainer
-def make_trainer_class():
-    """The Trainer with precomputed-length grouping, a projector learning rate and padding counts."""
-    import torch
-    from transformers import Trainer
-
-    from vlm_training.llava_data import SeededLengthGroupedSampler
-
-    class VLMTrainer(Trainer):
-        def __init__(self, *a, projector_lr: float | None = None, **kw):
-            super().__init__(*a, **kw)
-            self.projector_lr = projector_lr
-            self.token_counts = {"tokens": 0, "padding": 0}
-
-        def _get_train_sampler(self, train_dataset=None):
-            dataset = train_dataset if train_dataset is not None else self.train_dataset
-            if self.args.train_sampling_strategy == "group_by_length" and hasattr(dataset, "lengths"):
-                # Lengths are known from tokenization: no image is read to group by length.
-                return SeededLengthGroupedSampler(
-                    dataset.lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                    seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed)
-            return super()._get_train_sampler(train_dataset)
-
-        def _get_eval_sampler(self, eval_dataset):
-            if self.args.world_size <= 1:
-                return torch.utils.data.SequentialSampler(eval_dataset)
-            return None
-
-        def create_optimizer(self, model=None):
-            opt_model = self.model if model is None else model
-            if self.optimizer is not None:
-                return self.optimizer
-            decay = set(self.get_decay_parameter_names(opt_model))
-            groups: dict[tuple[bool, bool], list] = {}
-            for name, param in opt_model.named_parameters():
-                if param.requires_grad:
-                    is_proj = self.projector_lr is not None and PROJECTOR in name
-                    groups.setdefault((is_proj, name in decay), []).append(param)
-            param_groups = []
-            # Language-model groups first: the Trainer logs the learning rate of group 0.
-            for (is_proj, has_decay), params in sorted(groups.items()):
-                group = {"params": params, "weight_decay": self.args.weight_decay if has_decay else 0.0}
-                if is_proj:
-                    group["lr"] = self.projector_lr
-                param_groups.append(group)
-            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-            self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
-            return self.optimizer
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if model.training and "attention_mask" in inputs:
-                mask = inputs["attention_mask"]
-                self.token_counts["tokens"] += int(mask.numel())
-                self.token_counts["padding"] += int(mask.numel() - mask.sum().item())
-            return super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                        num_items_in_batch=num_items_in_batch)
-
-    return VLMTrainer
-
-
 # --------------------------------------------------------------------------- outputs
 def collect_metrics(log_history: list[dict]) -> dict:
     train = [{"step": e["step"], "loss": e["loss"], "learning_rate": e.get("learning_rate"),
               "epoch": e.get("epoch")} for e in log_history if "loss" in e and "step" in e]
     evals = [{"step": e["step"], "loss": e["eval_loss"], "epoch": e.get("epoch")}
              for e in log_history if "eval_loss" in e]
-    return {"train_loss": train, "eval_loss": evals}
+    # Each logged loss averages the steps since the one before: weighted, they give the run's mean.
+    steps = [0] + [e["step"] for e in train]
+    weighted = sum(e["loss"] * (s - prev) for e, s, prev in zip(train, steps[1:], steps))
+    return {"train_loss": train, "eval_loss": evals, "train_loss_mean": weighted / steps[-1] if train else None}
 
 
 def plot_loss(metrics: dict, path: Path) -> None:
@@ -379,12 +351,10 @@ def plot_loss(metrics: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4))
-    if metrics["train_loss"]:
-        ax.plot([e["step"] for e in metrics["train_loss"]], [e["loss"] for e in metrics["train_loss"]],
-                label="train loss", marker="." if len(metrics["train_loss"]) < 50 else None)
-    if metrics["eval_loss"]:
-        ax.plot([e["step"] for e in metrics["eval_loss"]], [e["loss"] for e in metrics["eval_loss"]],
-                label="eval loss", marker="o" if len(metrics["eval_loss"]) < 30 else None)
+    for key, label, big in (("train_loss", "train loss", 50), ("eval_loss", "eval loss", 30)):
+        if metrics[key]:
+            ax.plot([e["step"] for e in metrics[key]], [e["loss"] for e in metrics[key]], label=label,
+                    marker=("." if key == "train_loss" else "o") if len(metrics[key]) < big else None)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (answer tokens)")
     ax.set_title("LLaVA fine-tuning")
@@ -397,172 +367,180 @@ def plot_loss(metrics: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def save_merged(args: argparse.Namespace, precision: str, processor, fmt: PromptFormat) -> Path:
-    """Reload the base model unquantized, merge the saved adapter into it and save it as ``merged/``."""
-    from peft import PeftModel
-    merge_precision = "fp32" if precision == "fp32" else precision
-    base = load_base_model(args.base_model, merge_precision, quantize=False)
-    merged = PeftModel.from_pretrained(base, args.output_dir).merge_and_unload()
-    out = Path(args.output_dir) / MERGED_DIR
-    merged.save_pretrained(out)
-    processor.save_pretrained(out)
-    fmt.save(out)
-    return out
+def remove_stale_model_files(out: Path, use_lora: bool, merge_lora: bool) -> list[str]:
+    """Delete what an earlier run of the other mode (or an old merged model) left in ``out``."""
+    removed = []
+    candidates = [out / n for n in (FULL_MODEL_FILES if use_lora else ADAPTER_FILES)]
+    if use_lora:
+        candidates += sorted(out.glob("model-*-of-*.safetensors"))
+    for path in candidates:
+        if path.is_file():
+            path.unlink()
+            removed.append(path.name)
+    if not merge_lora and (out / MERGED_DIR).is_dir():
+        shutil.rmtree(out / MERGED_DIR)
+        removed.append(MERGED_DIR + "/")
+    return removed
+
+
+def move_into(tmp: Path, dest: Path) -> None:
+    """Move every entry of ``tmp`` into ``dest`` (each rename atomic) and remove ``tmp``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for entry in tmp.iterdir():
+        if (dest / entry.name).is_dir():
+            shutil.rmtree(dest / entry.name)
+        os.replace(entry, dest / entry.name)
+    tmp.rmdir()
+
+
+def save_final(trainer, out: Path, processor, fmt: PromptFormat, model_args: ModelArguments,
+               record: dict, metrics: dict) -> None:
+    """Write the model into a temp folder, then move it into ``out`` while SAVING_MARKER is there.
+
+    A kill at any moment leaves the previous model, or the marker (inference refuses the folder and
+    rerunning the command finishes the save); never an unmarked mix of two models.
+    """
+    tmp = out / _TMP_FINAL
+    if trainer.is_world_process_zero():
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))  # on every process: DeepSpeed gathers the weights
+    if not trainer.is_world_process_zero():
+        return
+    processor.save_pretrained(tmp)
+    fmt.save(tmp)
+    (out / SAVING_MARKER).write_text("train_vlm.py is moving the final model into this folder\n")
+    removed = remove_stale_model_files(out, model_args.use_lora, model_args.merge_lora)
+    if removed:
+        print(f"removed an earlier run's {', '.join(removed)} from {out}", flush=True)
+    move_into(tmp, out)
+    if model_args.merge_lora:
+        from peft import PeftModel
+        base = load_base_model(model_args.base_model, record["precision"])
+        merged = PeftModel.from_pretrained(base, str(out)).merge_and_unload()
+        merged.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        fmt.save(tmp)
+        shutil.rmtree(out / MERGED_DIR, ignore_errors=True)
+        move_into(tmp, out / MERGED_DIR)
+        print(f"merged model written to {out / MERGED_DIR}", flush=True)
+    write_json_atomic(out / "metrics.json", metrics)
+    plot_loss(metrics, out / "loss.png")
+    write_json_atomic(out / TRAIN_ARGS_FILE, record | {"status": "complete"})
+    (out / SAVING_MARKER).unlink()
 
 
 # --------------------------------------------------------------------------- main
-def train(args: argparse.Namespace) -> dict:
-    """Run one training job described by ``args`` (as parse_args returns it); return its metrics."""
-    check_args(args)
-    device = resolve_device("auto")
-    precision = resolve_precision(args.precision, device)
-    check_quantization(args, device)
-    checkpoint = resolve_checkpoint(args) if args.resume_from_checkpoint else None
+def train(model_args: ModelArguments, data_args: DataArguments, args: VLMTrainingArguments) -> int:
+    """Run one training job; 0 when it finished, 130/143 when Ctrl-C/SIGTERM stopped it at a checkpoint."""
+    out = Path(args.output_dir)
+    checkpoint = resolve_checkpoint(args.resume_from_checkpoint, out, dataclasses.asdict(model_args))
 
-    import torch
     import transformers
-    from transformers import AutoProcessor, TrainingArguments
+    from transformers import AutoProcessor
     from transformers import set_seed as hf_set_seed
 
     from vlm_training.llava_data import LlavaCollator, TokenLayout, load_llava_dataset
 
     try:
-        processor = AutoProcessor.from_pretrained(args.base_model)
+        processor = AutoProcessor.from_pretrained(model_args.base_model)
     except (OSError, ValueError) as e:
-        raise InputError(f"--base_model {args.base_model}: cannot load its processor: "
+        raise InputError(f"--base_model {model_args.base_model}: cannot load its processor: "
                          f"{str(e).splitlines()[0]}") from None
-    fmt = PromptFormat.from_chat_template(processor)
+    fmt = PromptFormat.from_chat_template(processor).with_system_prompt(model_args.system_prompt)
     layout = TokenLayout(processor, fmt)
-    train_set, train_stats = load_llava_dataset(args.train_data, args.image_dir, layout, args.max_length,
-                                                "--train_data")
+    train_set, train_stats = load_llava_dataset(data_args.train_data, data_args.image_dir, layout,
+                                                data_args.max_length, "--train_data")
     val_set = val_stats = None
-    if args.val_data:
-        val_set, val_stats = load_llava_dataset(args.val_data, args.image_dir, layout, args.max_length,
-                                                "--val_data")
+    if data_args.val_data:
+        val_set, val_stats = load_llava_dataset(data_args.val_data, data_args.image_dir, layout,
+                                                data_args.max_length, "--val_data")
 
-    has_eval = val_set is not None
-    # Created before the model is loaded: under DeepSpeed ZeRO-3 from_pretrained must see it.
-    training_args = TrainingArguments(
-        output_dir=args.output_dir,
-        per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=args.batch_size,
-        num_train_epochs=args.num_epochs,
-        max_steps=args.max_steps if args.max_steps else -1,
-        learning_rate=args.learning_rate,
-        weight_decay=args.weight_decay,
-        lr_scheduler_type="cosine",
-        warmup_steps=args.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        use_cpu=device == "cpu",
-        logging_steps=args.logging_steps,
-        logging_first_step=True,
-        eval_strategy=("steps" if args.eval_steps else "epoch") if has_eval else "no",
-        eval_steps=args.eval_steps,
-        save_strategy="steps" if args.save_steps else "no",
-        save_steps=args.save_steps or 500,
-        save_total_limit=args.save_total_limit,
-        seed=args.seed,
-        data_seed=args.seed,
-        train_sampling_strategy="group_by_length" if args.group_by_length else "random",
-        dataloader_num_workers=args.dataloader_num_workers,
-        remove_unused_columns=False,
-        ddp_find_unused_parameters=False,  # every trainable weight takes part in every forward pass
-        label_names=["labels"],
-        report_to="none",
-        deepspeed=args.deepspeed,
-        disable_tqdm=False,
-        # Only named when used: the flag is being renamed in transformers 5.x (activation_checkpointing).
-        **({"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False}}
-           if args.gradient_checkpointing else {}),
-    )
     hf_set_seed(args.seed)
     # A full fine-tune in fp16 keeps fp32 master weights (AMP cannot step fp16 weights).
-    load_precision = "fp32" if precision == "fp16" and not args.use_lora else precision
-    model = load_base_model(args.base_model, load_precision, args)
+    load_precision = "fp32" if args.precision == "fp16" and not model_args.use_lora else args.precision
+    model = load_base_model(model_args.base_model, load_precision, model_args)
     model.config.use_cache = False
     if hasattr(model.config, "text_config"):
         model.config.text_config.use_cache = False
-    model = prepare_trainable(model, args)
+    model = prepare_trainable(model, model_args, bool(args.activation_checkpointing))
     trainable, total = count_parameters(model)
 
-    trainer_cls = make_trainer_class()
-    projector_trained = (not args.use_lora) or args.train_projector
-    trainer = trainer_cls(
-        model=model, args=training_args, train_dataset=train_set, eval_dataset=val_set,
-        data_collator=LlavaCollator(layout.pad_token_id, padding_side="right"),
-        processing_class=processor, projector_lr=args.projector_lr if projector_trained else None)
+    totals, stop = RunTotals(), StopOnSignal()
+    projector_trained = (not model_args.use_lora) or model_args.train_projector
+    trainer = VLMTrainer(
+        model=model, args=args, train_dataset=train_set, eval_dataset=val_set,
+        data_collator=LlavaCollator(layout.pad_token_id, padding_side="right"), processing_class=processor,
+        callbacks=[totals, stop], totals=totals,
+        group_lrs={PROJECTOR: model_args.projector_lr if projector_trained else None,
+                   VISION_TOWER: model_args.vision_tower_lr if model_args.train_vision_tower else None})
     main_process = trainer.is_world_process_zero()
+    record = dataclasses.asdict(model_args) | dataclasses.asdict(data_args) | {
+        "output_dir": str(out), "precision": args.precision, "device": args.device_name,
+        "world_size": args.world_size, "lora_target_modules": LORA_TARGET_REGEX if model_args.use_lora else None,
+        "num_image_tokens": layout.num_image_tokens, "system_prompt_text": fmt.system_prompt,
+        "resumed_from": checkpoint, "training_args": json.loads(args.to_json_string()),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__}}
     if main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        # Written first: it marks the folder as this script's, and an unfinished run as one to continue.
+        write_json_atomic(out / TRAIN_ARGS_FILE, record | {"status": "training"})
         print(train_stats.summary("train data"), flush=True)
         if val_stats:
             print(val_stats.summary("val data"), flush=True)
-        mode = f"LoRA r={args.lora_r}" if args.use_lora else "full fine-tune"
-        quant = " 4-bit" if args.load_in_4bit else " 8-bit" if args.load_in_8bit else ""
-        print(f"training {mode}{quant} on {device} in {precision}: {trainable:,} of {total:,} parameters "
-              f"trainable ({100 * trainable / max(total, 1):.2f}%)", flush=True)
+        mode = f"LoRA r={model_args.lora_r}" if model_args.use_lora else "full fine-tune"
+        quant = " 4-bit" if model_args.load_in_4bit else " 8-bit" if model_args.load_in_8bit else ""
+        print(f"training {mode}{quant} on {args.device_name} in {args.precision}: {trainable:,} of {total:,} "
+              f"parameters trainable ({100 * trainable / max(total, 1):.2f}%)", flush=True)
 
-    start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=checkpoint)
-    wall = time.perf_counter() - start
-    # The final eval, unless --eval_steps already evaluated the last step (the same numbers twice).
-    last_eval = next((e for e in reversed(trainer.state.log_history)
-                      if "eval_loss" in e and e.get("step") == trainer.state.global_step), None)
-    final_eval = (last_eval or trainer.evaluate()) if has_eval else {}
+    with stop.installed():  # a first Ctrl-C/SIGTERM from here on is handled by StopOnSignal
+        trainer.train(resume_from_checkpoint=checkpoint)
+        state = trainer.state
+        finished = state.global_step >= state.max_steps
+        if finished:
+            # The final eval, unless evaluation already ran at the last step (the same numbers twice).
+            last_eval = next((e for e in reversed(state.log_history)
+                              if "eval_loss" in e and e.get("step") == state.global_step), None)
+            final_eval = (last_eval or trainer.evaluate()) if val_set is not None else {}
+            metrics = collect_metrics(state.log_history)
+            metrics.update({
+                "final_train_loss": metrics["train_loss"][-1]["loss"] if metrics["train_loss"] else None,
+                "final_eval_loss": final_eval.get("eval_loss"),
+                "global_step": state.global_step,
+                "epochs": state.epoch,
+                # The whole run, every resumed session included (RunTotals travels in the checkpoints).
+                "train_runtime_s": totals.seconds,
+                "train_samples_per_second": totals.examples / totals.seconds if totals.seconds else None,
+                "train_steps_per_second": state.global_step / totals.seconds if totals.seconds else None,
+                "padding_fraction": totals.padding / totals.tokens if totals.tokens else None,
+                "resumed_from": checkpoint,
+                "train_data": train_stats.__dict__ | {"dropped_ids": train_stats.dropped_ids[:20]},
+                "val_data": (val_stats.__dict__ | {"dropped_ids": val_stats.dropped_ids[:20]}) if val_stats else None,
+                "trainable_parameters": trainable,
+                "total_parameters": total,
+            })
+            save_final(trainer, out, processor, fmt, model_args, record, metrics)
+    if not finished:
+        if main_process:
+            what = "terminated (SIGTERM)" if stop.received == signal.SIGTERM else "interrupted"
+            print(f"{what} at step {state.global_step} of {state.max_steps}: checkpoint saved to "
+                  f"{out / f'{PREFIX_CHECKPOINT_DIR}-{state.global_step}'}; run the same command again to "
+                  "continue from there", file=sys.stderr, flush=True)
+        return EXIT_TERMINATED if stop.received == signal.SIGTERM else EXIT_INTERRUPTED
     if main_process:
-        removed = remove_stale_model_files(Path(args.output_dir), args.use_lora, args.merge_lora)
-        if removed:
-            print(f"removed an earlier run's {', '.join(removed)} from {args.output_dir}", flush=True)
-    trainer.save_model(args.output_dir)
-
-    metrics = collect_metrics(trainer.state.log_history)
-    counts = trainer.token_counts
-    metrics.update({
-        "final_train_loss": metrics["train_loss"][-1]["loss"] if metrics["train_loss"] else None,
-        "final_eval_loss": final_eval.get("eval_loss"),
-        "train_loss_mean": result.training_loss,
-        "global_step": trainer.state.global_step,
-        "epochs": trainer.state.epoch,
-        "train_runtime_s": result.metrics.get("train_runtime", wall),
-        "train_samples_per_second": result.metrics.get("train_samples_per_second"),
-        "train_steps_per_second": result.metrics.get("train_steps_per_second"),
-        "padding_fraction": counts["padding"] / counts["tokens"] if counts["tokens"] else None,
-        "resumed_from": checkpoint,
-        "train_data": train_stats.__dict__ | {"dropped_ids": train_stats.dropped_ids[:20]},
-        "val_data": (val_stats.__dict__ | {"dropped_ids": val_stats.dropped_ids[:20]}) if val_stats else None,
-        "trainable_parameters": trainable,
-        "total_parameters": total,
-    })
-    if main_process:
-        out = Path(args.output_dir)
-        processor.save_pretrained(out)
-        fmt.save(out)
-        resolved = dict(vars(args))
-        resolved.update({"precision": precision, "device": device, "world_size": training_args.world_size,
-                         "lora_target_modules": LORA_TARGET_REGEX if args.use_lora else None,
-                         "num_image_tokens": layout.num_image_tokens, "resumed_from": checkpoint,
-                         "versions": {"torch": torch.__version__, "transformers": transformers.__version__}})
-        write_json_atomic(out / TRAIN_ARGS_FILE, resolved)
-        write_json_atomic(out / "metrics.json", metrics)
-        plot_loss(metrics, out / "loss.png")
-        if args.merge_lora:
-            del trainer, model
-            merged = save_merged(args, precision, processor, fmt)
-            print(f"merged model written to {merged}", flush=True)
         eval_part = f", eval loss {metrics['final_eval_loss']:.4f}" if metrics["final_eval_loss"] is not None else ""
-        sps = metrics["train_samples_per_second"]
-        print(f"trained {metrics['global_step']} steps ({metrics['epochs']:.2f} epochs) on "
-              f"{train_stats.examples} examples in {wall:.1f}s ({sps or 0:.2f} samples/s); "
+        print(f"trained {metrics['global_step']} steps ({metrics['epochs']:.2f} epochs) on {train_stats.examples} "
+              f"examples in {totals.seconds:.1f}s ({metrics['train_samples_per_second'] or 0:.2f} samples/s); "
               f"final train loss {metrics['final_train_loss']:.4f}{eval_part} -> {out}", flush=True)
-    return metrics
+    return 0
 
 
 @report_input_errors
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    train(args)
-    return 0
+    model_args, data_args, training_args = parse_args(argv)
+    if int(os.environ.get("RANK", "0")) != 0:  # one lock per run, held by its first process
+        return train(model_args, data_args, training_args)
+    with single_writer(training_args.output_dir, "--output_dir"):
+        return train(model_args, data_args, training_args)
 
 
 if __name__ == "__main__":

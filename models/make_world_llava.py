@@ -1,0 +1,132 @@
+"""Build the world's small LLaVA (random weights) with a tokenizer trained on the world's own text.
+
+    python models/make_world_llava.py --world world --out world_output/models/llava
+
+A ``LlavaForConditionalGeneration`` of about 2M parameters, the sizes that learn the world
+in minutes on a CPU: CLIP vision tower width 128 x 3 layers on 64 px images with 8 px patches
+(64 image tokens, its last layer as the feature layer), a Llama language model width 192 x 3
+layers, and a 512-token byte-level BPE trained on the world's questions and answers (the
+ground-truth Q&A of the training pool, made by the toolkit's own Q&A code) plus the chat
+template's words, so a turn costs a few tokens instead of dozens. Processor: llava-1.5-hf's
+chat template, a ``CLIPImageProcessor`` at 64 px. ``vlm_training/train_vlm.py --base_model OUT``
+fine-tunes it like any LLaVA checkpoint (fully, with ``--train_vision_tower``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+if __package__ in (None, ""):  # run as a file: models/ is not an installed package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from data.world_truth import truth_annotations  # noqa: E402
+from models.make_tiny_models import LLAVA_CHAT_TEMPLATE  # noqa: E402
+from vlm_annotation import prompts  # noqa: E402
+from vlm_annotation.io_utils import write_json_atomic  # noqa: E402
+
+IMAGE_SIZE, PATCH = 64, 8
+
+
+def world_corpus(coco: dict, max_images: int = 1500, seed: int = 42) -> list[str]:
+    """Lines of the world's text: every question and answer of the ground truth, and the turn words."""
+    coco = dict(coco, images=coco["images"][:max_images])
+    lines = ["USER: ASSISTANT:", "USER: <image>\n"]
+    for rec in truth_annotations(coco, seed)["images"]:
+        for qa in rec["qa"]:
+            lines.append(f"USER: {qa['question']} ASSISTANT: {qa['answer']}")
+    lines += [prompts.count_answer(n) for n in range(12)]
+    return lines
+
+
+def build_tokenizer(lines: list[str], vocab_size: int = 512):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(lines, trainer=trainer)
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                       special_tokens=[("<s>", bos)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<pad>", extra_special_tokens={"image_token": "<image>"},
+                                   padding_side="left", model_max_length=1024)
+
+
+def build_llava(out: Path, coco: dict, seed: int = 0, vocab_size: int = 512) -> Path:
+    import torch
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    tokenizer = build_tokenizer(world_corpus(coco), vocab_size)
+    torch.manual_seed(seed)
+    vision = CLIPVisionConfig(hidden_size=128, intermediate_size=512, projection_dim=128, num_hidden_layers=3,
+                              num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=PATCH)
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=192, intermediate_size=512, num_hidden_layers=3,
+                       num_attention_heads=6, num_key_value_heads=6, max_position_embeddings=1024,
+                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                       pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    config = LlavaConfig(vision_config=vision.to_dict(), text_config=text.to_dict(),
+                         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+                         image_seq_length=(IMAGE_SIZE // PATCH) ** 2, vision_feature_select_strategy="default",
+                         vision_feature_layer=-1)
+    model = LlavaForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    image_processor = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE},
+                                         crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=PATCH,
+                               vision_feature_select_strategy="default", chat_template=LLAVA_CHAT_TEMPLATE,
+                               num_additional_image_tokens=1)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    n_params = sum(p.numel() for p in model.parameters())
+    write_json_atomic(out / "build_info.json", {"builder": "models/make_world_llava.py", "seed": seed,
+                                                "parameters": n_params, "vocab_size": len(tokenizer)})
+    return out
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--world", required=True, help="world folder written by data/make_world.py (its train.json)")
+    p.add_argument("--out", required=True, help="folder to write the model and processor into")
+    p.add_argument("--vocab_size", type=int, default=512, help="BPE vocabulary size (default 512)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+    args = p.parse_args(argv)
+    if args.vocab_size < 300:
+        p.error("--vocab_size must be at least 300 (256 bytes + specials + merges)")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    coco = json.loads((Path(args.world) / "train.json").read_text(encoding="utf-8"))
+    out = build_llava(Path(args.out), coco, args.seed, args.vocab_size)
+    info = json.loads((out / "build_info.json").read_text(encoding="utf-8"))
+    print(f"built the world LLaVA ({info['parameters']:,} parameters, {info['vocab_size']}-token BPE) in "
+          f"{time.perf_counter() - start:.1f}s -> {out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# `make world`: the toolkit proves end to end that it learns, on a synthetic world small enough to
+# train every model in it on a CPU (issue 13). Every model is trained here through its own
+# training API, the toolkit's own stages run on the held-out scenes, and every VLM answer is scored
+# against the ground truth, beside its baselines (majority answer, the untrained model, chance).
+#
+# Usage: WORLD_MINUTES=20 WORLD_DIR=world_output PYTHON=.venv/bin/python bash scripts/world.sh
+#   WORLD_MINUTES  budget: 20 (default, fits 20 minutes on 2 CPU cores) or 60 (more scenes, longer training)
+#   WORLD_DIR      output folder (default world_output); the scenes in WORLD_DIR/world are kept between runs
+#   WORLD_SEED     seed of the world and of every training run (default 0)
+# Writes WORLD_DIR/results.json, WORLD_DIR/results.md (the README table) and prints the table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+OUT=${WORLD_DIR:-world_output}
+MINUTES=${WORLD_MINUTES:-20}
+SEED=${WORLD_SEED:-0}
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 YOLO_OFFLINE=1 TOKENIZERS_PARALLELISM=false MPLBACKEND=Agg
+
+# Budgets (minutes of training per model, scenes, steps). 20: the default run; 60: the longer one.
+if [ "$MINUTES" -ge 60 ]; then
+    TRAIN_SCENES=1500 HELDOUT_SCENES=6000 YOLO_EPOCHS=30 YOLO_MIN=10 DETR_MIN=10 BLIP_MIN=3 VLM_STEPS=1800
+elif [ "$MINUTES" -ge 20 ]; then
+    TRAIN_SCENES=800 HELDOUT_SCENES=3000 YOLO_EPOCHS=10 YOLO_MIN=3 DETR_MIN=2.5 BLIP_MIN=1.5 VLM_STEPS=600
+else  # a quick look (also what tests/test_world.py runs, smaller still)
+    TRAIN_SCENES=300 HELDOUT_SCENES=800 YOLO_EPOCHS=4 YOLO_MIN=1 DETR_MIN=1 BLIP_MIN=0.5 VLM_STEPS=150
+fi
+# Each can be overridden: WORLD_TRAIN_SCENES=... (tests/test_world.py runs a reduced world this way).
+TRAIN_SCENES=${WORLD_TRAIN_SCENES:-$TRAIN_SCENES}
+HELDOUT_SCENES=${WORLD_HELDOUT_SCENES:-$HELDOUT_SCENES}
+YOLO_EPOCHS=${WORLD_YOLO_EPOCHS:-$YOLO_EPOCHS}
+YOLO_MIN=${WORLD_YOLO_MIN:-$YOLO_MIN}
+DETR_MIN=${WORLD_DETR_MIN:-$DETR_MIN}
+BLIP_MIN=${WORLD_BLIP_MIN:-$BLIP_MIN}
+VLM_STEPS=${WORLD_VLM_STEPS:-$VLM_STEPS}
+# The 2M-parameter VLM is taught the short question types (long region descriptions would take
+# most of its CPU budget); one object per image gets the per-object questions.
+QA_TYPES="count count_class exists location grounding surface"
+REGION_QA=1
+
+W="$OUT/world"
+M="$OUT/models"
+HELD="$W/heldout_images"
+find "$OUT" -mindepth 1 -maxdepth 1 ! -name world -exec rm -rf {} + 2>/dev/null || true
+mkdir -p "$OUT" "$M" "$OUT/eval"
+TIMES="$OUT/timings.tsv"
+: > "$TIMES"
+start=$(date +%s)
+stage() {  # stage NAME command...: run it, print a header, record its wall time
+    local name=$1; shift
+    printf '\n== %s\n' "$name"
+    local t0=$EPOCHREALTIME
+    "$@"
+    awk -v n="$name" -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%s\t%.1f\n", n, b - a }' >> "$TIMES"
+}
+
+stage world $PY data/make_world.py --out "$W" --train_images "$TRAIN_SCENES" --heldout_images "$HELDOUT_SCENES" \
+    --seed "$SEED"
+
+# The detectors and the captioner learn from the training pool's ground truth, exported as the
+# toolkit exports any annotation file.
+train_yolo() {
+    $PY data/world_truth.py --coco "$W/train.json" --output_file "$M/train_truth.json" --seed "$SEED"
+    $PY vlm_annotation/export_annotations.py --annotation_file "$M/train_truth.json" --format yolo \
+        --output_dir "$M/yolo_dataset" --images_dir "$W/train_images"
+    $PY models/train_world_yolo.py --world "$W" --data "$M/yolo_dataset/data.yaml" --out "$M/yolo" \
+        --epochs "$YOLO_EPOCHS" --minutes "$YOLO_MIN" --seed "$SEED"
+}
+stage yolo train_yolo
+stage rtdetr $PY models/train_world_rtdetr.py --world "$W" --out "$M/rtdetr" --minutes "$DETR_MIN" --seed "$SEED"
+stage blip $PY models/train_world_blip.py --world "$W" --out "$M/blip" --minutes "$BLIP_MIN" --seed "$SEED"
+
+stage annotate $PY vlm_annotation/data_annotation.py --images_dir "$HELD" --output_file "$OUT/annotations.json" \
+    --yolo_model "$M/yolo/yolo.pt" --detr_model "$M/rtdetr/m" --detr_processor "$M/rtdetr/p" \
+    --captioner_model "$M/blip" --conf_threshold 0.25 --imgsz 128 --max_det 10 --batch_size 32 \
+    --max_region_qa "$REGION_QA" --keep_detector_boxes --seed "$SEED"
+
+score_detection() {
+    $PY vlm_annotation/evaluate_annotations.py --annotations "$OUT/annotations.json" --ground_truth "$W/heldout.json" \
+        --output_file "$OUT/detection.json" --sweep --sweep_metric map50
+    $PY scripts/world_report.py surface --annotations "$OUT/annotations.json" --ground_truth "$W/heldout.json" \
+        --output_file "$OUT/surface.json"
+}
+stage score_annotations score_detection
+
+prepare_vlm_data() {
+    $PY vlm_training/split_data.py --input_file "$OUT/annotations.json" --train_file "$OUT/train.json" \
+        --val_file "$OUT/val.json" --test_file "$OUT/test.json" --train_ratio 0.9 --val_ratio 0.02 --seed "$SEED"
+    for split in train val; do
+        $PY vlm_training/convert_to_llava_format.py --annotation_file "$OUT/$split.json" \
+            --output_file "$OUT/${split}_llava.json" --qa_types $QA_TYPES
+    done
+    # The test questions are asked about the held-out test images with the ground truth's answers.
+    $PY data/world_truth.py --coco "$W/heldout.json" --only "$OUT/test.json" --output_file "$OUT/test_truth.json" \
+        --seed "$SEED" --max_region_qa "$REGION_QA"
+    $PY vlm_training/convert_to_llava_format.py --annotation_file "$OUT/test_truth.json" \
+        --output_file "$OUT/test_llava.json" --qa_types $QA_TYPES
+    $PY models/make_world_llava.py --world "$W" --out "$M/llava" --seed "$SEED"
+}
+stage vlm_data prepare_vlm_data
+
+stage vlm_train $PY vlm_training/train_vlm.py --train_data "$OUT/train_llava.json" --val_data "$OUT/val_llava.json" \
+    --image_dir "$HELD" --output_dir "$OUT/vlm_model" --base_model "$M/llava" --train_vision_tower \
+    --system_prompt none --learning_rate 1e-3 --weight_decay 0.0 --batch_size 32 --max_steps "$VLM_STEPS" \
+    --warmup_ratio 0.03 --max_length 512 --logging_steps 20 --eval_steps "$VLM_STEPS" --save_steps 0 \
+    --seed "$SEED"
+
+predict_all() {
+    $PY vlm_inference/predict.py --model_path "$OUT/vlm_model" --data "$OUT/test_llava.json" --image_dir "$HELD" \
+        --output_file "$OUT/eval/model.jsonl" --batch_size 64 --max_new_tokens 24
+    $PY vlm_inference/predict.py --model_path "$M/llava" --data "$OUT/test_llava.json" --image_dir "$HELD" \
+        --output_file "$OUT/eval/untrained.jsonl" --batch_size 64 --max_new_tokens 24
+}
+stage vlm_predict predict_all
+
+evaluate_all() {
+    $PY scripts/world_report.py baselines --train "$OUT/train_llava.json" --questions "$OUT/eval/model.jsonl" \
+        --out_dir "$OUT/eval" --seed "$SEED"
+    for name in model untrained majority chance; do
+        $PY vlm_inference/evaluate.py --predictions "$OUT/eval/$name.jsonl" --output_file "$OUT/eval/$name.json" \
+            --report "$OUT/eval/$name.md" > /dev/null
+    done
+}
+stage vlm_evaluate evaluate_all
+
+printf '\n== results (held-out scenes, scored against the ground truth)\n'
+$PY scripts/world_report.py results --run_dir "$OUT"
+printf '\nworld run finished in %ss: %s, %s\n' "$(( $(date +%s) - start ))" "$OUT/results.json" "$OUT/results.md"

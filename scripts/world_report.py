@@ -1,0 +1,225 @@
+"""The world run's baselines, description check and results table (used by scripts/world.sh).
+
+    python scripts/world_report.py baselines --train world_output/train_llava.json \\
+        --questions world_output/predictions.jsonl --out_dir world_output/baselines
+    python scripts/world_report.py surface --annotations world_output/annotations.json \\
+        --ground_truth world/heldout.json --output_file world_output/surface.json
+    python scripts/world_report.py results --run_dir world_output
+
+``baselines`` answers every test question (read from a predictions file, which carries the
+question, its type and its ground-truth reference) three ways and writes predictions files that
+``vlm_inference/evaluate.py`` scores like the model's: ``majority.jsonl`` (per question type the
+most frequent answer of the training split; for grounding the mean training box) and
+``chance.jsonl`` (an answer drawn uniformly, seeded, from the training split's answers of that
+type). ``surface`` checks that each annotated object's description names the surface its scene
+truly lies on. ``results`` gathers the run's figures into ``results.json`` and ``results.md``
+and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from collections import Counter
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: scripts/ is not an installed package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vlm_annotation.boxes import format_box, parse_box  # noqa: E402
+from vlm_annotation.describer import description_surface  # noqa: E402
+from vlm_annotation.io_utils import iter_jsonl, read_json, write_json_atomic, write_text_atomic  # noqa: E402
+from vlm_annotation.schema import QA_TYPES  # noqa: E402
+
+# The figure each question type is judged by (metrics.json of vlm_inference/evaluate.py).
+HEADLINE = {"count": "count_exact", "count_class": "count_exact", "grounding": "acc@0.5",
+            "region_description": "cider"}
+DETECTORS = ("yolo", "rtdetr", "wbf", "nms")
+
+
+def headline(qtype: str) -> str:
+    return HEADLINE.get(qtype, "accuracy")
+
+
+# --------------------------------------------------------------------------- baselines
+def training_answers(train_llava: Path) -> dict[str, list[str]]:
+    """Every answer of the training split, by question type."""
+    answers: dict[str, list[str]] = {}
+    for rec in read_json(train_llava):
+        turns, types = rec["conversations"], rec.get("qa_types") or []
+        for k, qtype in enumerate(types):
+            answers.setdefault(qtype, []).append(turns[2 * k + 1]["value"])
+    return answers
+
+
+def mean_box(boxes: list[str]) -> str:
+    parsed = [b for b in (parse_box(t) for t in boxes) if b is not None]
+    if not parsed:
+        return format_box([0.25, 0.25, 0.75, 0.75])
+    return format_box([sum(b[i] for b in parsed) / len(parsed) for i in range(4)])
+
+
+def write_baselines(train_llava: Path, questions: Path, out_dir: Path, seed: int = 0) -> dict[str, Path]:
+    answers = training_answers(train_llava)
+    majority = {t: Counter(a).most_common(1)[0][0] for t, a in answers.items() if a}
+    if "grounding" in answers:
+        majority["grounding"] = mean_box(answers["grounding"])
+    rng = random.Random(seed)
+    rows = {"majority": [], "chance": []}
+    for _, q in iter_jsonl(questions):
+        qtype = q.get("type")
+        base = {k: q[k] for k in ("id", "image", "turn", "question", "reference", "type") if k in q}
+        pool = answers.get(qtype) or [""]
+        rows["majority"].append(dict(base, answer=majority.get(qtype, ""), model="majority of the training split"))
+        rows["chance"].append(dict(base, answer=rng.choice(sorted(set(pool))), model="chance"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, recs in rows.items():
+        paths[name] = out_dir / f"{name}.jsonl"
+        write_text_atomic(paths[name], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
+    return paths
+
+
+# --------------------------------------------------------------------------- descriptions
+def surface_accuracy(annotations: Path, ground_truth: Path) -> dict:
+    """Share of described objects whose description names the surface their image truly lies on."""
+    coco = read_json(ground_truth)
+    truth = {im["file_name"]: im.get("surface") for im in coco["images"]}
+    n = named = right = 0
+    wrong: Counter = Counter()
+    for rec in read_json(annotations)["images"]:
+        true = truth.get(rec["image"])
+        if true is None:
+            continue
+        for obj in rec["objects"]:
+            n += 1
+            _, said = description_surface(obj.get("description", ""), obj["label"])
+            named += bool(said)
+            if said == true:
+                right += 1
+            else:
+                wrong[f"{true} -> {said or '(none)'}"] += 1
+    return {"surface_accuracy": right / n if n else None, "surface_named": named / n if n else None,
+            "objects": n, "confusions": dict(wrong.most_common(8))}
+
+
+# --------------------------------------------------------------------------- results
+def _load(path: Path) -> dict | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _per_type(metrics: dict | None, qtype: str) -> float | None:
+    if not metrics:
+        return None
+    return metrics.get("per_type", {}).get(qtype, {}).get(headline(qtype))
+
+
+def detection_figures(metrics: dict | None) -> dict:
+    """map50 / map of each detector and fusion from evaluate_annotations.py's metrics (whatever its nesting)."""
+    out: dict = {}
+    if not metrics:
+        return out
+    tables = metrics.get("sources") or metrics.get("detectors") or metrics
+    for name in DETECTORS:
+        entry = tables.get(name) if isinstance(tables, dict) else None
+        if isinstance(entry, dict):
+            overall = entry.get("overall", entry)
+            out[name] = {k: overall.get(k) for k in ("map50", "map", "precision", "recall") if k in overall}
+    if "fused" in tables and isinstance(tables["fused"], dict) and "wbf" not in out:
+        out["fused"] = tables["fused"].get("overall", tables["fused"])
+    return out
+
+
+def collect_results(run: Path) -> dict:
+    model, untrained = _load(run / "eval" / "model.json"), _load(run / "eval" / "untrained.json")
+    majority, chance = _load(run / "eval" / "majority.json"), _load(run / "eval" / "chance.json")
+    vlm = {}
+    for qtype in QA_TYPES:
+        row = {"metric": headline(qtype), "model": _per_type(model, qtype), "majority": _per_type(majority, qtype),
+               "untrained": _per_type(untrained, qtype), "chance": _per_type(chance, qtype)}
+        if row["model"] is None and row["majority"] is None:
+            continue
+        row["n"] = (model or {}).get("per_type", {}).get(qtype, {}).get("n")
+        vlm[qtype] = row
+    timings = {}
+    if (run / "timings.tsv").is_file():  # "stage<TAB>seconds" lines written by scripts/world.sh
+        for line in (run / "timings.tsv").read_text(encoding="utf-8").splitlines():
+            name, _, secs = line.partition("\t")
+            if secs:
+                timings[name] = float(secs)
+    results = {
+        "detection": detection_figures(_load(run / "detection.json")),
+        "detection_sweep": (_load(run / "detection_sweep.json") or {}).get("best") if (run / "detection_sweep.json")
+        .is_file() else None,
+        "descriptions": _load(run / "surface.json") or {},
+        "vlm": vlm,
+        "stages": timings,
+        "seconds": round(sum(timings.values()), 1) if timings else None,
+    }
+    return results
+
+
+def _f(v) -> str:
+    return "–" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def results_table(results: dict) -> str:
+    lines = ["| figure | value | baselines |", "|---|---|---|"]
+    det = results["detection"]
+    for name in DETECTORS:
+        if name in det:
+            lines.append(f"| detection mAP50, {name} | {_f(det[name].get('map50'))} | |")
+    d = results["descriptions"]
+    if d:
+        lines.append(f"| descriptions naming the true surface | {_f(d.get('surface_accuracy'))} | |")
+    lines += ["", "| question type | n | metric | model | majority | untrained | chance |",
+              "|---|---|---|---|---|---|---|"]
+    for qtype, row in results["vlm"].items():
+        lines.append(f"| {qtype} | {_f(row.get('n'))} | {row['metric']} | {_f(row['model'])} | {_f(row['majority'])} "
+                     f"| {_f(row['untrained'])} | {_f(row['chance'])} |")
+    if results.get("seconds") is not None:
+        stages = ", ".join(f"{k} {v:.0f}s" for k, v in results["stages"].items())
+        lines += ["", f"wall time {results['seconds']:.0f}s ({stages})"]
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("baselines", help="majority and chance answers to the test questions")
+    b.add_argument("--train", required=True, help="training split in LLaVA format (train_llava.json)")
+    b.add_argument("--questions", required=True, help="a predictions.jsonl of the test questions (any model)")
+    b.add_argument("--out_dir", required=True, help="folder for majority.jsonl and chance.jsonl")
+    b.add_argument("--seed", type=int, default=0, help="seed of the chance answers (default 0)")
+    s = sub.add_parser("surface", help="descriptions that name the object's true surface")
+    s.add_argument("--annotations", required=True, help="annotation file of the held-out images")
+    s.add_argument("--ground_truth", required=True, help="COCO ground truth with a surface per image")
+    s.add_argument("--output_file", required=True, help="JSON file to write")
+    r = sub.add_parser("results", help="results.json, results.md and the printed table of a world run")
+    r.add_argument("--run_dir", required=True, help="the world run's output folder")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.command == "baselines":
+        paths = write_baselines(Path(args.train), Path(args.questions), Path(args.out_dir), args.seed)
+        print(f"baselines: {', '.join(str(p) for p in paths.values())}", flush=True)
+    elif args.command == "surface":
+        result = surface_accuracy(Path(args.annotations), Path(args.ground_truth))
+        write_json_atomic(args.output_file, result)
+        print(f"descriptions name the true surface for {_f(result['surface_accuracy'])} of {result['objects']} "
+              f"objects -> {args.output_file}", flush=True)
+    else:
+        run = Path(args.run_dir)
+        results = collect_results(run)
+        table = results_table(results)
+        write_json_atomic(run / "results.json", results)
+        write_text_atomic(run / "results.md", table + "\n")
+        print(table, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,437 @@
+"""Model families: detection, every family's box frame (render -> parse round trip), the frame
+record and its mismatch refusal, and the chat layout helpers on the real tiny processors."""
+import json
+import random
+
+import pytest
+
+from models.make_tiny_models import FAMILY_BUILDERS, build_llava
+from vlm_annotation import boxes
+from vlm_training import families as F
+
+SIZES = [(640, 480), (480, 640), (500, 500), (1281, 719), (100, 30), (30, 100), (1920, 1080)]
+
+
+@pytest.fixture(scope="module")
+def family_dirs(tmp_path_factory):
+    """The tiny model of every family (LLaVA-1.5 included), built once for this module."""
+    out = tmp_path_factory.mktemp("families")
+    dirs = {name: build(out, 0) for name, build in FAMILY_BUILDERS.items()}
+    dirs["llava"] = build_llava(out, 0)
+    return dirs
+
+
+def _random_boxes(width, height, n=25, seed=0):
+    rng = random.Random(seed)
+    out = [[0.0, 0.0, float(width), float(height)]]
+    for _ in range(n):
+        x1, x2 = sorted(rng.uniform(0, width) for _ in range(2))
+        y1, y2 = sorted(rng.uniform(0, height) for _ in range(2))
+        out.append([x1, y1, x2, y2])
+    return out
+
+
+# --------------------------------------------------------------------------- detection
+@pytest.mark.parametrize("model_id,family", [
+    ("llava-hf/llava-1.5-7b-hf", "llava"), ("llava-hf/llava-1.5-13b-hf", "llava"),
+    ("liuhaotian/llava-v1.5-7b", "llava"),
+    ("llava-hf/llava-v1.6-mistral-7b-hf", "llava_next"), ("llava-hf/llava-v1.6-vicuna-7b-hf", "llava_next"),
+    ("llava-hf/llama3-llava-next-8b-hf", "llava_next"),
+    ("llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "llava_onevision"),
+    ("Qwen/Qwen2-VL-2B-Instruct", "qwen2_vl"), ("Qwen/Qwen2-VL-7B-Instruct", "qwen2_vl"),
+    ("Qwen/Qwen2.5-VL-3B-Instruct", "qwen2_5_vl"), ("Qwen/Qwen2.5-VL-72B-Instruct", "qwen2_5_vl"),
+    ("Qwen/Qwen3-VL-2B-Instruct", "qwen3_vl"), ("Qwen/Qwen3-VL-8B-Thinking", "qwen3_vl"),
+])
+def test_hub_ids_are_recognised_offline(model_id, family):
+    assert F.detect_family(model_id).name == family
+
+
+def test_unknown_ids_and_folders_are_refused_in_one_line(tmp_path):
+    with pytest.raises(F.FamilyError, match="cannot tell the model family of 'bert-base-uncased'") as err:
+        F.detect_family("bert-base-uncased")
+    assert "\n" not in str(err.value) and "qwen2_5_vl" in str(err.value)
+    with pytest.raises(F.FamilyError, match="no config.json"):
+        F.detect_family(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(F.FamilyError, match="model_type 'bert' is not a supported family"):
+        F.detect_family(tmp_path)
+
+
+def test_local_folders_are_detected_by_model_type_saved_frame_or_adapter_base(family_dirs, tmp_path):
+    for name, folder in family_dirs.items():
+        assert F.detect_family(folder).name == name
+        assert F.detect_family(str(folder)).name == name
+    # A trained model folder: the saved frame decides; a bare LoRA adapter: its base does.
+    trained = tmp_path / "trained"
+    trained.mkdir()
+    F.frame_for_family("qwen2_vl").save(trained)
+    assert F.detect_family(trained).name == "qwen2_vl"
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(family_dirs["qwen3_vl"])}))
+    assert F.detect_family(adapter).name == "qwen3_vl"
+
+
+# --------------------------------------------------------------------------- reference values
+def test_reference_values_from_the_official_conversion_notebook():
+    """QwenLM/Qwen3-VL qwen-vl-finetune/tools/process_bbox.ipynb: box [146, 137, 615, 415] of a
+    640x428 image (convert_to_qwen2vl_format / convert_to_qwen25vl_format, default settings)."""
+    box, w, h = [146, 137, 615, 415], 640, 428
+    assert F.frame_for_family("qwen2_vl").render_box(box, w, h) == "<|box_start|>(228,320),(961,970)<|box_end|>"
+    assert F.smart_resize(428, 640, 28, 56 * 56, 28 * 28 * 16384) == (420, 644)
+    q25 = F.frame_for_family("qwen2_5_vl")
+    assert q25.render_answer(box, w, h, "bowl of carrots") == \
+        '{"bbox_2d": [147, 134, 619, 407], "label": "bowl of carrots"}'
+    assert q25.render_box(box, w, h) == "[147, 134, 619, 407]"
+    q3 = F.frame_for_family("qwen3_vl")
+    assert q3.render_answer(box, w, h, "bowl of carrots") == \
+        '{"bbox_2d": [228, 320, 961, 970], "label": "bowl of carrots"}'
+    assert q3.render_answer(box, w, h) == '{"bbox_2d": [228, 320, 961, 970]}'
+    assert F.frame_for_family("llava_next").render_box(box, w, h) == "[0.23, 0.32, 0.96, 0.97]"
+    assert F.frame_for_family("qwen2_vl").render_ref("the bowl") == "<|object_ref_start|>the bowl<|object_ref_end|>"
+    assert q3.render_ref("the bowl") == "the bowl"
+
+
+@pytest.mark.parametrize("width,height", SIZES)
+def test_llava_frame_is_the_shared_box_text(width, height):
+    frame = F.frame_for_family("llava")
+    for box in _random_boxes(width, height):
+        assert frame.render_box(box, width, height) == boxes.box_to_text(box, width, height)
+        assert frame.render_answer(box, width, height, "glass") == boxes.box_to_text(box, width, height)
+        text = boxes.box_to_text(box, width, height)
+        assert frame.parse_box(text, width, height) == boxes.text_to_box(text, width, height)
+
+
+def test_smart_resize_equals_the_processors_own():
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+    rng = random.Random(0)
+    sizes = [(28, 28), (30, 100), (100, 30), (428, 640), (4000, 3000), (1, 150), (56, 56)]
+    sizes += [(rng.randint(10, 5000), rng.randint(10, 5000)) for _ in range(200)]
+    for factor, lo, hi in [(28, 3136, 12845056), (32, 65536, 16777216), (28, 3136, 12544), (32, 4096, 16384)]:
+        for h, w in sizes:
+            try:
+                expected = smart_resize(h, w, factor, lo, hi)
+            except ValueError:  # aspect ratio above 200: refused by both
+                with pytest.raises(F.FamilyError, match="aspect ratio above 200"):
+                    F.smart_resize(h, w, factor, lo, hi)
+                continue
+            assert F.smart_resize(h, w, factor, lo, hi) == expected, (h, w, factor)
+
+
+# --------------------------------------------------------------------------- round trips
+FRAMES = {
+    "llava": F.frame_for_family("llava"),
+    "llava_next": F.frame_for_family("llava_next"),
+    "llava_onevision": F.frame_for_family("llava_onevision"),
+    "qwen2_vl": F.frame_for_family("qwen2_vl"),
+    "qwen2_5_vl": F.frame_for_family("qwen2_5_vl"),
+    "qwen2_5_vl_small": F.frame_for_family("qwen2_5_vl", {"factor": 28, "min_pixels": 3136, "max_pixels": 12544}),
+    "qwen3_vl": F.frame_for_family("qwen3_vl"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FRAMES))
+@pytest.mark.parametrize("width,height", SIZES)
+def test_box_text_box_round_trip_within_half_a_step(name, width, height):
+    """pixel box -> question text and answer text -> pixel box, within half of the frame's rounding step
+    (one pixel or less wherever the frame is at least half as fine as the image)."""
+    frame = FRAMES[name]
+    sx, sy = frame.step(width, height)
+    for box in _random_boxes(width, height):
+        for text in (frame.render_box(box, width, height), frame.render_answer(box, width, height, "can")):
+            back = frame.parse_box(text, width, height)
+            for i, (a, b) in enumerate(zip(box, back)):
+                tol = (sx if i % 2 == 0 else sy) / 2 + 1e-6
+                assert abs(a - b) <= tol, (text, box, back)
+                if tol <= 1.0:
+                    assert abs(a - b) <= 1.0
+
+
+@pytest.mark.parametrize("name,width,height", [
+    ("llava", 200, 120), ("llava", 90, 160), ("llava_next", 150, 200), ("llava_onevision", 200, 80),
+    ("qwen2_vl", 640, 480), ("qwen2_vl", 1920, 1080), ("qwen3_vl", 1281, 719), ("qwen3_vl", 30, 100),
+    ("qwen2_5_vl", 640, 480), ("qwen2_5_vl", 1281, 719), ("qwen2_5_vl", 100, 30), ("qwen2_5_vl", 30, 100),
+])
+def test_round_trip_within_one_pixel(name, width, height):
+    frame = FRAMES[name]
+    for box in _random_boxes(width, height, n=50, seed=width):
+        back = frame.parse_box(frame.render_answer(box, width, height, "glass"), width, height)
+        assert max(abs(a - b) for a, b in zip(box, back)) <= 1.0, (box, back)
+
+
+def test_qwen2_5_frame_follows_smart_resize_where_it_changes_the_aspect_ratio():
+    frame = FRAMES["qwen2_5_vl"]
+    # 100x30 becomes 112x28: x is stretched by 1.12, y squeezed by 0.93.
+    assert frame.frame_size(100, 30) == (112.0, 28.0)
+    assert 112 / 28 != pytest.approx(100 / 30, abs=0.5)
+    assert frame.render_box([0, 0, 100, 30], 100, 30) == "[0, 0, 112, 28]"
+    assert frame.render_box([50, 15, 75, 30], 100, 30) == "[56, 14, 84, 28]"
+    assert frame.parse_box("[56, 14, 84, 28]", 100, 30) == [50.0, 15.0, 75.0, 30.0]
+    # A processor with a smaller max_pixels writes other numbers for the same box.
+    small = FRAMES["qwen2_5_vl_small"]
+    assert small.frame_size(640, 480) == (112.0, 84.0)
+    assert small.render_box([320, 240, 640, 480], 640, 480) == "[56, 42, 112, 84]"
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_frame_matches_what_the_real_processor_does_to_the_image(family, family_dirs):
+    from PIL import Image
+    from transformers import AutoProcessor
+    processor = AutoProcessor.from_pretrained(family_dirs[family])
+    frame = F.frame_from_processor(family, processor)
+    settings = F.resize_settings(processor.image_processor)
+    patch = processor.image_processor.patch_size
+    for width, height in [(100, 30), (30, 100), (640, 480), (77, 77), (300, 41)]:
+        grid = processor.image_processor(images=Image.new("RGB", (width, height)), return_tensors="pt")
+        _, rows, cols = grid["image_grid_thw"][0].tolist()
+        resized = F.smart_resize(height, width, **settings)
+        assert resized == (rows * patch, cols * patch)
+        if family == "qwen2_5_vl":
+            assert frame.frame_size(width, height) == (cols * patch, rows * patch)
+
+
+# --------------------------------------------------------------------------- parsing
+def test_parse_reads_every_notation_and_rejects_inverted_or_missing_boxes():
+    q2, q3 = FRAMES["qwen2_vl"], FRAMES["qwen3_vl"]
+    # Qwen2-VL decoded with skip_special_tokens=True loses the box tokens: still a box.
+    assert q2.parse_box("<|box_start|>(100,200),(500,1000)<|box_end|>", 1000, 500) == [100.0, 100.0, 500.0, 500.0]
+    assert q2.parse_box("(100,200),(500,1000)", 1000, 500) == [100.0, 100.0, 500.0, 500.0]
+    assert q2.parse_box("<|object_ref_start|>a can<|object_ref_end|>(100, 200), (500, 1000)", 1000, 500) == \
+        [100.0, 100.0, 500.0, 500.0]
+    fenced = '```json\n[\n\t{"bbox_2d": [100, 200, 500, 1000], "label": "can"},\n' \
+             '\t{"bbox_2d": [0, 0, 10, 10], "label": "glass"}\n]\n```'
+    assert q3.parse_box(fenced, 1000, 500) == [100.0, 100.0, 500.0, 500.0]
+    assert q3.parse_boxes(fenced, 1000, 500) == [[100.0, 100.0, 500.0, 500.0], [0.0, 0.0, 10.0, 5.0]]
+    assert q3.parse_box("[100, 200, 500, 1000]", 1000, 500) == [100.0, 100.0, 500.0, 500.0]
+    assert q3.parse_box('{"bbox_2d": [500, 200, 100, 1000]}', 1000, 500) is None
+    assert q3.parse_boxes('{"bbox_2d": [500, 200, 100, 1000]} [0, 0, 1000, 1000]', 1000, 500) == \
+        [[0.0, 0.0, 1000.0, 500.0]]
+    assert q3.parse_box("There is no box here.", 1000, 500) is None
+    assert q3.parse_box("", 1000, 500) is None
+    # Out-of-frame numbers come back clipped to the image.
+    assert q3.parse_box("[0, 0, 1200, 1000]", 1000, 500) == [0.0, 0.0, 1000.0, 500.0]
+
+
+def test_first_box_gives_frame_numbers_whose_iou_is_the_pixel_iou():
+    assert F.first_box('{"bbox_2d": [1, 2, 3, 4]}') == [1.0, 2.0, 3.0, 4.0]
+    assert F.first_box("<|box_start|>(1,2),(3,4)<|box_end|> and [5, 6, 7, 8]") == [1.0, 2.0, 3.0, 4.0]
+    assert F.first_box("[0.5, 0.2, 0.1, 0.9]") is None and F.first_box("none") is None
+    rng = random.Random(3)
+    for name, frame in FRAMES.items():
+        for width, height in SIZES:
+            a, b = _random_boxes(width, height, n=2, seed=rng.randrange(1000))[1:]
+            ta, tb = frame.render_answer(a, width, height), frame.render_answer(b, width, height)
+            pixel_iou = boxes.iou(frame.parse_box(ta, width, height), frame.parse_box(tb, width, height))
+            assert boxes.iou(F.first_box(ta), F.first_box(tb)) == pytest.approx(pixel_iou, abs=1e-9), name
+
+
+@pytest.mark.parametrize("name", ["llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision"])
+def test_image_token_count_is_what_the_processor_does(name, family_dirs):
+    from PIL import Image
+    from transformers import AutoProcessor
+    processor = AutoProcessor.from_pretrained(family_dirs[name])
+    token_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    for width, height in [(100, 30), (30, 100), (640, 480), (77, 77), (300, 41)]:
+        ids = processor(text=[processor.image_token], images=[Image.new("RGB", (width, height))],
+                        return_tensors="pt")["input_ids"]
+        assert F.image_token_count(processor, width, height) == int((ids == token_id).sum()), (width, height)
+
+
+# --------------------------------------------------------------------------- record and refusal
+def test_frame_dict_round_trips_and_is_validated(tmp_path):
+    for frame in FRAMES.values():
+        data = json.loads(json.dumps(frame.to_dict()))
+        assert F.BoxFrame.from_dict(data) == frame
+    assert FRAMES["qwen2_5_vl"].to_dict() == {"family": "qwen2_5_vl", "kind": "resized_pixels", "factor": 28,
+                                              "min_pixels": 3136, "max_pixels": 12845056}
+    assert FRAMES["llava"].to_dict() == {"family": "llava", "kind": "padded_square", "decimals": 2}
+    bad = [({"family": "qwen2_vl", "kind": "norm1000", "extra": 1}, "unknown field 'extra'"),
+           ({"kind": "norm1000"}, "field 'family' is missing"),
+           ({"family": "gpt", "kind": "norm1000"}, "unknown model family 'gpt'"),
+           ({"family": "qwen2_vl", "kind": "unit", "decimals": 2}, "is not the qwen2_vl frame"),
+           ({"family": "llava", "kind": "padded_square", "decimals": 3}, "is not the llava frame"),
+           ({"family": "qwen2_5_vl", "kind": "resized_pixels", "factor": 28}, "needs positive integers"),
+           ({"family": "qwen2_5_vl", "kind": "resized_pixels", "factor": 28, "min_pixels": 9,
+             "max_pixels": 3}, "min_pixels 9 > max_pixels 3"),
+           ({"family": "qwen2_5_vl", "kind": "resized_pixels", "factor": "28", "min_pixels": 1,
+             "max_pixels": 3}, "field 'factor' must be an integer"),
+           ([1, 2], "must be an object")]
+    for data, message in bad:
+        with pytest.raises(F.FamilyError, match=message):
+            F.BoxFrame.from_dict(data, where="train.json[0].box_frame")
+    FRAMES["qwen2_5_vl_small"].save(tmp_path)
+    assert F.BoxFrame.load(tmp_path) == FRAMES["qwen2_5_vl_small"]
+    assert F.BoxFrame.load(tmp_path / "nowhere") is None
+
+
+def test_mismatched_frames_are_refused_naming_what_to_rerun():
+    base = "Qwen/Qwen2.5-VL-3B-Instruct"
+    F.check_frame(FRAMES["qwen2_5_vl"], F.frame_for(base), "train.json", base)
+    with pytest.raises(F.FamilyError) as err:
+        F.check_frame(FRAMES["qwen2_vl"], F.frame_for(base), "train.json", base)
+    msg = str(err.value)
+    assert msg.startswith("train.json: boxes were rendered for qwen2_vl [integers 0..1000 of the original image] but")
+    assert msg.endswith(f"rerun convert_to_llava_format.py --base_model {base}") and "\n" not in msg
+    with pytest.raises(F.FamilyError, match=r"max_pixels 12544\)\] but .* max_pixels 12845056\)\]; rerun"):
+        F.check_frame(FRAMES["qwen2_5_vl_small"], FRAMES["qwen2_5_vl"], "train.json", base)
+    # A record without a frame predates families: it was rendered for LLaVA-1.5.
+    assert F.frame_of_record({"id": "a"}) == FRAMES["llava"]
+    assert F.frame_of_record({"box_frame": FRAMES["qwen3_vl"].to_dict()}) == FRAMES["qwen3_vl"]
+    with pytest.raises(F.FamilyError, match=r"train.json\[3\].box_frame: unknown model family"):
+        F.frame_of_record({"box_frame": {"family": "x", "kind": "unit"}}, where="train.json[3]")
+
+
+def test_frame_for_reads_the_processor_settings_of_a_folder(family_dirs, tmp_path):
+    # A hub id never downloaded: the official checkpoint's settings.
+    assert F.frame_for("Qwen/Qwen2.5-VL-7B-Instruct") == FRAMES["qwen2_5_vl"]
+    assert F.frame_for("llava-hf/llava-1.5-7b-hf") == FRAMES["llava"]
+    # A local folder: its processor's (the tiny one allows at most 112x112 px).
+    assert F.frame_for(family_dirs["qwen2_5_vl"]) == FRAMES["qwen2_5_vl_small"]
+    assert F.frame_for(family_dirs["qwen3_vl"]) == FRAMES["qwen3_vl"]
+    # A legacy preprocessor_config.json with min_pixels/max_pixels, as older hub checkpoints ship.
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl"}))
+    (legacy / "preprocessor_config.json").write_text(json.dumps(
+        {"min_pixels": 3136, "max_pixels": 1003520, "patch_size": 14, "merge_size": 2}))
+    assert F.frame_for(legacy).max_pixels == 1003520
+    # A trained model: the frame it saved wins over its processor.
+    FRAMES["qwen2_5_vl"].save(legacy)
+    assert F.frame_for(legacy) == FRAMES["qwen2_5_vl"]
+
+
+# --------------------------------------------------------------------------- chat layout
+TURNS = [("How many objects are there?", "There are 2 objects in this image."), ("Q2?", "A2.")]
+EXPECTED_SEGMENTS = {
+    "llava": [("USER: <image>\nHow many objects are there? ASSISTANT:", False),
+              (" There are 2 objects in this image.</s>", True), ("USER: Q2? ASSISTANT:", False),
+              (" A2.</s>", True)],
+    "llava_next": [("[INST] <image>\nHow many objects are there? [/INST]", False),
+                   (" There are 2 objects in this image.</s>", True), (" [INST] Q2? [/INST]", False),
+                   (" A2.</s>", True)],
+    "qwen2_vl": [("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                  "<|vision_start|><|image_pad|><|vision_end|>How many objects are there?<|im_end|>\n"
+                  "<|im_start|>assistant\n", False),
+                 ("There are 2 objects in this image.<|im_end|>", True),
+                 ("\n<|im_start|>user\nQ2?<|im_end|>\n<|im_start|>assistant\n", False), ("A2.<|im_end|>", True)],
+    "qwen3_vl": [("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>How many objects are there?"
+                  "<|im_end|>\n<|im_start|>assistant\n", False),
+                 ("There are 2 objects in this image.<|im_end|>", True),
+                 ("\n<|im_start|>user\nQ2?<|im_end|>\n<|im_start|>assistant\n", False), ("A2.<|im_end|>", True)],
+}
+EXPECTED_SEGMENTS["qwen2_5_vl"] = EXPECTED_SEGMENTS["qwen2_vl"]
+# Its template writes "assistant \n" before a stored answer but asks with "assistant\n": the
+# answer is trained after the prompt inference sends.
+EXPECTED_SEGMENTS["llava_onevision"] = [
+    ("<|im_start|>user <image>\nHow many objects are there?<|im_end|><|im_start|>assistant\n", False),
+    ("There are 2 objects in this image.<|im_end|>", True),
+    ("<|im_start|>user \nQ2?<|im_end|><|im_start|>assistant\n", False), ("A2.<|im_end|>", True)]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_SEGMENTS))
+def test_conversation_segments_supervise_answers_through_the_end_of_turn(name, family_dirs):
+    from transformers import AutoProcessor
+    processor = AutoProcessor.from_pretrained(family_dirs[name])
+    family = F.detect_family(family_dirs[name])
+    segments = F.conversation_segments(processor, family, TURNS)
+    assert segments == EXPECTED_SEGMENTS[name]
+    assert segments[0][0] == F.generation_prompt(processor, TURNS[0][0])
+    eot = F.end_of_turn(family, processor.tokenizer)
+    assert all(text.endswith(eot) for text, supervised in segments if supervised)
+    # The image placeholder the template writes is the family's, once, in the first prompt.
+    assert segments[0][0].count(family.image_placeholder) == 1
+    assert sum(text.count(family.image_placeholder) for text, _ in segments) == 1
+    # With a system prompt, it comes first and the answers stay the same.
+    with_system = F.conversation_segments(processor, family, TURNS, system="Answer briefly.")
+    assert "Answer briefly." in with_system[0][0]
+    assert [t for t, s in with_system if s] == [t for t, s in segments if s]
+
+
+@pytest.mark.parametrize("name", ["llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision"])
+def test_lora_regex_hits_only_the_language_model(name, family_dirs):
+    import re
+
+    import torch
+    from transformers import AutoModelForImageTextToText
+    model = AutoModelForImageTextToText.from_pretrained(family_dirs[name])
+    family = F.detect_family(family_dirs[name])
+    assert type(model).__name__ == family.model_class
+    names = [n for n, _ in model.named_modules()]
+    hits = [n for n in names if re.fullmatch(family.lora_target_regex, n)]
+    assert hits and all(F.module_role(family, n) == "language" for n in hits)
+    assert all(isinstance(model.get_submodule(n), torch.nn.Linear) for n in hits)
+    # Every prefix names a real module (or parameter: LLaVA-NeXT's image_newline), and every Linear of
+    # the vision tower is outside the regex.
+    params = [n for n, _ in model.named_parameters()]
+    for prefix in family.vision_prefixes + family.projector_prefixes:
+        assert prefix in names or prefix in params, prefix
+    vision_linears = [n for n, m in model.named_modules()
+                      if isinstance(m, torch.nn.Linear) and F.module_role(family, n) != "language"]
+    assert vision_linears and not set(vision_linears) & set(hits)
+
+
+# --------------------------------------------------------------------------- end to end (helpers only)
+def _training_example(processor, family, turns, image):
+    """What training must build for any family: the chat template's segments tokenized piecewise,
+    answers (through the end-of-turn token) supervised, the one image placeholder expanded to as
+    many image tokens as the processor gives this image, checked against the processor's input_ids."""
+    import torch
+
+    from vlm_training.llava_data import IGNORE_INDEX, tokenize_segments
+    tok = processor.tokenizer
+    segments = F.conversation_segments(processor, family, turns)
+    bos = tok("a").input_ids[:1]
+    bos = bos if tok.bos_token_id is not None and bos == [tok.bos_token_id] else []
+    ids, labels = list(bos), [IGNORE_INDEX] * len(bos)
+    for (_, supervised), piece in zip(segments, tokenize_segments(tok, segments)):
+        ids += piece
+        labels += piece if supervised else [IGNORE_INDEX] * len(piece)
+    inputs = processor(text=["".join(text for text, _ in segments)], images=[image], return_tensors="pt")
+    image_id = tok.convert_tokens_to_ids(processor.image_token)
+    n = int((inputs["input_ids"][0] == image_id).sum())
+    at = ids.index(image_id)
+    ids = ids[:at] + [image_id] * n + ids[at + 1:]
+    labels = labels[:at] + [IGNORE_INDEX] * n + labels[at + 1:]
+    assert ids == inputs["input_ids"][0].tolist()
+    inputs["labels"] = torch.tensor([labels])
+    return inputs
+
+
+def test_helpers_teach_qwen2_5_vl_a_box_in_its_frame_and_parse_it_back(family_dirs):
+    """LoRA (language model only) on the tiny Qwen2.5-VL with the helpers' layout memorises an answer
+    and a grounding box whose image smart_resize stretches; greedy generation returns both exactly
+    and the box parses back to within one pixel of the annotation."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    folder = family_dirs["qwen2_5_vl"]
+    family, frame = F.detect_family(folder), F.frame_for(folder)
+    processor = AutoProcessor.from_pretrained(folder)
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForImageTextToText.from_pretrained(folder),
+                           LoraConfig(r=16, lora_alpha=32, target_modules=family.lora_target_regex, lora_dropout=0.0))
+    assert all("language_model" in n for n, p in model.named_parameters() if p.requires_grad)
+    image, box = Image.new("RGB", (100, 60), (200, 30, 30)), [10.0, 5.0, 50.0, 40.0]
+    grounding = "Please provide the bounding box coordinate of the region this sentence describes: the glass"
+    turns = [("How many objects are there?", "There are 2 objects in this image."),
+             (grounding, frame.render_answer(box, 100, 60, "glass"))]
+    example = _training_example(processor, family, turns, image)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    for _ in range(80):
+        loss = model(**example).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if loss.item() < 0.01:
+            break
+    model.eval()
+    for k, (question, answer) in enumerate(turns):
+        inputs = processor(text=[F.generation_prompt(processor, question, history=turns[:k])], images=[image],
+                           return_tensors="pt")
+        out = model.generate(**inputs, max_new_tokens=40, do_sample=False)
+        text = processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        assert text == answer
+    back = frame.parse_box(text, 100, 60)
+    assert max(abs(a - b) for a, b in zip(box, back)) <= 1.0

@@ -1,0 +1,381 @@
+"""Measure an annotation file against ground truth: COCO mAP, precision and recall, per class.
+
+    python vlm_annotation/evaluate_annotations.py --annotations annotations.json \\
+        --ground_truth ground_truth.json --output_file label_metrics.json
+
+    # ensemble versus each detector, and the best fusion settings for this data
+    python vlm_annotation/data_annotation.py ... --keep_detector_boxes --output_file annotations.json
+    python vlm_annotation/evaluate_annotations.py --annotations annotations.json \\
+        --ground_truth ground_truth.json --output_file label_metrics.json --sweep
+
+Ground truth is a COCO json or an Ultralytics ``data.yaml`` (read by ``import_labels.py``'s
+readers: COCO ``iscrowd`` regions are "ignore" regions, as in COCO's own evaluation).
+``pycocotools`` computes everything: ``map`` is COCO's AP@[.5:.95] (maxDets 100), ``map50`` its
+AP@.5; ``precision`` and ``recall`` count pycocotools' IoU-0.5 matches over every object of the
+file, i.e. at the file's own confidence threshold (``meta.conf_threshold``: the detectors kept
+boxes scoring above it before fusion; ``--conf_threshold`` keeps only objects scoring above a
+higher one). Per class, a class of the annotations that the ground truth lacks has no AP (its
+objects count as false positives). Images present in only one of the two files are listed,
+never silently dropped from the report (they are left out of the figures).
+
+With ``detector_boxes`` in the file (``data_annotation.py --keep_detector_boxes``), the table
+also scores YOLO alone, RT-DETR alone and both fusions (WBF and NMS), fused by the very
+functions data_annotation.py uses; ``--sweep`` scores a grid of ``--fusion``,
+``--detector_weights``, ``--iou_threshold`` and ``--conf_threshold`` from the kept boxes
+(no detector runs) and recommends the setting with the best ``--sweep_metric``.
+
+Writes ``--output_file`` (JSON) and a markdown table beside it (``.md``).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import itertools
+import sys
+from pathlib import Path
+
+from vlm_annotation.data_annotation import fuse_detections
+from vlm_annotation.detectors import DETECTOR_NAMES, ClassMap
+from vlm_annotation.fusion import FUSION_METHODS
+from vlm_annotation.import_labels import LabelSet, read_coco, read_yolo
+from vlm_annotation.io_utils import InputError, write_json_atomic, write_text_atomic
+from vlm_annotation.runtime import report_input_errors, require_output_file, require_path
+from vlm_annotation.schema import AnnotationError, load_annotations, validate_bbox
+
+PR_IOU = 0.5  # the IoU at which precision and recall count a match
+SWEEP_METRICS = ("f1", "map", "map50")
+
+
+def load_ground_truth(path: str | Path, images_dir: str | Path | None = None,
+                      class_map: ClassMap | None = None) -> LabelSet:
+    """COCO json, or an Ultralytics data.yaml (``.yaml`` / ``.yml``)."""
+    if Path(path).suffix.lower() in (".yaml", ".yml"):
+        return read_yolo(path, images_dir, class_map)
+    return read_coco(path, class_map)
+
+
+def check_detector_boxes(data: dict, file) -> bool:
+    """Whether every image record carries ``detector_boxes`` (checked field by field when present)."""
+    records = data["images"]
+    if not records or not all("detector_boxes" in r for r in records):
+        return False
+    for i, rec in enumerate(records):
+        kept = rec["detector_boxes"]
+        where = f"images[{i}].detector_boxes"
+        if not isinstance(kept, dict) or sorted(kept) != sorted(DETECTOR_NAMES):
+            raise AnnotationError(file, where, f"expected an object with the lists {', '.join(DETECTOR_NAMES)}")
+        for name, dets in kept.items():
+            if not isinstance(dets, list):
+                raise AnnotationError(file, f"{where}.{name}", "expected a list")
+            for k, d in enumerate(dets):
+                path = f"{where}.{name}[{k}]"
+                if not isinstance(d, dict) or not isinstance(d.get("label"), str):
+                    raise AnnotationError(file, path, "expected {label, bbox, score}")
+                validate_bbox(d.get("bbox"), rec["width"], rec["height"], file, f"{path}.bbox")
+                score = d.get("score")
+                if not isinstance(score, (int, float)) or isinstance(score, bool) or not 0 <= score <= 1:
+                    raise AnnotationError(file, f"{path}.score", "expected a number in [0, 1]")
+    return True
+
+
+def match_images(predicted: list[str], truth: list[str]) -> dict[str, str]:
+    """Annotation image name -> ground-truth name: equal paths, else the unique one that ends with the
+    other (``images/val/a.jpg`` and ``a.jpg``: the two files may count paths from different folders)."""
+    truth_set = set(truth)
+    matched = {p: p for p in predicted if p in truth_set}
+    by_suffix: dict[str, list[str]] = {}
+    for t in truth:
+        parts = t.split("/")
+        for k in range(1, len(parts)):
+            by_suffix.setdefault("/".join(parts[k:]), []).append(t)
+    used = set(matched.values())
+    for p in predicted:
+        if p in matched:
+            continue
+        parts = p.split("/")
+        candidates = set(by_suffix.get(p, [])) | {"/".join(parts[k:]) for k in range(1, len(parts))} & truth_set
+        candidates -= used
+        if len(candidates) == 1:
+            matched[p] = candidates.pop()
+            used.add(matched[p])
+    return matched
+
+
+def coco_evaluate(truth: dict[str, dict], predictions: dict[str, list[dict]], categories: list[str]) -> dict:
+    """pycocotools' bbox evaluation of ``predictions`` (image -> [{label, bbox, score}]) against ``truth``
+    (image -> {width, height, objects, crowd}): overall and per-class map, map50, precision, recall."""
+    import numpy as np
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    cat_id = {n: i for i, n in enumerate(categories, start=1)}
+    names = sorted(truth)
+    gt = {"images": [], "annotations": [], "categories": [{"id": i, "name": n} for n, i in cat_id.items()]}
+    dets = []
+    for image_id, name in enumerate(names, start=1):
+        entry = truth[name]
+        gt["images"].append({"id": image_id, "file_name": name, "width": entry["width"], "height": entry["height"]})
+        for crowd, objects in ((0, entry["objects"]), (1, entry.get("crowd", []))):
+            for o in objects:
+                x1, y1, x2, y2 = o["bbox"]
+                gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": image_id,
+                                          "category_id": cat_id[o["label"]], "bbox": [x1, y1, x2 - x1, y2 - y1],
+                                          "area": (x2 - x1) * (y2 - y1), "iscrowd": crowd})
+        for o in predictions.get(name, []):
+            x1, y1, x2, y2 = o["bbox"]
+            dets.append({"image_id": image_id, "category_id": cat_id[o["label"]],
+                         "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(o["score"])})
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        coco_gt = COCO()
+        coco_gt.dataset = gt
+        coco_gt.createIndex()
+        coco_dt = coco_gt.loadRes(dets) if dets else None
+        ev = None
+        if coco_dt is not None:
+            ev = COCOeval(coco_gt, coco_dt, "bbox")
+            ev.evaluate()
+            ev.accumulate()
+    counts = {c: {"tp": 0, "fp": 0, "gt": 0, "det": 0} for c in cat_id.values()}
+    if ev is not None:
+        t = int(np.argmin(np.abs(ev.params.iouThrs - PR_IOU)))
+        for e in ev.evalImgs:
+            if e is None or e["aRng"] != ev.params.areaRng[0]:
+                continue
+            c = counts[e["category_id"]]
+            kept = ~e["dtIgnore"][t].astype(bool)
+            matched = e["dtMatches"][t] > 0
+            c["tp"] += int((matched & kept).sum())
+            c["fp"] += int((~matched & kept).sum())
+            c["det"] += int(kept.sum())
+    for a in gt["annotations"]:
+        if not a["iscrowd"]:
+            counts[a["category_id"]]["gt"] += 1
+
+    def ap(k: int | None, t: slice | int) -> float | None:
+        """Mean of pycocotools' precision array over IoUs ``t``, recalls and classes (one class: ``k``),
+        for all areas and maxDets 100, as its own summary does; None where no class has ground truth."""
+        if ev is None:  # no detections at all: AP 0 wherever there is something to find
+            n = sum(c["gt"] for c in counts.values()) if k is None else counts[k + 1]["gt"]
+            return 0.0 if n else None
+        p = ev.eval["precision"][t, :, :, 0, -1] if k is None else ev.eval["precision"][t, :, k, 0, -1]
+        p = p[p > -1]
+        return _r(float(p.mean())) if p.size else None
+
+    def figures(cs: list[dict], k: int | None) -> dict:
+        tp, fp, n_gt = (sum(c[key] for c in cs) for key in ("tp", "fp", "gt"))
+        precision = tp / (tp + fp) if tp + fp else None
+        recall = tp / n_gt if n_gt else None
+        f1 = None
+        if precision is not None and recall is not None:
+            f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        return {"map": ap(k, slice(None)), "map50": ap(k, 0), "precision": _r(precision), "recall": _r(recall),
+                "f1": _r(f1), "detections": tp + fp, "ground_truth_boxes": n_gt, "true_positives": tp}
+
+    # Classes with neither boxes nor detections (a category nobody used) say nothing: left out.
+    per_class = {n: figures([counts[i]], i - 1) for n, i in cat_id.items() if counts[i]["gt"] or counts[i]["det"]}
+    return {**figures(list(counts.values()), None), "per_class": per_class}
+
+
+def _or(v: float | None, default: float = -1.0) -> float:
+    return default if v is None else v
+
+
+def _r(v: float | None) -> float | None:
+    return None if v is None else round(v, 4)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--annotations", required=True, help="annotation file to measure (JSON of this toolkit)")
+    p.add_argument("--ground_truth", required=True, help="ground truth: COCO json, or an Ultralytics data.yaml")
+    p.add_argument("--output_file", required=True, help="metrics JSON to write (a markdown table goes beside it, .md)")
+    p.add_argument("--images_dir", default=None,
+                   help="with a YOLO --ground_truth: the folder its image names count from (default its path)")
+    p.add_argument("--class_map", default=None,
+                   help="JSON file mapping ground-truth class names onto the annotations' names, as in "
+                        "import_labels.py ({\"wine glass\": \"glass\", \"person\": null})")
+    p.add_argument("--conf_threshold", type=float, default=None,
+                   help="count only objects scoring above this (default: all objects of the file, which the "
+                        "detectors kept above its meta.conf_threshold)")
+    p.add_argument("--sweep", action="store_true",
+                   help="score a grid of fusion settings from the kept detector boxes and recommend the best")
+    p.add_argument("--sweep_fusion", nargs="+", choices=FUSION_METHODS, default=list(FUSION_METHODS),
+                   help="fusion methods of the sweep (default wbf nms)")
+    p.add_argument("--sweep_weights", nargs="+", default=["1,1", "2,1", "1,2"],
+                   help="YOLO,RTDETR weight pairs of the sweep (default 1,1 2,1 1,2)")
+    p.add_argument("--sweep_iou", type=float, nargs="+", default=[0.4, 0.55, 0.7],
+                   help="IoU thresholds of the sweep (default 0.4 0.55 0.7)")
+    p.add_argument("--sweep_conf", type=float, nargs="+", default=None,
+                   help="confidence thresholds of the sweep, at least the file's own "
+                        "(default: the file's, +0.1, +0.2)")
+    p.add_argument("--sweep_metric", choices=SWEEP_METRICS, default="f1",
+                   help="what the recommendation maximises: f1 of precision and recall (default; every object "
+                        "of a label file is a training label, whatever its score), map or map50")
+    args = p.parse_args(argv)
+    try:
+        args.sweep_weights = [tuple(float(v) for v in w.split(",")) for w in args.sweep_weights]
+    except ValueError:
+        p.error("--sweep_weights: give pairs like 1,1 2,1")
+    checks = [
+        (args.conf_threshold is None or 0 <= args.conf_threshold <= 1, "--conf_threshold must be between 0 and 1"),
+        (all(len(w) == 2 and min(w) >= 0 and sum(w) > 0 for w in args.sweep_weights),
+         "--sweep_weights: each a pair of non-negative weights, not both zero (1,1)"),
+        (all(0 < v <= 1 for v in args.sweep_iou), "--sweep_iou: each in (0, 1]"),
+        (args.sweep_conf is None or all(0 <= v < 1 for v in args.sweep_conf), "--sweep_conf: each in [0, 1)"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            p.error(message)
+    return args
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def _table(rows: list[tuple[str, dict]], first: str) -> list[str]:
+    cols = ("map", "map50", "precision", "recall", "f1", "detections", "ground_truth_boxes")
+    lines = [f"| {first} | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
+    lines += [f"| {name} | " + " | ".join(_fmt(m.get(c)) for c in cols) + " |" for name, m in rows]
+    return lines
+
+
+def comparison_rows(result: dict) -> list[tuple[str, dict]]:
+    """The file's own objects, then each detector alone and each fusion of the two."""
+    return [(f"annotation file ({result['fusion'] or 'its objects'})", result), *result["detectors"].items()]
+
+
+def markdown(result: dict) -> str:
+    lines = [f"# Annotations vs ground truth: {result['annotations']} vs {result['ground_truth']}", "",
+             f"{result['images']['evaluated']} images; precision/recall at IoU {PR_IOU}, "
+             f"conf_threshold {_fmt(result['conf_threshold'])}.", ""]
+    lines += _table([("all", result)] + list(result["per_class"].items()), "class") + [""]
+    if "detectors" in result:
+        lines += ["## Ensemble versus each detector", ""]
+        lines += _table(comparison_rows(result), "boxes") + [""]
+    if "sweep" in result:
+        best = result["recommended"]
+        lines += [f"## Sweep ({len(result['sweep'])} settings, best {best['metric']} first)", ""]
+        rows = sorted(result["sweep"], key=lambda s: -(s[best["metric"]] or 0))[:10]
+        lines += _table([(s["flags"], s) for s in rows], "setting") + [""]
+        lines += [f"Recommended: `{best['flags']}` ({best['metric']} {_fmt(best['value'])})", ""]
+    im = result["images"]
+    for key in ("only_in_annotations", "only_in_ground_truth", "skipped_in_annotations", "size_mismatch"):
+        if im[key]:
+            lines.append(f"- {key.replace('_', ' ')} ({len(im[key])}, not scored): " + ", ".join(im[key][:20])
+                         + (" ..." if len(im[key]) > 20 else ""))
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _flags(fusion: str, weights, iou: float, conf: float) -> str:
+    return (f"--fusion {fusion} --detector_weights {weights[0]:g} {weights[1]:g} "
+            f"--iou_threshold {iou:g} --conf_threshold {conf:g}")
+
+
+@report_input_errors
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    source = require_path(args.annotations, "--annotations", "file")
+    gt_path = require_path(args.ground_truth, "--ground_truth", "file")
+    inputs = {"--annotations": source, "--ground_truth": gt_path, "--class_map": args.class_map}
+    require_output_file(args.output_file, "--output_file", inputs)
+    md_path = Path(args.output_file).with_suffix(".md")
+    require_output_file(md_path, "--output_file (its .md)", inputs)
+    data = load_annotations(source)
+    kept = check_detector_boxes(data, source)
+    if args.sweep and not kept:
+        raise InputError(f"--sweep: {source} has no detector_boxes in every image record; annotate with "
+                         "data_annotation.py --keep_detector_boxes")
+    truth = load_ground_truth(gt_path, args.images_dir, ClassMap.from_file(args.class_map))
+    meta = data.get("meta", {})
+    file_conf = meta.get("conf_threshold")
+    conf = args.conf_threshold if args.conf_threshold is not None else file_conf
+
+    records = {r["image"]: r for r in data["images"]}
+    matched = match_images(sorted(records), sorted(truth.images))
+    size_mismatch = sorted(p for p, t in matched.items() if (records[p]["width"], records[p]["height"])
+                           != (truth.images[t]["width"], truth.images[t]["height"]))
+    pairs = {p: t for p, t in matched.items() if p not in size_mismatch}
+    if not pairs:
+        raise InputError(f"--ground_truth: none of the {len(records)} images of {source} is in {gt_path}")
+    skipped = {s["image"] for s in data.get("skipped", [])}
+    matched_skips = match_images(sorted(skipped), sorted(set(truth.images) - set(matched.values())))
+    gt_scored = set(pairs.values())
+    images = {
+        "evaluated": len(pairs),
+        "only_in_annotations": sorted(set(records) - set(matched)),
+        "only_in_ground_truth": sorted(set(truth.images) - set(matched.values()) - set(matched_skips.values())),
+        "skipped_in_annotations": sorted(matched_skips),
+        "size_mismatch": size_mismatch,
+    }
+    scored_truth = {t: truth.images[t] for t in gt_scored}
+    labels = {o["label"] for p in pairs for o in records[p]["objects"]}
+    if kept:
+        labels |= {d["label"] for p in pairs for dets in records[p]["detector_boxes"].values() for d in dets}
+    categories = list(truth.vocabulary) + sorted(labels - set(truth.vocabulary))
+
+    def score(objects_of, threshold: float | None = args.conf_threshold) -> dict:
+        preds = {pairs[p]: [o for o in objects_of(records[p]) if threshold is None or o["score"] > threshold]
+                 for p in pairs}
+        return coco_evaluate(scored_truth, preds, categories)
+
+    result = {"annotations": str(source), "ground_truth": str(gt_path), "fusion": meta.get("fusion"),
+              "conf_threshold": conf,
+              "precision_recall_iou": PR_IOU, "images": images,
+              "labels_not_in_ground_truth": sorted(labels - set(truth.vocabulary)),
+              **score(lambda r: r["objects"])}
+    if kept:
+        weights, iou = meta.get("detector_weights", [1.0, 1.0]), meta.get("iou_threshold", 0.55)
+        per = {"yolo": lambda r: r["detector_boxes"]["yolo"], "rtdetr": lambda r: r["detector_boxes"]["rtdetr"]}
+        for method in FUSION_METHODS:
+            per[method] = (lambda m: lambda r: fuse_detections(
+                [r["detector_boxes"][n] for n in DETECTOR_NAMES], r["width"], r["height"], m, weights, iou))(method)
+        result["detectors"] = {("yolo + rtdetr " + k if k in FUSION_METHODS else k): score(f) for k, f in per.items()}
+    if args.sweep:
+        base = file_conf or 0.0
+        confs = sorted(set(args.sweep_conf or [base, round(base + 0.1, 4), round(base + 0.2, 4)]))
+        confs = [c for c in confs if c >= base and c < 1]
+        grid = list(itertools.product(args.sweep_fusion, args.sweep_weights, args.sweep_iou, confs))
+        own = (meta.get("fusion"), tuple(meta.get("detector_weights", ())), meta.get("iou_threshold"), file_conf)
+        grid.sort(key=lambda g: g != own)  # the file's own setting first: it wins ties
+        from tqdm import tqdm
+        sweep = []
+        for method, w, iou, c in tqdm(grid, desc="sweep", unit="setting"):
+            m = score(lambda r, method=method, w=w, iou=iou, c=c: fuse_detections(
+                [r["detector_boxes"][n] for n in DETECTOR_NAMES], r["width"], r["height"], method, list(w), iou, c),
+                None)
+            m.pop("per_class")
+            sweep.append({"fusion": method, "detector_weights": list(w), "iou_threshold": iou, "conf_threshold": c,
+                          "flags": _flags(method, w, iou, c), **m})
+        own_iou = meta.get("iou_threshold", 0.55)
+
+        def preference(s: dict) -> tuple:
+            # The best metric; among equals the better map, then the setting closest to the file's own.
+            return (_or(s[args.sweep_metric]), _or(s["map"]), s["fusion"] == own[0],
+                    tuple(s["detector_weights"]) == own[1], -abs(s["iou_threshold"] - own_iou),
+                    -abs(s["conf_threshold"] - base))
+        best = max(sweep, key=preference)
+        result["sweep"] = sweep
+        result["recommended"] = {k: best[k] for k in ("fusion", "detector_weights", "iou_threshold",
+                                                      "conf_threshold", "flags")}
+        result["recommended"].update(metric=args.sweep_metric, value=best[args.sweep_metric])
+    text = markdown(result)
+    write_json_atomic(args.output_file, result)
+    write_text_atomic(md_path, text)
+    if "detectors" in result:
+        print("\n".join(_table(comparison_rows(result), "boxes")), flush=True)
+    if "recommended" in result:
+        r = result["recommended"]
+        print(f"recommended: {r['flags']} ({r['metric']} {_fmt(r['value'])})", flush=True)
+    print(f"evaluated {images['evaluated']} images: map {_fmt(result['map'])}, map50 {_fmt(result['map50'])}, "
+          f"precision {_fmt(result['precision'])}, recall {_fmt(result['recall'])}; "
+          f"{len(images['only_in_annotations'])} only in the annotations, "
+          f"{len(images['only_in_ground_truth'])} only in the ground truth, "
+          f"{len(images['skipped_in_annotations'])} skipped by the annotation run -> {args.output_file}, {md_path}",
+          flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""The Trainer of stage 4 and what makes a training run resumable after any interruption.
+
+- :class:`VLMTrainer`: transformers' Trainer with length grouping from precomputed lengths, own learning
+  rates for the projector and the vision tower, and token counts for the padding fraction.
+- :class:`StopOnSignal`: Ctrl-C or SIGTERM finishes the step, saves a checkpoint there and stops.
+- :class:`RunTotals`: seconds, examples and tokens of the whole run, carried in every checkpoint.
+- :func:`resolve_checkpoint`: the checkpoint a run continues from: the newest *complete* one
+  (:func:`is_complete_checkpoint`), of an interrupted run of the same settings.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_callback import ExportableState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from vlm_annotation.io_utils import InputError
+from vlm_annotation.runtime import Terminated
+from vlm_training.model_dir import ADAPTER_FILES, FULL_MODEL_FILES, TRAIN_ARGS_FILE
+
+# Settings a checkpoint must share with the run that resumes it (else its weights do not fit).
+RESUME_KEYS = ("base_model", "use_lora", "lora_r", "lora_alpha", "train_projector", "train_vision_tower")
+
+
+def is_complete_checkpoint(path: Path) -> bool:
+    """A checkpoint the Trainer can resume from. It writes trainer_state.json last, so a kill -9 during a
+    save (or during rotation's delete) leaves a folder without it, or without the weights."""
+    try:
+        json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    weights = ADAPTER_FILES[1:] + FULL_MODEL_FILES[2:]
+    return any((path / n).is_file() for n in weights) and not (path / "checkpoint-is-incomplete.txt").exists()
+
+
+def list_checkpoints(out: Path) -> list[Path]:
+    """The checkpoint-N folders of ``out``, newest (highest N) first."""
+    found = [p for p in out.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir() and p.name.split("-")[1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]), reverse=True)
+
+
+def read_run_record(out: Path) -> dict | None:
+    try:
+        record = json.loads((out / TRAIN_ARGS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def resolve_checkpoint(requested: str | None, out: Path, settings: dict) -> str | None:
+    """The checkpoint this run continues from (None: a fresh start), saying why in one line.
+
+    Without ``--resume_from_checkpoint`` an interrupted run (train_args.json says "training") is
+    continued, so that running an interrupted command again picks up where it stopped; checkpoints of
+    an earlier *finished* run are removed, or a later interruption would resume from one of them.
+    """
+    record = read_run_record(out)
+    if requested is None and (record or {}).get("status") != "training":
+        old = list_checkpoints(out) if record is not None else []
+        for path in old:
+            shutil.rmtree(path)
+        if old:
+            print(f"starting afresh: removed the {len(old)} checkpoint(s) of the earlier finished run in {out}",
+                  flush=True)
+        return None
+    if requested not in (None, "latest"):
+        return requested
+    found = list_checkpoints(out) if out.is_dir() else []
+    complete = [p for p in found if is_complete_checkpoint(p)]
+    for path in found:
+        if path not in complete:  # its save was interrupted; the resumed run writes it again
+            shutil.rmtree(path)
+            print(f"skipped and removed the incomplete {path.name} (its save was interrupted)", flush=True)
+    if not complete:
+        print(f"no complete checkpoint in {out}; starting from scratch", flush=True)
+        return None
+    differ = [k for k in RESUME_KEYS if record and k in record and record[k] != settings[k]]
+    if differ:
+        raise InputError(f"--output_dir: the checkpoints in {out} were trained with "
+                         + ", ".join(f"--{k} {record[k]}" for k in differ)
+                         + "; rerun with those flags to continue, or choose another --output_dir")
+    print(f"continuing from {complete[0]} (the newest complete checkpoint)", flush=True)
+    return str(complete[0])
+
+
+# --------------------------------------------------------------------------- trainer
+class RunTotals(TrainerCallback, ExportableState):
+    """Seconds, examples and tokens of the whole run. Saved in every checkpoint's trainer_state.json,
+    so the metrics of a resumed run cover the sessions before it too."""
+    FIELDS = ("seconds", "examples", "tokens", "padding")
+
+    def __init__(self):
+        self.seconds, self.examples, self.tokens, self.padding = 0.0, 0, 0, 0
+        self._last = time.perf_counter()
+
+    def state(self) -> dict:
+        return {"args": {}, "attributes": {k: getattr(self, k) for k in self.FIELDS}}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        saved = state.stateful_callbacks.get(type(self).__name__)  # a resumed state holds the checkpoint's
+        for key, value in (saved.get("attributes", {}) if isinstance(saved, dict) else {}).items():
+            setattr(self, key, value)
+        self._last = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.perf_counter()
+        self.seconds, self._last = self.seconds + now - self._last, now
+
+
+class StopOnSignal(TrainerCallback):
+    """Ctrl-C or SIGTERM (preemption): finish the current step, save a checkpoint there, and stop.
+    A second signal stops at once."""
+
+    def __init__(self):
+        self.received: int | None = None
+
+    def _handle(self, signum, frame):
+        if self.received is not None:
+            raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        self.received = signum
+        print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
+              "(again to stop at once)", file=sys.stderr, flush=True)
+
+    @contextlib.contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        stop = self.received is not None
+        if args.world_size > 1:  # every process stops at the same step, or the others hang in a collective
+            import torch.distributed as dist
+            flag = torch.tensor([int(stop)], device=args.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item())
+        if stop:
+            control.should_save = control.should_training_stop = True
+
+
+class VLMTrainer(Trainer):
+    """The Trainer with precomputed-length grouping, own learning rates for the projector and the vision
+    tower, and token counts for the padding fraction."""
+
+    def __init__(self, *a, group_lrs: dict[str, float] | None = None, totals: RunTotals | None = None, **kw):
+        super().__init__(*a, **kw)
+        self.group_lrs = [(part, lr) for part, lr in (group_lrs or {}).items() if lr is not None]
+        self.totals = totals or RunTotals()
+
+    def _get_train_sampler(self, train_dataset=None):
+        from vlm_training.llava_data import SeededLengthGroupedSampler
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy == "group_by_length" and hasattr(dataset, "lengths"):
+            # Lengths are known from tokenization: no image is read to group by length.
+            return SeededLengthGroupedSampler(
+                dataset.lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                seed=self.args.data_seed)
+        return super()._get_train_sampler(train_dataset)
+
+    def _get_eval_sampler(self, eval_dataset):
+        return torch.utils.data.SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
+
+    def create_optimizer(self, model=None):
+        opt_model = self.model if model is None else model
+        if self.optimizer is not None:
+            return self.optimizer
+        decay = set(self.get_decay_parameter_names(opt_model))
+        groups: dict[tuple[int, bool], list] = {}
+        for name, param in opt_model.named_parameters():
+            if param.requires_grad:
+                own = next((i + 1 for i, (part, _) in enumerate(self.group_lrs) if part in name), 0)
+                groups.setdefault((own, name in decay), []).append(param)
+        param_groups = []
+        # Language-model groups first: the Trainer logs the learning rate of group 0.
+        for (own, has_decay), params in sorted(groups.items()):
+            group = {"params": params, "weight_decay": self.args.weight_decay if has_decay else 0.0}
+            if own:
+                group["lr"] = self.group_lrs[own - 1][1]
+            param_groups.append(group)
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
+        return self.optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training and "attention_mask" in inputs:
+            mask = inputs["attention_mask"]
+            self.totals.examples += int(mask.shape[0]) * self.args.world_size
+            self.totals.tokens += int(mask.numel())
+            self.totals.padding += int(mask.numel() - mask.sum().item())
+        return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                    num_items_in_batch=num_items_in_batch)
