@@ -1,7 +1,10 @@
 """Scale of the file stages: split, convert, merge and evaluate on generated files of N images.
 
-    python benchmarks/bench_scale.py                         # 20k images, about a minute on 2 CPU cores
+    python benchmarks/bench_scale.py                         # 20k images, a few minutes on 2 busy CPU cores
     python benchmarks/bench_scale.py --images 1000000 --layout jsonl --keep_dir /data/scale
+
+(At 1M images use ``--layout jsonl``: the JSON floor itself, ``json.load`` of a 5 GB file, needs
+about 23 GB of memory. The stages do not: they stream either layout.)
 
 Writes a valid annotation file of ``--images`` images (about 6 KB and 25 Q&A pairs an image, like
 a real run; no model involved), two shard files for merge, and ``--predictions`` prediction lines,
@@ -22,6 +25,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 if __package__ in (None, ""):  # run as a file: benchmarks/ is not an installed package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -150,22 +155,54 @@ else:
         json.dump(data, g)
 """
 
+# Runs a module (or the floor's code) and writes its peak RSS to $BENCH_HWM_FILE at exit. VmHWM of
+# /proc/self/status counts this program only: ru_maxrss of a child also counts the memory of the
+# parent it was forked from, before exec.
+_MEASURED = r"""
+import atexit, os, runpy, sys
+def _hwm():
+    with open("/proc/self/status") as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    with open(os.environ["BENCH_HWM_FILE"], "w") as out:
+        out.write(str(kib))
+atexit.register(_hwm)
+target, sys.argv = sys.argv[1], sys.argv[1:]
+if target == "-c":
+    exec(compile(_CODE, "<floor>", "exec"))
+else:
+    runpy.run_module(target, run_name="__main__", alter_sys=True)
+"""
+
 
 def run_measured(cmd: list[str], cwd: Path) -> tuple[float, float, float]:
-    """Run ``cmd``; its CPU seconds (user + system), wall seconds and own peak RSS in MiB.
+    """Run ``cmd`` (``[python, "-m", module, ...]`` or ``[python, "-c", code, ...]``); return its
+    CPU seconds (user + system), wall seconds and peak RSS in MiB.
 
-    os.wait4 gives the usage of this child alone. CPU seconds are what the ratios use: on a
-    machine shared with other work, wall time measures the neighbours as much as the stage.
+    CPU seconds are what the ratios use: on a machine shared with other work, wall time measures
+    the neighbours as much as the stage.
     """
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{out.decode(errors='replace')[-2000:]}")
-    return usage.ru_utime + usage.ru_stime, seconds, usage.ru_maxrss / 1024
+    py, mode, target, *rest = cmd
+    launcher = _MEASURED.replace("_CODE", repr(target)) if mode == "-c" else _MEASURED
+    argv = [py, "-c", launcher, "-c", *rest] if mode == "-c" else [py, "-c", launcher, target, *rest]
+    with tempfile.NamedTemporaryFile(prefix="bench_hwm.", delete=False) as f:
+        hwm_file = f.name
+    try:
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env={**os.environ, "BENCH_HWM_FILE": hwm_file,
+                                     "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),
+                                                                                 os.environ.get("PYTHONPATH")]))})
+        out = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            sys.exit(f"failed ({code}): {' '.join(cmd[:2] + cmd[3:] if mode == '-c' else cmd)}\n"
+                     f"{out.decode(errors='replace')[-2000:]}")
+        peak_kib = int(Path(hwm_file).read_text() or 0)
+    finally:
+        Path(hwm_file).unlink(missing_ok=True)
+    return usage.ru_utime + usage.ru_stime, seconds, peak_kib / 1024
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -195,27 +232,33 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     py = sys.executable
-    repo = Path(__file__).resolve().parents[1]
+    repo = REPO
     ext = "." + args.layout
     with tempfile.TemporaryDirectory(prefix="bench_scale.") as tmp:
         work = Path(args.keep_dir or tmp)
         work.mkdir(parents=True, exist_ok=True)
         env_note = f"{args.images} images, layout {args.layout}"
         t0 = time.perf_counter()
-        pool = _pool(args.images, args.seed)
-        meta = make_meta(args.seed)
         ann = work / f"annotations{ext}"
-        size = write_annotations(ann, range(args.images), pool, meta, [{"image": "broken.jpg", "reason": "truncated"}])
-        for k in range(2):
-            write_annotations(work / f"shard{k}{ext}", range(k, args.images, 2), pool,
-                              dict(meta, shard={"index": k, "count": 2}),
-                              [{"image": f"broken{k}.jpg", "reason": "truncated"}])
         preds = work / "predictions.jsonl"
-        if "evaluate" in args.stages:
+        stamp = work / f"generated{ext}.stamp"
+        wanted = json.dumps({"images": args.images, "predictions": args.predictions, "seed": args.seed})
+        if stamp.is_file() and stamp.read_text() == wanted:  # --keep_dir of an earlier run: the same files
+            print(f"reusing the files generated in {work}", flush=True)
+        else:
+            stamp.unlink(missing_ok=True)
+            pool = _pool(args.images, args.seed)
+            meta = make_meta(args.seed)
+            write_annotations(ann, range(args.images), pool, meta, [{"image": "broken.jpg", "reason": "truncated"}])
+            for k in range(2):
+                write_annotations(work / f"shard{k}{ext}", range(k, args.images, 2), pool,
+                                  dict(meta, shard={"index": k, "count": 2}),
+                                  [{"image": f"broken{k}.jpg", "reason": "truncated"}])
             write_predictions(preds, args.predictions, pool, args.seed)
-        print(f"generated {env_note} ({size / 2**20:.0f} MiB, {size / args.images / 1024:.1f} KiB an image) "
-              f"and {args.predictions if 'evaluate' in args.stages else 0} prediction lines "
-              f"in {time.perf_counter() - t0:.0f}s", flush=True)
+            stamp.write_text(wanted)
+        size = ann.stat().st_size
+        print(f"{env_note} ({size / 2**20:.0f} MiB, {size / args.images / 1024:.1f} KiB an image), "
+              f"{args.predictions} prediction lines; generated in {time.perf_counter() - t0:.0f}s", flush=True)
 
         print(f"{'':10s} {'cpu':>8s} {'wall':>8s} {'peak RSS':>12s}")
         floor_s, floor_wall, floor_mb = run_measured([py, "-c", _FLOOR, str(ann), str(work / f"floor{ext}")], work)

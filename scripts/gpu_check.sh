@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU check of stage 4: train the tiny LLaVA on CUDA in bf16 and in 4-bit (QLoRA, bitsandbytes),
 # then reload each adapter through VLMInference (the 4-bit one in 4-bit) and ask the four trained
-# questions. Offline, about a minute. The 4-bit run is skipped, saying so, when bitsandbytes is
+# questions; a third bf16 run is stopped by SIGTERM and finished by running the same command again. Offline, about a minute. The 4-bit run is skipped, saying so, when bitsandbytes is
 # neither installed nor installable (an offline machine).
 #
 #     bash scripts/gpu_check.sh            # PYTHON=... and WORK=... may be set
@@ -57,6 +57,27 @@ if [[ "$RUNS" == *qlora4* ]]; then
     "$PYTHON" vlm_training/train_vlm.py "${COMMON[@]}" --load_in_4bit --gradient_checkpointing \
         --output_dir "$WORK/qlora4" 2>&1 | grep -v "it/s\]" | tail -n 8
 fi
+
+echo "== run 3: bf16 LoRA stopped by SIGTERM (preemption), then the same command again"
+RESUME=("${COMMON[@]}" --bf16 --output_dir "$WORK/sigterm" --report_to tensorboard --save_total_limit 1)
+"$PYTHON" vlm_training/train_vlm.py "${RESUME[@]}" > "$WORK/sigterm.log" 2>&1 &
+PID=$!
+for _ in $(seq 600); do grep -q "'loss'" "$WORK/sigterm.log" 2>/dev/null && break; sleep 0.1; done
+kill -TERM "$PID"
+RC=0; wait "$PID" || RC=$?
+tail -n 1 "$WORK/sigterm.log"
+if [ "$RC" != 143 ]; then echo "  FAIL: SIGTERM gave exit code $RC (expected 143)"; exit 1; fi
+"$PYTHON" vlm_training/train_vlm.py "${RESUME[@]}" 2>&1 | grep -E "^continuing from|^trained" || true
+"$PYTHON" - "$WORK/sigterm" <<'PYEOF'
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+m = json.loads((out / "metrics.json").read_text())
+events = list(out.rglob("events.out.tfevents.*"))
+ok = m["global_step"] == 60 and json.loads((out / "train_args.json").read_text())["status"] == "complete" and events
+print(f"sigterm: resumed to step {m['global_step']}, {len(events)} TensorBoard event file(s):", "OK" if ok else "FAIL")
+sys.exit(0 if ok else 1)
+PYEOF
 
 echo "== results"
 "$PYTHON" - "$WORK" $RUNS <<'EOF'

@@ -121,8 +121,10 @@ def main() -> None:
     env = os.environ
     if env.get("FAULT_PAUSE_AFTER_LINES"):
         _pause_after_lines(int(env["FAULT_PAUSE_AFTER_LINES"]))
-    if env.get("FAULT_KILL_ON_TEMP") or env.get("FAULT_PAUSE_BEFORE_TEMP"):
-        _on_temp(*(re.compile(env[k]) if env.get(k) else None for k in ("FAULT_KILL_ON_TEMP", "FAULT_PAUSE_BEFORE_TEMP")))
+    kill, pause = (re.compile(env[k]) if env.get(k) else None
+                   for k in ("FAULT_KILL_ON_TEMP", "FAULT_PAUSE_BEFORE_TEMP"))
+    if kill or pause:
+        _on_temp(kill, pause)
     if env.get("FAULT_ENOSPC_MATCH"):
         _enospc(re.compile(env["FAULT_ENOSPC_MATCH"]), int(env.get("FAULT_ENOSPC_AFTER", "0")))
     sys.argv = [script, *args]

@@ -286,3 +286,30 @@ def test_upright_folder_flags_are_checked(tmp_path, capsys):
     assert "is inside --image_dir" in capsys.readouterr().err
     assert _run(tmp_path, data, "--image_dir", str(images), "--upright_images_dir", str(tmp_path))[0] == 2
     assert "holds --image_dir" in capsys.readouterr().err
+
+
+def test_base_model_renders_boxes_in_its_family_frame(tmp_path, capsys):
+    from vlm_training import families
+    from vlm_training.llava_format import load_llava_file
+    base = "Qwen/Qwen2.5-VL-3B-Instruct"           # known offline: the official processor settings
+    frame = families.frame_for(base)
+    rc, out = _run(tmp_path, _annotations(), "--base_model", base)
+    assert rc == 0
+    records = load_llava_file(out, "--data")           # the validator accepts and checks box_frame
+    wide = records[0]
+    assert wide[families.FRAME_KEY] == frame.to_dict()
+    assert families.frame_of_record(wide) == frame
+    turns = {t: (wide["conversations"][2 * k]["value"], wide["conversations"][2 * k + 1]["value"])
+             for k, t in enumerate(wide["qa_types"])}
+    assert turns["grounding"][1] == frame.render_answer([400.5, 100.25, 630.0, 470.0], W1, H1, label="can")
+    # Absolute pixels of the image after smart_resize: 640x480 -> 644x476 (multiples of 28), so
+    # x * 644/640 and y * 476/480, rounded: [400.5, 100.25, 630, 470] -> [403, 99, 634, 466].
+    assert turns["grounding"][1] == '{"bbox_2d": [403, 99, 634, 466], "label": "can"}'
+    assert frame.render_box([10.0, 20.0, 110.0, 300.0], W1, H1) in turns["region_label"][0]
+    # LLaVA-1.5 (the default) writes no frame key: its files stay as they were.
+    rc, out = _run(tmp_path, _annotations())
+    assert all(families.FRAME_KEY not in r for r in json.loads(out.read_text()))
+    capsys.readouterr()
+    rc, _ = _run(tmp_path, _annotations(), "--base_model", "nope/whatever")
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: --base_model: cannot tell the model family") and err.count("\n") == 1

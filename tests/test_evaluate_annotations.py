@@ -142,6 +142,17 @@ def test_ensemble_versus_detectors_and_sweep(tmp_path, capsys):
     assert "| yolo + rtdetr nms |" in out and f"recommended: {best['flags']}" in out
 
 
+def test_sweep_below_the_files_threshold_is_refused(tmp_path, capsys):
+    a, g = tmp_path / "a.json", tmp_path / "gt.json"
+    a.write_text(json.dumps(_kept_file()))
+    g.write_text(json.dumps(coco_gt({"a.jpg": [], "b.jpg": []})))
+    out = tmp_path / "m.json"
+    assert evaluate_annotations.main(["--annotations", str(a), "--ground_truth", str(g), "--output_file", str(out),
+                                      "--sweep", "--sweep_conf", "0.5", "0.2"]) == 2
+    assert "--sweep_conf 0.2: below the conf_threshold 0.3" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys):
     a, g = tmp_path / "a.json", tmp_path / "gt.json"
     a.write_text(json.dumps(annotation_file({"a.jpg": []})))

@@ -6,9 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
 
-from vlm_annotation import export_annotations
+from vlm_annotation import evaluate_annotations, export_annotations
 from vlm_annotation.import_labels import read_coco, read_yolo
 
 SIZES = {"a.jpg": (120, 90), "sub/b.png": (64, 48), "neg.jpg": (40, 30)}
@@ -85,11 +86,31 @@ def test_yolo_export_imports_back_within_format_precision(annotated, tmp_path):
             assert box == pytest.approx(want, abs=0.011)  # 6 normalized decimals, then the file's 2
     assert not list(tmp_path.glob(".yolo.*"))  # no temp folder left
 
+    # The export as ground truth (a data.yaml; its paths images/train/... match the file's by their tail).
+    metrics = tmp_path / "metrics.json"
+    assert evaluate_annotations.main(["--annotations", str(path), "--ground_truth", str(out / "data.yaml"),
+                                      "--output_file", str(metrics)]) == 0
+    m = json.loads(metrics.read_text())
+    assert (m["map"], m["precision"], m["recall"], m["images"]["evaluated"]) == (1.0, 1.0, 1.0, 3)
+
     copied = tmp_path / "yolo_copy"
     assert export_annotations.main(["--annotation_file", str(path), "--format", "yolo", "--output_dir", str(copied),
                                     "--copy_images", "--images_dir", str(images)]) == 0
     b = copied / "images" / "train" / "sub" / "b.png"
     assert not b.is_symlink() and b.read_bytes() == (images / "sub" / "b.png").read_bytes()
+
+    # A validation split of its own.
+    val = tmp_path / "val.json"
+    data = json.loads(path.read_text())
+    val.write_text(json.dumps(dict(data, images=data["images"][1:])))
+    split = tmp_path / "yolo_split"
+    assert export_annotations.main(["--annotation_file", str(path), "--format", "yolo", "--output_dir", str(split),
+                                    "--val_annotation_file", str(val)]) == 0
+    assert yaml.safe_load((split / "data.yaml").read_text()) == {
+        "path": str(split.resolve()), "train": "images/train", "val": "images/val",
+        "names": {0: "can", 1: "glass", 2: "wine bottle"}}
+    assert sorted(p.relative_to(split / "labels" / "val").as_posix() for p in (split / "labels" / "val").rglob("*.txt")) \
+        == ["neg.txt", "sub/b.txt"]
 
 
 def test_ultralytics_trains_one_epoch_on_an_export(annotated, tiny_models, tmp_path):

@@ -237,6 +237,19 @@ def test_image_token_count_is_what_the_processor_does(name, family_dirs):
         assert F.image_token_count(processor, width, height) == int((ids == token_id).sum()), (width, height)
 
 
+@pytest.mark.parametrize("name", ["qwen2_vl", "qwen3_vl", "llava_next"])
+def test_decode_answer_keeps_the_box_tokens_of_qwen2_vl_only(name, family_dirs):
+    from transformers import AutoProcessor
+    tok = AutoProcessor.from_pretrained(family_dirs[name]).tokenizer
+    family = F.detect_family(family_dirs[name])
+    eot = F.end_of_turn(family, tok)
+    answer = F.frame_for_family(name).render_answer([10, 20, 30, 40], 100, 100, "can")
+    ids = tok(answer + eot + (tok.pad_token or ""), add_special_tokens=False).input_ids
+    assert F.decode_answer(tok, family, ids) == answer
+    if name == "qwen2_vl":  # the plain decode would lose the box tokens
+        assert tok.decode(ids, skip_special_tokens=True) == "(100,200),(300,400)"
+
+
 # --------------------------------------------------------------------------- record and refusal
 def test_frame_dict_round_trips_and_is_validated(tmp_path):
     for frame in FRAMES.values():
@@ -368,6 +381,8 @@ def test_lora_regex_hits_only_the_language_model(name, family_dirs):
     vision_linears = [n for n, m in model.named_modules()
                       if isinstance(m, torch.nn.Linear) and F.module_role(family, n) != "language"]
     assert vision_linears and not set(vision_linears) & set(hits)
+    assert F.module_role(family, "base_model.model." + vision_linears[0]) == F.module_role(family, vision_linears[0])
+    assert F.module_role(family, "module.base_model.model." + hits[0]) == "language"
 
 
 # --------------------------------------------------------------------------- end to end (helpers only)

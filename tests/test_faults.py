@@ -44,9 +44,10 @@ def annotate_argv(tiny_models, images_dir, output) -> list[str]:
             "--max_det", "5", "--imgsz", "320", "--batch_size", "2", "--seed", "3"]
 
 
-def start(argv: list[str], **faults) -> subprocess.Popen:
-    """``python data_annotation.py ARGV``, through the fault injector when a fault is given."""
-    cmd = [sys.executable, *([INJECT] if faults else []), SCRIPT, *argv]
+def start(argv: list[str], script: str = SCRIPT, **faults) -> subprocess.Popen:
+    """``python SCRIPT ARGV`` (the annotation stage by default), through the fault injector when a
+    fault is given."""
+    cmd = [sys.executable, *([INJECT] if faults else []), script, *argv]
     return subprocess.Popen(cmd, env=_env(**faults), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, errors="backslashreplace", start_new_session=True)
 
@@ -111,17 +112,15 @@ def reference(tiny_models, images_dir, tmp_path_factory) -> bytes:
     return out.read_bytes()
 
 
-def annotate_here(argv: list[str], monkeypatch) -> tuple[int, list[str]]:
+def annotate_here(argv: list[str]) -> tuple[int, list[str]]:
     """Run the stage in this process (a rerun after the fault: cheaper than a new interpreter);
     return its exit code and the images it loaded, relative to --images_dir."""
     from vlm_annotation import data_annotation
     loaded = []
     real_load = data_annotation.load_image
-    monkeypatch.setattr(data_annotation, "load_image", lambda p, *a, **k: loaded.append(p) or real_load(p, *a, **k))
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(data_annotation, "load_image", lambda p, *a, **k: loaded.append(p) or real_load(p, *a, **k))
         code = data_annotation.main(argv)
-    finally:
-        monkeypatch.undo()
     root = Path(argv[argv.index("--images_dir") + 1])
     return code, sorted(Path(p).relative_to(root).as_posix() for p in loaded)
 
@@ -144,7 +143,7 @@ def test_two_runs_started_together(tiny_models, images_dir, reference, tmp_path)
 
 
 def test_second_run_refused_then_kill9_then_reruns_lose_nothing(tiny_models, images_dir, all_images, reference,
-                                                                tmp_path, capsys, monkeypatch):
+                                                                tmp_path, capsys):
     out_dir = tmp_path / "out"
     out = out_dir / "annotations.json"
     argv = annotate_argv(tiny_models, images_dir, out)
@@ -155,7 +154,7 @@ def test_second_run_refused_then_kill9_then_reruns_lose_nothing(tiny_models, ima
         before = progress.read_bytes()
 
         capsys.readouterr()
-        assert annotate_here(argv, monkeypatch) == (2, [])  # the same command while the first is working
+        assert annotate_here(argv) == (2, [])  # the same command while the first is working
         (line,) = capsys.readouterr().err.strip().splitlines()
         assert f"--output_file: {out} is being written by another run (pid {first.pid}:" in line
         assert progress.read_bytes() == before  # the refused run touched nothing
@@ -167,18 +166,18 @@ def test_second_run_refused_then_kill9_then_reruns_lose_nothing(tiny_models, ima
     assert len(done) == 2 and not out.exists()
     assert (out_dir / f"{progress.name}.lock").exists()  # the dead run's lock file, which must not block
 
-    assert annotate_here(argv, monkeypatch) == (0, sorted(set(all_images) - set(done)))  # nothing redone
+    assert annotate_here(argv) == (0, sorted(set(all_images) - set(done)))  # nothing redone
     assert out.read_bytes() == reference
     assert leftovers(out_dir) == []  # no progress file, no lock file, no temp file
 
     # Started again after it finished (the run that lost 23 of 30 images before): same file, no work.
-    assert annotate_here(argv, monkeypatch) == (0, [])
+    assert annotate_here(argv) == (0, [])
     assert out.read_bytes() == reference
     assert leftovers(out_dir) == []
 
 
 def test_sigterm_is_one_line_exit_143_and_resumes_byte_identical(tiny_models, images_dir, all_images, reference,
-                                                                 tmp_path, monkeypatch):
+                                                                 tmp_path):
     out_dir = tmp_path / "out"
     out = out_dir / "annotations.json"
     argv = annotate_argv(tiny_models, images_dir, out)
@@ -193,13 +192,32 @@ def test_sigterm_is_one_line_exit_143_and_resumes_byte_identical(tiny_models, im
     assert len(done) == 3 and not out.exists()
     assert leftovers(out_dir) == [progress_path(out).name]  # the lock file went with the run
 
-    assert annotate_here(argv, monkeypatch) == (0, sorted(set(all_images) - set(done)))
+    assert annotate_here(argv) == (0, sorted(set(all_images) - set(done)))
     assert out.read_bytes() == reference
     assert leftovers(out_dir) == []
 
 
+def test_gallery_sigterm_is_one_line_exit_143_and_keeps_what_it_drew(images_dir, reference, tmp_path):
+    from vlm_annotation import visualize
+    annotations = tmp_path / "annotations.json"
+    annotations.write_bytes(reference)
+    review = tmp_path / "review"
+    argv = ["--annotation_file", str(annotations), "--images_dir", str(images_dir), "--output_dir", str(review)]
+    proc = start(argv, "vlm_annotation/visualize.py", FAULT_PAUSE_BEFORE_TEMP=r"\.index\.html\.\w{8}\.tmp",
+                 FAULT_READY_FILE=tmp_path / "ready")  # every image drawn, the first page not yet written
+    wait_for(tmp_path / "ready", proc)
+    os.kill(proc.pid, signal.SIGTERM)
+    result = finish(proc)
+    assert result.returncode == 143, result.stderr[-3000:]
+    assert message_lines(result.stderr) == [f"terminated (SIGTERM): {INTERRUPTED}"]
+    assert len(list((review / "images").iterdir())) == len(json.loads(reference)["images"])
+    assert not (review / "index.html").exists() and not list(review.rglob("*.tmp"))
+    assert visualize.main(argv) == 0
+    assert (review / "index.html").exists()
+
+
 def test_kill9_during_the_final_write_leaves_a_temp_file_the_rerun_removes(tiny_models, images_dir, reference,
-                                                                          tmp_path, monkeypatch):
+                                                                          tmp_path):
     out = tmp_path / "annotations.json"
     argv = annotate_argv(tiny_models, images_dir, out)
     killed = run(argv, FAULT_KILL_ON_TEMP=r"\.annotations\.json\.\w{8}\.tmp")
@@ -208,13 +226,12 @@ def test_kill9_during_the_final_write_leaves_a_temp_file_the_rerun_removes(tiny_
     assert temp.stat().st_size == 0 and not out.exists()
     assert progress_path(out).exists()
 
-    assert annotate_here(argv, monkeypatch) == (0, [])  # all the work was done: only the write is redone
+    assert annotate_here(argv) == (0, [])  # all the work was done: only the write is redone
     assert out.read_bytes() == reference
     assert leftovers(tmp_path) == []  # the dead run's temp file is gone
 
 
-def test_undecodable_file_name_is_skipped_with_its_escaped_name(tiny_models, images_dir, reference, tmp_path,
-                                                                monkeypatch):
+def test_undecodable_file_name_is_skipped_with_its_escaped_name(tiny_models, images_dir, reference, tmp_path):
     """UnicodeEncodeError on every rerun (before); now listed under skipped, printable, and said."""
     folder = tmp_path / "images"
     shutil.copytree(images_dir, folder)
@@ -233,13 +250,12 @@ def test_undecodable_file_name_is_skipped_with_its_escaped_name(tiny_models, ima
     first.decode("utf-8")  # strict UTF-8 throughout
 
     # Every rerun crashed before. Now it finds the finished output; the skipped file is tried again.
-    assert annotate_here(argv, monkeypatch) == (0, [os.fsdecode(b"bad\xff name.jpg")])
+    assert annotate_here(argv) == (0, [os.fsdecode(b"bad\xff name.jpg")])
     assert out.read_bytes() == first
     assert leftovers(tmp_path) == ["images"]
 
 
-def test_full_disk_is_one_line_and_never_a_truncated_file(tiny_models, images_dir, reference, tmp_path,
-                                                          monkeypatch):
+def test_full_disk_is_one_line_and_never_a_truncated_file(tiny_models, images_dir, reference, tmp_path):
     out = tmp_path / "annotations.json"
     argv = annotate_argv(tiny_models, images_dir, out)
     progress = progress_path(out)
@@ -260,7 +276,7 @@ def test_full_disk_is_one_line_and_never_a_truncated_file(tiny_models, images_di
     assert not out.exists()
     assert leftovers(tmp_path) == [progress.name]  # no temp file, and the finished work is kept
 
-    assert annotate_here(argv, monkeypatch) == (0, [])
+    assert annotate_here(argv) == (0, [])
     assert out.read_bytes() == reference
     assert leftovers(tmp_path) == []
 
@@ -273,7 +289,7 @@ def _mount_tmpfs(where: Path, size: int) -> bool:
     return result.returncode == 0
 
 
-def test_full_disk_on_a_real_tiny_filesystem(tiny_models, images_dir, reference, tmp_path, monkeypatch):
+def test_full_disk_on_a_real_tiny_filesystem(tiny_models, images_dir, reference, tmp_path):
     disk = tmp_path / "disk"
     disk.mkdir()
     # Room for the progress file (about the size of the output) but not for the output beside it.
@@ -290,15 +306,14 @@ def test_full_disk_on_a_real_tiny_filesystem(tiny_models, images_dir, reference,
         assert leftovers(disk) == [progress_path(out).name]  # no output, no temp file
 
         subprocess.run(["mount", "-o", f"remount,size={size * 4}", str(disk)], check=True)  # space freed
-        assert annotate_here(argv, monkeypatch) == (0, [])
+        assert annotate_here(argv) == (0, [])
         assert out.read_bytes() == reference
         assert leftovers(disk) == []
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
 
 
-def test_grown_folder_annotates_only_the_new_images(tiny_models, images_dir, all_images, reference, tmp_path,
-                                                    monkeypatch):
+def test_grown_folder_annotates_only_the_new_images(tiny_models, images_dir, all_images, reference, tmp_path):
     """A finished output with the same settings counts as done: only a new image is annotated."""
     folder = tmp_path / "images"
     shutil.copytree(images_dir, folder)
@@ -307,15 +322,43 @@ def test_grown_folder_annotates_only_the_new_images(tiny_models, images_dir, all
     new.rename(held_back)
     out = tmp_path / "annotations.json"
     argv = annotate_argv(tiny_models, folder, out)
-    assert annotate_here(argv, monkeypatch) == (0, all_images[:-1])
+    assert annotate_here(argv) == (0, all_images[:-1])
     assert [r["image"] for r in load_annotations(out)["images"]] == all_images[:-1]
 
     held_back.rename(new)
-    assert annotate_here(argv, monkeypatch) == (0, all_images[-1:])
+    assert annotate_here(argv) == (0, all_images[-1:])
     expected = json.loads(reference)
     data = load_annotations(out)
     assert data["images"] == expected["images"] and data["skipped"] == expected["skipped"]
     assert leftovers(tmp_path) == ["images"]
+
+
+def test_one_symlink_rule_for_every_stage(tiny_models, images_dir, tmp_path):
+    """Annotation and the gallery accepted links out of the folder, training and prediction refused them
+    (before); now a link inside the images folder is followed wherever it points, in every stage."""
+    from vlm_annotation import visualize
+    from vlm_training.llava_format import resolve_image_path
+    folder, outside = tmp_path / "images", tmp_path / "elsewhere"
+    folder.mkdir()
+    shutil.copytree(images_dir / "scenes", outside / "scenes")
+    shutil.copyfile(images_dir / "bus.jpg", outside / "bus.jpg")
+    (folder / "bus.jpg").symlink_to(outside / "bus.jpg")        # a file outside the folder
+    (folder / "scenes").symlink_to(outside / "scenes")           # a folder outside it
+    (folder / "scenes" / "up").symlink_to(folder)                # a loop: not walked again
+    out = tmp_path / "annotations.json"
+    code, loaded = annotate_here(annotate_argv(tiny_models, folder, out))
+    expected = ["bus.jpg"] + [f"scenes/scene_{i}.{'png' if i % 2 else 'jpg'}" for i in range(4)]
+    assert code == 0 and loaded == expected
+    data = load_annotations(out)
+    assert [r["image"] for r in data["images"]] == expected and data["skipped"] == []
+    for i, name in enumerate(expected):  # what training and prediction do with each record's path
+        assert resolve_image_path(folder, name, f"images[{i}]") == folder / name
+    with pytest.raises(InputError, match="escapes --image_dir"):
+        resolve_image_path(folder, "../elsewhere/bus.jpg", "images[0]")  # the path as written may not escape
+    review = tmp_path / "review"
+    assert visualize.main(["--annotation_file", str(out), "--images_dir", str(folder),
+                           "--output_dir", str(review)]) == 0
+    assert len(list((review / "images").iterdir())) == len(expected)
 
 
 # ---- the pieces, exactly -------------------------------------------------------------------
@@ -347,6 +390,15 @@ def test_progress_lines_are_read_for_what_they_are_not_where_they_are(tmp_path):
         ProgressLog(path, SETTINGS)
     assert ProgressLog(path, SETTINGS, restart=True).done == set()
     assert not path.exists()  # --restart removed it, and nothing is written before open()
+
+    # Killed between a record and its newline: the record counts (and gets its newline); a partial one does not.
+    path.write_text(json.dumps({"header": SETTINGS}) + "\n" + json.dumps(record))
+    log = ProgressLog(path, SETTINGS)
+    assert log.done == {"b.jpg"}
+    log.open().close()
+    assert path.read_text().endswith(json.dumps(record) + "\n")
+    path.write_text(json.dumps({"header": SETTINGS}) + "\n" + json.dumps(record)[:-1])
+    assert ProgressLog(path, SETTINGS).done == set()
 
 
 def test_undecodable_names_are_stored_escaped_and_found_again(tmp_path):

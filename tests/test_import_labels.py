@@ -1,5 +1,11 @@
 """import_labels.py: messy COCO files and YOLO datasets -> the toolkit's annotation file, described by BLIP."""
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -7,6 +13,8 @@ from PIL import Image
 from vlm_annotation import import_labels, merge_annotations
 from vlm_annotation.progress import progress_path
 from vlm_annotation.schema import load_annotations
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture()
@@ -188,3 +196,44 @@ def test_bad_yolo_labels_name_file_and_line(tiny_models, tmp_path, capsys):
     assert import_labels.main(args_for(tiny_models, out, "--yolo_data", str(data_yaml))) == 2
     assert "data.yaml: names:" in capsys.readouterr().err
     assert not out.exists() and not progress_path(out).exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_killed_import_resumes_to_the_same_file(tiny_models, images_dir, tmp_path, sig):
+    """A real subprocess stopped after two images (SIGTERM, kill -9); the same command again finishes the job."""
+    coco = tmp_path / "coco.json"
+    data = messy_coco()
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] in (10, 20)]
+    data["images"] = [im for im in data["images"] if im["id"] in (10, 20, 30)]
+    coco.write_text(json.dumps(data))
+    argv = ["--coco", str(coco), "--images_dir", str(images_dir)]
+    reference = tmp_path / "reference.json"
+    assert import_labels.main(args_for(tiny_models, reference, *argv, "--batch_size", "1")) == 0
+    out = tmp_path / "annotations.json"
+    script = [str(ROOT / "vlm_annotation" / "import_labels.py"), *args_for(tiny_models, out, *argv, "--batch_size", "1")]
+    ready = tmp_path / "ready"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), FAULT_PAUSE_AFTER_LINES="3",
+               FAULT_READY_FILE=str(ready))
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fault_inject.py"), *script], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.exists(), proc.communicate()[1][-2000:]
+        proc.send_signal(sig)  # header + 2 images written, the third not
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 143 and "run the same command again to resume" in err
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    assert not out.exists() and len(progress_path(out).read_text().splitlines()) == 3
+    done = subprocess.run([sys.executable, *script], env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT,
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert out.read_bytes() == reference.read_bytes()  # nothing lost, nothing twice
+    assert not progress_path(out).exists()

@@ -12,6 +12,7 @@ from vlm_annotation import boxes, prompts
 from vlm_annotation.prompts import PromptFormat
 from vlm_inference import vlm_inference as vi
 from vlm_inference.vlm_inference import InferenceInputError, VLMInference
+from vlm_training.model_dir import SAVING_MARKER
 
 LORA_REGEX = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 GEN = {"max_new_tokens": 8}
@@ -375,12 +376,12 @@ def test_a_half_written_model_folder_is_refused(tiny_models, images, tmp_path, c
     model = tmp_path / "vlm_model"
     shutil.copytree(tiny_models["llava"], model)
     shutil.copytree(tiny_models["llava"], model / "merged")
-    (model / vi.SAVING_MARKER).write_text("train_vlm.py is moving the final model into this folder\n")
+    (model / SAVING_MARKER).write_text("train_vlm.py is moving the final model into this folder\n")
     for path in (model, model / "merged"):
         with pytest.raises(InferenceInputError, match="is half-written: its final save was interrupted"):
             VLMInference(path)
         assert vi.main(["--model_path", str(path), "--image", str(images[0]), "--question", "Hi?"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "run the same train_vlm.py command again to finish it" in err[0]
-    (model / vi.SAVING_MARKER).unlink()
+    (model / SAVING_MARKER).unlink()
     assert VLMInference(model / "merged").kind == "model"

@@ -411,7 +411,7 @@ def test_records_are_read_one_at_a_time(dataset, tmp_path, suffix):
 
 
 def test_a_half_written_model_is_refused_before_anything_is_written(dataset, tiny_models, tmp_path, capsys):
-    from vlm_inference.vlm_inference import SAVING_MARKER
+    from vlm_training.model_dir import SAVING_MARKER
     data, images, _ = dataset
     model = tmp_path / "vlm_model"
     shutil.copytree(tiny_models["llava"], model)

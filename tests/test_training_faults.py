@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 STEPS = 8
 # 2 steps an epoch on the 4 toy records; a checkpoint every 2 steps, the last at step 8.
 RUN = ["--use_lora", "--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0", "--learning_rate", "1e-2",
-       "--batch_size", "2", "--max_steps", str(STEPS), "--save_steps", "2", "--save_total_limit", "2",
+       "--batch_size", "2", "--max_steps", str(STEPS), "--save_steps", "2", "--save_total_limit", "1",
        "--logging_steps", "1", "--system_prompt", "none"]
 # Runs train_vlm.main in a subprocess; SLOW_SAVE_STEP / SLOW_FINAL hold the process inside the write of a
 # checkpoint's trainer_state.json (the Trainer writes it last) or of the final model, so that kill -9
@@ -77,11 +77,13 @@ def reference(toy, tiny_models, tmp_path_factory):
 
 
 def start(argv, tmp_path, **env) -> tuple[subprocess.Popen, Path, Path]:
+    """The documented command (``python vlm_training/train_vlm.py ...``), or RUNNER when ``env`` asks to hold."""
     stdout, stderr = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    command = ["-c", RUNNER] if env else ["vlm_training/train_vlm.py"]
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                     TOKENIZERS_PARALLELISM="false", MPLBACKEND="Agg", **env)
     with open(stdout, "w") as out, open(stderr, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-c", RUNNER] + argv, cwd=REPO, env=full_env, stdout=out,
+        proc = subprocess.Popen([sys.executable, *command, *argv], cwd=REPO, env=full_env, stdout=out,
                                 stderr=err)
     return proc, stdout, stderr
 
@@ -130,6 +132,8 @@ def test_ctrl_c_and_sigterm_save_a_checkpoint_and_the_same_command_continues(sig
     assert 1 <= step < STEPS and f"checkpoint saved to {out / f'checkpoint-{step}'};" in last
     state = json.loads((out / f"checkpoint-{step}" / "trainer_state.json").read_text())
     assert state["global_step"] == step
+    # --save_total_limit 1: rotation kept the checkpoint of the interruption, the newest
+    assert [p.name for p in out.glob("checkpoint-*")] == [f"checkpoint-{step}"]
     assert json.loads((out / TRAIN_ARGS_FILE).read_text())["status"] == "training"
     assert not (out / "adapter_model.safetensors").exists()       # no final model from a stopped run
 
@@ -154,7 +158,7 @@ def test_kill_9_while_a_checkpoint_is_written(toy, tiny_models, reference, tmp_p
     capsys.readouterr()
     assert main(argv + ["--resume_from_checkpoint", "latest"]) == 0
     printed = capsys.readouterr().out
-    assert "skipped and removed the incomplete checkpoint-4" in printed
+    assert "skipping and removing the incomplete checkpoint-4" in printed
     assert f"continuing from {out / 'checkpoint-2'}" in printed
     assert_whole_run_metrics(out)
     assert_same_as(reference, out)
@@ -202,29 +206,28 @@ def _record(out: Path, status: str, **changes) -> None:
     (out / TRAIN_ARGS_FILE).write_text(json.dumps(SETTINGS | changes | {"status": status}))
 
 
-def test_which_checkpoint_a_run_continues_from(tmp_path, capsys):
+def test_which_checkpoint_a_run_continues_from(tmp_path):
     from vlm_annotation.io_utils import InputError
     out = tmp_path / "m"
-    for step, complete in ((2, True), (4, True), (6, False)):
-        _checkpoint(out, step, complete)
-    # an interrupted run: its newest complete checkpoint; the incomplete one is skipped (and removed)
+    c2, c4, c6 = (_checkpoint(out, step, complete) for step, complete in ((2, True), (4, True), (6, False)))
+    # an interrupted run: its newest complete checkpoint; the incomplete one is skipped (the caller removes it)
     _record(out, "training")
-    assert resolve_checkpoint(None, out, SETTINGS) == str(out / "checkpoint-4")
-    assert "skipped and removed the incomplete checkpoint-6" in capsys.readouterr().out
-    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
-    # 'latest' and an explicit folder say the same explicitly
-    assert resolve_checkpoint("latest", out, SETTINGS) == str(out / "checkpoint-4")
-    assert resolve_checkpoint(str(out / "checkpoint-2"), out, SETTINGS) == str(out / "checkpoint-2")
+    assert resolve_checkpoint(None, out, SETTINGS) == (str(c4), [c6], (
+        f"skipping and removing the incomplete checkpoint-6 (its save was interrupted); continuing from {c4} "
+        "(the newest complete checkpoint)"))
+    # 'latest' says the same explicitly; a folder is taken as given
+    assert resolve_checkpoint("latest", out, SETTINGS)[:2] == (str(c4), [c6])
+    assert resolve_checkpoint(str(c2), out, SETTINGS) == (str(c2), [], f"continuing from {c2}")
     # checkpoints of other settings do not fit: one line says what to do
     with pytest.raises(InputError, match="trained with --lora_r 4; rerun with those flags"):
         resolve_checkpoint(None, out, SETTINGS | {"lora_r": 8})
     # a finished run: a plain rerun starts afresh and its checkpoints go (a later resume must not pick one)
     _record(out, "complete")
-    assert resolve_checkpoint(None, out, SETTINGS) is None
-    assert "removed the 2 checkpoint(s) of the earlier finished run" in capsys.readouterr().out
-    assert not list(out.glob("checkpoint-*"))
-    # a folder with no record of this script: nothing is touched
+    assert resolve_checkpoint(None, out, SETTINGS) == (
+        None, [c6, c4, c2], "starting afresh: removing the 3 checkpoint(s) of the earlier finished run")
+    assert c6.is_dir() and c2.is_dir()                    # nothing is removed before the inputs are checked
+    # a folder with no record of this script: nothing is removed
     other = tmp_path / "other"
     _checkpoint(other, 3)
-    assert resolve_checkpoint(None, other, SETTINGS) is None and (other / "checkpoint-3").is_dir()
-    assert resolve_checkpoint("latest", tmp_path / "new", SETTINGS) is None
+    assert resolve_checkpoint(None, other, SETTINGS) == (None, [], "")
+    assert resolve_checkpoint("latest", tmp_path / "new", SETTINGS)[:2] == (None, [])

@@ -87,7 +87,8 @@ def add_describe_args(p: argparse.ArgumentParser, class_map_help: str) -> None:
     p.add_argument("--batch_size", type=int, default=8, help="images per batch (default 8)")
     p.add_argument("--caption_batch_size", type=int, default=64, help="crops per captioner call (default 64)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default auto)")
-    add_precision_flag(p, "of the captioner; auto is bf16 (fp16 where unsupported) on CUDA, fp32 elsewhere")
+    add_precision_flag(p, "auto runs the captioner in bf16 on CUDA GPUs that support it (else fp16), fp32 on CPU "
+                          "and MPS")
     p.add_argument("--max_images", type=int, default=None, help="annotate only the first N images (sorted by path)")
     p.add_argument("--seed", type=int, default=42, help="seed of the Q&A choices (default 42)")
     p.add_argument("--num_shards", type=int, default=1, help="split the images into this many shards (default 1)")

@@ -324,6 +324,8 @@ def main(argv=None) -> int:
               "conf_threshold": conf,
               "precision_recall_iou": PR_IOU, "images": images,
               "labels_not_in_ground_truth": sorted(labels - set(truth.vocabulary)),
+              # What reading the ground truth clipped or dropped (as import_labels.py reports it).
+              "ground_truth_report": {k: v for k, v in sorted(truth.counts.items()) if v},
               **score(lambda r: r["objects"])}
     if kept:
         weights, iou = meta.get("detector_weights", [1.0, 1.0]), meta.get("iou_threshold", 0.55)
@@ -334,8 +336,12 @@ def main(argv=None) -> int:
         result["detectors"] = {("yolo + rtdetr " + k if k in FUSION_METHODS else k): score(f) for k, f in per.items()}
     if args.sweep:
         base = file_conf or 0.0
+        low = [c for c in args.sweep_conf or [] if c < base]
+        if low:
+            raise InputError(f"--sweep_conf {low[0]:g}: below the conf_threshold {base:g} of {source} "
+                             "(its detectors kept no boxes under it)")
         confs = sorted(set(args.sweep_conf or [base, round(base + 0.1, 4), round(base + 0.2, 4)]))
-        confs = [c for c in confs if c >= base and c < 1]
+        confs = [c for c in confs if c < 1]
         grid = list(itertools.product(args.sweep_fusion, args.sweep_weights, args.sweep_iou, confs))
         own = (meta.get("fusion"), tuple(meta.get("detector_weights", ())), meta.get("iou_threshold"), file_conf)
         grid.sort(key=lambda g: g != own)  # the file's own setting first: it wins ties

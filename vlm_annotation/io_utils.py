@@ -22,6 +22,7 @@ import json
 import math
 import os
 import re
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -249,7 +250,6 @@ _TOO_DEEP = "nested too deeply for a JSON record (the parser's limit is about {}
 
 
 def _deep_message() -> str:
-    import sys
     return _TOO_DEEP.format(sys.getrecursionlimit())
 
 
@@ -358,6 +358,7 @@ class _Scanner:
         self.buf, self.pos, self.eof = "", 0, False
         self.newlines_read = 0  # newlines in all text read so far (the buffer included)
         self.column_before = 0  # characters of the buffer's first line already dropped
+        self.one_per_line: bool | None = None  # are the list's records one a line? (see line_value)
 
     @property
     def lines_before(self) -> int:
@@ -406,7 +407,7 @@ class _Scanner:
         """The value at the current position when it fills the rest of its line (one record a line,
         as an annotation run writes them): parsed by orjson, several times faster; otherwise, or
         on any refusal (which the stdlib parser then names), by :meth:`value`."""
-        end = self.buf.find("\n", self.pos)
+        end = self.buf.find("\n", self.pos) if self.one_per_line is not False else -1
         if end < 0:
             return self.value(field)
         text = self.buf[self.pos:end].rstrip(" \t\r")
@@ -415,7 +416,12 @@ class _Scanner:
         try:
             value = orjson.loads(text)
         except orjson.JSONDecodeError:
+            # Not this layout (decided on the first record, so a file on one long line, or an
+            # indented one, is not sliced and tried again for every record).
+            if self.one_per_line is None:
+                self.one_per_line = False
             return self.value(field)
+        self.one_per_line = True
         self.pos += len(text)
         return value
 
@@ -559,7 +565,7 @@ def dumps_indented(value: Any, prefix: bytes) -> bytes:
     indented by ``prefix`` (how the value looks nested inside an indented document)."""
     try:
         text = orjson.dumps(value, option=_INDENT)
-        if any(mark in text for mark in _ORJSON_MAY_DIFFER):
+        if b"e+" in text or b"e-" in text or b"0.0000" in text or b"null" in text:  # _ORJSON_MAY_DIFFER
             text = None
     except TypeError:
         text = None

@@ -18,12 +18,13 @@ read for what it is (a header, a record), never for where it is.
 A run that finds no sidecar but a finished output written with the same settings takes that
 output's records as done (its skipped files are tried again): rerunning a finished command
 writes the same file without redoing the work, and a folder that has grown is annotated only
-for its new images.
+for its new images (single-process runs; under torchrun a rerun annotates again, to the same file).
 """
 from __future__ import annotations
 
 import atexit
 import json
+import os
 import re
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -78,12 +79,18 @@ def _unlock_all() -> None:
 
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """(byte offset, line) of every complete line; a partial last line is left out."""
+    """(byte offset, line) of every complete line; a partial last line is left out.
+
+    A last line without its newline that is complete JSON counts, as JsonlAppender keeps it.
+    """
     offset = 0
     with open(path, "rb") as f:
         for line in f:
             if not line.endswith(b"\n"):
-                return
+                try:
+                    json.loads(line)
+                except ValueError:
+                    return
             yield offset, line
             offset += len(line)
 
@@ -172,7 +179,8 @@ class ProgressLog:
     def _finished_output(self) -> Path | None:
         """The finished output of an earlier run with these settings, whose records count as done."""
         output = output_of(self.path)
-        if output is None or not output.is_file():
+        if output is None or not output.is_file() or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # Under torchrun every rank would copy every record: a rerun there redoes the work.
             return None
         found = _finished_meta(output)
         if found is None or {k: found.get(k) for k in self.settings} != self.settings:

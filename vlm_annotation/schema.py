@@ -83,7 +83,31 @@ def validate_bbox(bbox: Any, width: float, height: float, file, field: str) -> N
         raise AnnotationError(file, field, f"{bbox} lies outside the {width}x{height} image")
 
 
+_NUMBER_TYPES = (int, float)
+_QA_TYPE_SET = frozenset(QA_TYPES)
+
+
+def _object_is_valid(obj: dict, width, height) -> bool:
+    """Every check of :func:`_validate_object` in one expression (the common case: all pass).
+
+    Exact types are enough here: JSON gives no subclasses, and anything else takes the slow
+    path, which decides and names the field. NaN and infinities fail the comparisons.
+    """
+    oid, label, bbox, score = obj.get("id"), obj.get("label"), obj.get("bbox"), obj.get("score")
+    sources, description = obj.get("sources"), obj.get("description", "")
+    if not (type(oid) is int and oid >= 0 and type(label) is str and label.strip()
+            and type(score) in _NUMBER_TYPES and 0.0 <= score <= 1.0 and type(description) is str
+            and type(sources) is list and all(type(x) is str and x for x in sources)
+            and type(bbox) is list and len(bbox) == 4 and all(type(v) in _NUMBER_TYPES for v in bbox)):
+        return False
+    x1, y1, x2, y2 = bbox
+    t = _BOX_TOLERANCE
+    return x2 > x1 and y2 > y1 and x1 >= -t and y1 >= -t and x2 <= width + t and y2 <= height + t
+
+
 def _validate_object(obj: Any, width, height, file, path: str) -> int:
+    if type(obj) is dict and _object_is_valid(obj, width, height):
+        return obj["id"]
     if not isinstance(obj, dict):
         raise AnnotationError(file, path, "expected an object")
     oid = _require(obj, "id", file, path)
@@ -102,6 +126,11 @@ def _validate_object(obj: Any, width, height, file, path: str) -> int:
 
 
 def _validate_qa(qa: Any, object_ids: set[int], file, path: str) -> None:
+    if type(qa) is dict:  # the common case, every check in one expression; else the slow path names the field
+        q, a, t, ids = qa.get("question"), qa.get("answer"), qa.get("type"), qa.get("object_ids", [])
+        if (type(q) is str and type(a) is str and type(t) is str and t in _QA_TYPE_SET and type(ids) is list
+                and q.strip() and a.strip() and all(type(i) is int and i in object_ids for i in ids)):
+            return
     if not isinstance(qa, dict):
         raise AnnotationError(file, path, "expected an object")
     _check_str(_require(qa, "question", file, path), file, f"{path}.question", nonempty=True)

@@ -38,10 +38,9 @@ from vlm_annotation import boxes, prompts, runtime
 from vlm_annotation.images import ImageLoadError, as_rgb_image
 from vlm_annotation.io_utils import InputError
 from vlm_annotation.prompts import PROMPT_FORMAT_FILE, PromptFormat
+from vlm_training.model_dir import ADAPTER_FILES, FULL_MODEL_FILES, MERGED_DIR, SAVING_MARKER, half_written
 
-ADAPTER_CONFIG_FILE = "adapter_config.json"
-MODEL_CONFIG_FILE = "config.json"
-SAVING_MARKER = "saving.incomplete"  # train_vlm.py's, while it moves a final model into its --output_dir
+ADAPTER_CONFIG_FILE, MODEL_CONFIG_FILE = ADAPTER_FILES[0], FULL_MODEL_FILES[0]
 # Any of these in a folder means the processor (or at least its tokenizer) was saved there.
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
 DEFAULT_MAX_NEW_TOKENS = 128
@@ -94,10 +93,10 @@ def validate_bbox(bbox: Any, width: int, height: int) -> list[float]:
 
 
 def refuse_half_written(model_path: str | os.PathLike) -> None:
-    """A model folder (or the merged/ folder inside one) that training was stopped while saving is refused."""
+    """A model folder (or the merged/ folder inside one) whose final save by train_vlm.py was interrupted is refused."""
     local = Path(model_path).expanduser()
-    for folder in (local, local.parent) if local.is_dir() else ():
-        if (folder / SAVING_MARKER).exists():
+    for folder in (local, local.parent) if local.name == MERGED_DIR else (local,):
+        if half_written(folder):
             raise InferenceInputError(f"--model_path: {local} is half-written: its final save was interrupted "
                                       f"({folder / SAVING_MARKER}); run the same train_vlm.py command again to finish it")
 

@@ -56,6 +56,7 @@ from vlm_annotation.runtime import (
     single_writer,
 )
 from vlm_annotation.schema import QA_TYPES, AnnotationError, AnnotationReader
+from vlm_training import families
 from vlm_training.llava_format import IMAGE_PLACEHOLDER, IMAGE_TOKEN, LlavaWriter, resolve_image_path
 from vlm_training.split_data import check_not_pending
 
@@ -73,6 +74,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max_turns", type=int, default=0,
                    help="most Q&A pairs in one record; extra pairs of an image go to further records "
                         "of the same image (ids <image>#1, #2, ...). 0 = no cap")
+    p.add_argument("--base_model", default=families.DEFAULT_BASE_MODEL,
+                   help="the model the data is for, hub id or folder, the same value train_vlm.py gets: its "
+                        "family and processor resize settings decide how boxes are written "
+                        f"(default: {families.DEFAULT_BASE_MODEL})")
     p.add_argument("--qa_types", nargs="+", choices=QA_TYPES, default=None, metavar="TYPE",
                    help=f"convert only Q&A pairs of these types (default: all: {' '.join(QA_TYPES)}); an image "
                         "left with none gets no record, like an image without Q&A pairs")
@@ -87,6 +92,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.max_turns < 0:
         raise InputError(f"--max_turns must be >= 0, got {args.max_turns}")
+    try:
+        args.frame = families.frame_for(args.base_model)
+    except families.FamilyError as e:
+        raise InputError(f"--base_model: {e}") from None
     if args.upright_images_dir is not None and args.image_dir is None:
         raise InputError("--upright_images_dir needs --image_dir (the folder to read the images from)")
     if args.image_dir is not None:
@@ -115,19 +124,34 @@ def _region_question(qa: dict, obj: dict, box: str) -> str:
     return prompts.REGION_DESCRIPTION.format(box=box)
 
 
-class _ImageBoxes:
-    """The objects of one image by id, and each one's box text, rendered once per image."""
+_LLAVA_FRAME = families.frame_for_family("llava")
 
-    def __init__(self, rec: dict):
+
+class _ImageBoxes:
+    """The objects of one image by id, and each one's box text, rendered once per image in the
+    box frame of the model family the data is for (LLaVA-1.5's by default)."""
+
+    def __init__(self, rec: dict, frame: families.BoxFrame | None = None):
         self.rec = rec
+        self.frame = frame or _LLAVA_FRAME
         self.objects = {o["id"]: o for o in rec["objects"]}
         self._text: dict[int, str] = {}
 
     def box_text(self, oid: int) -> str:
         text = self._text.get(oid)
         if text is None:
-            text = self._text[oid] = box_to_text(self.objects[oid]["bbox"], self.rec["width"], self.rec["height"])
+            bbox = self.objects[oid]["bbox"]
+            text = self._text[oid] = (box_to_text(bbox, self.rec["width"], self.rec["height"])
+                                      if self.frame is _LLAVA_FRAME
+                                      else self.frame.render_box(bbox, self.rec["width"], self.rec["height"]))
         return text
+
+    def answer_box(self, oid: int) -> str:
+        """A grounding answer: the box as the family answers it (Qwen2.5/3-VL: JSON with the label)."""
+        if self.frame is _LLAVA_FRAME:
+            return self.box_text(oid)
+        obj = self.objects[oid]
+        return self.frame.render_answer(obj["bbox"], self.rec["width"], self.rec["height"], label=obj["label"])
 
 
 def render_pair(rec: dict, qa: dict, file, path: str, boxes: _ImageBoxes | None = None) -> tuple[str, str]:
@@ -168,19 +192,21 @@ def render_pair(rec: dict, qa: dict, file, path: str, boxes: _ImageBoxes | None 
         if not refs:
             raise AnnotationError(file, f"{path}.object_ids", "a grounding pair must name the object it locates")
         # The answer is the box itself, whatever precision the annotation wrote it with.
-        answer = box_texts[0]
+        answer = boxes.answer_box(ids[0])
     else:
         answer = rerender_boxes(answer, f"{path}.answer")
     return question, answer
 
 
-def image_records(rec: dict, index: int, file, max_turns: int, qa_types=None, left_out: Counter | None = None
-                  ) -> list[dict]:
+def image_records(rec: dict, index: int, file, max_turns: int, qa_types=None, left_out: Counter | None = None,
+                  frame: families.BoxFrame | None = None) -> list[dict]:
     """The LLaVA records of one image: its Q&A pairs as turns, ``max_turns`` per record.
 
     ``qa_types``: keep only pairs of these types (the others are counted in ``left_out``).
+    ``frame``: the box frame to render for (default LLaVA-1.5's); any other is recorded in each
+    record under ``families.FRAME_KEY`` (a record without it was rendered for LLaVA-1.5).
     """
-    boxes = _ImageBoxes(rec)
+    boxes = _ImageBoxes(rec, frame if frame != _LLAVA_FRAME else None)
     pairs = []
     for k, qa in enumerate(rec.get("qa", [])):
         if qa_types is not None and qa["type"] not in qa_types:
@@ -199,6 +225,8 @@ def image_records(rec: dict, index: int, file, max_turns: int, qa_types=None, le
             conversations += [{"from": "human", "value": human}, {"from": "gpt", "value": answer}]
         out.append({"id": f"{image}#{k}", "image": image, "width": rec["width"], "height": rec["height"],
                     "conversations": conversations, "qa_types": [qtype for _, qtype in chunk]})
+        if boxes.frame is not _LLAVA_FRAME:
+            out[-1][families.FRAME_KEY] = boxes.frame.to_dict()
     return out
 
 
@@ -332,16 +360,6 @@ class Stats:
                 "skipped_empty": self.empty, "types": dict(sorted(self.types.items()))}
 
 
-def convert(data: dict, file=None, max_turns: int = 0) -> tuple[list[dict], dict]:
-    """All LLaVA records of an annotation file held in memory, and counts for the summary."""
-    records, stats = [], Stats()
-    for i, rec in enumerate(data["images"]):
-        recs = image_records(rec, i, file, max_turns)
-        stats.add(recs)
-        records += recs
-    return records, stats.as_dict()
-
-
 @report_input_errors
 def main(argv=None) -> int:
     args = parse_args(argv)
@@ -357,7 +375,7 @@ def main(argv=None) -> int:
     with single_writer(out, "--output_file"), LlavaWriter(out) as writer:
         reader = AnnotationReader(args.annotation_file)
         for i, rec in enumerate(tqdm(reader, desc="convert", unit=" images", mininterval=1.0, disable=None)):
-            recs = image_records(rec, i, args.annotation_file, args.max_turns, qa_types, left_out)
+            recs = image_records(rec, i, args.annotation_file, args.max_turns, qa_types, left_out, args.frame)
             writer.write_many(recs)
             stats.add(recs)
             if images is not None and recs:

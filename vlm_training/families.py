@@ -95,6 +95,7 @@ class Family:
     decimals: int = 2                   # for the 0..1 frames
     # Resize settings of the official checkpoints, used only when no processor config is at hand.
     default_resize: dict | None = None
+    keep_tokens: tuple[str, ...] = ()         # special tokens that belong to an answer (Qwen2-VL's box tokens)
     vision_prefixes: tuple[str, ...] = ()     # module/parameter-name prefixes of the vision tower (frozen)
     projector_prefixes: tuple[str, ...] = ()  # the vision-language connector (trainable on request)
     sources: tuple[str, ...] = field(default_factory=tuple)
@@ -135,6 +136,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            "<|vision_start|><|image_pad|><|vision_end|>", "<|im_end|>",
            default_resize=dict(_QWEN_RESIZE_28), vision_prefixes=("model.visual",),
            projector_prefixes=("model.visual.merger",),
+           keep_tokens=("<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>"),
            sources=("modelscope/ms-swift swift/llm/template/template/qwen.py",
                     "QwenLM/Qwen3-VL qwen-vl-finetune/tools/process_bbox.ipynb")),
     Family("qwen2_5_vl", "Qwen2.5-VL", ("qwen2_5_vl",), r"qwen2[._]?5[-_]?vl", "Qwen/Qwen2.5-VL-3B-Instruct",
@@ -636,6 +638,18 @@ def conversation_segments(processor, family: Family, turns: Sequence[tuple[str, 
     return segments
 
 
+def decode_answer(tokenizer, family: Family, ids: Sequence[int]) -> str:
+    """Generated ids as answer text: special tokens dropped (EOS, padding, end of turn), except those
+    that are part of the family's answers (Qwen2-VL's ``<|box_start|>``...), which the plain
+    ``skip_special_tokens=True`` would drop too."""
+    if not family.keep_tokens:
+        return tokenizer.decode(ids, skip_special_tokens=True)
+    keep = {tokenizer.convert_tokens_to_ids(t) for t in family.keep_tokens}
+    special = set(tokenizer.all_special_ids)
+    special |= {i for i, tok in getattr(tokenizer, "added_tokens_decoder", {}).items() if tok.special}
+    return tokenizer.decode([i for i in ids if i in keep or i not in special], skip_special_tokens=False)
+
+
 def image_token_count(processor, width: int, height: int) -> int:
     """How many image tokens the processor expands one ``width`` x ``height`` image to, without the
     image (for length limits before reading pixels). transformers' processors compute it for
@@ -645,7 +659,9 @@ def image_token_count(processor, width: int, height: int) -> int:
 
 
 def module_role(family: Family, module_name: str) -> str:
-    """``vision``, ``projector`` or ``language`` for a module name of the family's model."""
+    """``vision``, ``projector`` or ``language`` for a module or parameter name of the family's model
+    (also as peft or DDP name it: ``base_model.model.``/``module.`` prefixes are ignored)."""
+    module_name = re.sub(r"^(module\.)?(base_model\.model\.)?", "", module_name)
     if any(module_name == p or module_name.startswith(p + ".") for p in family.projector_prefixes):
         return "projector"
     if any(module_name == p or module_name.startswith(p + ".") for p in family.vision_prefixes):

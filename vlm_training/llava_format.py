@@ -29,6 +29,7 @@ from typing import Any, Iterator
 from vlm_annotation.io_utils import InputError, RecordWriter, is_jsonl, stream_json, stream_jsonl
 from vlm_annotation.prompts import IMAGE_TOKEN
 from vlm_annotation.schema import QA_TYPES
+from vlm_training.families import FRAME_KEY, BoxFrame, FamilyError
 
 IMAGE_PLACEHOLDER = IMAGE_TOKEN + "\n"  # how the first human turn starts
 
@@ -76,6 +77,11 @@ def validate_llava_record(rec: Any, where: str) -> dict:
     for j, qtype in enumerate(qa_types or []):
         if qtype is not None and qtype not in QA_TYPES:
             raise InputError(f"{where}: qa_types[{j}]: {qtype!r} is not one of {', '.join(QA_TYPES)}")
+    if FRAME_KEY in rec:  # the box frame the record was rendered for (absent: LLaVA-1.5's)
+        try:
+            BoxFrame.from_dict(rec[FRAME_KEY], where=f"{where}: {FRAME_KEY}")
+        except FamilyError as e:
+            raise InputError(str(e)) from None
     return rec
 
 

@@ -54,15 +54,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train_file", default="train.json", help="where to write the train split")
     p.add_argument("--val_file", default="val.json", help="where to write the validation split")
     p.add_argument("--test_file", default=None,
-                   help="where to write the test split (default: test.json beside --val_file)")
+                   help="where to write the test split (default: test.json beside --val_file; "
+                        "test.jsonl when --val_file ends in .jsonl)")
     p.add_argument("--train_ratio", type=float, default=0.8, help="share of images for training (> 0)")
     p.add_argument("--val_ratio", type=float, default=0.1,
                    help="share of images for validation (>= 0); the rest is the test split")
     p.add_argument("--seed", type=int, default=42,
                    help="seed of the image-path hash; the same seed gives the same split")
     args = p.parse_args(argv)
-    if args.test_file is None:
-        args.test_file = str(Path(args.val_file).parent / "test.json")
+    if args.test_file is None:  # test.json (test.jsonl for a .jsonl --val_file) beside the val file
+        val = Path(args.val_file)
+        args.test_file = str(val.parent / ("test.jsonl" if val.name.endswith(".jsonl") else "test.json"))
     return args
 
 

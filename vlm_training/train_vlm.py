@@ -433,7 +433,7 @@ def save_final(trainer, out: Path, processor, fmt: PromptFormat, model_args: Mod
 def train(model_args: ModelArguments, data_args: DataArguments, args: VLMTrainingArguments) -> int:
     """Run one training job; 0 when it finished, 130/143 when Ctrl-C/SIGTERM stopped it at a checkpoint."""
     out = Path(args.output_dir)
-    checkpoint = resolve_checkpoint(args.resume_from_checkpoint, out, dataclasses.asdict(model_args))
+    checkpoint, stale, why = resolve_checkpoint(args.resume_from_checkpoint, out, dataclasses.asdict(model_args))
 
     import transformers
     from transformers import AutoProcessor
@@ -481,6 +481,9 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: VLMTrainin
         "resumed_from": checkpoint, "training_args": json.loads(args.to_json_string()),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__}}
     if main_process:
+        print(why or "starting from scratch", flush=True)
+        for path in stale:
+            shutil.rmtree(path)
         out.mkdir(parents=True, exist_ok=True)
         # Written first: it marks the folder as this script's, and an unfinished run as one to continue.
         write_json_atomic(out / TRAIN_ARGS_FILE, record | {"status": "training"})

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import signal
 import sys
 import threading
@@ -56,40 +55,35 @@ def read_run_record(out: Path) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
-def resolve_checkpoint(requested: str | None, out: Path, settings: dict) -> str | None:
-    """The checkpoint this run continues from (None: a fresh start), saying why in one line.
+def resolve_checkpoint(requested: str | None, out: Path, settings: dict) -> tuple[str | None, list[Path], str]:
+    """The checkpoint this run continues from (None: a fresh start), the checkpoint folders to remove
+    before it starts, and a line that says why. Nothing is touched here: the caller removes them once
+    its inputs are checked.
 
     Without ``--resume_from_checkpoint`` an interrupted run (train_args.json says "training") is
     continued, so that running an interrupted command again picks up where it stopped; checkpoints of
-    an earlier *finished* run are removed, or a later interruption would resume from one of them.
+    an earlier *finished* run go, or a later interruption would resume from one of them. Incomplete
+    checkpoints (a save that was killed) are skipped and go too: the resumed run writes them again.
     """
     record = read_run_record(out)
     if requested is None and (record or {}).get("status") != "training":
         old = list_checkpoints(out) if record is not None else []
-        for path in old:
-            shutil.rmtree(path)
-        if old:
-            print(f"starting afresh: removed the {len(old)} checkpoint(s) of the earlier finished run in {out}",
-                  flush=True)
-        return None
+        return None, old, f"starting afresh: removing the {len(old)} checkpoint(s) of the earlier finished run" \
+            if old else ""
     if requested not in (None, "latest"):
-        return requested
+        return requested, [], f"continuing from {requested}"
     found = list_checkpoints(out) if out.is_dir() else []
     complete = [p for p in found if is_complete_checkpoint(p)]
-    for path in found:
-        if path not in complete:  # its save was interrupted; the resumed run writes it again
-            shutil.rmtree(path)
-            print(f"skipped and removed the incomplete {path.name} (its save was interrupted)", flush=True)
+    incomplete = [p for p in found if p not in complete]
+    skipped = "".join(f"skipping and removing the incomplete {p.name} (its save was interrupted); " for p in incomplete)
     if not complete:
-        print(f"no complete checkpoint in {out}; starting from scratch", flush=True)
-        return None
+        return None, incomplete, f"{skipped}no complete checkpoint in {out}; starting from scratch"
     differ = [k for k in RESUME_KEYS if record and k in record and record[k] != settings[k]]
     if differ:
         raise InputError(f"--output_dir: the checkpoints in {out} were trained with "
                          + ", ".join(f"--{k} {record[k]}" for k in differ)
                          + "; rerun with those flags to continue, or choose another --output_dir")
-    print(f"continuing from {complete[0]} (the newest complete checkpoint)", flush=True)
-    return str(complete[0])
+    return str(complete[0]), incomplete, f"{skipped}continuing from {complete[0]} (the newest complete checkpoint)"
 
 
 # --------------------------------------------------------------------------- trainer
