@@ -34,10 +34,11 @@ demo: $(STAMP)
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
 
-# Debian's chromium, for the headless-browser test of the review gallery (skipped without it).
+# Debian's chromium (the review gallery's headless-browser test) and a Java runtime (pycocoevalcap's PTB
+# tokenizer, the reference the caption metrics are compared with); those tests skip without them.
 browser:
-	command -v chromium >/dev/null || (SUDO=$$(command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium)
+	(command -v chromium >/dev/null && command -v java >/dev/null) || (SUDO=$$(command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium default-jre-headless)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -401,6 +401,30 @@ def test_progress_lines_are_read_for_what_they_are_not_where_they_are(tmp_path):
     assert ProgressLog(path, SETTINGS).done == set()
 
 
+def test_a_finished_output_counts_as_done_only_with_the_same_settings(tmp_path, monkeypatch):
+    from vlm_annotation.progress import write_annotations_stream, write_from_progress
+    out = tmp_path / "a.json"
+    records = [{"image": name, "width": 4, "height": 3, "caption": "c", "objects": [], "qa": []}
+               for name in ("x.jpg", "y.jpg")]
+    write_annotations_stream(out, records, [{"image": "bad.jpg", "reason": "broken"}],
+                             {"tool": "t", "images_dir": "d", **SETTINGS})
+    finished = out.read_bytes()
+    assert ProgressLog(progress_path(out), {"seed": 4}).done == set()        # other settings: redo
+    assert ProgressLog(progress_path(out), SETTINGS, restart=True).done == set()
+    with monkeypatch.context() as env:
+        env.setenv("WORLD_SIZE", "2")                                        # torchrun: redo
+        assert ProgressLog(progress_path(out), SETTINGS).done == set()
+    log = ProgressLog(progress_path(out), SETTINGS)
+    assert log.done == {"x.jpg", "y.jpg"}  # the skipped file is tried again
+    log.open()
+    log.add_skipped("bad.jpg", "broken")
+    log.close()
+    write_from_progress(out, [progress_path(out)], {"tool": "t", "images_dir": "d", **SETTINGS},
+                        {"x.jpg", "y.jpg", "bad.jpg"})
+    assert out.read_bytes() == finished
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]  # sidecar and lock removed
+
+
 def test_undecodable_names_are_stored_escaped_and_found_again(tmp_path):
     path = tmp_path / "a.json.progress.jsonl"
     raw = os.fsdecode(b"dir/bad\xff.jpg")

@@ -38,6 +38,7 @@ from vlm_annotation import boxes, prompts, runtime
 from vlm_annotation.images import ImageLoadError, as_rgb_image
 from vlm_annotation.io_utils import InputError
 from vlm_annotation.prompts import PROMPT_FORMAT_FILE, PromptFormat
+from vlm_training import families
 from vlm_training.model_dir import ADAPTER_FILES, FULL_MODEL_FILES, MERGED_DIR, SAVING_MARKER, half_written
 
 ADAPTER_CONFIG_FILE, MODEL_CONFIG_FILE = ADAPTER_FILES[0], FULL_MODEL_FILES[0]
@@ -117,7 +118,11 @@ def load_image(image: Any) -> Image.Image:
 
 
 class VLMInference:
-    """A LLaVA model (adapter, merged, full or base) loaded once, asked about images and boxes.
+    """A vision-language model (adapter, merged, full or base) loaded once, asked about images and boxes.
+
+    Its family (LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, Qwen3-VL; see
+    vlm_training/families.py) decides how a question is laid out and how a box is written in a
+    question and read back from an answer (the frame a trained model saved in box_frame.json).
 
     ``precision`` is ``auto`` (bf16/fp16 on a GPU, fp32 on the CPU), ``fp32``, ``bf16``,
     ``fp16`` or a torch dtype; ``dtype`` is its old name.
@@ -166,6 +171,15 @@ class VLMInference:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        # The family decides the prompt layout and the box frame (issue 14): a trained folder saved its frame.
+        try:
+            saved_frame = self.local_dir is not None and (self.local_dir / families.FRAME_FILE).is_file()
+            self.family = families.detect_family(self.local_dir if saved_frame else
+                                                 (self.base_model or self.local_dir or self.model_path))
+            saved = families.BoxFrame.load(self.local_dir) if self.local_dir else None
+            self.frame = saved or families.frame_from_processor(self.family, self.processor)
+        except families.FamilyError as e:
+            raise InferenceInputError(f"--model_path: {e}") from None
         mean = getattr(self.processor.image_processor, "image_mean", None) or (0.5, 0.5, 0.5)
         self.pad_fill = tuple(float(v) for v in mean)
 
@@ -259,7 +273,10 @@ class VLMInference:
 
     def region_question(self, bbox: Sequence[float], width: int, height: int, label: str | None = None) -> str:
         """The question that asks for a description of ``bbox`` (pixels of a ``width`` x ``height`` image)."""
-        box_text = boxes.box_to_text(bbox, width, height, decimals=self.prompt_format.box_decimals)
+        if self.family.pad_to_square:  # LLaVA-1.5: the shared box text, at the saved precision
+            box_text = boxes.box_to_text(bbox, width, height, decimals=self.prompt_format.box_decimals)
+        else:
+            box_text = self.frame.render_box(bbox, width, height)
         templates = self.prompt_format.templates
         if label is not None and str(label).strip():
             template = templates.get("region_description_labeled", prompts.REGION_DESCRIPTION_LABELED)
@@ -272,7 +289,14 @@ class VLMInference:
 
     def model_image(self, image: Image.Image) -> Image.Image:
         """What the model sees: the image padded to a square in the processor's mean colour."""
-        return boxes.pad_to_square(image, self.pad_fill) if self.prompt_format.pad_to_square else image
+        pad = self.prompt_format.pad_to_square and self.family.pad_to_square
+        return boxes.pad_to_square(image, self.pad_fill) if pad else image
+
+    def prompt(self, question: str) -> str:
+        """The text the model is asked with: PromptFormat's layout for LLaVA-1.5, else the chat template's."""
+        if self.family.pad_to_square:
+            return self.prompt_format.prompt(question, first=True)
+        return families.generation_prompt(self.processor, question, system=self.prompt_format.system_prompt or None)
 
     # ------------------------------------------------------------------ generation
     def _generate(self, questions: list[str], images: list[Image.Image], batch_size: int,
@@ -287,7 +311,7 @@ class VLMInference:
             settings.setdefault("pad_token_id", self.tokenizer.pad_token_id)
         answers: list[str] = []
         for start in range(0, len(questions), batch_size):
-            texts = [self.prompt_format.prompt(q, first=True) for q in questions[start:start + batch_size]]
+            texts = [self.prompt(q) for q in questions[start:start + batch_size]]
             pixels = [self.model_image(img) for img in images[start:start + batch_size]]
             inputs = self.processor(images=pixels, text=texts, padding=True, return_tensors="pt")
             self._check_lengths(inputs["attention_mask"].sum(dim=1).tolist(), settings.get("max_new_tokens"), start)
@@ -299,7 +323,7 @@ class VLMInference:
             # Decoder-only generation returns prompt + answer; with left padding every prompt
             # ends at the same column, so the answer is everything after it.
             new_tokens = output[:, inputs["input_ids"].shape[1]:]
-            answers.extend(text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+            answers.extend(families.decode_answer(self.tokenizer, self.family, row).strip() for row in new_tokens.tolist())
         return answers
 
     def _check_lengths(self, lengths: list[int], max_new_tokens: int | None, offset: int) -> None:
@@ -382,7 +406,7 @@ class VLMInference:
         """The box (pixels of the displayed image) the model gives for ``description``, or None."""
         img = load_image(image)
         answer = self._generate([self.grounding_question(description)], [img], 1, generate_kwargs)[0]
-        return boxes.text_to_box(answer, *img.size)
+        return self.frame.parse_box(answer, *img.size)
 
 
 # ---------------------------------------------------------------------- command line

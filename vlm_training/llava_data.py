@@ -35,6 +35,7 @@ from vlm_annotation.boxes import pad_to_square
 from vlm_annotation.images import ImageLoadError, load_image
 from vlm_annotation.io_utils import InputError
 from vlm_annotation.prompts import PromptFormat
+from vlm_training import families
 from vlm_training.llava_format import IMAGE_PLACEHOLDER, iter_llava_records, record_where, resolve_image_path
 
 IGNORE_INDEX = -100
@@ -102,6 +103,7 @@ class Example:
     input_ids: list[int]        # with ONE image token; expanded in __getitem__
     labels: list[int]
     length: int                 # after image-token expansion
+    image_tokens: int = 0       # what the one image token expands to (its image's size decides, for some families)
 
 
 @dataclass
@@ -122,6 +124,18 @@ class DatasetStats:
 
 class TokenLayout:
     """What the processor does to a prompt, measured once: BOS, image token id and count."""
+
+    frame: "families.BoxFrame | None" = None   # set by training: records rendered for another frame are refused
+    base_model: str = ""
+
+    def check_record(self, record: dict, where: str) -> None:
+        """Refuse a record whose boxes were rendered for another family or resize setting."""
+        if self.frame is None:
+            return
+        try:
+            families.check_frame(families.frame_of_record(record, where), self.frame, where, self.base_model)
+        except families.FamilyError as e:
+            raise InputError(str(e)) from None
 
     def __init__(self, processor, fmt: PromptFormat):
         tok = processor.tokenizer
@@ -154,14 +168,26 @@ class TokenLayout:
         longer text is cut before any tokenization, so its cost is bounded by ``max_length``."""
         return max_length * self.longest_token_chars
 
-    def expand(self, ids: list[int]) -> list[int]:
-        """Replace the single image token by the model's ``num_image_tokens`` copies."""
+    def expand(self, ids: list[int], n: int | None = None) -> list[int]:
+        """Replace the single image token by ``n`` (default: the model's ``num_image_tokens``) copies."""
         i = ids.index(self.image_token_id)
-        return ids[:i] + [self.image_token_id] * self.num_image_tokens + ids[i + 1:]
+        return ids[:i] + [self.image_token_id] * (self.num_image_tokens if n is None else n) + ids[i + 1:]
+
+    def segments(self, record: dict, char_budget: int | None = None) -> list[tuple[str, bool]]:
+        """The record's conversation as ``(text, supervised)`` pieces (see :func:`conversation_segments`)."""
+        return conversation_segments(record, self.fmt, self.eos_token, char_budget)
+
+    def image_tokens(self, record: dict) -> int:
+        """How many image tokens the record's image takes (LLaVA-1.5: always the same)."""
+        return self.num_image_tokens
 
     def pixel_values(self, image: Image.Image) -> torch.Tensor:
         square = pad_to_square(image, self.fill)
         return self.image_processor(images=square, return_tensors="pt")["pixel_values"][0]
+
+    def image_inputs(self, image: Image.Image, expected_tokens: int, where: str) -> dict:
+        """The model inputs of one image besides the token ids."""
+        return {"pixel_values": self.pixel_values(image)}
 
 
 def build_examples(records: Iterable[dict], path: str | os.PathLike, image_dir: str | os.PathLike,
@@ -177,12 +203,14 @@ def build_examples(records: Iterable[dict], path: str | os.PathLike, image_dir: 
     for i, rec in enumerate(tqdm(records, desc=f"tokenizing {path.name}", unit="record", delay=2)):
         stats.records += 1
         where = record_where(path, i, rec)
+        layout.check_record(rec, where)
         image_path = resolve_image_path(image_dir, rec["image"], where)
         pairs = len(rec["conversations"]) // 2
-        pieces = tokenize_segments(layout.tokenizer, conversation_segments(rec, layout.fmt, layout.eos_token, budget))
+        pieces = tokenize_segments(layout.tokenizer, layout.segments(rec, budget))
         if pieces and pieces[0].count(layout.image_token_id) != 1:
             raise InputError(f"{where}: the first prompt does not tokenize to exactly one image token")
-        extra = layout.num_image_tokens - 1
+        image_tokens = layout.image_tokens(rec)
+        extra = image_tokens - 1
         input_ids, labels = list(layout.bos), [IGNORE_INDEX] * len(layout.bos)
         pairs_kept = 0
         for k in range(0, len(pieces), 2):
@@ -203,7 +231,7 @@ def build_examples(records: Iterable[dict], path: str | os.PathLike, image_dir: 
             stats.shortened += 1
             stats.turns_dropped += pairs - pairs_kept
         stats.supervised_tokens += sum(1 for t in labels if t != IGNORE_INDEX)
-        examples.append(Example(i, rec["id"], image_path, input_ids, labels, len(input_ids) + extra))
+        examples.append(Example(i, rec["id"], image_path, input_ids, labels, len(input_ids) + extra, image_tokens))
     stats.examples = len(examples)
     return examples, stats
 
@@ -228,12 +256,13 @@ class LlavaDataset(torch.utils.data.Dataset):
         except ImageLoadError as e:
             raise InputError(f"{self.source}: record {ex.record_index} (id {ex.record_id!r}): "
                              f"image {ex.image_path}: {e}") from None
-        n = self.layout.num_image_tokens - 1
+        n = ex.image_tokens - 1
         i = ex.input_ids.index(self.layout.image_token_id)
+        where = f"{self.source}: record {ex.record_index} (id {ex.record_id!r})"
         return {
-            "input_ids": torch.tensor(self.layout.expand(ex.input_ids), dtype=torch.long),
+            "input_ids": torch.tensor(self.layout.expand(ex.input_ids, ex.image_tokens), dtype=torch.long),
             "labels": torch.tensor(ex.labels[:i] + [IGNORE_INDEX] * n + ex.labels[i:], dtype=torch.long),
-            "pixel_values": self.layout.pixel_values(image),
+            **self.layout.image_inputs(image, ex.image_tokens, where),
         }
 
 
@@ -283,6 +312,7 @@ class LlavaCollator:
     pad_token_id: int
     padding_side: str = "right"
     pad_to_multiple_of: int | None = None
+    image_token_id: int | None = None   # Qwen-VL families: marks the image tokens in mm_token_type_ids
 
     def __call__(self, features: list[dict]) -> dict:
         longest = max(len(f["input_ids"]) for f in features)
@@ -299,5 +329,20 @@ class LlavaCollator:
             input_ids[row, span] = f["input_ids"]
             labels[row, span] = f["labels"]
             attention_mask[row, span] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-                "pixel_values": torch.stack([f["pixel_values"] for f in features])}
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        return batch | collate_images(features, input_ids, self.image_token_id)
+
+
+def collate_images(features: list[dict], input_ids: torch.Tensor, image_token_id: int | None) -> dict:
+    """Batch the per-image inputs: one tensor per example (LLaVA-1.5), patch rows of every image
+    concatenated with their grids (Qwen-VL), or a varying number of tiles padded (LLaVA-NeXT/OneVision)."""
+    pixels = [f["pixel_values"] for f in features]
+    if "image_grid_thw" in features[0]:
+        return {"pixel_values": torch.cat(pixels), "image_grid_thw": torch.stack([f["image_grid_thw"] for f in features]),
+                "mm_token_type_ids": (input_ids == image_token_id).int()}
+    out = {}
+    if "image_sizes" in features[0]:
+        tiles = max(p.shape[0] for p in pixels)
+        pixels = [torch.cat([p, p.new_zeros((tiles - p.shape[0], *p.shape[1:]))]) for p in pixels]
+        out["image_sizes"] = torch.stack([f["image_sizes"] for f in features])
+    return out | {"pixel_values": torch.stack(pixels)}

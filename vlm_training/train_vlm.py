@@ -1,4 +1,5 @@
-"""Stage 4: fine-tune LLaVA-1.5 on LLaVA conversation files with LoRA / QLoRA (or fully).
+"""Stage 4: fine-tune LLaVA-1.5 (or LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, Qwen3-VL) on LLaVA
+conversation files with LoRA / QLoRA (or fully).
 
     python vlm_training/train_vlm.py --train_data train_llava.json --val_data val_llava.json \\
         --output_dir ./vlm_model --base_model llava-hf/llava-1.5-7b-hf --image_dir data/images \\
@@ -16,6 +17,12 @@ language model's linear layers only; ``--train_projector`` trains the projector 
 ``--train_vision_tower`` trains the CLIP vision tower fully (else frozen). Without ``--use_lora``
 the language model and the projector are fine-tuned fully. Images are padded to a square with the
 processor's image mean; only answers and their EOS are supervised.
+
+Other families (``--base_model`` decides, see vlm_training/families.py) are loaded through their own
+transformers class; their chat template lays the turns out, answers are supervised through the family's
+end-of-turn token, images keep their aspect ratio and take as many image tokens as the processor gives
+them, and the boxes in the data must be rendered for the family's frame (``convert_to_llava_format.py
+--base_model`` with the same value; other data is refused). The frame is saved as box_frame.json.
 
 ``--output_dir`` receives the adapter (or full model), the processor, prompt_format.json,
 train_args.json, metrics.json, loss.png and checkpoint-N/ folders; ``--merge_lora`` adds merged/.
@@ -38,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import HfArgumentParser, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy, SchedulerType
 
 from vlm_annotation.io_utils import InputError, write_json_atomic
@@ -56,6 +63,7 @@ from vlm_annotation.runtime import (
     resolve_dtype,
     single_writer,
 )
+from vlm_training import families
 from vlm_training.model_dir import ADAPTER_FILES, FULL_MODEL_FILES, MERGED_DIR, SAVING_MARKER, TRAIN_ARGS_FILE
 from vlm_training.vlm_trainer import (
     RunTotals,
@@ -82,7 +90,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 class ModelArguments:
     _argument_group_name = "model"
     base_model: str = field(default=DEFAULT_BASE_MODEL, metadata={
-        "help": "LLaVA checkpoint: hub id or local folder"})
+        "help": "base model, hub id or local folder: LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL "
+                "or Qwen3-VL (the same value convert_to_llava_format.py got)"})
     use_lora: bool = field(default=False, metadata={
         "help": "train LoRA adapters on the language model (else: full fine-tune of language model and projector)"})
     lora_r: int = field(default=128, metadata={"help": "LoRA rank (LLaVA-1.5: 128)"})
@@ -107,6 +116,10 @@ class ModelArguments:
 
     def __post_init__(self):
         self.base_model = require_model(self.base_model, "--base_model")
+        try:  # not a field: the run record and checkpoint settings stay as they were
+            self.family = families.detect_family(self.base_model)
+        except families.FamilyError as e:
+            raise InputError(f"--base_model: {e}") from None
         for flag in ("lora_r", "lora_alpha"):
             if getattr(self, flag) < 1:
                 raise InputError(f"--{flag} must be >= 1, got {getattr(self, flag)}")
@@ -277,15 +290,25 @@ def parse_args(argv=None) -> tuple[ModelArguments, DataArguments, VLMTrainingArg
 
 
 # --------------------------------------------------------------------------- model
+def part_names(family: families.Family) -> tuple[str, str]:
+    """Name parts of the projector and of the vision tower's parameters (LLaVA: multi_modal_projector,
+    vision_tower; Qwen: merger, visual.), the projector first: Qwen's merger sits inside its vision tower."""
+    projector = family.projector_prefixes[0].rsplit(".", 1)[-1]
+    vision = family.vision_prefixes[0].rsplit(".", 1)[-1]
+    return projector, vision if vision == VISION_TOWER else vision + "."
+
+
 def load_base_model(name: str, precision: str, model_args: ModelArguments | None = None):
-    """LlavaForConditionalGeneration in the training dtype, quantized when ``model_args`` ask for it."""
-    from transformers import LlavaForConditionalGeneration
+    """The family's model class (LlavaForConditionalGeneration, Qwen2_5_VLForConditionalGeneration, ...)
+    in the training dtype, quantized when ``model_args`` ask for it."""
+    import transformers
+    family = families.detect_family(name)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
     kwargs = {"dtype": dtype}
     if model_args is not None and (model_args.load_in_4bit or model_args.load_in_8bit):
         from transformers import BitsAndBytesConfig
         # The vision tower, projector and head stay unquantized (small, and precision matters there).
-        skip = [VISION_TOWER, PROJECTOR, "lm_head"]
+        skip = [p.rsplit(".", 1)[-1] for p in family.vision_prefixes + family.projector_prefixes] + ["lm_head"]
         if model_args.load_in_4bit:
             qcfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                       bnb_4bit_compute_dtype=dtype, llm_int8_skip_modules=skip)
@@ -294,9 +317,10 @@ def load_base_model(name: str, precision: str, model_args: ModelArguments | None
         kwargs["quantization_config"] = qcfg
         kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
     try:
-        return LlavaForConditionalGeneration.from_pretrained(name, **kwargs)
+        return getattr(transformers, family.model_class).from_pretrained(name, **kwargs)
     except (OSError, ValueError) as e:
-        raise InputError(f"--base_model {name}: cannot load a LLaVA model: {str(e).splitlines()[0]}") from None
+        raise InputError(f"--base_model {name}: cannot load a {family.title} model: "
+                         f"{str(e).splitlines()[0]}") from None
 
 
 def prepare_trainable(model, args: ModelArguments, checkpointing: bool):
@@ -307,7 +331,11 @@ def prepare_trainable(model, args: ModelArguments, checkpointing: bool):
         if args.load_in_4bit or args.load_in_8bit:
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing,
                                                     gradient_checkpointing_kwargs={"use_reentrant": False})
-        to_save = [m for m, on in ((PROJECTOR, args.train_projector), (VISION_TOWER, args.train_vision_tower)) if on]
+        projector, vision = (p.rsplit(".", 1)[-1] for p in (args.family.projector_prefixes[0],
+                                                            args.family.vision_prefixes[0]))
+        if args.train_vision_tower and projector != PROJECTOR:
+            projector = None  # Qwen's merger is part of its vision tower: saved with it
+        to_save = [m for m, on in ((projector, args.train_projector), (vision, args.train_vision_tower)) if on and m]
         config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
                             target_modules=LORA_TARGET_REGEX, bias="none", task_type="CAUSAL_LM",
                             modules_to_save=to_save or None)
@@ -320,9 +348,21 @@ def prepare_trainable(model, args: ModelArguments, checkpointing: bool):
         model.requires_grad_(True)
     if not args.train_vision_tower:
         for name, param in model.named_parameters():
-            if f"{VISION_TOWER}." in name:
+            if families.module_role(args.family, name) == "vision":
                 param.requires_grad_(False)
     return model
+
+
+class SaveFrame(TrainerCallback):
+    """Every checkpoint carries the box frame too, as the final model does (box_frame.json)."""
+
+    def __init__(self, frame: families.BoxFrame):
+        self.frame = frame
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir():
+            self.frame.save(folder)
 
 
 def count_parameters(model) -> tuple[int, int]:
@@ -408,6 +448,7 @@ def save_final(trainer, out: Path, processor, fmt: PromptFormat, model_args: Mod
         return
     processor.save_pretrained(tmp)
     fmt.save(tmp)
+    families.frame_from_processor(model_args.family, processor).save(tmp)
     (out / SAVING_MARKER).write_text("train_vlm.py is moving the final model into this folder\n")
     removed = remove_stale_model_files(out, model_args.use_lora, model_args.merge_lora)
     if removed:
@@ -420,6 +461,7 @@ def save_final(trainer, out: Path, processor, fmt: PromptFormat, model_args: Mod
         merged.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         fmt.save(tmp)
+        families.frame_from_processor(model_args.family, processor).save(tmp)
         shutil.rmtree(out / MERGED_DIR, ignore_errors=True)
         move_into(tmp, out / MERGED_DIR)
         print(f"merged model written to {out / MERGED_DIR}", flush=True)
@@ -446,8 +488,22 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: VLMTrainin
     except (OSError, ValueError) as e:
         raise InputError(f"--base_model {model_args.base_model}: cannot load its processor: "
                          f"{str(e).splitlines()[0]}") from None
-    fmt = PromptFormat.from_chat_template(processor).with_system_prompt(model_args.system_prompt)
-    layout = TokenLayout(processor, fmt)
+    family = model_args.family
+    fmt = PromptFormat.from_chat_template(processor)
+    if family.pad_to_square:  # LLaVA-1.5: the layout PromptFormat derives from its chat template
+        fmt = fmt.with_system_prompt(model_args.system_prompt)
+        layout = TokenLayout(processor, fmt)
+    else:  # the chat template lays every turn out (families.conversation_segments); no square padding
+        from vlm_training.family_data import FamilyLayout
+        system = "" if model_args.system_prompt == "auto" else resolve_system_prompt(model_args.system_prompt, fmt)
+        fmt = dataclasses.replace(fmt, pad_to_square=False, system_prompt=system)
+        layout = FamilyLayout(processor, fmt, family)
+    # Data rendered for another family or resize setting is refused (issue 14): the frame travels in every record.
+    try:
+        layout.frame = families.frame_from_processor(family, processor)
+    except families.FamilyError as e:
+        raise InputError(f"--base_model {model_args.base_model}: {e}") from None
+    layout.base_model = model_args.base_model
     train_set, train_stats = load_llava_dataset(data_args.train_data, data_args.image_dir, layout,
                                                 data_args.max_length, "--train_data")
     val_set = val_stats = None
@@ -469,15 +525,17 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: VLMTrainin
     projector_trained = (not model_args.use_lora) or model_args.train_projector
     trainer = VLMTrainer(
         model=model, args=args, train_dataset=train_set, eval_dataset=val_set,
-        data_collator=LlavaCollator(layout.pad_token_id, padding_side="right"), processing_class=processor,
-        callbacks=[totals, stop], totals=totals,
-        group_lrs={PROJECTOR: model_args.projector_lr if projector_trained else None,
-                   VISION_TOWER: model_args.vision_tower_lr if model_args.train_vision_tower else None})
+        data_collator=LlavaCollator(layout.pad_token_id, padding_side="right", image_token_id=layout.image_token_id),
+        processing_class=processor,
+        callbacks=[totals, stop, SaveFrame(layout.frame)], totals=totals,
+        group_lrs={part_names(family)[0]: model_args.projector_lr if projector_trained else None,
+                   part_names(family)[1]: model_args.vision_tower_lr if model_args.train_vision_tower else None})
     main_process = trainer.is_world_process_zero()
     record = dataclasses.asdict(model_args) | dataclasses.asdict(data_args) | {
         "output_dir": str(out), "precision": args.precision, "device": args.device_name,
         "world_size": args.world_size, "lora_target_modules": LORA_TARGET_REGEX if model_args.use_lora else None,
         "num_image_tokens": layout.num_image_tokens, "system_prompt_text": fmt.system_prompt,
+        "family": family.name, "box_frame": layout.frame.to_dict(),
         "resumed_from": checkpoint, "training_args": json.loads(args.to_json_string()),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__}}
     if main_process:
