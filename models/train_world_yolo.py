@@ -139,7 +139,7 @@ def main(argv=None) -> int:
                 workers=0, seed=args.seed, deterministic=True, plots=False, amp=False, project=str(work.resolve()),
                 name="run", exist_ok=True, verbose=False, val=False, cache=False, patience=1000,
                 optimizer="AdamW", lr0=args.lr0, mosaic=args.mosaic, close_mosaic=max(1, args.epochs // 4), warmup_epochs=1.0, fliplr=0.5,
-                flipud=0.5)
+                flipud=0.5, scale=0.2, erasing=0.0)  # the world's objects vary in size less than COCO's
     torch.set_num_threads(threads)
     weights = work / "run" / "weights"
     best = weights / "last.pt"  # validation only runs at the end (val=False): the last epoch is the model

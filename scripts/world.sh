@@ -17,13 +17,21 @@ MINUTES=${WORLD_MINUTES:-20}
 SEED=${WORLD_SEED:-0}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 YOLO_OFFLINE=1 TOKENIZERS_PARALLELISM=false MPLBACKEND=Agg
 
-# Budgets (minutes of training per model, scenes, steps). 20: the default run; 60: the longer one.
+# Budgets (minutes of training per model, scenes, VLM steps). 20: the default run; 60: the longer one.
+# The 2M-parameter VLM is taught short question types (long region descriptions would take most of
+# its CPU budget); one object per image gets the per-object questions. The default run teaches the
+# scene-level types it can learn in minutes (count, surface) and one class-binding type (exists); the
+# longer run adds the class-specific ones (count_class, location, grounding) to see whether class
+# binding and localisation appear with more training.
 if [ "$MINUTES" -ge 60 ]; then
-    TRAIN_SCENES=1500 HELDOUT_SCENES=6000 YOLO_EPOCHS=30 YOLO_MIN=10 DETR_MIN=10 BLIP_MIN=3 VLM_STEPS=1800
+    TRAIN_SCENES=1500 HELDOUT_SCENES=6000 YOLO_EPOCHS=60 YOLO_MIN=10 DETR_MIN=10 BLIP_MIN=3 VLM_STEPS=2400
+    QA_TYPES="count count_class exists location grounding surface"
 elif [ "$MINUTES" -ge 20 ]; then
-    TRAIN_SCENES=800 HELDOUT_SCENES=3000 YOLO_EPOCHS=10 YOLO_MIN=3 DETR_MIN=2.5 BLIP_MIN=1.5 VLM_STEPS=600
-else  # a quick look (also what tests/test_world.py runs, smaller still)
-    TRAIN_SCENES=300 HELDOUT_SCENES=800 YOLO_EPOCHS=4 YOLO_MIN=1 DETR_MIN=1 BLIP_MIN=0.5 VLM_STEPS=150
+    TRAIN_SCENES=800 HELDOUT_SCENES=2500 YOLO_EPOCHS=25 YOLO_MIN=3.5 DETR_MIN=2.5 BLIP_MIN=1 VLM_STEPS=320
+    QA_TYPES="count exists surface"
+else  # a quick look (tests/test_world.py runs this one, smaller still)
+    TRAIN_SCENES=400 HELDOUT_SCENES=800 YOLO_EPOCHS=10 YOLO_MIN=1.5 DETR_MIN=1 BLIP_MIN=0.5 VLM_STEPS=120
+    QA_TYPES="count surface"
 fi
 # Each can be overridden: WORLD_TRAIN_SCENES=... (tests/test_world.py runs a reduced world this way).
 TRAIN_SCENES=${WORLD_TRAIN_SCENES:-$TRAIN_SCENES}
@@ -33,9 +41,11 @@ YOLO_MIN=${WORLD_YOLO_MIN:-$YOLO_MIN}
 DETR_MIN=${WORLD_DETR_MIN:-$DETR_MIN}
 BLIP_MIN=${WORLD_BLIP_MIN:-$BLIP_MIN}
 VLM_STEPS=${WORLD_VLM_STEPS:-$VLM_STEPS}
-# The 2M-parameter VLM is taught the short question types (long region descriptions would take
-# most of its CPU budget); one object per image gets the per-object questions.
-QA_TYPES="count count_class exists location grounding surface"
+QA_TYPES=${WORLD_QA_TYPES:-$QA_TYPES}
+# WORLD_SAVE_MODELS=DIR: copy the trained models (small: what scripts/demo.sh loads) to DIR at the end.
+SAVE_MODELS=${WORLD_SAVE_MODELS:-}
+# WORLD_MODELS_FROM=DIR: take yolo/, rtdetr/ and blip/ from DIR (e.g. models/world) instead of training them.
+MODELS_FROM=${WORLD_MODELS_FROM:-}
 REGION_QA=1
 
 W="$OUT/world"
@@ -47,11 +57,11 @@ TIMES="$OUT/timings.tsv"
 : > "$TIMES"
 start=$(date +%s)
 stage() {  # stage NAME command...: run it, print a header, record its wall time
-    local name=$1; shift
-    printf '\n== %s\n' "$name"
-    local t0=$EPOCHREALTIME
+    local stage_name=$1 stage_t0=$EPOCHREALTIME
+    shift
+    printf '\n== %s\n' "$stage_name"
     "$@"
-    awk -v n="$name" -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%s\t%.1f\n", n, b - a }' >> "$TIMES"
+    awk -v n="$stage_name" -v a="$stage_t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%s\t%.1f\n", n, b - a }' >> "$TIMES"
 }
 
 stage world $PY data/make_world.py --out "$W" --train_images "$TRAIN_SCENES" --heldout_images "$HELDOUT_SCENES" \
@@ -66,9 +76,13 @@ train_yolo() {
     $PY models/train_world_yolo.py --world "$W" --data "$M/yolo_dataset/data.yaml" --out "$M/yolo" \
         --epochs "$YOLO_EPOCHS" --minutes "$YOLO_MIN" --seed "$SEED"
 }
-stage yolo train_yolo
-stage rtdetr $PY models/train_world_rtdetr.py --world "$W" --out "$M/rtdetr" --minutes "$DETR_MIN" --seed "$SEED"
-stage blip $PY models/train_world_blip.py --world "$W" --out "$M/blip" --minutes "$BLIP_MIN" --seed "$SEED"
+if [ -n "$MODELS_FROM" ]; then
+    for part in yolo rtdetr blip; do cp -r "$MODELS_FROM/$part" "$M/$part"; done
+else
+    stage yolo train_yolo
+    stage rtdetr $PY models/train_world_rtdetr.py --world "$W" --out "$M/rtdetr" --minutes "$DETR_MIN" --seed "$SEED"
+    stage blip $PY models/train_world_blip.py --world "$W" --out "$M/blip" --minutes "$BLIP_MIN" --seed "$SEED"
+fi
 
 stage annotate $PY vlm_annotation/data_annotation.py --images_dir "$HELD" --output_file "$OUT/annotations.json" \
     --yolo_model "$M/yolo/yolo.pt" --detr_model "$M/rtdetr/m" --detr_processor "$M/rtdetr/p" \
@@ -77,7 +91,7 @@ stage annotate $PY vlm_annotation/data_annotation.py --images_dir "$HELD" --outp
 
 score_detection() {
     $PY vlm_annotation/evaluate_annotations.py --annotations "$OUT/annotations.json" --ground_truth "$W/heldout.json" \
-        --output_file "$OUT/detection.json" --sweep --sweep_metric map50
+        --output_file "$OUT/detection.json" --sweep --sweep_metric map50 --sweep_iou 0.55 0.7 --sweep_conf 0.25 0.4
     $PY scripts/world_report.py surface --annotations "$OUT/annotations.json" --ground_truth "$W/heldout.json" \
         --output_file "$OUT/surface.json"
 }
@@ -101,7 +115,7 @@ stage vlm_data prepare_vlm_data
 
 stage vlm_train $PY vlm_training/train_vlm.py --train_data "$OUT/train_llava.json" --val_data "$OUT/val_llava.json" \
     --image_dir "$HELD" --output_dir "$OUT/vlm_model" --base_model "$M/llava" --train_vision_tower \
-    --system_prompt none --learning_rate 1e-3 --weight_decay 0.0 --batch_size 32 --max_steps "$VLM_STEPS" \
+    --system_prompt none --learning_rate 1e-3 --weight_decay 0.0 --batch_size 16 --max_steps "$VLM_STEPS" \
     --warmup_ratio 0.03 --max_length 512 --logging_steps 20 --eval_steps "$VLM_STEPS" --save_steps 0 \
     --seed "$SEED"
 
@@ -109,20 +123,35 @@ predict_all() {
     $PY vlm_inference/predict.py --model_path "$OUT/vlm_model" --data "$OUT/test_llava.json" --image_dir "$HELD" \
         --output_file "$OUT/eval/model.jsonl" --batch_size 64 --max_new_tokens 24
     $PY vlm_inference/predict.py --model_path "$M/llava" --data "$OUT/test_llava.json" --image_dir "$HELD" \
-        --output_file "$OUT/eval/untrained.jsonl" --batch_size 64 --max_new_tokens 24
+        --output_file "$OUT/eval/untrained.jsonl" --batch_size 64 --max_new_tokens 20
 }
 stage vlm_predict predict_all
 
 evaluate_all() {
     $PY scripts/world_report.py baselines --train "$OUT/train_llava.json" --questions "$OUT/eval/model.jsonl" \
         --out_dir "$OUT/eval" --seed "$SEED"
-    for name in model untrained majority chance; do
-        $PY vlm_inference/evaluate.py --predictions "$OUT/eval/$name.jsonl" --output_file "$OUT/eval/$name.json" \
-            --report "$OUT/eval/$name.md" > /dev/null
+    local who
+    for who in model untrained majority chance; do
+        $PY vlm_inference/evaluate.py --predictions "$OUT/eval/$who.jsonl" --output_file "$OUT/eval/$who.json" \
+            --report "$OUT/eval/$who.md" > /dev/null
     done
 }
 stage vlm_evaluate evaluate_all
 
 printf '\n== results (held-out scenes, scored against the ground truth)\n'
 $PY scripts/world_report.py results --run_dir "$OUT"
+if [ -n "$SAVE_MODELS" ]; then
+    rm -rf "$SAVE_MODELS" && mkdir -p "$SAVE_MODELS/yolo" "$SAVE_MODELS/vlm"
+    cp "$M/yolo/yolo.pt" "$M/yolo/train_info.json" "$SAVE_MODELS/yolo/"
+    cp -r "$M/rtdetr" "$M/blip" "$SAVE_MODELS/"
+    for f in config.json generation_config.json model.safetensors prompt_format.json processor_config.json \
+             preprocessor_config.json tokenizer.json tokenizer_config.json chat_template.jinja special_tokens_map.json \
+             train_args.json metrics.json; do
+        [ -f "$OUT/vlm_model/$f" ] && cp "$OUT/vlm_model/$f" "$SAVE_MODELS/vlm/"
+    done
+    cp "$OUT/results.md" "$SAVE_MODELS/results.md"
+    printf 'WORLD_MINUTES=%s WORLD_SEED=%s WORLD_SAVE_MODELS=%s bash scripts/world.sh\n' "$MINUTES" "$SEED" \
+        "$SAVE_MODELS" > "$SAVE_MODELS/COMMAND"
+    echo "trained models copied to $SAVE_MODELS ($(du -sh "$SAVE_MODELS" | cut -f1))"
+fi
 printf '\nworld run finished in %ss: %s, %s\n' "$(( $(date +%s) - start ))" "$OUT/results.json" "$OUT/results.md"

@@ -35,7 +35,7 @@ from vlm_annotation.schema import QA_TYPES  # noqa: E402
 # The figure each question type is judged by (metrics.json of vlm_inference/evaluate.py).
 HEADLINE = {"count": "count_exact", "count_class": "count_exact", "grounding": "acc@0.5",
             "region_description": "cider"}
-DETECTORS = ("yolo", "rtdetr", "wbf", "nms")
+DETECTORS = ("yolo", "rtdetr", "wbf", "nms", "fusion_sweep")
 
 
 def headline(qtype: str) -> str:
@@ -116,18 +116,21 @@ def _per_type(metrics: dict | None, qtype: str) -> float | None:
 
 
 def detection_figures(metrics: dict | None) -> dict:
-    """map50 / map of each detector and fusion from evaluate_annotations.py's metrics (whatever its nesting)."""
+    """mAP50 / mAP / precision / recall of each detector alone, both fusions, and the fusion --sweep recommends."""
     out: dict = {}
     if not metrics:
         return out
-    tables = metrics.get("sources") or metrics.get("detectors") or metrics
-    for name in DETECTORS:
-        entry = tables.get(name) if isinstance(tables, dict) else None
-        if isinstance(entry, dict):
-            overall = entry.get("overall", entry)
-            out[name] = {k: overall.get(k) for k in ("map50", "map", "precision", "recall") if k in overall}
-    if "fused" in tables and isinstance(tables["fused"], dict) and "wbf" not in out:
-        out["fused"] = tables["fused"].get("overall", tables["fused"])
+    table = metrics.get("detectors") or {}
+    for name, key in (("yolo", "yolo"), ("rtdetr", "rtdetr"), ("wbf", "yolo + rtdetr wbf"),
+                      ("nms", "yolo + rtdetr nms")):
+        if key in table:
+            out[name] = {k: table[key].get(k) for k in ("map50", "map", "precision", "recall")}
+    best = metrics.get("recommended")
+    if best:
+        setting = next((s for s in metrics.get("sweep", []) if s.get("flags") == best.get("flags")), None)
+        if setting:
+            out["fusion_sweep"] = {"flags": best["flags"], **{k: setting.get(k) for k in
+                                                              ("map50", "map", "precision", "recall")}}
     return out
 
 
@@ -150,8 +153,6 @@ def collect_results(run: Path) -> dict:
                 timings[name] = float(secs)
     results = {
         "detection": detection_figures(_load(run / "detection.json")),
-        "detection_sweep": (_load(run / "detection_sweep.json") or {}).get("best") if (run / "detection_sweep.json")
-        .is_file() else None,
         "descriptions": _load(run / "surface.json") or {},
         "vlm": vlm,
         "stages": timings,
@@ -169,7 +170,8 @@ def results_table(results: dict) -> str:
     det = results["detection"]
     for name in DETECTORS:
         if name in det:
-            lines.append(f"| detection mAP50, {name} | {_f(det[name].get('map50'))} | |")
+            what = f"fusion at the --sweep setting ({det[name]['flags']})" if name == "fusion_sweep" else name
+            lines.append(f"| detection mAP50, {what} | {_f(det[name].get('map50'))} | |")
     d = results["descriptions"]
     if d:
         lines.append(f"| descriptions naming the true surface | {_f(d.get('surface_accuracy'))} | |")

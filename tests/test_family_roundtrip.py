@@ -84,3 +84,17 @@ def test_records_rendered_for_another_frame_are_refused(tiny_models, tmp_path, c
     assert "\n" not in err and "boxes were rendered for qwen2_vl" in err
     assert err.endswith(f"rerun convert_to_llava_format.py --base_model {base}")
     assert not (tmp_path / "model" / "adapter_model.safetensors").exists()
+
+
+def test_predict_refuses_records_rendered_for_another_frame(tiny_models, tmp_path, capsys):
+    from vlm_inference import predict
+    images = write_toy_images(tmp_path / "images")
+    data = tmp_path / "val.json"
+    write_json_atomic(data, family_records(families.frame_for(tiny_models["qwen3_vl"])))
+    out = tmp_path / "predictions.jsonl"
+    model = str(tiny_models["llava_next"])
+    assert predict.main(["--model_path", model, "--data", str(data), "--image_dir", str(images),
+                         "--output_file", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "rendered for qwen3_vl" in err and "uses llava_next" in err
+    assert not out.exists()

@@ -385,6 +385,10 @@ def test_progress_lines_are_read_for_what_they_are_not_where_they_are(tmp_path):
     path.write_text(json.dumps({"header": SETTINGS}) + "\n" + '{"not": "a record"}\n')
     with pytest.raises(InputError, match="line 2: not a line of a progress file"):
         ProgressLog(path, SETTINGS)
+    for bad in ('{"image": "a.jpg", "skipped": NaN}', "[" * 100_000 + "]" * 100_000):  # strict, never a traceback
+        path.write_text(json.dumps({"header": SETTINGS}) + "\n" + bad + "\n")
+        with pytest.raises(InputError, match=r"line 2: .*; delete the file or pass --restart"):
+            ProgressLog(path, SETTINGS)
     path.write_text(json.dumps({"header": {"seed": 4}}) + "\n")
     with pytest.raises(InputError, match=r"other settings \(seed: 4 -> 3\)"):
         ProgressLog(path, SETTINGS)

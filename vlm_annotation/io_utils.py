@@ -314,6 +314,12 @@ def loads_strict(text: str | bytes, where: _Where) -> Any:
     return value
 
 
+def parse_line(line: str | bytes, path: str | os.PathLike, line_number: int | None = None) -> Any:
+    """One JSONL line (or any small JSON text) read strictly: NaN/Infinity, too deep nesting and
+    bad syntax are an :class:`InputError` naming ``path`` and the line."""
+    return loads_strict(line, _Where(Path(path), line_number))
+
+
 def _syntax_error(path: Path, first_line: int | None, text: str, e: json.JSONDecodeError,
                   first_column: int = 0) -> InputError:
     """``first_column``: characters of the first line that precede ``text`` (a streamed buffer)."""
@@ -579,6 +585,21 @@ def dumps_line(value: Any, indent: int | None = None) -> bytes:
     return _encode(_dumps_strict(value, indent))
 
 
+def dumps_record_line(value: Any) -> bytes:
+    """One JSONL record, compact (orjson: no spaces after separators); strict like :func:`dumps_line`.
+
+    orjson writes NaN/Infinity as null: a record whose text holds a null goes through json, which
+    writes None as null again and refuses NaN.
+    """
+    try:
+        text = orjson.dumps(value)
+        if b"null" not in text:
+            return text
+    except TypeError:
+        pass
+    return dumps_line(value)
+
+
 class RecordWriter:
     """Write a file of records one record at a time, atomically (temp file, then rename).
 
@@ -617,7 +638,7 @@ class RecordWriter:
 
     def write(self, record: Any) -> None:
         if self.style == "jsonl":
-            self._f.write(dumps_line(record) + b"\n")
+            self._f.write(dumps_record_line(record) + b"\n")
         elif self.style == "indent":
             self._f.write((b"\n" if self.count == 0 else b",\n") + self._item_prefix
                           + dumps_indented(record, self._item_prefix))

@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from vlm_annotation.images import printable_name
-from vlm_annotation.io_utils import InputError, JsonlAppender, atomic_output
+from vlm_annotation.io_utils import InputError, JsonlAppender, parse_line
 from vlm_annotation.runtime import acquire_writer_lock, release_writer_lock, remove_stale_temps
-from vlm_annotation.schema import AnnotationError, validate_annotations, validate_image_record
+from vlm_annotation.schema import AnnotationError, AnnotationWriter, validate_annotations, validate_image_record
 
 _PROGRESS_NAME = re.compile(r"(?P<output>.+)\.progress(?:\.\d+-of-\d+)*\.jsonl")
 
@@ -88,8 +88,8 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
         for line in f:
             if not line.endswith(b"\n"):
                 try:
-                    json.loads(line)
-                except ValueError:
+                    parse_line(line, path)
+                except InputError:
                     return
             yield offset, line
             offset += len(line)
@@ -99,9 +99,9 @@ def _entries(path: Path) -> Iterator[tuple[int, int, dict]]:
     """(line number, byte offset, entry) of every complete line, each checked for what it is."""
     for i, (offset, line) in enumerate(_lines(path), start=1):
         try:
-            rec = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise InputError(f"{path}: line {i}: invalid JSON; delete the file or pass --restart") from None
+            rec = parse_line(line, path, i)  # strict: NaN, absurd nesting, bad syntax -> one line
+        except InputError as e:
+            raise InputError(f"{e}; delete the file or pass --restart") from None
         is_header = isinstance(rec, dict) and set(rec) == {"header"}
         is_entry = isinstance(rec, dict) and isinstance(rec.get("image"), str) and (
             isinstance(rec.get("record"), dict) or isinstance(rec.get("skipped"), str))
@@ -187,7 +187,7 @@ class ProgressLog:
             return None
         try:
             names = [rec["image"] for rec in _finished_records(output)]
-        except (OSError, ValueError):  # not a file this tool wrote: nothing is taken from it
+        except (OSError, InputError):  # not a file this tool wrote: nothing is taken from it
             return None
         self.done.update(names)
         return output
@@ -223,9 +223,9 @@ def _finished_meta(output: Path) -> dict | None:
                     text = line[len(b'"meta": '):] + f.read()
                     if not text.endswith(b"\n}\n"):
                         return None
-                    meta = json.loads(text[:-len(b"\n}\n")])
+                    meta = parse_line(text[:-len(b"\n}\n")], output)
                     return meta if isinstance(meta, dict) else None
-    except (OSError, ValueError):
+    except (OSError, InputError):
         return None
     return None
 
@@ -239,9 +239,9 @@ def _finished_records(output: Path) -> Iterator[dict]:
         for line in f:
             if line == b"],\n":
                 return
-            rec = json.loads(line.rstrip(b"\n").removesuffix(b","))
+            rec = parse_line(line.rstrip(b"\n").removesuffix(b","), output)
             if not isinstance(rec, dict) or not isinstance(rec.get("image"), str):
-                raise ValueError(f"{output}: not an image record: {line[:80]!r}")
+                raise InputError(f"{output}: not an image record: {line[:80]!r}")
             yield rec
 
 
@@ -275,7 +275,7 @@ def _iter_records(paths: list[Path], index: list[tuple[str, int, int]]) -> Itera
     try:
         for _, n, offset in index:
             handles[n].seek(offset)
-            yield json.loads(handles[n].readline())["record"]
+            yield parse_line(handles[n].readline(), paths[n])["record"]
     finally:
         for h in handles:
             h.close()
@@ -285,26 +285,23 @@ def write_annotations_stream(path: str | Path, records: Iterable[dict], skipped:
     """Write an annotation file a record at a time (validated, atomic); return counts.
 
     One image record per line inside ``"images"``, so the file is greppable and a reader
-    sees the usual JSON object.
+    sees the usual JSON object (a ``.jsonl`` name gets the JSONL layout of the schema instead).
     """
     path = Path(path)
     validate_annotations({"images": [], "skipped": skipped, "meta": meta}, path)
     counts = {"images": 0, "objects": 0, "qa": 0, "skipped": len(skipped)}
     seen: set[str] = set()
-    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        f.write('{\n"images": [')
+    with AnnotationWriter(path, style="lines") as writer:  # strict JSON: NaN is refused, not written
         for i, rec in enumerate(records):
             validate_image_record(rec, path, f"images[{i}]")
             if rec["image"] in seen:
                 raise AnnotationError(path, f"images[{i}].image", f"{rec['image']!r} listed twice")
             seen.add(rec["image"])
-            f.write(("\n" if i == 0 else ",\n") + json.dumps(rec, ensure_ascii=False))
+            writer.write(rec)
             counts["images"] += 1
             counts["objects"] += len(rec["objects"])
             counts["qa"] += len(rec.get("qa", []))
-        f.write("\n],\n" if counts["images"] else "],\n")
-        f.write('"skipped": ' + json.dumps(skipped, ensure_ascii=False) + ",\n")
-        f.write('"meta": ' + json.dumps(meta, ensure_ascii=False, indent=1) + "\n}\n")
+        writer.finish(skipped, meta)
     return counts
 
 

@@ -37,6 +37,7 @@ if __package__ in (None, ""):  # run as a file: its folder's vlm_inference.py wo
 from vlm_annotation.io_utils import InputError, JsonlAppender, stream_jsonl
 from vlm_annotation.runtime import report_input_errors, require_output_file, require_path, single_writer
 from vlm_inference.vlm_inference import InferenceInputError, add_model_args, check_model_args, load_model
+from vlm_training import families
 from vlm_training.llava_format import IMAGE_TOKEN, iter_llava_records, record_where, resolve_image_path
 
 
@@ -77,10 +78,31 @@ def shard_bounds(n: int, num_shards: int, shard_index: int) -> tuple[int, int]:
     return shard_index * n // num_shards, (shard_index + 1) * n // num_shards
 
 
-def count_records(data_path: Path) -> int:
-    """The number of records; ids must be unique, since answers are matched to questions by ``(id, turn)``."""
+def model_frame(model_path: str, base_model: str | None) -> families.BoxFrame:
+    """The box frame of the model asked, known without loading it (a trained folder saved it)."""
+    error = None
+    for source in (model_path, base_model):
+        if source is not None:
+            try:
+                return families.frame_for(source)
+            except families.FamilyError as e:
+                error = error or e
+    raise InputError(f"--model_path: {error}")
+
+
+def count_records(data_path: Path, frame: families.BoxFrame | None = None, model: str = "") -> int:
+    """The number of records; ids must be unique, since answers are matched to questions by ``(id, turn)``.
+
+    With ``frame``, a record whose boxes were rendered for another family or resize setting is refused:
+    the model would read its boxes in the wrong frame."""
     seen: dict[str, int] = {}
     for i, record in read_records(data_path):
+        if frame is not None:
+            where = record_where(data_path, i, record)
+            try:
+                families.check_frame(families.frame_of_record(record, where), frame, where, model)
+            except families.FamilyError as e:
+                raise InputError(str(e)) from None
         if record["id"] in seen:
             raise InputError(f"{record_where(data_path, i, record)}: duplicate id (record {seen[record['id']]} "
                              "has it too)")
@@ -163,7 +185,8 @@ def ask(vlm, batch: list[dict], image_dir: Path, data_path: Path, max_new_tokens
 def main(argv=None) -> int:
     args = parse_args(argv)
     data_path, image_dir, output_file = args.data, args.image_dir, args.output_file
-    n_total = count_records(data_path)
+    n_total = count_records(data_path, model_frame(args.model_path, args.base_model),
+                            args.base_model or args.model_path)
     lo, hi = shard_bounds(n_total, args.num_shards, args.shard_index)
     shard = f"shard {args.shard_index + 1}/{args.num_shards}"
     model = model_identity(args.model_path, args.base_model)

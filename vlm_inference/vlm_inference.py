@@ -18,7 +18,10 @@ fully fine-tuned model (``config.json``), or a base model alone (a folder or a h
 The model is asked exactly as training taught it: the prompt format is read from
 ``model_path/prompt_format.json`` (a model without one gets the default LLaVA-1.5 format),
 the image is padded to a square with the processor's mean colour, and boxes are written
-with the shared box format. Decoding is greedy unless generation settings say otherwise.
+with the shared box format. A model of another family (LLaVA-NeXT/OneVision, Qwen2/2.5/3-VL;
+vlm_training/families.py) is asked through its chat template, its image is not padded, and
+boxes are written and read in the frame saved with it (box_frame.json). Decoding is greedy
+unless generation settings say otherwise.
 A prompt longer than the model's context (with the new tokens) is refused, never cut.
 """
 from __future__ import annotations

@@ -19,6 +19,10 @@ their EOS; everything else (BOS, image tokens, questions, padding) is -100.
 Tokens are found by tokenizing the conversation prefix by prefix, so they are the tokens
 of the whole text (what the model sees) and the prompt of the first turn is tokenized
 exactly as inference tokenizes ``fmt.prompt(question, first=True)``.
+
+Other families (LLaVA-NeXT/OneVision, Qwen2/2.5/3-VL) use the same machinery through
+:class:`vlm_training.family_data.FamilyLayout`: their chat template lays the turns out, their
+end-of-turn token plays EOS's part, and an image takes as many tokens as its size gives.
 """
 from __future__ import annotations
 
