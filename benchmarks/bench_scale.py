@@ -242,7 +242,9 @@ def main(argv=None) -> int:
         ann = work / f"annotations{ext}"
         preds = work / "predictions.jsonl"
         stamp = work / f"generated{ext}.stamp"
-        wanted = json.dumps({"images": args.images, "predictions": args.predictions, "seed": args.seed})
+        shards, predicting = "merge" in args.stages, "evaluate" in args.stages
+        wanted = json.dumps({"images": args.images, "predictions": args.predictions if predicting else 0,
+                             "shards": shards, "seed": args.seed})
         if stamp.is_file() and stamp.read_text() == wanted:  # --keep_dir of an earlier run: the same files
             print(f"reusing the files generated in {work}", flush=True)
         else:
@@ -250,11 +252,12 @@ def main(argv=None) -> int:
             pool = _pool(args.images, args.seed)
             meta = make_meta(args.seed)
             write_annotations(ann, range(args.images), pool, meta, [{"image": "broken.jpg", "reason": "truncated"}])
-            for k in range(2):
+            for k in range(2 if shards else 0):
                 write_annotations(work / f"shard{k}{ext}", range(k, args.images, 2), pool,
                                   dict(meta, shard={"index": k, "count": 2}),
                                   [{"image": f"broken{k}.jpg", "reason": "truncated"}])
-            write_predictions(preds, args.predictions, pool, args.seed)
+            if predicting:
+                write_predictions(preds, args.predictions, pool, args.seed)
             stamp.write_text(wanted)
         size = ann.stat().st_size
         print(f"{env_note} ({size / 2**20:.0f} MiB, {size / args.images / 1024:.1f} KiB an image), "

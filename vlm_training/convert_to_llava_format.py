@@ -154,6 +154,19 @@ class _ImageBoxes:
         return self.frame.render_answer(obj["bbox"], self.rec["width"], self.rec["height"], label=obj["label"])
 
 
+def _rerender_boxes(text: str, ids, boxes: _ImageBoxes, file, path: str, field: str) -> str:
+    """Boxes in free text are the referenced objects' boxes, in object_ids order."""
+    if "[" not in text:  # no box (the common case): skip the pattern
+        return text
+    n_boxes = len(BOX_PATTERN.findall(text))
+    if not n_boxes:
+        return text
+    if n_boxes != len(ids):
+        raise AnnotationError(file, f"{path}.{field}",
+                              f"has {n_boxes} box(es) but object_ids names {len(ids)} object(s)")
+    return _replace_boxes(text, [boxes.box_text(i) for i in ids])
+
+
 def render_pair(rec: dict, qa: dict, file, path: str, boxes: _ImageBoxes | None = None) -> tuple[str, str]:
     """The (question, answer) text of one Q&A pair with every box in the shared format.
 
@@ -162,39 +175,26 @@ def render_pair(rec: dict, qa: dict, file, path: str, boxes: _ImageBoxes | None 
     Region questions are rebuilt from their template; a grounding answer is the box.
     """
     boxes = boxes or _ImageBoxes(rec)
-    ids = qa.get("object_ids", [])
-    refs = [boxes.objects[i] for i in ids]
-    box_texts = [boxes.box_text(i) for i in ids]
+    ids = qa.get("object_ids") or ()
     question, answer, qtype = qa["question"], qa["answer"], qa["type"]
-    for field, text in (("question", question), ("answer", answer)):
-        if IMAGE_TOKEN in text:
-            raise AnnotationError(file, f"{path}.{field}", f"contains the image token {IMAGE_TOKEN!r}")
-
-    def rerender_boxes(text: str, field: str) -> str:
-        """Boxes in free text are the referenced objects' boxes, in object_ids order."""
-        if "[" not in text:  # no box (the common case): skip the pattern
-            return text
-        n_boxes = len(BOX_PATTERN.findall(text))
-        if not n_boxes:
-            return text
-        if n_boxes != len(refs):
-            raise AnnotationError(file, field, f"has {n_boxes} box(es) but object_ids names {len(refs)} object(s)")
-        return _replace_boxes(text, box_texts)
+    if IMAGE_TOKEN in question or IMAGE_TOKEN in answer:
+        field = "question" if IMAGE_TOKEN in question else "answer"
+        raise AnnotationError(file, f"{path}.{field}", f"contains the image token {IMAGE_TOKEN!r}")
 
     if qtype in _REGION_QUESTION_TYPES:
-        if not refs:
+        if not ids:
             raise AnnotationError(file, f"{path}.object_ids", f"a {qtype} pair must name the object it asks about")
-        question = _region_question(qa, refs[0], box_texts[0])
+        question = _region_question(qa, boxes.objects[ids[0]], boxes.box_text(ids[0]))
     else:
-        question = rerender_boxes(question, f"{path}.question")
+        question = _rerender_boxes(question, ids, boxes, file, path, "question")
 
     if qtype == "grounding":
-        if not refs:
+        if not ids:
             raise AnnotationError(file, f"{path}.object_ids", "a grounding pair must name the object it locates")
         # The answer is the box itself, whatever precision the annotation wrote it with.
         answer = boxes.answer_box(ids[0])
     else:
-        answer = rerender_boxes(answer, f"{path}.answer")
+        answer = _rerender_boxes(answer, ids, boxes, file, path, "answer")
     return question, answer
 
 
