@@ -261,7 +261,8 @@ def main(argv=None) -> int:
             stamp.write_text(wanted)
         size = ann.stat().st_size
         print(f"{env_note} ({size / 2**20:.0f} MiB, {size / args.images / 1024:.1f} KiB an image), "
-              f"{args.predictions} prediction lines; generated in {time.perf_counter() - t0:.0f}s", flush=True)
+              f"{args.predictions if predicting else 0} prediction lines; generated in "
+              f"{time.perf_counter() - t0:.0f}s", flush=True)
 
         print(f"{'':10s} {'cpu':>8s} {'wall':>8s} {'peak RSS':>12s}")
         floor_s, floor_wall, floor_mb = run_measured([py, "-c", _FLOOR, str(ann), str(work / f"floor{ext}")], work)

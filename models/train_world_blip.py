@@ -157,7 +157,7 @@ def main(argv=None) -> int:
     pixel_values, input_ids, attention_mask, labels = encode(processor, examples, lengths)
     n = len(examples)
     steps_per_epoch = max(1, math.ceil(n / args.batch_size))
-    planned = steps_per_epoch * args.epochs
+    planned = full_plan = steps_per_epoch * args.epochs
     warmup = max(1, planned // 20)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.01)
     budget = args.minutes * 60.0
@@ -168,9 +168,9 @@ def main(argv=None) -> int:
         order = torch.from_numpy(rng.permutation(n))
         for b in range(steps_per_epoch):
             idx = order[b * args.batch_size:(b + 1) * args.batch_size]
-            if step == 10:  # re-plan the cosine schedule to the steps the time allows
-                per_step = (time.perf_counter() - t_loop) / 10
-                planned = min(planned, int((budget - (time.perf_counter() - start)) / per_step) + 10)
+            if step and step % 10 == 0:  # re-plan the cosine schedule to the steps the time allows
+                per_step = (time.perf_counter() - t_loop) / step
+                planned = min(full_plan, step + int((budget - (time.perf_counter() - start)) / per_step))
             scale = (step + 1) / warmup if step < warmup else \
                 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, planned - warmup))))
             for g in optimizer.param_groups:

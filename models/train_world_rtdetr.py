@@ -81,7 +81,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--minutes", type=float, default=4.0, help="wall-clock cap of the training loop (default 4)")
     p.add_argument("--epochs", type=int, default=40, help="most passes over the pool (default 40)")
     p.add_argument("--size", type=int, default=128, help="input size of the model, a square (default 128)")
-    p.add_argument("--batch_size", type=int, default=16, help="images per step (default 16)")
+    p.add_argument("--batch_size", type=int, default=8, help="images per step (default 8: more steps in the time)")
     p.add_argument("--learning_rate", type=float, default=1e-3, help="peak AdamW learning rate (default 1e-3)")
     p.add_argument("--max_images", type=int, default=None, help="use only the first N training scenes")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
@@ -107,9 +107,9 @@ def main(argv=None) -> int:
                                   lr=args.learning_rate)
     n = len(pixels)
     steps_per_epoch = max(1, n // args.batch_size)
-    planned = steps_per_epoch * args.epochs
+    planned = full_plan = steps_per_epoch * args.epochs
     # The schedule is planned for the steps that fit in the time: measured on the first steps.
-    warmup = min(100, planned // 10)
+    warmup = min(20, planned // 10)
     rng = np.random.default_rng(args.seed)
     budget = args.minutes * 60.0
     curve, step, t_loop = [], 0, time.perf_counter()
@@ -131,9 +131,9 @@ def main(argv=None) -> int:
                     batch[j] = batch[j].flip(-2)
                     box[:, 1] = 1 - box[:, 1]
                 labels.append({"class_labels": torch.from_numpy(cls), "boxes": torch.from_numpy(box)})
-            if step == 20:  # re-plan the schedule to the steps the time allows
-                per_step = (time.perf_counter() - t_loop) / 20
-                planned = min(planned, int((budget - (time.perf_counter() - start)) / per_step) + 20)
+            if step and step % 20 == 0:  # re-plan the cosine schedule to the steps the time allows
+                per_step = (time.perf_counter() - t_loop) / step
+                planned = min(full_plan, step + int((budget - (time.perf_counter() - start)) / per_step))
             lr_scale = (step + 1) / warmup if step < warmup else \
                 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, planned - warmup))))
             for g in optimizer.param_groups:

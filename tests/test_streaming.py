@@ -11,6 +11,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -260,6 +261,9 @@ def test_llava_and_jsonl_readers_are_strict_too(tmp_path):
     jl.write_text('{"a": 1}\n' + NESTED + "\n")
     with pytest.raises(InputError, match="line 2: nested too deeply"):
         list(iter_jsonl(jl))
+    assert io_utils.parse_line(b'{"a": [1, 2.5]}', jl, 7) == {"a": [1, 2.5]}
+    with pytest.raises(InputError, match=r"p.jsonl: line 7: invalid JSON: Expecting"):
+        io_utils.parse_line(b'{"a": ', jl, 7)
     small = tmp_path / "s.json"
     small.write_text('{"x": Infinity}')
     with pytest.raises(InputError, match=r"s.json: x: Infinity is not a JSON number"):
@@ -273,6 +277,18 @@ def test_a_path_listed_twice_is_named_like_the_whole_file_validator(tmp_path):
     with pytest.raises(AnnotationError) as err:
         list(AnnotationReader(path))
     assert str(err.value) == f"{path}: images[5].image: '3.jpg' already listed at images[3]"
+
+
+def test_equal_path_hashes_are_checked_against_the_paths(tmp_path, monkeypatch):
+    """The duplicate check keeps 8-byte hashes; when two are equal the paths themselves decide."""
+    from vlm_annotation import schema
+    monkeypatch.setattr(schema, "_path_key", lambda image: len(image))    # many equal "hashes"
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps({"images": [_good_record(f"{i}.jpg") for i in range(8)]}))
+    assert len(list(AnnotationReader(path))) == 8                           # all distinct: accepted
+    path.write_text(json.dumps({"images": [_good_record(n) for n in ("a.jpg", "b.jpg", "cc.jpg", "b.jpg", "a.jpg")]}))
+    with pytest.raises(AnnotationError, match=r"images\[3\].image: 'b.jpg' already listed at images\[1\]"):
+        list(AnnotationReader(path))
 
 
 def test_appender_keeps_a_complete_last_line_and_drops_a_partial_one(tmp_path):
@@ -364,3 +380,18 @@ def test_split_assigner_ranks_shared_keys_by_path_like_assign_splits():
         if split_data.image_key_int(n, 4) in assigner.tied:
             assigner.add_tied(split_data.image_key_int(n, 4), n)
     assert {n: assigner.split_of(split_data.image_key_int(n, 4), n) for n in names} == expected
+
+
+def test_bench_scale_runs_every_stage_on_generated_files(tmp_path, capsys):
+    """The benchmark's generator writes valid files and every stage accepts them (a small N)."""
+    sys.path.insert(0, str(REPO))
+    from benchmarks import bench_scale
+    for layout in ("json", "jsonl"):
+        assert bench_scale.main(["--images", "40", "--predictions", "120", "--layout", layout,
+                                 "--keep_dir", str(tmp_path / layout)]) == 0
+        out = capsys.readouterr().out.strip().splitlines()
+        assert [line.split()[0] for line in out[2:-2]] == ["json", "split", "convert", "merge", "pred", "evaluate"]
+        assert "lower is better" in out[-2] and re.fullmatch(r"ratio: \d+\.\d\d", out[-1])
+        ext = "." + layout
+        assert load_annotations(tmp_path / layout / f"annotations{ext}")["meta"]["tool_version"] == "bench"
+        assert sum(len(load_annotations(tmp_path / layout / f"{s}{ext}")["images"]) for s in SPLITS) == 40

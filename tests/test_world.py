@@ -94,16 +94,23 @@ def test_ground_truth_annotations_name_the_surface(tmp_path):
     assert asked > 0
 
 
+# The quick setting of scripts/world.sh, smaller still: about 5 minutes on 2 free CPU cores.
+REDUCED = {"WORLD_MINUTES": "5", "WORLD_SEED": "0", "WORLD_TRAIN_SCENES": "400", "WORLD_HELDOUT_SCENES": "600",
+           "WORLD_YOLO_EPOCHS": "10", "WORLD_YOLO_MIN": "1.5", "WORLD_DETR_MIN": "0.5", "WORLD_BLIP_MIN": "0.75",
+           "WORLD_VLM_STEPS": "120", "WORLD_QA_TYPES": "count surface"}
+
+
 @pytest.fixture(scope="module")
 def reduced_world_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("world_run")
-    env = dict(os.environ, PYTHON=sys.executable, WORLD_DIR=str(out), WORLD_MINUTES="5", WORLD_SEED="0")
+    env = dict(os.environ, PYTHON=sys.executable, WORLD_DIR=str(out), **REDUCED)
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "world.sh")], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads((out / "results.json").read_text()), proc.stdout
 
 
+@pytest.mark.timeout(2400)
 def test_reduced_world_run_learns(reduced_world_run):
     results, stdout = reduced_world_run
     assert "| count |" in stdout  # the table is printed

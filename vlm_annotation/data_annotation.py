@@ -26,7 +26,8 @@ already have go through the same captioning, description and Q&A code with
 ``import_labels.py`` (COCO json or a YOLO dataset).
 
 Resumable: progress goes to ``<output_file>.progress.jsonl`` a line per image; run the
-same command again after a crash and finished images are not redone. Scales out: under
+same command again after a crash and finished images are not redone. Run a finished command
+again and nothing is redone; add images to the folder and only those are annotated. Scales out: under
 ``torchrun --nproc_per_node N`` (or ``accelerate launch``) each process takes a shard and
 rank 0 writes the merged file; across machines use ``--num_shards/--shard_index`` and
 ``vlm_annotation/merge_annotations.py``. The result equals a single-process run.
@@ -93,7 +94,8 @@ def add_describe_args(p: argparse.ArgumentParser, class_map_help: str) -> None:
     p.add_argument("--seed", type=int, default=42, help="seed of the Q&A choices (default 42)")
     p.add_argument("--num_shards", type=int, default=1, help="split the images into this many shards (default 1)")
     p.add_argument("--shard_index", type=int, default=0, help="which shard this run annotates, 0-based (default 0)")
-    p.add_argument("--restart", action="store_true", help="discard the progress of an earlier run and start over")
+    p.add_argument("--restart", action="store_true", help="annotate every image again: discard the progress of an earlier run and do not reuse a "
+                        "finished --output_file (after changing image files or a model file in place)")
 
 
 def describe_checks(args) -> list[tuple[bool, str]]:

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from vlm_annotation.io_utils import InputError, dumps_line
 from vlm_annotation.runtime import report_input_errors, require_output_file, require_path, single_writer
-from vlm_annotation.schema import AnnotationReader, AnnotationWriter, _path_digest
+from vlm_annotation.schema import AnnotationReader, AnnotationWriter, path_digest
 
 # Meta keys that may differ between shards (machines mount the images in different places).
 _PER_SHARD_META = ("shard", "images_dir")
@@ -90,7 +90,7 @@ def _merge_into(writer: AnnotationWriter, readers: list[AnnotationReader], recor
             where = "listed twice in it" if path == last_path else "also in another input file"
             raise InputError(f"{path}: {rec['image']} is {where}")
         last, last_path = rec["image"], path
-        digests += _path_digest(rec["image"])
+        digests += path_digest(rec["image"])
         writer.write(rec)
         counts["images"] += 1
         counts["objects"] += len(rec["objects"])
@@ -123,7 +123,7 @@ def check_shards(readers: list[AnnotationReader], image_digests: bytearray) -> t
             skipped[rec["image"]] = rec
             where[rec["image"]] = path
     if skipped:  # an image both merged and skipped: found through the 16-byte path digests
-        wanted = {_path_digest(image): image for image in skipped}
+        wanted = {path_digest(image): image for image in skipped}
         listed = bytes(image_digests)
         for i in range(0, len(listed), 16):
             image = wanted.get(listed[i:i + 16])

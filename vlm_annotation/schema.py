@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from array import array
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -213,33 +214,35 @@ def validate_meta(meta: Any, file) -> dict:
     return meta
 
 
-def _path_digest(image: str) -> bytes:
-    return hashlib.blake2b(image.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+def path_digest(image: str, size: int = 16) -> bytes:
+    """A short hash of an image path (16 bytes: distinct paths never collide in practice)."""
+    return hashlib.blake2b(image.encode("utf-8", "surrogatepass"), digest_size=size).digest()
 
 
-def _first_duplicate(digests: bytearray) -> tuple[int, int] | None:
-    """``(i, j)``, i < j, of the duplicate whose later index j is smallest (the first one a reader
-    in file order meets), from 16-byte path digests (128 bits: a collision of distinct paths
-    would take ~1e19 images); None when every digest is distinct. Memory: 16 bytes an image."""
+def _path_key(image: str) -> int:
+    return int.from_bytes(path_digest(image, 8), "little")
+
+
+def _first_duplicate(path: Path, keys: array) -> tuple[int, int, str] | None:
+    """``(i, j, image)`` of the first path listed twice (smallest later index j, as a reader in
+    file order meets it), or None. ``keys``: 64-bit path hashes, 8 bytes an image, sorted here
+    in place; equal hashes are rare and only their paths are then compared, in a second read."""
     import numpy as np
-    if len(digests) < 32:
+    if len(keys) < 2:
         return None
-    cols = np.frombuffer(bytes(digests), dtype=">u8").reshape(-1, 2)
-    order = np.lexsort((cols[:, 1], cols[:, 0]))
-    ranked = cols[order]
-    same = np.flatnonzero((ranked[1:] == ranked[:-1]).all(axis=1))
-    if not len(same):
+    ranked = np.frombuffer(keys, dtype=np.uint64)
+    ranked.sort()
+    same = ranked[1:] == ranked[:-1]
+    if not same.any():
         return None
-    # In a run of equal digests the earliest index is the one first listed.
-    best = None
-    for k in same:
-        j = int(max(order[k], order[k + 1]))
-        if best is None or j < best[1]:
-            start = k
-            while start > 0 and (ranked[start - 1] == ranked[k]).all():
-                start -= 1
-            best = (int(order[start:k + 2].min()), j)
-    return best
+    suspects = {int(v) for v in ranked[1:][same]}
+    first: dict[str, int] = {}
+    for k, rec in enumerate(AnnotationReader(path, validate=False)):
+        if _path_key(rec["image"]) in suspects:
+            if rec["image"] in first:
+                return first[rec["image"]], k, rec["image"]
+            first[rec["image"]] = k
+    return None
 
 
 class AnnotationReader:
@@ -252,7 +255,7 @@ class AnnotationReader:
             ...
         reader.meta, reader.skipped, reader.count   # complete once the loop has ended
 
-    Memory holds one record (plus 16 bytes an image to refuse a path listed twice, which is
+    Memory holds one record (plus 8 bytes an image to refuse a path listed twice, which is
     reported when the loop ends). ``validate=False`` reads a file already checked in this run.
     """
 
@@ -276,13 +279,13 @@ class AnnotationReader:
 
     def __iter__(self) -> Iterator[dict]:
         self.meta, self.skipped, self.count = {}, [], 0
-        digests = bytearray()
+        keys = array("Q")
         seen_images = False
         for key, value in self._raw():
             if key is None:
                 if self.validate:
                     validate_image_record(value, self.path, f"images[{self.count}]")
-                    digests += _path_digest(value["image"])
+                    keys.append(_path_key(value["image"]))
                 self.count += 1
                 yield value
             elif key == "images":
@@ -295,10 +298,9 @@ class AnnotationReader:
                 self.meta = validate_meta(value, self.path)
         if not seen_images:
             raise AnnotationError(self.path, "images", "missing")
-        dup = _first_duplicate(digests) if self.validate else None
+        dup = _first_duplicate(self.path, keys) if self.validate else None
         if dup is not None:
-            i, j = dup
-            image = next(rec["image"] for k, rec in enumerate(AnnotationReader(self.path, False)) if k == j)
+            i, j, image = dup
             raise AnnotationError(self.path, f"images[{j}].image", f"{image!r} already listed at images[{i}]")
 
 
