@@ -127,18 +127,18 @@ def main(argv=None) -> int:
     opts = data_annotation.parse_args(flags)
     import_ultralytics()
     annotator = data_annotation.Annotator(opts, args.device, ClassMap(), PromptBook())
-    batched_captioner = annotator.captioner
+    batched_captioner = annotator.describer.captioner
     annotator.annotate([run_names[0]], [load_image(paths[0])])  # warm-up, not timed
 
     # Naive: one image at a time, one captioner call per crop.
-    annotator.captioner = OneCallPerCrop(batched_captioner)
+    annotator.describer.captioner = OneCallPerCrop(batched_captioner)
     start = time.perf_counter()
     naive = []
     for name, path in zip(run_names, paths):
         naive += annotator.annotate([name], [load_image(path)])
     naive_s = time.perf_counter() - start
 
-    annotator.captioner = batched_captioner
+    annotator.describer.captioner = batched_captioner
     start = time.perf_counter()
     batched = []
     for i in range(0, len(paths), args.batch_size):

@@ -230,7 +230,7 @@ def build_blip(out: Path, seed: int) -> Path:
 # --------------------------------------------------------------------------- LLaVA
 def _llava_corpus() -> list[str]:
     import random
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
     from vlm_annotation import prompts
     rng = random.Random(0)
     lines = [" ".join(rng.sample(_WORDS, 8)) for _ in range(400)]

@@ -7,9 +7,9 @@
     python scripts/world_report.py results --run_dir world_output
 
 ``baselines`` answers every test question (read from a predictions file, which carries the
-question, its type and its ground-truth reference) three ways and writes predictions files that
-``vlm_inference/evaluate.py`` scores like the model's: ``majority.jsonl`` (per question type the
-most frequent answer of the training split; for grounding the mean training box) and
+question, its type and its ground-truth reference) two ways and writes predictions files that
+``vlm_inference/evaluate.py`` scores like the model's: ``majority.jsonl`` (the most frequent
+training answer to the same question, else to its type; for grounding the mean training box) and
 ``chance.jsonl`` (an answer drawn uniformly, seeded, from the training split's answers of that
 type). ``surface`` checks that each annotated object's description names the surface its scene
 truly lies on. ``results`` gathers the run's figures into ``results.json`` and ``results.md``
@@ -30,6 +30,7 @@ if __package__ in (None, ""):  # run as a file: scripts/ is not an installed pac
 from vlm_annotation.boxes import format_box, parse_box  # noqa: E402
 from vlm_annotation.describer import description_surface  # noqa: E402
 from vlm_annotation.io_utils import iter_jsonl, read_json, write_json_atomic, write_text_atomic  # noqa: E402
+from vlm_annotation.prompts import IMAGE_TOKEN  # noqa: E402
 from vlm_annotation.schema import QA_TYPES  # noqa: E402
 
 # The figure each question type is judged by (metrics.json of vlm_inference/evaluate.py).
@@ -43,14 +44,17 @@ def headline(qtype: str) -> str:
 
 
 # --------------------------------------------------------------------------- baselines
-def training_answers(train_llava: Path) -> dict[str, list[str]]:
-    """Every answer of the training split, by question type."""
+def training_answers(train_llava: Path) -> tuple[dict[str, list[str]], dict[tuple[str, str], list[str]]]:
+    """Every answer of the training split, by question type and by (type, question)."""
     answers: dict[str, list[str]] = {}
+    by_question: dict[tuple[str, str], list[str]] = {}
     for rec in read_json(train_llava):
         turns, types = rec["conversations"], rec.get("qa_types") or []
         for k, qtype in enumerate(types):
+            question = turns[2 * k]["value"].replace(IMAGE_TOKEN, "").strip()
             answers.setdefault(qtype, []).append(turns[2 * k + 1]["value"])
-    return answers
+            by_question.setdefault((qtype, question), []).append(turns[2 * k + 1]["value"])
+    return answers, by_question
 
 
 def mean_box(boxes: list[str]) -> str:
@@ -61,8 +65,11 @@ def mean_box(boxes: list[str]) -> str:
 
 
 def write_baselines(train_llava: Path, questions: Path, out_dir: Path, seed: int = 0) -> dict[str, Path]:
-    answers = training_answers(train_llava)
+    answers, by_question = training_answers(train_llava)
     majority = {t: Counter(a).most_common(1)[0][0] for t, a in answers.items() if a}
+    # The most frequent answer to the very same question ("Is there a can in this image?" -> "No, ...")
+    # where the training split asked it; else the type's most frequent answer.
+    majority_q = {k: Counter(a).most_common(1)[0][0] for k, a in by_question.items()}
     if "grounding" in answers:
         majority["grounding"] = mean_box(answers["grounding"])
     rng = random.Random(seed)
@@ -71,7 +78,9 @@ def write_baselines(train_llava: Path, questions: Path, out_dir: Path, seed: int
         qtype = q.get("type")
         base = {k: q[k] for k in ("id", "image", "turn", "question", "reference", "type") if k in q}
         pool = answers.get(qtype) or [""]
-        rows["majority"].append(dict(base, answer=majority.get(qtype, ""), model="majority of the training split"))
+        answer = majority.get(qtype, "") if qtype == "grounding" else \
+            majority_q.get((qtype, q.get("question", "")), majority.get(qtype, ""))
+        rows["majority"].append(dict(base, answer=answer, model="majority of the training split"))
         rows["chance"].append(dict(base, answer=rng.choice(sorted(set(pool))), model="chance"))
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
@@ -166,15 +175,15 @@ def _f(v) -> str:
 
 
 def results_table(results: dict) -> str:
-    lines = ["| figure | value | baselines |", "|---|---|---|"]
+    lines = ["| figure | value |", "|---|---|"]
     det = results["detection"]
     for name in DETECTORS:
         if name in det:
             what = f"fusion at the --sweep setting ({det[name]['flags']})" if name == "fusion_sweep" else name
-            lines.append(f"| detection mAP50, {what} | {_f(det[name].get('map50'))} | |")
+            lines.append(f"| detection mAP50, {what} | {_f(det[name].get('map50'))} |")
     d = results["descriptions"]
     if d:
-        lines.append(f"| descriptions naming the true surface | {_f(d.get('surface_accuracy'))} | |")
+        lines.append(f"| descriptions naming the true surface | {_f(d.get('surface_accuracy'))} |")
     lines += ["", "| question type | n | metric | model | majority | untrained | chance |",
               "|---|---|---|---|---|---|---|"]
     for qtype, row in results["vlm"].items():

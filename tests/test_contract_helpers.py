@@ -146,3 +146,45 @@ def test_devices_and_seeds_are_checked():
     for bad in (-1, 2**32):
         with pytest.raises(InputError, match="--seed must be in 0..4294967295"):
             check_seed(bad)
+
+
+def test_yolo_weights_official_names_online_and_offline(tmp_path, monkeypatch):
+    """Ultralytics downloads its official checkpoints by name: accepted with network, one line offline."""
+    from vlm_annotation.runtime import require_yolo_weights
+    monkeypatch.chdir(tmp_path)
+    for name in ("yolov8x.pt", "yolo11x.pt", "rtdetr-l.pt"):
+        with pytest.raises(InputError, match=f"--yolo_model: {name} is an Ultralytics weights name .* offline"):
+            require_yolo_weights(name)                      # the tests run offline (conftest)
+    with pytest.raises(InputError, match="--yolo_model: model not found: models/yolov8x.pt"):
+        require_yolo_weights("models/yolov8x.pt")           # a path is a local file, never a download
+    (tmp_path / "best.pt").write_bytes(b"x")
+    assert require_yolo_weights("best.pt") == "best.pt"
+    with pytest.raises(InputError, match="is not a file"):
+        require_yolo_weights(str(tmp_path))
+    for var in ("YOLO_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.setenv(var, "0")
+    assert [require_yolo_weights(n) for n in ("yolov8x.pt", "yolo11x.pt", "rtdetr-l.pt")] == \
+        ["yolov8x.pt", "yolo11x.pt", "rtdetr-l.pt"]
+    with pytest.raises(InputError, match="model not found: yolov8q.pt"):
+        require_yolo_weights("yolov8q.pt")
+
+
+def test_yolo_detector_takes_an_official_name(tiny_models, tmp_path, monkeypatch):
+    """The detector passes an official name on to Ultralytics (which would download it) instead of refusing
+    it as a missing file; the download is stood in for by the tiny checkpoint."""
+    from vlm_annotation import detectors
+    real_import = detectors.import_ultralytics
+    asked = []
+
+    def with_download():
+        YOLO = real_import()
+
+        def load(name):
+            asked.append(name)
+            return YOLO(str(tiny_models["yolo"]) if name == "yolov8n.pt" else name)
+        return load
+
+    monkeypatch.setattr(detectors, "import_ultralytics", with_download)
+    monkeypatch.chdir(tmp_path)
+    detector = detectors.YoloDetector("yolov8n.pt", "cpu", detectors.ClassMap(), 0.25, 64, 5, 1)
+    assert asked == ["yolov8n.pt"] and detector.vocabulary()

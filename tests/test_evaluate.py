@@ -97,10 +97,12 @@ def test_missing_files_and_bad_outputs_exit_2(tmp_path, capsys):
     preds = _write(tmp_path / "p.jsonl", _model_preds())
     assert evaluate.main(["--predictions", str(tmp_path / "nope.jsonl"),
                           "--output_file", str(tmp_path / "m.json")]) == 2
-    assert "nope.jsonl: file not found" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--predictions: file not found" in err and "nope.jsonl" in err
     assert evaluate.main(["--predictions", str(preds), "--baseline", str(tmp_path / "b.jsonl"),
                           "--output_file", str(tmp_path / "m.json")]) == 2
-    assert "b.jsonl: file not found" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--baseline: file not found" in err and "b.jsonl" in err
     assert evaluate.main(["--predictions", str(preds), "--output_file", str(preds)]) == 2
     assert "--output_file" in capsys.readouterr().err
     assert not (tmp_path / "m.json").exists()
@@ -113,7 +115,7 @@ def test_streamed_scores_equal_the_list_api(tmp_path):
                                 _pred(7, "region_description", "a red can (small)", "the cat's red can")]
     path = _write(tmp_path / "p.jsonl", records)
     scored = evaluate.score_file(path)
-    assert scored.result == score_predictions(evaluate.load_predictions(path))
+    assert scored.result == score_predictions(records)
     assert scored.n == 9 and scored.untyped and scored.question_keys is None
     assert scored.result["per_type"]["count_class"] == {"n": 1, "accuracy": 0.0, "count_exact": 0.0,
                                                         "count_mae": 0.5, "count_no_number": 0}

@@ -109,8 +109,8 @@ def test_yolo_export_imports_back_within_format_precision(annotated, tmp_path):
     assert yaml.safe_load((split / "data.yaml").read_text()) == {
         "path": str(split.resolve()), "train": "images/train", "val": "images/val",
         "names": {0: "can", 1: "glass", 2: "wine bottle"}}
-    assert sorted(p.relative_to(split / "labels" / "val").as_posix() for p in (split / "labels" / "val").rglob("*.txt")) \
-        == ["neg.txt", "sub/b.txt"]
+    val_labels = split / "labels" / "val"
+    assert sorted(p.relative_to(val_labels).as_posix() for p in val_labels.rglob("*.txt")) == ["neg.txt", "sub/b.txt"]
 
 
 def test_ultralytics_trains_one_epoch_on_an_export(annotated, tiny_models, tmp_path):
@@ -142,5 +142,6 @@ def test_bad_input_is_one_line_exit_2(annotated, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert needle in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "new").exists() and (busy / "x").exists()
-    with pytest.raises(SystemExit):
-        export_annotations.main(["--annotation_file", str(path), "--format", "coco"])
+    assert export_annotations.main(["--annotation_file", str(path), "--format", "coco"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: --format coco needs --output_file", err

@@ -210,7 +210,8 @@ def test_killed_import_resumes_to_the_same_file(tiny_models, images_dir, tmp_pat
     reference = tmp_path / "reference.json"
     assert import_labels.main(args_for(tiny_models, reference, *argv, "--batch_size", "1")) == 0
     out = tmp_path / "annotations.json"
-    script = [str(ROOT / "vlm_annotation" / "import_labels.py"), *args_for(tiny_models, out, *argv, "--batch_size", "1")]
+    script = [str(ROOT / "vlm_annotation" / "import_labels.py"),
+              *args_for(tiny_models, out, *argv, "--batch_size", "1")]
     ready = tmp_path / "ready"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), FAULT_PAUSE_AFTER_LINES="3",
                FAULT_READY_FILE=str(ready))

@@ -91,7 +91,8 @@ EXPECTED_PROMPTS = {
                  "<|im_end|>\n<|im_start|>assistant\n"),
 }
 EXPECTED_PROMPTS["qwen2_5_vl"] = EXPECTED_PROMPTS["qwen2_vl"]
-EXPECTED_PROMPTS["llava_onevision"] = "<|im_start|>user <image>\nHow many objects are there?<|im_end|><|im_start|>assistant\n"
+EXPECTED_PROMPTS["llava_onevision"] = ("<|im_start|>user <image>\nHow many objects are there?<|im_end|>"
+                                      "<|im_start|>assistant\n")
 
 
 @pytest.mark.parametrize("name", FAMILY_MODELS)

@@ -12,8 +12,6 @@ from typing import Iterable, Sequence
 
 from PIL import Image
 
-Box = list  # [x1, y1, x2, y2] floats
-
 BOX_DECIMALS = 2
 _NUM = r"\s*(-?\d+(?:\.\d+)?)\s*"
 BOX_PATTERN = re.compile(r"\[" + ",".join([_NUM] * 4) + r"\]")
@@ -46,13 +44,19 @@ def iou(a: Sequence[float], b: Sequence[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def pixel_to_normalized(box: Sequence[float], width: float, height: float) -> list[float]:
-    """Pixels -> 0..1 of the image itself (not padded). Used by fusion."""
-    return [box[0] / width, box[1] / height, box[2] / width, box[3] / height]
+def pixel_to_normalized(box: Sequence[float], width: float, height: float,
+                        extent: tuple[float, float] = (1.0, 1.0)) -> list[float]:
+    """Pixels -> 0..extent of the image itself (not padded): 0..1 for fusion, 0..1000 or the
+    resized image's pixels for the box frames of other model families (vlm_training.families)."""
+    fx, fy = extent
+    return [box[0] * fx / width, box[1] * fy / height, box[2] * fx / width, box[3] * fy / height]
 
 
-def normalized_to_pixel(box: Sequence[float], width: float, height: float) -> list[float]:
-    return [box[0] * width, box[1] * height, box[2] * width, box[3] * height]
+def normalized_to_pixel(box: Sequence[float], width: float, height: float,
+                        extent: tuple[float, float] = (1.0, 1.0)) -> list[float]:
+    """Inverse of :func:`pixel_to_normalized` (not clipped)."""
+    fx, fy = extent
+    return [box[0] * width / fx, box[1] * height / fy, box[2] * width / fx, box[3] * height / fy]
 
 
 def square_offsets(width: float, height: float) -> tuple[float, float, float]:

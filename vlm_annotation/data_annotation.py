@@ -94,7 +94,8 @@ def add_describe_args(p: argparse.ArgumentParser, class_map_help: str) -> None:
     p.add_argument("--seed", type=int, default=42, help="seed of the Q&A choices (default 42)")
     p.add_argument("--num_shards", type=int, default=1, help="split the images into this many shards (default 1)")
     p.add_argument("--shard_index", type=int, default=0, help="which shard this run annotates, 0-based (default 0)")
-    p.add_argument("--restart", action="store_true", help="annotate every image again: discard the progress of an earlier run and do not reuse a "
+    p.add_argument("--restart", action="store_true",
+                   help="annotate every image again: discard the progress of an earlier run and do not reuse a "
                         "finished --output_file (after changing image files or a model file in place)")
 
 
@@ -148,7 +149,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     ]
     for ok, message in checks:
         if not ok:
-            p.error(message)
+            raise InputError(message)
+    require_path(args.images_dir, "--images_dir", "dir")
+    check_describe_paths(args, {
+        "--yolo_model": args.yolo_model, "--detr_model": args.detr_model, "--detr_processor": args.detr_processor})
+    args.yolo_model = require_yolo_weights(args.yolo_model, "--yolo_model")
+    args.detr_model = require_model(args.detr_model, "--detr_model")
+    if args.detr_processor:
+        args.detr_processor = require_model(args.detr_processor, "--detr_processor")
     return args
 
 
@@ -380,8 +388,8 @@ def run_annotation(args, images_dir: Path, names: list[str], make_annotator, set
     return 0
 
 
-def check_describe_inputs(args, inputs: dict) -> tuple[ClassMap, PromptBook]:
-    """The output file, seed, captioner, class map and prompts, checked before anything runs."""
+def check_describe_paths(args, inputs: dict) -> None:
+    """The output file, seed and captioner of :func:`add_describe_args`, checked with the other flags."""
     require_output_file(args.output_file, "--output_file", {
         **inputs, "--captioner_model": args.captioner_model, "--class_map": args.class_map,
         "--prompts": args.prompts})
@@ -389,6 +397,10 @@ def check_describe_inputs(args, inputs: dict) -> tuple[ClassMap, PromptBook]:
         raise InputError(f"--output_file: {args.output_file} is an image path; give a .json file")
     check_seed(args.seed)
     args.captioner_model = require_model(args.captioner_model, "--captioner_model")
+
+
+def load_describe_files(args) -> tuple[ClassMap, PromptBook]:
+    """The --class_map and --prompts files, each read and checked by the module that owns its format."""
     return ClassMap.from_file(args.class_map), PromptBook.from_file(args.prompts)
 
 
@@ -396,13 +408,8 @@ def check_describe_inputs(args, inputs: dict) -> tuple[ClassMap, PromptBook]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
-    images_dir = require_path(args.images_dir, "--images_dir", "dir")
-    class_map, prompt_book = check_describe_inputs(args, {
-        "--yolo_model": args.yolo_model, "--detr_model": args.detr_model, "--detr_processor": args.detr_processor})
-    args.yolo_model = require_yolo_weights(args.yolo_model, "--yolo_model")
-    args.detr_model = require_model(args.detr_model, "--detr_model")
-    if args.detr_processor:
-        args.detr_processor = require_model(args.detr_processor, "--detr_processor")
+    images_dir = Path(args.images_dir)
+    class_map, prompt_book = load_describe_files(args)
     names = list_images(images_dir)
     if not names:
         raise InputError(f"--images_dir: no images found in {images_dir}")

@@ -68,7 +68,8 @@ class ClassMap:
         data = read_json(path)
         if not isinstance(data, dict):
             raise InputError(f"{path}: expected a JSON object mapping class names to class names")
-        per = bool(data) and set(data) <= {*DETECTOR_NAMES, LABELS_SOURCE} and all(isinstance(v, dict) for v in data.values())
+        per = (bool(data) and set(data) <= {*DETECTOR_NAMES, LABELS_SOURCE}
+               and all(isinstance(v, dict) for v in data.values()))
         for scope, mapping in (data.items() if per else [("*", data)]):
             for key, value in mapping.items():
                 if value is not None and (not isinstance(value, str) or not value.strip()):
@@ -118,8 +119,8 @@ class YoloDetector(Detector):
 
     def __init__(self, weights: str, device: str, class_map: ClassMap, conf: float, imgsz: int, max_det: int,
                  batch_size: int):
-        if not Path(weights).is_file():
-            raise InputError(f"--yolo_model: {weights} is not a file (give an Ultralytics .pt checkpoint)")
+        # ``weights`` passed runtime.require_yolo_weights: a local file, or an official name
+        # (yolov8x.pt) that Ultralytics downloads on first use.
         YOLO = import_ultralytics()
         try:
             self.model = YOLO(weights)

@@ -216,7 +216,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     try:
         args.sweep_weights = [tuple(float(v) for v in w.split(",")) for w in args.sweep_weights]
     except ValueError:
-        p.error("--sweep_weights: give pairs like 1,1 2,1")
+        raise InputError("--sweep_weights: give pairs like 1,1 2,1") from None
     checks = [
         (args.conf_threshold is None or 0 <= args.conf_threshold <= 1, "--conf_threshold must be between 0 and 1"),
         (all(len(w) == 2 and min(w) >= 0 and sum(w) > 0 for w in args.sweep_weights),
@@ -226,7 +226,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ]
     for ok, message in checks:
         if not ok:
-            p.error(message)
+            raise InputError(message)
+    inputs = {"--annotations": require_path(args.annotations, "--annotations", "file"),
+              "--ground_truth": require_path(args.ground_truth, "--ground_truth", "file"),
+              "--class_map": args.class_map}
+    require_output_file(args.output_file, "--output_file", inputs)
+    require_output_file(Path(args.output_file).with_suffix(".md"), "--output_file (its .md)", inputs)
     return args
 
 
@@ -276,12 +281,8 @@ def _flags(fusion: str, weights, iou: float, conf: float) -> str:
 @report_input_errors
 def main(argv=None) -> int:
     args = parse_args(argv)
-    source = require_path(args.annotations, "--annotations", "file")
-    gt_path = require_path(args.ground_truth, "--ground_truth", "file")
-    inputs = {"--annotations": source, "--ground_truth": gt_path, "--class_map": args.class_map}
-    require_output_file(args.output_file, "--output_file", inputs)
+    source, gt_path = Path(args.annotations), Path(args.ground_truth)
     md_path = Path(args.output_file).with_suffix(".md")
-    require_output_file(md_path, "--output_file (its .md)", inputs)
     data = load_annotations(source)
     kept = check_detector_boxes(data, source)
     if args.sweep and not kept:

@@ -131,7 +131,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ]
     for ok, message in checks:
         if not ok:
-            p.error(message)
+            raise InputError(message)
+    source = require_path(args.annotation_file, "--annotation_file", "file")
+    if args.format == "coco":
+        require_output_file(args.output_file, "--output_file", {"--annotation_file": source})
+    if args.val_annotation_file:
+        require_path(args.val_annotation_file, "--val_annotation_file", "file")
     return args
 
 
@@ -142,8 +147,7 @@ def _export_yolo(args, data: dict) -> tuple[Path, dict]:
     images_dir = require_path(images_dir, "--images_dir", "dir")
     splits = {"train": data["images"]}
     if args.val_annotation_file:
-        splits["val"] = load_annotations(require_path(args.val_annotation_file, "--val_annotation_file", "file"))[
-            "images"]
+        splits["val"] = load_annotations(args.val_annotation_file)["images"]
     out = require_output_dir(args.output_dir, "--output_dir", {"--images_dir": images_dir})
     if out.is_dir() and any(out.iterdir()):
         raise InputError(f"--output_dir: {out} is not empty; give a new folder")
@@ -174,9 +178,7 @@ def _export_yolo(args, data: dict) -> tuple[Path, dict]:
 @report_input_errors
 def main(argv=None) -> int:
     args = parse_args(argv)
-    source = require_path(args.annotation_file, "--annotation_file", "file")
-    if args.format == "coco":
-        require_output_file(args.output_file, "--output_file", {"--annotation_file": source})
+    source = Path(args.annotation_file)
     data = load_annotations(source)
     if args.format == "coco":
         coco = to_coco(data["images"], args.min_score, str(source))

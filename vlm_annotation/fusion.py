@@ -69,6 +69,12 @@ def _to_pixels(label: str, box: Sequence[float], score: float, sources, width: f
             "sources": sorted(set(sources))}
 
 
+def _model_weights(detections_per_model: Sequence[Sequence[dict]], weights: Sequence[float] | None) -> list[float]:
+    """One weight per model, 1 each by default. The stages check ``--detector_weights`` where the flag is
+    declared (one per detector, none negative, not all zero), so they are trusted here."""
+    return [1.0] * len(detections_per_model) if weights is None else [float(w) for w in weights]
+
+
 def _sort_fused(objects: list[dict]) -> list[dict]:
     # Deterministic order: best first, ties broken by position and label.
     return sorted(objects, key=lambda o: (-o["score"], o["bbox"][1], o["bbox"][0], o["label"]))
@@ -78,11 +84,7 @@ def weighted_boxes_fusion(detections_per_model: Sequence[Sequence[dict]], names:
                           width: float, height: float, weights: Sequence[float] | None = None,
                           iou_thr: float = 0.55, skip_box_thr: float = 0.0) -> list[dict]:
     """Fuse the detections of several models (one list per model) into objects."""
-    weights = [1.0] * len(detections_per_model) if weights is None else [float(w) for w in weights]
-    if len(weights) != len(detections_per_model) or len(names) != len(detections_per_model):
-        raise ValueError("one name and one weight per model")
-    if sum(weights) <= 0:
-        raise ValueError("detector weights must sum to a positive number")
+    weights = _model_weights(detections_per_model, weights)
     n_models = len(detections_per_model)
     objects = []
     for label, boxes in _prefilter(detections_per_model, names, weights, width, height, skip_box_thr).items():
@@ -110,12 +112,8 @@ def non_maximum_suppression(detections_per_model: Sequence[Sequence[dict]], name
     Scores are ranked as ``score x weight / max(weights)`` (equal weights leave them as
     they are); a kept box records as ``sources`` every model whose box it suppressed.
     """
-    weights = [1.0] * len(detections_per_model) if weights is None else [float(w) for w in weights]
-    if len(weights) != len(detections_per_model) or len(names) != len(detections_per_model):
-        raise ValueError("one name and one weight per model")
+    weights = _model_weights(detections_per_model, weights)
     top = max(weights)
-    if top <= 0:
-        raise ValueError("detector weights must include a positive one")
     unit = [w / top for w in weights]
     objects = []
     for label, boxes in _prefilter(detections_per_model, names, unit, width, height, skip_box_thr).items():

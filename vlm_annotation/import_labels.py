@@ -41,16 +41,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vlm_annotation.boxes import clip_box
+from vlm_annotation.boxes import clip_box, normalized_to_pixel
 from vlm_annotation.data_annotation import (
     BOX_DECIMALS,
     TOOL_VERSION,
     Describer,
     Skip,
     add_describe_args,
-    check_describe_inputs,
+    check_describe_paths,
     describe_checks,
     describe_settings,
+    load_describe_files,
     round_objects,
     run_annotation,
 )
@@ -65,7 +66,8 @@ DROP_REASONS = {
     "iscrowd": ("iscrowd region", "iscrowd regions"),
     "zero_area": ("zero-area box", "zero-area boxes"),
     "outside_image": ("box entirely outside its image", "boxes entirely outside their image"),
-    "class_map_null": ("box of a class mapped to null by --class_map", "boxes of classes mapped to null by --class_map"),
+    "class_map_null": ("box of a class mapped to null by --class_map",
+                       "boxes of classes mapped to null by --class_map"),
     "image_missing": ("box of an image missing on disk", "boxes of images missing on disk"),
     "size_mismatch": ("box of an image whose size differs from the labels'",
                       "boxes of images whose size differs from the labels'"),
@@ -359,7 +361,7 @@ def read_yolo(path: str | os.PathLike, images_dir: str | os.PathLike | None = No
             counts["image_missing"] += len(parsed)
             continue
         for _, cls, b in parsed:
-            _add_box(entry, labels[cls], [b[0] * width, b[1] * height, b[2] * width, b[3] * height], counts)
+            _add_box(entry, labels[cls], normalized_to_pixel(b, width, height), counts)
     _finish(images, counts)
     vocabulary = sorted({n for n in labels.values() if n})
     return LabelSet(str(path), "yolo", images, vocabulary, counts, unreadable, base)
@@ -422,7 +424,12 @@ def parse_args(argv=None) -> argparse.Namespace:
               *describe_checks(args)]
     for ok, message in checks:
         if not ok:
-            p.error(message)
+            raise InputError(message)
+    flag, labels_file = ("--coco", args.coco) if args.coco else ("--yolo_data", args.yolo_data)
+    require_path(labels_file, flag, "file")
+    if args.images_dir:
+        require_path(args.images_dir, "--images_dir", "dir")
+    check_describe_paths(args, {flag: labels_file})
     return args
 
 
@@ -431,9 +438,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
     flag, labels_file = ("--coco", args.coco) if args.coco else ("--yolo_data", args.yolo_data)
-    require_path(labels_file, flag, "file")
-    images_dir = require_path(args.images_dir, "--images_dir", "dir") if args.images_dir else None
-    class_map, prompt_book = check_describe_inputs(args, {flag: labels_file})
+    images_dir = Path(args.images_dir) if args.images_dir else None
+    class_map, prompt_book = load_describe_files(args)
     if args.coco:
         labels = read_coco(args.coco, class_map)
     else:

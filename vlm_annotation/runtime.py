@@ -350,9 +350,9 @@ def check_seed(seed: int, flag: str = "--seed") -> int:
 
 
 def set_seed(seed: int) -> None:
+    """Seed Python, numpy and torch with a seed :func:`check_seed` accepted."""
     import numpy as np
     import torch
-    check_seed(seed)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # run as a file: its folder's vlm_inference.py wo
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from vlm_annotation.io_utils import InputError, iter_jsonl, write_json_atomic, write_text_atomic
-from vlm_annotation.runtime import report_input_errors, require_output_file
+from vlm_annotation.runtime import report_input_errors, require_output_file, require_path
 from vlm_inference.metrics import GROUNDING_TYPES, UNTYPED, PredictionScorer, difference, is_count_key
 from vlm_training.families import first_box
 
@@ -58,6 +58,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.report is None:
         args.report = str(Path(args.output_file).parent / "report.md")
+    # The paths stay as given: metrics.json and the report name the files as the user wrote them.
+    inputs = {"--predictions": require_path(args.predictions, "--predictions", "file")}
+    if args.baseline is not None:
+        inputs["--baseline"] = require_path(args.baseline, "--baseline", "file")
+    out = require_output_file(args.output_file, "--output_file", inputs)
+    report = require_output_file(args.report, "--report", inputs)
+    if out.resolve() == report.resolve():
+        raise InputError(f"--report: {report} is the same file as --output_file")
     return args
 
 
@@ -148,18 +156,6 @@ def _check_duplicates(path, id_keys: array) -> None:
             first[key] = line_no
 
 
-def load_predictions(path: str | os.PathLike) -> list[dict]:
-    """Read and check a whole predictions file (for small files and tests; :func:`score_file` streams)."""
-    records: list[dict] = []
-    for line_no, rec in iter_jsonl(path, skip_partial_last=False):
-        check_record(rec, f"{path}: line {line_no}")
-        records.append(rec)
-    if not records:
-        raise InputError(f"{path}: no predictions in the file")
-    _check_duplicates(path, array("q", (hash((r["id"], r.get("turn", 0))) for r in records if "id" in r)))
-    return records
-
-
 def _fmt(value, count: bool = False) -> str:
     if value is None:
         return "–"
@@ -197,24 +193,10 @@ def render_table(result: dict, baseline: dict | None = None) -> str:
     return "\n".join(lines)
 
 
-def _check_outputs(args) -> tuple[Path, Path]:
-    out, report = Path(args.output_file), Path(args.report)
-    inputs = {Path(args.predictions).resolve(): "--predictions"}
-    if args.baseline:
-        inputs[Path(args.baseline).resolve()] = "--baseline"
-    for flag, path in (("--output_file", out), ("--report", report)):
-        require_output_file(path, flag)
-        if path.resolve() in inputs:
-            raise InputError(f"{flag}: {path} is the same file as {inputs[path.resolve()]}")
-    if out.resolve() == report.resolve():
-        raise InputError(f"--report: {report} is the same file as --output_file")
-    return out, report
-
-
 @report_input_errors
 def main(argv=None) -> int:
     args = parse_args(argv)
-    out, report_path = _check_outputs(args)
+    out, report_path = Path(args.output_file), Path(args.report)
     scored = score_file(args.predictions, question_keys=bool(args.baseline))
     base = score_file(args.baseline, question_keys=True) if args.baseline else None
 

@@ -34,8 +34,8 @@ from typing import Iterable, Sequence
 from vlm_annotation.boxes import iou
 from vlm_training.families import first_box
 
-SHORT_ANSWER_TYPES = ("count", "count_class", "exists", "region_label", "location", "relation", "surface")
-COUNT_TYPES = ("count", "count_class")
+# Every type not named below (exists, location, surface, ..., untyped) is a short answer: exact match.
+COUNT_TYPES = ("count", "count_class")                # short answers that also get count_exact / count_mae
 GROUNDING_TYPES = ("grounding",)
 DESCRIPTION_TYPES = ("region_description",)
 UNTYPED = "untyped"
@@ -264,14 +264,6 @@ def caption_tokens(text: str) -> list[str]:
 def _orders(words: Sequence, n: int) -> list[Counter]:
     """Counts of the k-grams for k = 1..n, one Counter each, in coco-caption's order (by position)."""
     return [Counter(zip(*(words[i:] for i in range(k)))) for k in range(1, n + 1)]
-
-
-def _ngrams(words: Sequence, n: int) -> Counter:
-    """Counts of the 1..n-grams in one Counter, inserted in coco-caption's order (by length, then position)."""
-    counts: Counter = Counter()
-    for k in range(1, n + 1):
-        counts.update(zip(*(words[i:] for i in range(k))))
-    return counts
 
 
 def _bleu_counts(hyp: list[Counter], hyp_len: int, refs: Sequence[list[Counter]], ref_lens: Sequence[int],
@@ -649,13 +641,6 @@ def _score_all(preds: Sequence[dict]) -> PredictionScorer:
     return scorer
 
 
-def score_short_answers(preds: Sequence[dict], counts: bool = False) -> dict:
-    s = _ShortAnswers(counts)
-    for p in preds:
-        s.add(p["answer"], p["reference"])
-    return s.result()
-
-
 def score_grounding(preds: Sequence[dict]) -> dict:
     g = _Grounding()
     for p in preds:
@@ -668,15 +653,6 @@ def score_descriptions(preds: Sequence[dict]) -> dict:
     for p in preds:
         d.add(p["answer"], p["reference"])
     return d.result()
-
-
-def score_type(qtype: str, preds: Sequence[dict]) -> dict:
-    """Metrics of one question type (unknown types are scored as short answers)."""
-    if qtype in GROUNDING_TYPES:
-        return score_grounding(preds)
-    if qtype in DESCRIPTION_TYPES:
-        return score_descriptions(preds)
-    return score_short_answers(preds, counts=qtype in COUNT_TYPES)
 
 
 def score_predictions(preds: Iterable[dict]) -> dict:

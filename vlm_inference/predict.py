@@ -44,7 +44,8 @@ from vlm_training.llava_format import IMAGE_TOKEN, iter_llava_records, record_wh
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(parser)
-    parser.add_argument("--data", required=True, help="LLaVA-format file, a JSON array or .jsonl (e.g. test_llava.json)")
+    parser.add_argument("--data", required=True,
+                        help="LLaVA-format file, a JSON array or .jsonl (e.g. test_llava.json)")
     parser.add_argument("--image_dir", required=True, help="folder the records' image paths are relative to")
     parser.add_argument("--output_file", default="predictions.jsonl",
                         help="JSONL to append predictions to (default predictions.jsonl); resumed if it exists")
@@ -68,9 +69,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def read_records(data_path: Path) -> Iterator[tuple[int, dict]]:
-    """``(index, record)`` for every record of ``--data``, each validated: the one reader of the file."""
-    yield from enumerate(iter_llava_records(data_path))
+def read_records(data_path: Path, validate: bool = True) -> Iterator[tuple[int, dict]]:
+    """``(index, record)`` for every record of ``--data``: the one reader of the file. The first pass
+    (:func:`count_records`) validates each record; later passes trust it (``validate=False``)."""
+    yield from enumerate(iter_llava_records(data_path, validate=validate))
 
 
 def shard_bounds(n: int, num_shards: int, shard_index: int) -> tuple[int, int]:
@@ -123,7 +125,7 @@ def record_questions(record: dict) -> list[dict]:
 
 def shard_questions(data_path: Path, image_dir: Path, lo: int, hi: int, check_images: bool) -> Iterator[dict]:
     """The questions of records ``[lo, hi)`` in file order (their image paths checked when asked)."""
-    for i, record in read_records(data_path):
+    for i, record in read_records(data_path, validate=False):  # count_records validated them
         if i >= hi:
             return
         if i >= lo:

@@ -42,9 +42,15 @@ from vlm_annotation.images import ImageLoadError, as_rgb_image
 from vlm_annotation.io_utils import InputError
 from vlm_annotation.prompts import PROMPT_FORMAT_FILE, PromptFormat
 from vlm_training import families
-from vlm_training.model_dir import ADAPTER_FILES, FULL_MODEL_FILES, MERGED_DIR, SAVING_MARKER, half_written
+from vlm_training.model_dir import (
+    ADAPTER_CONFIG_FILE,
+    FRAME_FILE,
+    MERGED_DIR,
+    MODEL_CONFIG_FILE,
+    SAVING_MARKER,
+    half_written,
+)
 
-ADAPTER_CONFIG_FILE, MODEL_CONFIG_FILE = ADAPTER_FILES[0], FULL_MODEL_FILES[0]
 # Any of these in a folder means the processor (or at least its tokenizer) was saved there.
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
 DEFAULT_MAX_NEW_TOKENS = 128
@@ -102,7 +108,8 @@ def refuse_half_written(model_path: str | os.PathLike) -> None:
     for folder in (local, local.parent) if local.name == MERGED_DIR else (local,):
         if half_written(folder):
             raise InferenceInputError(f"--model_path: {local} is half-written: its final save was interrupted "
-                                      f"({folder / SAVING_MARKER}); run the same train_vlm.py command again to finish it")
+                                      f"({folder / SAVING_MARKER}); run the same train_vlm.py command again to "
+                                      "finish it")
 
 
 def load_image(image: Any) -> Image.Image:
@@ -176,7 +183,7 @@ class VLMInference:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         # The family decides the prompt layout and the box frame (issue 14): a trained folder saved its frame.
         try:
-            saved_frame = self.local_dir is not None and (self.local_dir / families.FRAME_FILE).is_file()
+            saved_frame = self.local_dir is not None and (self.local_dir / FRAME_FILE).is_file()
             self.family = families.detect_family(self.local_dir if saved_frame else
                                                  (self.base_model or self.local_dir or self.model_path))
             saved = families.BoxFrame.load(self.local_dir) if self.local_dir else None
@@ -326,7 +333,8 @@ class VLMInference:
             # Decoder-only generation returns prompt + answer; with left padding every prompt
             # ends at the same column, so the answer is everything after it.
             new_tokens = output[:, inputs["input_ids"].shape[1]:]
-            answers.extend(families.decode_answer(self.tokenizer, self.family, row).strip() for row in new_tokens.tolist())
+            answers.extend(families.decode_answer(self.tokenizer, self.family, row).strip()
+                           for row in new_tokens.tolist())
         return answers
 
     def _check_lengths(self, lengths: list[int], max_new_tokens: int | None, offset: int) -> None:

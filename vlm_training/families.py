@@ -65,8 +65,9 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from vlm_annotation import boxes
+from vlm_annotation.prompts import IMAGE_TOKEN
+from vlm_training.model_dir import ADAPTER_CONFIG_FILE, FRAME_FILE, MODEL_CONFIG_FILE
 
-FRAME_FILE = "box_frame.json"
 FRAME_KEY = "box_frame"          # key of the frame dict in a LLaVA-format record
 DEFAULT_BASE_MODEL = "llava-hf/llava-1.5-7b-hf"
 
@@ -106,7 +107,8 @@ class Family:
         return LANGUAGE_LORA_REGEX
 
 
-LANGUAGE_LORA_REGEX = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
+# peft matches a string target_modules with re.fullmatch; train_args.json and adapter_config.json record it.
+LANGUAGE_LORA_REGEX = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 _QWEN_RESIZE_28 = {"factor": 28, "min_pixels": 56 * 56, "max_pixels": 28 * 28 * 16384}
 _LLAVA_VISION = (("model.vision_tower",), ("model.multi_modal_projector",))
@@ -114,19 +116,19 @@ _LLAVA_VISION = (("model.vision_tower",), ("model.multi_modal_projector",))
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("llava", "LLaVA-1.5", ("llava",), r"llava", "llava-hf/llava-1.5-7b-hf",
            "LlavaForConditionalGeneration", "LlavaProcessor", "padded_square", "list", "list",
-           "<image>\n", None, pad_to_square=True,
+           IMAGE_TOKEN + "\n", None, pad_to_square=True,
            vision_prefixes=_LLAVA_VISION[0], projector_prefixes=_LLAVA_VISION[1],
            sources=("haotian-liu/LLaVA issue #606", "llava-hf/llava-1.5-7b-hf chat_template.json")),
     Family("llava_next", "LLaVA-NeXT", ("llava_next",), r"llava[-_]?v?1[._]6|llava[-_]?next",
            "llava-hf/llava-v1.6-mistral-7b-hf", "LlavaNextForConditionalGeneration", "LlavaNextProcessor",
-           "unit", "list", "list", "<image>\n", None,
+           "unit", "list", "list", IMAGE_TOKEN + "\n", None,
            vision_prefixes=_LLAVA_VISION[0], projector_prefixes=_LLAVA_VISION[1] + ("model.image_newline",),
            sources=("transformers models/llava_next/image_processing_llava_next.py",
                     "EvolvingLMMs-Lab/lmms-eval lmms_eval/tasks/refcoco/utils_rec.py",
                     "llava-hf/llava-v1.6-mistral-7b-hf chat_template.json")),
     Family("llava_onevision", "LLaVA-OneVision", ("llava_onevision",), r"onevision|llava[-_]?ov",
            "llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "LlavaOnevisionForConditionalGeneration",
-           "LlavaOnevisionProcessor", "unit", "list", "list", "<image>", "<|im_end|>",
+           "LlavaOnevisionProcessor", "unit", "list", "list", IMAGE_TOKEN, "<|im_end|>",
            vision_prefixes=_LLAVA_VISION[0], projector_prefixes=_LLAVA_VISION[1] + ("model.image_newline",),
            sources=("transformers models/llava_onevision/image_processing_llava_onevision.py",
                     "EvolvingLMMs-Lab/lmms-eval lmms_eval/tasks/refcoco/utils_rec.py",
@@ -210,9 +212,9 @@ def detect_family(base_model: str | os.PathLike) -> Family:
         saved = _read_json(path / FRAME_FILE)
         if saved and isinstance(saved.get("family"), str):
             return family_named(saved["family"])
-        mtype = _model_type(_read_json(path / "config.json"))
+        mtype = _model_type(_read_json(path / MODEL_CONFIG_FILE))
         if mtype is None:
-            adapter = _read_json(path / "adapter_config.json")
+            adapter = _read_json(path / ADAPTER_CONFIG_FILE)
             base = adapter.get("base_model_name_or_path") if adapter else None
             if isinstance(base, str) and base and Path(base).resolve() != path.resolve():
                 return detect_family(base)
@@ -220,7 +222,7 @@ def detect_family(base_model: str | os.PathLike) -> Family:
         if mtype in _MODEL_TYPE_TO_FAMILY:
             return FAMILIES[_MODEL_TYPE_TO_FAMILY[mtype]]
         raise FamilyError(f"{path}: model_type {mtype!r} is not a supported family; supported: {supported()}")
-    cached = _cached_hub_file(text, "config.json")
+    cached = _cached_hub_file(text, MODEL_CONFIG_FILE)
     mtype = _model_type(_read_json(cached)) if cached else None
     if mtype in _MODEL_TYPE_TO_FAMILY:
         return FAMILIES[_MODEL_TYPE_TO_FAMILY[mtype]]
@@ -280,7 +282,8 @@ def _saved_image_processor(folder: Path) -> dict | None:
 # --------------------------------------------------------------------------- frames
 _NUM = r"(-?\d+(?:\.\d+)?)"
 _JSON_BOX = re.compile(r'"bbox_2d"\s*:\s*\[\s*' + r"\s*,\s*".join([_NUM] * 4) + r"\s*\]")
-_PAIR_BOX = re.compile(r"\(\s*" + _NUM + r"\s*,\s*" + _NUM + r"\s*\)\s*,?\s*\(\s*" + _NUM + r"\s*,\s*" + _NUM + r"\s*\)")
+_PAIR_BOX = re.compile(r"\(\s*" + _NUM + r"\s*,\s*" + _NUM + r"\s*\)\s*,?\s*"
+                       r"\(\s*" + _NUM + r"\s*,\s*" + _NUM + r"\s*\)")
 _LIST_BOX = re.compile(r"\[\s*" + r"\s*,\s*".join([_NUM] * 4) + r"\s*\]")
 _FRAME_FIELDS = {"family", "kind", "decimals", "factor", "min_pixels", "max_pixels"}
 
@@ -407,7 +410,7 @@ class BoxFrame:
             vals = boxes.pixel_to_square(box, width, height)
         else:
             fw, fh = self.frame_size(width, height)
-            vals = [box[0] * fw / width, box[1] * fh / height, box[2] * fw / width, box[3] * fh / height]
+            vals = boxes.pixel_to_normalized(box, width, height, (fw, fh))
         if self.kind in ("padded_square", "unit"):
             return [round(min(max(v, 0.0), 1.0), self.decimals) for v in vals]
         fw, fh = self.frame_size(width, height)
@@ -419,8 +422,7 @@ class BoxFrame:
         if self.kind == "padded_square":
             return boxes.square_to_pixel(values, width, height)
         fw, fh = self.frame_size(width, height)
-        raw = [values[0] * width / fw, values[1] * height / fh, values[2] * width / fw, values[3] * height / fh]
-        return boxes.clip_box(raw, width, height)
+        return boxes.clip_box(boxes.normalized_to_pixel(values, width, height, (fw, fh)), width, height)
 
     # ---- text
     def _format(self, vals: Sequence, style: str, label: str | None = None) -> str:

@@ -272,9 +272,8 @@ class LlavaDataset(torch.utils.data.Dataset):
 
 def load_llava_dataset(path: str | os.PathLike, image_dir: str | os.PathLike, layout: TokenLayout,
                        max_length: int, flag: str = "--train_data") -> tuple[LlavaDataset, DatasetStats]:
-    """Stream, validate and tokenize a LLaVA file (JSON list or JSONL) into a dataset; InputError if nothing fits."""
-    if not Path(path).is_file():
-        raise InputError(f"{flag}: file not found: {path}")
+    """Stream, validate and tokenize a LLaVA file (JSON list or JSONL; train_vlm.py checked that it exists)
+    into a dataset; InputError if nothing fits."""
     examples, stats = build_examples(iter_llava_records(path), path, image_dir, layout, max_length)
     if not stats.records:
         raise InputError(f"{flag}: {path} holds no records")
@@ -342,7 +341,8 @@ def collate_images(features: list[dict], input_ids: torch.Tensor, image_token_id
     concatenated with their grids (Qwen-VL), or a varying number of tiles padded (LLaVA-NeXT/OneVision)."""
     pixels = [f["pixel_values"] for f in features]
     if "image_grid_thw" in features[0]:
-        return {"pixel_values": torch.cat(pixels), "image_grid_thw": torch.stack([f["image_grid_thw"] for f in features]),
+        return {"pixel_values": torch.cat(pixels),
+                "image_grid_thw": torch.stack([f["image_grid_thw"] for f in features]),
                 "mm_token_type_ids": (input_ids == image_token_id).int()}
     out = {}
     if "image_sizes" in features[0]:

@@ -2,7 +2,7 @@
 check a folder with it before loading any model library.
 
 A finished folder holds the adapter (``adapter_config.json`` + ``adapter_model.safetensors``) or a full model
-(``config.json`` + ``model.safetensors``), the processor, ``prompt_format.json`` (vlm_annotation.prompts),
+(``config.json`` + ``model.safetensors``), the processor, ``prompt_format.json`` (named in vlm_annotation.prompts),
 ``train_args.json`` (the run's settings; ``"status": "complete"``), ``metrics.json``, ``loss.png``, optionally
 ``merged/`` and ``checkpoint-N/`` folders. While training runs, ``train_args.json`` says ``"status":
 "training"`` (a rerun continues that run); while the final model is moved in, :data:`SAVING_MARKER` is there.
@@ -17,9 +17,16 @@ TRAIN_ARGS_FILE = "train_args.json"   # marks a folder train_vlm.py wrote; "stat
 # refuses it; running the same training command again finishes it).
 SAVING_MARKER = "saving.incomplete"
 MERGED_DIR = "merged"                 # --merge_lora writes the merged model here
-FULL_MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
-                    "pytorch_model.bin", "pytorch_model.bin.index.json")
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+MODEL_CONFIG_FILE = "config.json"     # a full model (or merged/) holds it
+ADAPTER_CONFIG_FILE = "adapter_config.json"   # a LoRA adapter holds it; it names the base model
+MODEL_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                      "pytorch_model.bin.index.json")
+FULL_MODEL_FILES = (MODEL_CONFIG_FILE, "generation_config.json", *MODEL_WEIGHT_FILES)
+ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+ADAPTER_FILES = (ADAPTER_CONFIG_FILE, *ADAPTER_WEIGHT_FILES)
+FRAME_FILE = "box_frame.json"         # the box frame the model was taught in (vlm_training.families.BoxFrame)
+METRICS_FILE = "metrics.json"         # loss per step and the run's totals
+LOSS_PLOT_FILE = "loss.png"
 
 
 def half_written(model_dir: str | os.PathLike) -> bool:

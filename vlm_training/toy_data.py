@@ -4,10 +4,11 @@ Used by the tests of training and inference (the memorisation round trip: train 
 these records, then ask each question with ``fmt.prompt(question, first=True)`` and expect
 the trained answer back), by the training benchmark and by the GPU check script.
 
-    python -m vlm_training.toy_data OUT_DIR      # writes OUT_DIR/toy_llava.json + OUT_DIR/images/
+    python vlm_training/toy_data.py OUT_DIR      # writes OUT_DIR/toy_llava.json + OUT_DIR/images/
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import os
 import sys
@@ -18,6 +19,7 @@ from PIL import Image, ImageDraw
 from vlm_annotation import prompts
 from vlm_annotation.boxes import box_to_text
 from vlm_annotation.io_utils import write_json_atomic
+from vlm_annotation.runtime import report_input_errors, require_output_dir
 from vlm_training.llava_format import IMAGE_PLACEHOLDER
 
 
@@ -82,9 +84,21 @@ def write_toy_llava_dataset(directory: str | os.PathLike,
     return json_path, image_dir, copy.deepcopy(records)
 
 
-if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        print(__doc__.strip().splitlines()[-1].strip(), file=sys.stderr)
-        sys.exit(2)
-    json_path, image_dir, records = write_toy_llava_dataset(sys.argv[1])
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write toy_llava.json and images/ into")
+    args = p.parse_args(argv)
+    args.out_dir = require_output_dir(args.out_dir, "OUT_DIR")
+    return args
+
+
+@report_input_errors
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    json_path, image_dir, records = write_toy_llava_dataset(args.out_dir)
     print(f"wrote {len(records)} records to {json_path} (images in {image_dir})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

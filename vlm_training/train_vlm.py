@@ -64,7 +64,15 @@ from vlm_annotation.runtime import (
     single_writer,
 )
 from vlm_training import families
-from vlm_training.model_dir import ADAPTER_FILES, FULL_MODEL_FILES, MERGED_DIR, SAVING_MARKER, TRAIN_ARGS_FILE
+from vlm_training.model_dir import (
+    ADAPTER_FILES,
+    FULL_MODEL_FILES,
+    LOSS_PLOT_FILE,
+    MERGED_DIR,
+    METRICS_FILE,
+    SAVING_MARKER,
+    TRAIN_ARGS_FILE,
+)
 from vlm_training.vlm_trainer import (
     RunTotals,
     StopOnSignal,
@@ -73,9 +81,6 @@ from vlm_training.vlm_trainer import (
     resolve_checkpoint,
 )
 
-DEFAULT_BASE_MODEL = "llava-hf/llava-1.5-7b-hf"
-# LoRA on the language model only: a plain suffix list would also hit the CLIP tower's q_proj.
-LORA_TARGET_REGEX = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 PROJECTOR = "multi_modal_projector"
 VISION_TOWER = "vision_tower"
 _TMP_FINAL = ".final.tmp"
@@ -89,7 +94,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 @dataclass
 class ModelArguments:
     _argument_group_name = "model"
-    base_model: str = field(default=DEFAULT_BASE_MODEL, metadata={
+    base_model: str = field(default=families.DEFAULT_BASE_MODEL, metadata={
         "help": "base model, hub id or local folder: LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL "
                 "or Qwen3-VL (the same value convert_to_llava_format.py got)"})
     use_lora: bool = field(default=False, metadata={
@@ -298,14 +303,14 @@ def part_names(family: families.Family) -> tuple[str, str]:
     return projector, vision if vision == VISION_TOWER else vision + "."
 
 
-def load_base_model(name: str, precision: str, model_args: ModelArguments | None = None):
+def load_base_model(model_args: ModelArguments, precision: str, quantize: bool = True):
     """The family's model class (LlavaForConditionalGeneration, Qwen2_5_VLForConditionalGeneration, ...)
-    in the training dtype, quantized when ``model_args`` ask for it."""
+    in the training dtype, quantized when ``quantize`` and ``model_args`` ask for it."""
     import transformers
-    family = families.detect_family(name)
+    name, family = model_args.base_model, model_args.family
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
     kwargs = {"dtype": dtype}
-    if model_args is not None and (model_args.load_in_4bit or model_args.load_in_8bit):
+    if quantize and (model_args.load_in_4bit or model_args.load_in_8bit):
         from transformers import BitsAndBytesConfig
         # The vision tower, projector and head stay unquantized (small, and precision matters there).
         skip = [p.rsplit(".", 1)[-1] for p in family.vision_prefixes + family.projector_prefixes] + ["lm_head"]
@@ -337,7 +342,7 @@ def prepare_trainable(model, args: ModelArguments, checkpointing: bool):
             projector = None  # Qwen's merger is part of its vision tower: saved with it
         to_save = [m for m, on in ((projector, args.train_projector), (vision, args.train_vision_tower)) if on and m]
         config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-                            target_modules=LORA_TARGET_REGEX, bias="none", task_type="CAUSAL_LM",
+                            target_modules=args.family.lora_target_regex, bias="none", task_type="CAUSAL_LM",
                             modules_to_save=to_save or None)
         model = get_peft_model(model, config)
         # Trainable weights in fp32 (AMP's grad scaler refuses fp16 gradients; optimizer states stay exact).
@@ -456,7 +461,7 @@ def save_final(trainer, out: Path, processor, fmt: PromptFormat, model_args: Mod
     move_into(tmp, out)
     if model_args.merge_lora:
         from peft import PeftModel
-        base = load_base_model(model_args.base_model, record["precision"])
+        base = load_base_model(model_args, record["precision"], quantize=False)
         merged = PeftModel.from_pretrained(base, str(out)).merge_and_unload()
         merged.save_pretrained(tmp)
         processor.save_pretrained(tmp)
@@ -465,8 +470,8 @@ def save_final(trainer, out: Path, processor, fmt: PromptFormat, model_args: Mod
         shutil.rmtree(out / MERGED_DIR, ignore_errors=True)
         move_into(tmp, out / MERGED_DIR)
         print(f"merged model written to {out / MERGED_DIR}", flush=True)
-    write_json_atomic(out / "metrics.json", metrics)
-    plot_loss(metrics, out / "loss.png")
+    write_json_atomic(out / METRICS_FILE, metrics)
+    plot_loss(metrics, out / LOSS_PLOT_FILE)
     write_json_atomic(out / TRAIN_ARGS_FILE, record | {"status": "complete"})
     (out / SAVING_MARKER).unlink()
 
@@ -514,7 +519,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: VLMTrainin
     hf_set_seed(args.seed)
     # A full fine-tune in fp16 keeps fp32 master weights (AMP cannot step fp16 weights).
     load_precision = "fp32" if args.precision == "fp16" and not model_args.use_lora else args.precision
-    model = load_base_model(model_args.base_model, load_precision, model_args)
+    model = load_base_model(model_args, load_precision)
     model.config.use_cache = False
     if hasattr(model.config, "text_config"):
         model.config.text_config.use_cache = False
@@ -533,7 +538,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: VLMTrainin
     main_process = trainer.is_world_process_zero()
     record = dataclasses.asdict(model_args) | dataclasses.asdict(data_args) | {
         "output_dir": str(out), "precision": args.precision, "device": args.device_name,
-        "world_size": args.world_size, "lora_target_modules": LORA_TARGET_REGEX if model_args.use_lora else None,
+        "world_size": args.world_size, "lora_target_modules": family.lora_target_regex if model_args.use_lora else None,
         "num_image_tokens": layout.num_image_tokens, "system_prompt_text": fmt.system_prompt,
         "family": family.name, "box_frame": layout.frame.to_dict(),
         "resumed_from": checkpoint, "training_args": json.loads(args.to_json_string()),

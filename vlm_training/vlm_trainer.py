@@ -24,7 +24,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from vlm_annotation.io_utils import InputError
 from vlm_annotation.runtime import Terminated
-from vlm_training.model_dir import ADAPTER_FILES, FULL_MODEL_FILES, TRAIN_ARGS_FILE
+from vlm_training.model_dir import ADAPTER_WEIGHT_FILES, MODEL_WEIGHT_FILES, TRAIN_ARGS_FILE
 
 # Settings a checkpoint must share with the run that resumes it (else its weights do not fit).
 RESUME_KEYS = ("base_model", "use_lora", "lora_r", "lora_alpha", "train_projector", "train_vision_tower")
@@ -37,8 +37,8 @@ def is_complete_checkpoint(path: Path) -> bool:
         json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    weights = ADAPTER_FILES[1:] + FULL_MODEL_FILES[2:]
-    return any((path / n).is_file() for n in weights) and not (path / "checkpoint-is-incomplete.txt").exists()
+    has_weights = any((path / n).is_file() for n in ADAPTER_WEIGHT_FILES + MODEL_WEIGHT_FILES)
+    return has_weights and not (path / "checkpoint-is-incomplete.txt").exists()
 
 
 def list_checkpoints(out: Path) -> list[Path]:
