@@ -71,3 +71,15 @@ def test_pixel_normalized_round_trip():
     norm = boxes.pixel_to_normalized(box, 100, 200)
     assert norm == [0.1, 0.1, 0.3, 0.2]
     assert boxes.normalized_to_pixel(norm, 100, 200) == pytest.approx(box)
+    # Other families' frames: 0..1000 of the image (Qwen2-VL, Qwen3-VL), or the resized image's pixels.
+    assert boxes.pixel_to_normalized(box, 100, 200, (1000.0, 1000.0)) == [100.0, 100.0, 300.0, 200.0]
+    assert boxes.normalized_to_pixel([100.0, 100.0, 300.0, 200.0], 100, 200, (1000.0, 1000.0)) == box
+    assert boxes.pixel_to_normalized(box, 100, 200, (56.0, 112.0)) == pytest.approx([5.6, 11.2, 16.8, 22.4])
+
+
+def test_yolo_label_numbers():
+    assert boxes.pixel_to_yolo([10, 20, 30, 60], 100, 200) == [0.2, 0.2, 0.2, 0.2]  # centre 20,40; size 20x40
+    assert boxes.yolo_to_normalized(0.5, 0.25, 0.5, 0.5) == [0.25, 0.0, 0.75, 0.5]
+    back = boxes.normalized_to_pixel(boxes.yolo_to_normalized(*boxes.pixel_to_yolo([10, 20, 30, 60], 100, 200)),
+                                     100, 200)
+    assert back == pytest.approx([10, 20, 30, 60])

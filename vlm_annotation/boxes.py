@@ -59,6 +59,17 @@ def normalized_to_pixel(box: Sequence[float], width: float, height: float,
     return [box[0] * width / fx, box[1] * height / fy, box[2] * width / fx, box[3] * height / fy]
 
 
+def pixel_to_yolo(box: Sequence[float], width: float, height: float) -> list[float]:
+    """A pixel box as a YOLO label line's numbers: ``[x_center, y_center, w, h]`` in 0..1 of the image."""
+    x1, y1, x2, y2 = box
+    return [(x1 + x2) / 2 / width, (y1 + y2) / 2 / height, (x2 - x1) / width, (y2 - y1) / height]
+
+
+def yolo_to_normalized(x_center: float, y_center: float, w: float, h: float) -> list[float]:
+    """A YOLO label's ``x_center y_center w h`` as ``[x1, y1, x2, y2]`` in 0..1 of the image."""
+    return [x_center - w / 2, y_center - h / 2, x_center + w / 2, y_center + h / 2]
+
+
 def square_offsets(width: float, height: float) -> tuple[float, float, float]:
     """Side of the padded square and the (x, y) offset of the image inside it."""
     # Integer offsets, the same ones pad_to_square pastes the image at.

@@ -32,6 +32,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from vlm_annotation.boxes import pixel_to_yolo
 from vlm_annotation.io_utils import InputError, write_json_atomic
 from vlm_annotation.runtime import report_input_errors, require_output_dir, require_output_file, require_path
 from vlm_annotation.schema import load_annotations
@@ -66,8 +67,7 @@ def to_coco(records: list[dict], min_score: float = 0.0, source: str = "") -> di
 
 
 def yolo_line(class_id: int, bbox, width: int, height: int) -> str:
-    x1, y1, x2, y2 = bbox
-    values = ((x1 + x2) / 2 / width, (y1 + y2) / 2 / height, (x2 - x1) / width, (y2 - y1) / height)
+    values = pixel_to_yolo(bbox, width, height)
     return f"{class_id} " + " ".join(f"{v:.{YOLO_DECIMALS}f}" for v in values)
 
 

@@ -41,7 +41,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vlm_annotation.boxes import clip_box, normalized_to_pixel
+from vlm_annotation.boxes import clip_box, normalized_to_pixel, yolo_to_normalized
 from vlm_annotation.data_annotation import (
     BOX_DECIMALS,
     TOOL_VERSION,
@@ -309,8 +309,7 @@ def _yolo_lines(label_file: Path, n_classes: dict[int, str]):
             raise InputError(f"{label_file}: line {n}: class id {fields[0]} is not one of the names "
                              f"(0..{max(n_classes)})")
         if len(values) == 5:
-            cx, cy, w, h = values[1:]
-            box = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
+            box = yolo_to_normalized(*values[1:])
         else:
             xs, ys = values[1::2], values[2::2]
             box = [min(xs), min(ys), max(xs), max(ys)]

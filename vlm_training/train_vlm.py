@@ -202,10 +202,14 @@ class VLMTrainingArguments(TrainingArguments):
     resume_from_checkpoint: str | None = field(default=None, metadata={
         "help": "a checkpoint folder, or 'latest' (the newest complete checkpoint-N in --output_dir); without it "
                 "an interrupted run in --output_dir is continued"})
-    remove_unused_columns: bool = False
-    label_names: list[str] | None = field(default_factory=lambda: ["labels"])
-    ddp_find_unused_parameters: bool | None = False  # every trainable weight takes part in every forward pass
-    disable_tqdm: bool | None = False
+    remove_unused_columns: bool = field(default=False, metadata={
+        "help": "drop the batch keys the model's forward does not name (off: the collator's keys are all inputs)"})
+    label_names: list[str] | None = field(default_factory=lambda: ["labels"], metadata={
+        "help": "batch keys that hold the labels"})
+    ddp_find_unused_parameters: bool | None = field(default=False, metadata={
+        "help": "DistributedDataParallel's find_unused_parameters (off: every trainable weight takes part in every "
+                "forward pass)"})
+    disable_tqdm: bool | None = field(default=False, metadata={"help": "turn the progress bars off"})
 
     def __post_init__(self):
         if self.output_dir is None:
