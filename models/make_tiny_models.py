@@ -245,23 +245,13 @@ def _llava_corpus() -> list[str]:
     return lines
 
 
-def build_tokenizer(vocab_size: int = 700):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(_llava_corpus(), trainer=trainer)
-    bos = tok.token_to_id("<s>")
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
-                                                       special_tokens=[("<s>", bos)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   pad_token="<pad>", extra_special_tokens={"image_token": "<image>"},
-                                   padding_side="left", model_max_length=2048)
+def build_tokenizer(vocab_size: int = 700, corpus: list[str] | None = None, model_max_length: int = 2048):
+    """A tiny LLaVA's byte-level BPE tokenizer (Llama's special tokens), trained on ``corpus``
+    (default :func:`_llava_corpus`; models/make_world_llava.py gives the world's sentences)."""
+    return _bpe_tokenizer(["<unk>", "<s>", "</s>", "<pad>", "<image>"], vocab_size, "<s>",
+                          corpus=_llava_corpus() if corpus is None else corpus, model_max_length=model_max_length,
+                          bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+                          extra_special_tokens={"image_token": "<image>"})
 
 
 def build_llava(out: Path, seed: int) -> Path:
@@ -396,7 +386,8 @@ def _family_corpus() -> list[str]:
     return lines
 
 
-def _bpe_tokenizer(specials: list[str], vocab_size: int, bos: str | None, **kwargs):
+def _bpe_tokenizer(specials: list[str], vocab_size: int, bos: str | None, corpus: list[str] | None = None,
+                   model_max_length: int = 4096, **kwargs):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -405,12 +396,13 @@ def _bpe_tokenizer(specials: list[str], vocab_size: int, bos: str | None, **kwar
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(_family_corpus(), trainer=trainer)
+    tok.train_from_iterator(_family_corpus() if corpus is None else corpus, trainer=trainer)
     if bos is not None:
         bos_id = tok.token_to_id(bos)
         tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
                                                            special_tokens=[(bos, bos_id)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, padding_side="left", model_max_length=4096, **kwargs)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, padding_side="left", model_max_length=model_max_length,
+                                   **kwargs)
 
 
 def _spread_lm_head(model) -> None:
@@ -497,54 +489,46 @@ def _qwen_token_ids(tokenizer) -> dict:
                 vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"))
 
 
+def _qwen2_rope() -> dict:
+    """Qwen2-VL's and Qwen2.5-VL's M-RoPE: sections (time, height, width) of the 8 frequencies."""
+    return {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
+
+
+def _qwen2_processor(processor_class, tokenizer):
+    """Qwen2-VL's and Qwen2.5-VL's processor: patch 14, merge 2, images resized to 56x56..112x112 pixels."""
+    from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+    sizes = dict(min_pixels=56 * 56, max_pixels=112 * 112)
+    return processor_class(image_processor=Qwen2VLImageProcessor(patch_size=14, merge_size=2, **sizes),
+                           video_processor=Qwen2VLVideoProcessor(patch_size=14, merge_size=2, **sizes),
+                           tokenizer=tokenizer, chat_template=QWEN2_VL_CHAT_TEMPLATE)
+
+
 def build_qwen2_vl(out: Path, seed: int) -> Path:
     """Qwen2-VL: patch 14, merge 2 (smart_resize factor 28), at most 16 image tokens (112x112 px)."""
-    from transformers import (
-        Qwen2VLConfig,
-        Qwen2VLForConditionalGeneration,
-        Qwen2VLImageProcessor,
-        Qwen2VLProcessor,
-        Qwen2VLVideoProcessor,
-    )
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
 
     tokenizer = _qwen_tokenizer()
     torch.manual_seed(seed)
-    text = _qwen_text(tokenizer, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                                                  "mrope_section": [2, 3, 3]})
+    text = _qwen_text(tokenizer, rope_parameters=_qwen2_rope())
     vision = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14,
                   spatial_merge_size=2, temporal_patch_size=2)
     config = Qwen2VLConfig(text_config=text, vision_config=vision, **_qwen_token_ids(tokenizer))
     model = Qwen2VLForConditionalGeneration(config).eval()
-    sizes = dict(min_pixels=56 * 56, max_pixels=112 * 112)
-    processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(patch_size=14, merge_size=2, **sizes),
-                                 video_processor=Qwen2VLVideoProcessor(patch_size=14, merge_size=2, **sizes),
-                                 tokenizer=tokenizer, chat_template=QWEN2_VL_CHAT_TEMPLATE)
-    return _qwen_finish(model, processor, tokenizer, out / "qwen2_vl")
+    return _qwen_finish(model, _qwen2_processor(Qwen2VLProcessor, tokenizer), tokenizer, out / "qwen2_vl")
 
 
 def build_qwen2_5_vl(out: Path, seed: int) -> Path:
     """Qwen2.5-VL: window attention in the vision tower, same resize rule as Qwen2-VL."""
-    from transformers import (
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2_5_VLProcessor,
-        Qwen2VLImageProcessor,
-        Qwen2VLVideoProcessor,
-    )
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
 
     tokenizer = _qwen_tokenizer()
     torch.manual_seed(seed)
-    text = _qwen_text(tokenizer, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                                                  "mrope_section": [2, 3, 3]})
+    text = _qwen_text(tokenizer, rope_parameters=_qwen2_rope())
     vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14, spatial_merge_size=2,
                   temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1], out_hidden_size=64)
     config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **_qwen_token_ids(tokenizer))
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    sizes = dict(min_pixels=56 * 56, max_pixels=112 * 112)
-    processor = Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(patch_size=14, merge_size=2, **sizes),
-                                    video_processor=Qwen2VLVideoProcessor(patch_size=14, merge_size=2, **sizes),
-                                    tokenizer=tokenizer, chat_template=QWEN2_VL_CHAT_TEMPLATE)
-    return _qwen_finish(model, processor, tokenizer, out / "qwen2_5_vl")
+    return _qwen_finish(model, _qwen2_processor(Qwen2_5_VLProcessor, tokenizer), tokenizer, out / "qwen2_5_vl")
 
 
 def build_qwen3_vl(out: Path, seed: int) -> Path:

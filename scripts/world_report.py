@@ -4,7 +4,8 @@
         --questions world_output/predictions.jsonl --out_dir world_output/baselines
     python scripts/world_report.py surface --annotations world_output/annotations.json \\
         --ground_truth world/heldout.json --output_file world_output/surface.json
-    python scripts/world_report.py results --run_dir world_output
+    python scripts/world_report.py results --run_dir world_output \\
+        [--readme README.md --command "make world" --minutes 20]
 
 ``baselines`` answers every test question (read from a predictions file, which carries the
 question, its type and its ground-truth reference) two ways and writes predictions files that
@@ -13,7 +14,12 @@ training answer to the same question, else to its type; for grounding the mean t
 ``chance.jsonl`` (an answer drawn uniformly, seeded, from the training split's answers of that
 type). ``surface`` checks that each annotated object's description names the surface its scene
 truly lies on. ``results`` gathers the run's figures into ``results.json`` and ``results.md``
-and prints the table.
+and prints the table; with ``--readme`` it also writes the table (and a line naming the
+command, WORLD_MINUTES, the run's seconds and the date) between the README's
+``<!-- world-results:begin -->`` and ``<!-- world-results:end -->`` markers, so that the
+README's table is the command's output, never typed by hand. Detection gets a chance row:
+YOLO's own boxes scored on another held-out image (same number, sizes and classes of boxes,
+no look at the image), the figure a detector that does not look at the image reaches.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ import json
 import random
 import sys
 from collections import Counter
+from datetime import datetime, timezone
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file: scripts/ is not an installed package
@@ -29,14 +36,22 @@ if __package__ in (None, ""):  # run as a file: scripts/ is not an installed pac
 
 from vlm_annotation.boxes import format_box, parse_box  # noqa: E402
 from vlm_annotation.describer import description_surface  # noqa: E402
-from vlm_annotation.io_utils import iter_jsonl, read_json, write_json_atomic, write_text_atomic  # noqa: E402
+from vlm_annotation.io_utils import (  # noqa: E402
+    InputError,
+    iter_jsonl,
+    read_json,
+    write_json_atomic,
+    write_text_atomic,
+)
 from vlm_annotation.prompts import IMAGE_TOKEN  # noqa: E402
+from vlm_annotation.runtime import report_input_errors  # noqa: E402
 from vlm_annotation.schema import QA_TYPES  # noqa: E402
 
 # The figure each question type is judged by (metrics.json of vlm_inference/evaluate.py).
 HEADLINE = {"count": "count_exact", "count_class": "count_exact", "grounding": "acc@0.5",
             "region_description": "cider"}
-DETECTORS = ("yolo", "rtdetr", "wbf", "nms", "fusion_sweep")
+DETECTORS = ("yolo", "rtdetr", "wbf", "nms", "fusion_sweep", "chance")
+README_BEGIN, README_END = "<!-- world-results:begin -->", "<!-- world-results:end -->"
 
 
 def headline(qtype: str) -> str:
@@ -143,6 +158,35 @@ def detection_figures(metrics: dict | None) -> dict:
     return out
 
 
+def detection_chance(annotations: Path, ground_truth: Path, detector: str = "yolo", seed: int = 0) -> dict | None:
+    """mAP50 of ``detector``'s boxes (kept in the annotation file) moved to another image.
+
+    Every image gets the boxes found on another one (a random cyclic shift of the image
+    order), scaled to its size: the same number, sizes, classes and scores of boxes as the
+    detector's, placed without looking at the image. None when the file kept no detector boxes.
+    """
+    from vlm_annotation.evaluate_annotations import coco_evaluate, load_ground_truth
+
+    records = [r for r in read_json(annotations)["images"] if detector in (r.get("detector_boxes") or {})]
+    truth = load_ground_truth(ground_truth)
+    records = [r for r in records if r["image"] in truth.images]
+    if len(records) < 2:
+        return None
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    predictions = {}
+    for k, i in enumerate(order):
+        target, source = records[i], records[order[(k + 1) % len(order)]]
+        sx, sy = target["width"] / source["width"], target["height"] / source["height"]
+        predictions[target["image"]] = [
+            {"label": d["label"], "score": d["score"],
+             "bbox": [d["bbox"][0] * sx, d["bbox"][1] * sy, d["bbox"][2] * sx, d["bbox"][3] * sy]}
+            for d in source["detector_boxes"][detector] if d["label"] in truth.vocabulary]
+    scored = coco_evaluate({r["image"]: truth.images[r["image"]] for r in records}, predictions, truth.vocabulary)
+    return {"what": f"{detector}'s boxes of another image", **{k: scored.get(k) for k in
+                                                                ("map50", "map", "precision", "recall")}}
+
+
 def collect_results(run: Path) -> dict:
     model, untrained = _load(run / "eval" / "model.json"), _load(run / "eval" / "untrained.json")
     majority, chance = _load(run / "eval" / "majority.json"), _load(run / "eval" / "chance.json")
@@ -160,8 +204,13 @@ def collect_results(run: Path) -> dict:
             name, _, secs = line.partition("\t")
             if secs:
                 timings[name] = float(secs)
+    detection = detection_figures(_load(run / "detection.json"))
+    if detection and (run / "annotations.json").is_file() and (run / "world" / "heldout.json").is_file():
+        chance = detection_chance(run / "annotations.json", run / "world" / "heldout.json")
+        if chance:
+            detection["chance"] = chance
     results = {
-        "detection": detection_figures(_load(run / "detection.json")),
+        "detection": detection,
         "descriptions": _load(run / "surface.json") or {},
         "vlm": vlm,
         "stages": timings,
@@ -179,7 +228,8 @@ def results_table(results: dict) -> str:
     det = results["detection"]
     for name in DETECTORS:
         if name in det:
-            what = f"fusion at the --sweep setting ({det[name]['flags']})" if name == "fusion_sweep" else name
+            what = f"fusion at the --sweep setting ({det[name]['flags']})" if name == "fusion_sweep" else \
+                f"chance ({det[name]['what']})" if name == "chance" else name
             lines.append(f"| detection mAP50, {what} | {_f(det[name].get('map50'))} |")
     d = results["descriptions"]
     if d:
@@ -195,9 +245,27 @@ def results_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------- README
+def results_block(table: str, command: str, minutes: str, seconds: float | None, when: str) -> str:
+    """What goes between the README's markers: one line saying how the table was made, then the table."""
+    took = "" if seconds is None else f", {seconds:.0f} s"
+    return f"Generated by `{command}` (WORLD_MINUTES={minutes}{took}, {when}):\n\n{table.rstrip()}\n"
+
+
+def replace_results_block(text: str, block: str, where: str = "README") -> str:
+    """``text`` with whatever lies between the begin and end markers replaced by ``block`` (markers kept,
+    each on its own line). ValueError naming ``where`` unless each marker occurs once, begin first."""
+    if text.count(README_BEGIN) != 1 or text.count(README_END) != 1:
+        raise ValueError(f"{where}: needs exactly one {README_BEGIN} and one {README_END} line")
+    start, end = text.index(README_BEGIN) + len(README_BEGIN), text.index(README_END)
+    if end < start:
+        raise ValueError(f"{where}: {README_END} comes before {README_BEGIN}")
+    return f"{text[:start]}\n{block.rstrip()}\n{text[end:]}"
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="action", required=True)
     b = sub.add_parser("baselines", help="majority and chance answers to the test questions")
     b.add_argument("--train", required=True, help="training split in LLaVA format (train_llava.json)")
     b.add_argument("--questions", required=True, help="a predictions.jsonl of the test questions (any model)")
@@ -209,15 +277,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     s.add_argument("--output_file", required=True, help="JSON file to write")
     r = sub.add_parser("results", help="results.json, results.md and the printed table of a world run")
     r.add_argument("--run_dir", required=True, help="the world run's output folder")
-    return p.parse_args(argv)
+    r.add_argument("--readme", default=None,
+                   help=f"also write the table between the {README_BEGIN} and {README_END} lines of this file")
+    r.add_argument("--command", default="make world", help="the command named above the README table")
+    r.add_argument("--minutes", default="20", help="WORLD_MINUTES of the run, named above the README table")
+    args = p.parse_args(argv)
+    if args.action == "results" and args.readme:
+        try:
+            replace_results_block(Path(args.readme).read_text(encoding="utf-8"), "", f"--readme {args.readme}")
+        except OSError as e:
+            raise InputError(f"--readme: cannot read {args.readme}: {e.strerror or e}") from None
+        except ValueError as e:
+            raise InputError(str(e)) from None
+    return args
 
 
+@report_input_errors
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.command == "baselines":
+    if args.action == "baselines":
         paths = write_baselines(Path(args.train), Path(args.questions), Path(args.out_dir), args.seed)
         print(f"baselines: {', '.join(str(p) for p in paths.values())}", flush=True)
-    elif args.command == "surface":
+    elif args.action == "surface":
         result = surface_accuracy(Path(args.annotations), Path(args.ground_truth))
         write_json_atomic(args.output_file, result)
         print(f"descriptions name the true surface for {_f(result['surface_accuracy'])} of {result['objects']} "
@@ -229,6 +310,13 @@ def main(argv=None) -> int:
         write_json_atomic(run / "results.json", results)
         write_text_atomic(run / "results.md", table + "\n")
         print(table, flush=True)
+        if args.readme:
+            when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+            block = results_block(table, args.command, args.minutes, results.get("seconds"), when)
+            readme = Path(args.readme)
+            write_text_atomic(readme, replace_results_block(readme.read_text(encoding="utf-8"), block,
+                                                            f"--readme {readme}"))
+            print(f"results table written into {readme}", flush=True)
     return 0
 
 

@@ -298,6 +298,7 @@ def test_the_guides_flags_map_onto_training_arguments(toy, tiny_models, tmp_path
 
 @pytest.mark.parametrize("flags, expected", [
     (["--precision", "fp32", "--bf16"], "--precision fp32 and --bf16 disagree"),
+    (["--dtype", "int3"], "--precision: 'int3' is not one of auto, fp32, bf16, fp16"),
     (["--lr_scheduler_type", "nope"], None),
     (["--system_prompt", " "], "--system_prompt: a system prompt cannot be blank"),
     (["--max_steps", "0"], "--max_steps and --eval_steps must be >= 1"),

@@ -1,6 +1,6 @@
 """Stage 6: score predictions against their references, by question type.
 
-    python vlm_inference/evaluate.py --predictions predictions.jsonl --output_file metrics.json \
+    python vlm_inference/evaluate.py --predictions predictions.jsonl --output_file metrics.json \\
         [--baseline base_predictions.jsonl] [--report report.md]
 
 Reads the ``predictions.jsonl`` that ``predict.py`` writes (one JSON object a line: ``id``,

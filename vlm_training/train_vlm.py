@@ -216,8 +216,8 @@ class VLMTrainingArguments(TrainingArguments):
             raise InputError("--output_dir is required")
         try:
             self.precision = precision_name(self.precision)
-        except Exception:
-            raise InputError(f"--precision: {self.precision!r} is not one of auto, fp32, bf16, fp16") from None
+        except argparse.ArgumentTypeError as e:  # the one list of names: runtime.PRECISIONS
+            raise InputError(f"--precision: {e}") from None
         named = [p for p in ("bf16", "fp16", "fp32") if getattr(self, p)]
         if len(named) > 1 or (named and self.precision not in ("auto", named[0])):
             raise InputError(f"--precision {self.precision} and --{' --'.join(named)} disagree; give one")
