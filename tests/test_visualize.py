@@ -24,6 +24,7 @@ from vlm_annotation.visualize import (
     main,
     object_caption,
     text_colour,
+    upscale_factor,
 )
 
 NASTY = '<b>& "quoted"'  # must reach the page as text, never as markup
@@ -95,6 +96,10 @@ def test_small_helpers():
     assert downscale_factor(2000, 1000, 1000) == 0.5
     assert downscale_factor(800, 600, 1000) == 1.0
     assert downscale_factor(4000, 3000, 0) == 1.0
+    assert upscale_factor(128, 80, 384) == 3.0      # whole factors: 384 px
+    assert upscale_factor(100, 40, 384) == 4.0      # 400 px, never below min_side
+    assert upscale_factor(640, 480, 384) == 1.0
+    assert upscale_factor(128, 80, 0) == 1.0
     assert drawn_name(7, "sub dir/x&y.png") == "00007_sub_dir__x_y.jpg"
     assert text_colour((255, 225, 25)) == (0, 0, 0) and text_colour((0, 0, 128)) == (255, 255, 255)
 
@@ -103,7 +108,7 @@ def test_small_helpers():
 
 def test_gallery_draws_images_and_lists_everything(dataset, tmp_path, capsys):
     out = tmp_path / "review"
-    assert _run(dataset, out) == 0
+    assert _run(dataset, out, "--min_side", "0") == 0  # drawn at the images' own size: pixels checked below
     stdout = capsys.readouterr().out
     assert "2 images drawn" in stdout and "1 missing or unreadable" in stdout
     assert "1 skipped by the annotator" in stdout and str(out / "index.html") in stdout
@@ -193,7 +198,7 @@ def test_size_mismatch_is_noted_and_boxes_scaled(dataset, tmp_path):
     images = dataset["images"]
     Image.new("RGB", (100, 75), GREY).save(images / "a.jpg", quality=95)  # half of 200x150
     out = tmp_path / "review"
-    assert _run(dataset, out, "--line_width", "2") == 0
+    assert _run(dataset, out, "--line_width", "2", "--min_side", "0") == 0
     a = np.asarray(Image.open(out / "images" / "00000_a.jpg").convert("RGB"), dtype=int)
     glass = np.array(class_colours(["glass", "can", "paper"])["glass"])
     assert np.abs(a[40, 10] - glass).max() < 30      # glass left edge x=20 -> 10

@@ -37,7 +37,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input_files", nargs="+", required=True, help="the shard annotation files to merge")
     p.add_argument("--output_file", required=True, help="merged annotation file to write")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # Every flag is checked here, once.
+    args.input_paths = [require_path(f, "--input_files", "file") for f in args.input_files]
+    require_output_file(args.output_file, "--output_file", {f"--input_files ({f})": f for f in args.input_paths})
+    return args
 
 
 def _common_meta(meta: dict) -> dict:
@@ -143,8 +147,7 @@ def check_shards(readers: list[AnnotationReader], image_digests: bytearray) -> t
 def main(argv=None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
-    paths = [require_path(p, "--input_files", "file") for p in args.input_files]
-    require_output_file(args.output_file, "--output_file", {f"--input_files ({p})": p for p in paths})
+    paths = args.input_paths
     out = Path(args.output_file)
     with single_writer(out, "--output_file"):
         try:

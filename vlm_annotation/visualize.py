@@ -66,6 +66,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max_side", type=int, default=1024,
                    help="downscale drawn images so their longer side is at most this many pixels; "
                         "0 keeps the original size (default: 1024)")
+    p.add_argument("--min_side", type=int, default=384,
+                   help="upscale drawn images whose longer side is shorter than this many pixels, so small "
+                        "images stay readable under their labels; 0 keeps the original size (default: 384)")
     p.add_argument("--line_width", type=int, default=0,
                    help="box outline width in pixels of the drawn image; 0 picks one from the "
                         "image size (default: 0)")
@@ -85,6 +88,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise InputError(f"--max_images must be at least 1, got {args.max_images}")
     if args.max_side < 0:
         raise InputError(f"--max_side must be 0 (keep size) or positive, got {args.max_side}")
+    if args.min_side < 0 or (args.max_side and args.min_side > args.max_side):
+        raise InputError(f"--min_side must be 0 (keep size) or between 1 and --max_side, got {args.min_side}")
     if not 0 <= args.line_width <= MAX_LINE_WIDTH:
         raise InputError(f"--line_width must be 0 (auto) or 1..{MAX_LINE_WIDTH}, got {args.line_width}")
     if args.per_page < 1:
@@ -112,6 +117,14 @@ def downscale_factor(width: int, height: int, max_side: int) -> float:
     if max_side <= 0 or max(width, height) <= max_side:
         return 1.0
     return max_side / max(width, height)
+
+
+def upscale_factor(width: int, height: int, min_side: int) -> float:
+    """A whole factor that brings a small image's longer side to ``min_side`` or more (1 for larger ones)."""
+    longer = max(width, height)
+    if min_side <= 0 or longer >= min_side:
+        return 1.0
+    return float(-(-min_side // longer))
 
 
 def auto_line_width(width: int, height: int) -> int:
@@ -405,7 +418,7 @@ def render_page(*, title: str, summary: str, page: int, n_pages: int, entries: l
 # ----------------------------------------------------------------------------- main
 
 def draw_entry(entry: Entry, images_dir: Path, output_dir: Path, colours: dict,
-               max_side: int, line_width: int, jpeg_quality: int) -> None:
+               max_side: int, line_width: int, jpeg_quality: int, min_side: int = 0) -> None:
     """Open, draw and save one image; on an unreadable file set ``entry.problem`` instead."""
     rec = entry.record
     try:
@@ -421,6 +434,9 @@ def draw_entry(entry: Entry, images_dir: Path, output_dir: Path, colours: dict,
     if scale < 1.0:
         image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))),
                              Image.Resampling.LANCZOS)
+    up = upscale_factor(w, h, min_side)
+    if up > 1.0:  # whole factor, nearest pixels: the reviewer sees the image's own pixels, bigger
+        image = image.resize((w * int(up), h * int(up)), Image.Resampling.NEAREST)
     sx, sy = image.width / rec["width"], image.height / rec["height"]
     drawn = draw_objects(image, rec.get("objects", []), sx, sy, colours, line_width)
     rel = f"{IMAGES_SUBDIR}/{drawn_name(entry.index, rec['image'])}"
@@ -478,7 +494,8 @@ def main(argv=None) -> int:
         if index >= info.n_shown:
             break
         entry = Entry(index, rec)
-        draw_entry(entry, images_dir, output_dir, colours, args.max_side, args.line_width, args.jpeg_quality)
+        draw_entry(entry, images_dir, output_dir, colours, args.max_side, args.line_width, args.jpeg_quality,
+                   args.min_side)
         progress.update()
         if entry.problem:
             tqdm.write(f"warning: {rec['image']}: {entry.problem}", file=sys.stderr)

@@ -64,11 +64,11 @@ def validate_llava_record(rec: Any, where: str) -> dict:
         if not isinstance(value, str) or not value.strip():
             raise InputError(f"{where}: conversations[{j}].value must be a non-empty string")
         if j == 0 and not value.startswith(IMAGE_PLACEHOLDER):
-            raise InputError(f"{where}: conversations[0].value must start with '<image>\\n'")
+            raise InputError(f"{where}: conversations[0].value must start with {IMAGE_PLACEHOLDER!r}")
         if j == 0 and not value[len(IMAGE_PLACEHOLDER):].strip():
-            raise InputError(f"{where}: conversations[0].value: empty question after '<image>\\n'")
+            raise InputError(f"{where}: conversations[0].value: empty question after {IMAGE_PLACEHOLDER!r}")
         if IMAGE_TOKEN in (value[len(IMAGE_PLACEHOLDER):] if j == 0 else value):
-            raise InputError(f"{where}: conversations[{j}].value: '<image>' may appear only once, "
+            raise InputError(f"{where}: conversations[{j}].value: {IMAGE_TOKEN!r} may appear only once, "
                              "at the start of the first human turn")
     qa_types = rec.get("qa_types")
     if qa_types is not None and not (isinstance(qa_types, list) and len(qa_types) == len(conv) // 2):

@@ -65,6 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.test_file is None:  # test.json (test.jsonl for a .jsonl --val_file) beside the val file
         val = Path(args.val_file)
         args.test_file = str(val.parent / ("test.jsonl" if val.name.endswith(".jsonl") else "test.json"))
+    # Every flag is checked here, once: ratios, then input and output paths.
+    args.test_ratio = check_ratios(args.train_ratio, args.val_ratio)
+    args.outputs = _check_outputs(args)
     return args
 
 
@@ -260,8 +263,7 @@ def _write_splits(args, outputs, assigner: Assigner, source_meta: dict, split_in
 @report_input_errors
 def main(argv=None) -> int:
     args = parse_args(argv)
-    test_ratio = check_ratios(args.train_ratio, args.val_ratio)
-    outputs = _check_outputs(args)
+    test_ratio, outputs = args.test_ratio, args.outputs
     flags = {"train": "--train_file", "val": "--val_file", "test": "--test_file"}
     with contextlib.ExitStack() as stack:
         for name in SPLITS:
