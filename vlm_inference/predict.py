@@ -36,7 +36,8 @@ if __package__ in (None, ""):  # run as a file: its folder's vlm_inference.py wo
 
 from vlm_annotation.io_utils import InputError, JsonlAppender, stream_jsonl
 from vlm_annotation.runtime import report_input_errors, require_output_file, require_path, single_writer
-from vlm_inference.vlm_inference import InferenceInputError, add_model_args, check_model_args, load_model
+from vlm_inference.model_args import add_model_args, check_model_args, load_model
+from vlm_inference.vlm_inference import InferenceInputError
 from vlm_training import families
 from vlm_training.llava_format import IMAGE_TOKEN, iter_llava_records, record_where, resolve_image_path
 

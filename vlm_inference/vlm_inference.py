@@ -37,10 +37,14 @@ from typing import Any, Iterable, Sequence
 
 from PIL import Image
 
+if __package__ in (None, ""):  # run as a file: this file would shadow the vlm_inference package it imports from
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 from vlm_annotation import boxes, prompts, runtime
 from vlm_annotation.images import ImageLoadError, as_rgb_image
 from vlm_annotation.io_utils import InputError
 from vlm_annotation.prompts import PROMPT_FORMAT_FILE, PromptFormat
+from vlm_inference.model_args import add_model_args, check_model_args, load_model
 from vlm_training import families
 from vlm_training.model_dir import (
     ADAPTER_CONFIG_FILE,
@@ -421,38 +425,6 @@ class VLMInference:
 
 
 # ---------------------------------------------------------------------- command line
-def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """The flags that say which model to load and how (shared with predict.py; checked by check_model_args)."""
-    parser.add_argument("--model_path", required=True,
-                        help="training output (LoRA adapter), a merged/full model folder, or a base model / hub id")
-    parser.add_argument("--base_model", default=None,
-                        help="base model for a LoRA adapter (default: the one named in its adapter_config.json)")
-    parser.add_argument("--max_new_tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
-                        help=f"most tokens per answer (default {DEFAULT_MAX_NEW_TOKENS})")
-    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
-    runtime.add_precision_flag(parser, "auto = bf16 (fp16 where the GPU lacks bf16) on a GPU, fp32 on the CPU")
-    quant = parser.add_mutually_exclusive_group()
-    quant.add_argument("--load_in_8bit", action="store_true", help="load the weights in 8 bits (CUDA only)")
-    quant.add_argument("--load_in_4bit", action="store_true", help="load the weights in 4 bits (CUDA only)")
-
-
-def check_model_args(args: argparse.Namespace) -> None:
-    """The checks of :func:`add_model_args`' flags that need no model loaded."""
-    if args.max_new_tokens < 1:
-        raise InputError(f"--max_new_tokens must be >= 1, got {args.max_new_tokens}")
-    runtime.require_model(args.model_path, "--model_path")
-    refuse_half_written(args.model_path)
-    if args.base_model is not None:
-        runtime.require_model(args.base_model, "--base_model")
-    runtime.resolve_device(args.device)
-
-
-def load_model(args: argparse.Namespace) -> VLMInference:
-    """The model that :func:`add_model_args`' flags name."""
-    return VLMInference(args.model_path, base_model=args.base_model, device=args.device, precision=args.precision,
-                        load_in_8bit=args.load_in_8bit, load_in_4bit=args.load_in_4bit)
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(parser)

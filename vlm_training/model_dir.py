@@ -11,6 +11,7 @@ A finished folder holds the adapter (``adapter_config.json`` + ``adapter_model.s
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 TRAIN_ARGS_FILE = "train_args.json"   # marks a folder train_vlm.py wrote; "status" says whether the run finished
@@ -33,3 +34,29 @@ LOSS_PLOT_FILE = "loss.png"
 def half_written(model_dir: str | os.PathLike) -> bool:
     """True when the final save into ``model_dir`` was interrupted: its files may mix two models."""
     return (Path(model_dir) / SAVING_MARKER).exists()
+
+
+def remove_stale_model_files(out: Path, use_lora: bool, merge_lora: bool) -> list[str]:
+    """Delete what an earlier run of the other mode (or an old merged model) left in ``out``."""
+    removed = []
+    candidates = [out / n for n in (FULL_MODEL_FILES if use_lora else ADAPTER_FILES)]
+    if use_lora:
+        candidates += sorted(out.glob("model-*-of-*.safetensors"))
+    for path in candidates:
+        if path.is_file():
+            path.unlink()
+            removed.append(path.name)
+    if not merge_lora and (out / MERGED_DIR).is_dir():
+        shutil.rmtree(out / MERGED_DIR)
+        removed.append(MERGED_DIR + "/")
+    return removed
+
+
+def move_into(tmp: Path, dest: Path) -> None:
+    """Move every entry of ``tmp`` into ``dest`` (each rename atomic) and remove ``tmp``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for entry in tmp.iterdir():
+        if (dest / entry.name).is_dir():
+            shutil.rmtree(dest / entry.name)
+        os.replace(entry, dest / entry.name)
+    tmp.rmdir()

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import HfArgumentParser, TrainerCallback, TrainingArguments
+from transformers import HfArgumentParser, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy, SchedulerType
 
 from vlm_annotation.io_utils import InputError, write_json_atomic
@@ -72,12 +72,18 @@ from vlm_training.model_dir import (
     METRICS_FILE,
     SAVING_MARKER,
     TRAIN_ARGS_FILE,
+    move_into,
+    remove_stale_model_files,
 )
 from vlm_training.vlm_trainer import (
     RunTotals,
+    SaveFrame,
     StopOnSignal,
     VLMTrainer,
+    collect_metrics,
+    count_parameters,
     is_complete_checkpoint,
+    plot_loss,
     resolve_checkpoint,
 )
 
@@ -362,86 +368,7 @@ def prepare_trainable(model, args: ModelArguments, checkpointing: bool):
     return model
 
 
-class SaveFrame(TrainerCallback):
-    """Every checkpoint carries the box frame too, as the final model does (box_frame.json)."""
-
-    def __init__(self, frame: families.BoxFrame):
-        self.frame = frame
-
-    def on_save(self, args, state, control, **kwargs):
-        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-        if state.is_world_process_zero and folder.is_dir():
-            self.frame.save(folder)
-
-
-def count_parameters(model) -> tuple[int, int]:
-    # Under DeepSpeed ZeRO-3 the weights are partitioned and numel() is 0: ds_numel is the real size.
-    def size(p):
-        return getattr(p, "ds_numel", 0) or p.numel()
-    trainable = sum(size(p) for p in model.parameters() if p.requires_grad)
-    total = sum(size(p) for p in model.parameters())
-    return trainable, total
-
-
 # --------------------------------------------------------------------------- outputs
-def collect_metrics(log_history: list[dict]) -> dict:
-    train = [{"step": e["step"], "loss": e["loss"], "learning_rate": e.get("learning_rate"),
-              "epoch": e.get("epoch")} for e in log_history if "loss" in e and "step" in e]
-    evals = [{"step": e["step"], "loss": e["eval_loss"], "epoch": e.get("epoch")}
-             for e in log_history if "eval_loss" in e]
-    # Each logged loss averages the steps since the one before: weighted, they give the run's mean.
-    steps = [0] + [e["step"] for e in train]
-    weighted = sum(e["loss"] * (s - prev) for e, s, prev in zip(train, steps[1:], steps))
-    return {"train_loss": train, "eval_loss": evals, "train_loss_mean": weighted / steps[-1] if train else None}
-
-
-def plot_loss(metrics: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for key, label, big in (("train_loss", "train loss", 50), ("eval_loss", "eval loss", 30)):
-        if metrics[key]:
-            ax.plot([e["step"] for e in metrics[key]], [e["loss"] for e in metrics[key]], label=label,
-                    marker=("." if key == "train_loss" else "o") if len(metrics[key]) < big else None)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (answer tokens)")
-    ax.set_title("LLaVA fine-tuning")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-def remove_stale_model_files(out: Path, use_lora: bool, merge_lora: bool) -> list[str]:
-    """Delete what an earlier run of the other mode (or an old merged model) left in ``out``."""
-    removed = []
-    candidates = [out / n for n in (FULL_MODEL_FILES if use_lora else ADAPTER_FILES)]
-    if use_lora:
-        candidates += sorted(out.glob("model-*-of-*.safetensors"))
-    for path in candidates:
-        if path.is_file():
-            path.unlink()
-            removed.append(path.name)
-    if not merge_lora and (out / MERGED_DIR).is_dir():
-        shutil.rmtree(out / MERGED_DIR)
-        removed.append(MERGED_DIR + "/")
-    return removed
-
-
-def move_into(tmp: Path, dest: Path) -> None:
-    """Move every entry of ``tmp`` into ``dest`` (each rename atomic) and remove ``tmp``."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for entry in tmp.iterdir():
-        if (dest / entry.name).is_dir():
-            shutil.rmtree(dest / entry.name)
-        os.replace(entry, dest / entry.name)
-    tmp.rmdir()
-
-
 def save_final(trainer, out: Path, processor, fmt: PromptFormat, model_args: ModelArguments,
                record: dict, metrics: dict) -> None:
     """Write the model into a temp folder, then move it into ``out`` while SAVING_MARKER is there.

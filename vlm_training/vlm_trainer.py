@@ -1,4 +1,5 @@
-"""The Trainer of stage 4 and what makes a training run resumable after any interruption.
+"""The Trainer of stage 4, its callbacks and run metrics, and what makes a training run resumable after any
+interruption.
 
 - :class:`VLMTrainer`: transformers' Trainer with length grouping from precomputed lengths, own learning
   rates for the projector and the vision tower, and token counts for the padding fraction.
@@ -6,11 +7,14 @@
 - :class:`RunTotals`: seconds, examples and tokens of the whole run, carried in every checkpoint.
 - :func:`resolve_checkpoint`: the checkpoint a run continues from: the newest *complete* one
   (:func:`is_complete_checkpoint`), of an interrupted run of the same settings.
+- :class:`SaveFrame`, :func:`count_parameters`, :func:`collect_metrics`, :func:`plot_loss`: what every
+  checkpoint and the final metrics.json / loss.png hold.
 """
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sys
 import threading
@@ -24,6 +28,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from vlm_annotation.io_utils import InputError
 from vlm_annotation.runtime import Terminated
+from vlm_training import families
 from vlm_training.model_dir import ADAPTER_WEIGHT_FILES, MODEL_WEIGHT_FILES, TRAIN_ARGS_FILE
 
 # Settings a checkpoint must share with the run that resumes it (else its weights do not fit).
@@ -198,3 +203,57 @@ class VLMTrainer(Trainer):
             self.totals.padding += int(mask.numel() - mask.sum().item())
         return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                     num_items_in_batch=num_items_in_batch)
+
+
+class SaveFrame(TrainerCallback):
+    """Every checkpoint carries the box frame too, as the final model does (box_frame.json)."""
+
+    def __init__(self, frame: families.BoxFrame):
+        self.frame = frame
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir():
+            self.frame.save(folder)
+
+
+def count_parameters(model) -> tuple[int, int]:
+    # Under DeepSpeed ZeRO-3 the weights are partitioned and numel() is 0: ds_numel is the real size.
+    def size(p):
+        return getattr(p, "ds_numel", 0) or p.numel()
+    trainable = sum(size(p) for p in model.parameters() if p.requires_grad)
+    total = sum(size(p) for p in model.parameters())
+    return trainable, total
+
+
+# --------------------------------------------------------------------------- run metrics
+def collect_metrics(log_history: list[dict]) -> dict:
+    train = [{"step": e["step"], "loss": e["loss"], "learning_rate": e.get("learning_rate"),
+              "epoch": e.get("epoch")} for e in log_history if "loss" in e and "step" in e]
+    evals = [{"step": e["step"], "loss": e["eval_loss"], "epoch": e.get("epoch")}
+             for e in log_history if "eval_loss" in e]
+    # Each logged loss averages the steps since the one before: weighted, they give the run's mean.
+    steps = [0] + [e["step"] for e in train]
+    weighted = sum(e["loss"] * (s - prev) for e, s, prev in zip(train, steps[1:], steps))
+    return {"train_loss": train, "eval_loss": evals, "train_loss_mean": weighted / steps[-1] if train else None}
+
+
+def plot_loss(metrics: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label, big in (("train_loss", "train loss", 50), ("eval_loss", "eval loss", 30)):
+        if metrics[key]:
+            ax.plot([e["step"] for e in metrics[key]], [e["loss"] for e in metrics[key]], label=label,
+                    marker=("." if key == "train_loss" else "o") if len(metrics[key]) < big else None)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (answer tokens)")
+    ax.set_title("LLaVA fine-tuning")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
