@@ -6,9 +6,10 @@ Builds YOLOv8n from its yaml (``YOLO("yolov8n.yaml")``, as models/make_tiny_mode
 the world's classes) and calls ``YOLO.train`` on an Ultralytics dataset of the world's training
 pool: ``--data`` names one (scripts/world.sh makes it with ``vlm_annotation/export_annotations.py
 --format yolo`` from the ground truth), else this script writes it from ``WORLD/train.json``
-(``data.yaml``, ``images/``, ``labels/`` with normalised ``class cx cy w h`` lines). Seeded; bounded by ``--epochs`` and by ``--minutes`` (Ultralytics' ``time``
-argument). Writes ``OUT/yolo.pt``, which ``data_annotation.py --yolo_model`` loads like any
-other Ultralytics checkpoint, and ``OUT/train_info.json`` (command, seed, seconds).
+(``data.yaml``, ``images/``, ``labels/`` with normalised ``class cx cy w h`` lines). Seeded; bounded
+by ``--epochs`` and by ``--minutes`` (a callback stops after the epoch when another would not fit).
+Writes ``OUT/yolo.pt``, which ``data_annotation.py --yolo_model`` loads like any other Ultralytics
+checkpoint, and ``OUT/train_info.json`` (command, seed, seconds).
 """
 from __future__ import annotations
 
@@ -138,8 +139,9 @@ def main(argv=None) -> int:
     model.train(data=str(data_yaml), epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, device="cpu",
                 workers=0, seed=args.seed, deterministic=True, plots=False, amp=False, project=str(work.resolve()),
                 name="run", exist_ok=True, verbose=False, val=False, cache=False, patience=1000,
-                optimizer="AdamW", lr0=args.lr0, mosaic=args.mosaic, close_mosaic=max(1, args.epochs // 4), warmup_epochs=1.0, fliplr=0.5,
-                flipud=0.5, scale=0.2, erasing=0.0)  # the world's objects vary in size less than COCO's
+                optimizer="AdamW", lr0=args.lr0, mosaic=args.mosaic, close_mosaic=max(1, args.epochs // 4),
+                # scale 0.2: the world's objects vary in size less than COCO's
+                warmup_epochs=1.0, fliplr=0.5, flipud=0.5, scale=0.2, erasing=0.0)
     torch.set_num_threads(threads)
     weights = work / "run" / "weights"
     best = weights / "last.pt"  # validation only runs at the end (val=False): the last epoch is the model
@@ -149,7 +151,8 @@ def main(argv=None) -> int:
         shutil.copyfile(work / "run" / "results.csv", out / "results.csv")
     seconds = time.perf_counter() - start
     write_json_atomic(out / "train_info.json", {
-        "model": f"yolov8.yaml at width {args.width}", "trainer": "ultralytics", "command": " ".join([sys.argv[0]] + (argv or sys.argv[1:])),
+        "model": f"yolov8.yaml at width {args.width}", "trainer": "ultralytics",
+        "command": " ".join([sys.argv[0]] + (argv or sys.argv[1:])),
         "seed": args.seed, "epochs": args.epochs, "imgsz": args.imgsz, "seconds": round(seconds, 1)})
     shutil.rmtree(work, ignore_errors=True)
     print(f"trained YOLO on {args.world} in {seconds:.1f}s -> {out / 'yolo.pt'}", flush=True)

@@ -8,6 +8,9 @@
 #   WORLD_MINUTES  budget: 20 (default, fits 20 minutes on 2 CPU cores) or 60 (more scenes, longer training)
 #   WORLD_DIR      output folder (default world_output); the scenes in WORLD_DIR/world are kept between runs
 #   WORLD_SEED     seed of the world and of every training run (default 0)
+#   WORLD_THREADS  torch/OpenMP threads of every stage (default 1: on a CPU shared with other jobs, two threads
+#                  ran train_vlm.py 5x slower than one; 0 keeps torch's default, for a quiet machine)
+#   WORLD_README=1 also write the table between the world-results markers of README.md
 # Writes WORLD_DIR/results.json, WORLD_DIR/results.md (the README table) and prints the table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +18,14 @@ PY=${PYTHON:-.venv/bin/python}
 OUT=${WORLD_DIR:-world_output}
 MINUTES=${WORLD_MINUTES:-20}
 SEED=${WORLD_SEED:-0}
+THREADS=${WORLD_THREADS:-1}
+if [ "$THREADS" -gt 0 ]; then
+    export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
+fi
+if [ "${WORLD_README:-0}" = 1 ] && ! grep -q '^<!-- world-results:begin -->$' README.md; then
+    echo "error: WORLD_README=1: README.md has no '<!-- world-results:begin -->' line" >&2
+    exit 2
+fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 YOLO_OFFLINE=1 TOKENIZERS_PARALLELISM=false MPLBACKEND=Agg
 
 # Budgets (minutes of training per model, scenes, VLM steps). 20: the default run; 60: the longer one.
@@ -29,7 +40,7 @@ if [ "$MINUTES" -ge 60 ]; then
 elif [ "$MINUTES" -ge 20 ]; then
     TRAIN_SCENES=800 HELDOUT_SCENES=2500 YOLO_EPOCHS=35 YOLO_MIN=4 DETR_MIN=1.5 BLIP_MIN=0.75 VLM_STEPS=250
     QA_TYPES="count exists surface"
-else  # a quick look (tests/test_world.py runs this one, smaller still)
+else  # a quick look (tests/test_world.py runs a smaller one still, with the committed detectors and captioner)
     TRAIN_SCENES=400 HELDOUT_SCENES=800 YOLO_EPOCHS=10 YOLO_MIN=1.5 DETR_MIN=1 BLIP_MIN=0.5 VLM_STEPS=120
     QA_TYPES="count surface"
 fi
@@ -44,6 +55,7 @@ DETR_EPOCHS=${WORLD_DETR_EPOCHS:-40}
 BLIP_MIN=${WORLD_BLIP_MIN:-$BLIP_MIN}
 BLIP_EPOCHS=${WORLD_BLIP_EPOCHS:-6}
 VLM_BATCH=${WORLD_VLM_BATCH:-16}
+VLM_LR=${WORLD_VLM_LR:-1e-3}
 VLM_STEPS=${WORLD_VLM_STEPS:-$VLM_STEPS}
 QA_TYPES=${WORLD_QA_TYPES:-$QA_TYPES}
 # WORLD_SAVE_MODELS=DIR: copy the trained models (small: what scripts/demo.sh loads) to DIR at the end.
@@ -121,9 +133,9 @@ stage vlm_data prepare_vlm_data
 
 stage vlm_train $PY vlm_training/train_vlm.py --train_data "$OUT/train_llava.json" --val_data "$OUT/val_llava.json" \
     --image_dir "$HELD" --output_dir "$OUT/vlm_model" --base_model "$M/llava" --train_vision_tower \
-    --system_prompt none --learning_rate 1e-3 --weight_decay 0.0 --batch_size "$VLM_BATCH" --max_steps "$VLM_STEPS" \
-    --warmup_ratio 0.03 --max_length 512 --logging_steps 20 --eval_steps "$VLM_STEPS" --save_steps 0 \
-    --seed "$SEED"
+    --system_prompt none --learning_rate "$VLM_LR" --weight_decay 0.0 --batch_size "$VLM_BATCH" \
+    --max_steps "$VLM_STEPS" --warmup_ratio 0.03 --max_length 512 --logging_steps 20 --eval_steps "$VLM_STEPS" \
+    --save_steps 0 --seed "$SEED"
 
 predict_all() {
     $PY vlm_inference/predict.py --model_path "$OUT/vlm_model" --data "$OUT/test_llava.json" --image_dir "$HELD" \
@@ -145,7 +157,11 @@ evaluate_all() {
 stage vlm_evaluate evaluate_all
 
 printf '\n== results (held-out scenes, scored against the ground truth)\n'
-$PY scripts/world_report.py results --run_dir "$OUT"
+README_ARGS=()
+if [ "${WORLD_README:-0}" = 1 ]; then  # the README's results table is this command's output
+    README_ARGS=(--readme README.md --command "make world" --minutes "$MINUTES")
+fi
+$PY scripts/world_report.py results --run_dir "$OUT" ${README_ARGS[@]+"${README_ARGS[@]}"}
 if [ -n "$SAVE_MODELS" ]; then
     rm -rf "$SAVE_MODELS" && mkdir -p "$SAVE_MODELS/yolo" "$SAVE_MODELS/vlm"
     cp "$M/yolo/yolo.pt" "$M/yolo/train_info.json" "$SAVE_MODELS/yolo/"

@@ -29,7 +29,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from vlm_annotation.io_utils import InputError
 from vlm_annotation.runtime import Terminated
 from vlm_training import families
-from vlm_training.model_dir import ADAPTER_WEIGHT_FILES, MODEL_WEIGHT_FILES, TRAIN_ARGS_FILE
+from vlm_training.model_dir import ADAPTER_WEIGHT_FILES, MODEL_CONFIG_FILE, MODEL_WEIGHT_FILES, TRAIN_ARGS_FILE
 
 # Settings a checkpoint must share with the run that resumes it (else its weights do not fit).
 RESUME_KEYS = ("base_model", "use_lora", "lora_r", "lora_alpha", "train_projector", "train_vision_tower")
@@ -194,6 +194,23 @@ class VLMTrainer(Trainer):
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
         return self.optimizer
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        """Reload a full (non-adapter) checkpoint through ``from_pretrained``, strictly.
+
+        transformers 5 saves LLaVA-family weights under their legacy names (``language_model.model.*``) and its
+        Trainer reloads a checkpoint with a non-strict ``load_state_dict``: every key misses, nothing loads, and
+        the run silently continues from the base weights. ``from_pretrained`` maps the names; the strict load
+        then proves every weight arrived. Adapters, DeepSpeed and FSDP keep the Trainer's own path.
+        """
+        model = self.model if model is None else model
+        folder = Path(resume_from_checkpoint)
+        full = (folder / MODEL_CONFIG_FILE).is_file() and any((folder / n).is_file() for n in MODEL_WEIGHT_FILES)
+        if not full or self.is_deepspeed_enabled or self.is_fsdp_enabled or hasattr(model, "peft_config"):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        dtype = next(model.parameters()).dtype
+        saved = type(model).from_pretrained(folder, dtype=dtype).state_dict()
+        model.load_state_dict(saved, strict=True)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training and "attention_mask" in inputs:
