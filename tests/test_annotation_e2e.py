@@ -12,6 +12,7 @@ from PIL import Image
 
 from vlm_annotation import data_annotation, evaluate_annotations, export_annotations, import_labels, merge_annotations
 from vlm_annotation.data_annotation import fuse_detections
+from vlm_annotation.io_utils import InputError
 from vlm_annotation.progress import progress_path
 from vlm_annotation.schema import QA_TYPES, load_annotations
 
@@ -140,6 +141,25 @@ def test_kept_detector_boxes_imported_labels_and_evaluation(reference, tiny_mode
         again = fuse_detections([rec["detector_boxes"]["yolo"], rec["detector_boxes"]["rtdetr"]],
                                 rec["width"], rec["height"], "wbf", [1.0, 1.0], 0.55)
         assert _fields(again) == _fields(rec["objects"])
+
+    # --fusion_conf_threshold: the objects come from the surer boxes only, the kept boxes stay those of the
+    # detectors' --conf_threshold (0.3), so the scoring can still sweep the thresholds in between.
+    scores = sorted(d["score"] for r in kept["images"] for dets in r["detector_boxes"].values() for d in dets)
+    surer = round(scores[len(scores) // 2], 4)
+    assert 0.3 < surer < scores[-1]
+    strict_file = tmp_path / "strict.json"
+    assert data_annotation.main(args_for(tiny_models, images_dir, strict_file, "--keep_detector_boxes",
+                                         "--dtype", "float32", "--fusion_conf_threshold", str(surer))) == 0
+    strict = load_annotations(strict_file)
+    assert strict["meta"]["fusion_conf_threshold"] == surer and "fusion_conf_threshold" not in kept["meta"]
+    assert [r["detector_boxes"] for r in strict["images"]] == [r["detector_boxes"] for r in kept["images"]]
+    for rec in strict["images"]:
+        boxes = [[d for d in rec["detector_boxes"][n] if d["score"] > surer] for n in ("yolo", "rtdetr")]
+        assert _fields(rec["objects"]) == _fields(fuse_detections(boxes, rec["width"], rec["height"], "wbf",
+                                                                  [1.0, 1.0], 0.55))
+    assert 0 < sum(len(r["objects"]) for r in strict["images"]) < sum(len(r["objects"]) for r in kept["images"])
+    with pytest.raises(InputError, match="--fusion_conf_threshold"):  # below the detectors' own: meaningless
+        data_annotation.parse_args(args_for(tiny_models, images_dir, strict_file, "--fusion_conf_threshold", "0.2"))
 
     # Export -> import: the same boxes, described by the same code (same captioner, prompts and seed).
     coco = tmp_path / "gt.json"

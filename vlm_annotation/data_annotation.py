@@ -122,6 +122,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="RT-DETR image processor dir or hub id (default: the --detr_model dir)")
     p.add_argument("--conf_threshold", type=float, default=0.3,
                    help="keep detections scoring above this, per detector (default 0.3)")
+    p.add_argument("--fusion_conf_threshold", type=float, default=None,
+                   help="fuse into the objects only boxes scoring above this (default: --conf_threshold). Set "
+                        "higher than --conf_threshold with --keep_detector_boxes: the objects come from the surer "
+                        "boxes, and each detector's boxes down to --conf_threshold are kept for scoring "
+                        "(evaluate_annotations.py --sweep tries the thresholds in between)")
     p.add_argument("--fusion", choices=FUSION_METHODS, default="wbf",
                    help="how to combine the two detectors: weighted boxes fusion or NMS (default wbf)")
     p.add_argument("--iou_threshold", type=float, default=0.55,
@@ -140,6 +145,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     checks = [
         (0.0 <= args.conf_threshold <= 1.0, "--conf_threshold must be between 0 and 1"),
+        (args.fusion_conf_threshold is None or args.conf_threshold <= args.fusion_conf_threshold <= 1.0,
+         "--fusion_conf_threshold must be between --conf_threshold and 1"),
         (0.0 < args.iou_threshold <= 1.0, "--iou_threshold must be in (0, 1]"),
         (all(w >= 0 for w in args.detector_weights) and sum(args.detector_weights) > 0,
          "--detector_weights must be non-negative, not both zero"),
@@ -251,8 +258,8 @@ class Annotator:
     def annotate(self, names: list[str], images: list) -> list[dict]:
         a = self.args
         per_image = list(zip(self.yolo.detect(images), self.detr.detect(images)))
-        objects = [fuse_detections(list(dets), *image.size, a.fusion, a.detector_weights, a.iou_threshold)
-                   for image, dets in zip(images, per_image)]
+        objects = [fuse_detections(list(dets), *image.size, a.fusion, a.detector_weights, a.iou_threshold,
+                                   a.fusion_conf_threshold) for image, dets in zip(images, per_image)]
         extras = None
         if a.keep_detector_boxes:
             # Unrounded, so that fusing them again (evaluate_annotations.py) gives exactly these objects.
@@ -290,6 +297,8 @@ def run_settings(args, class_map: ClassMap, prompt_book: PromptBook) -> dict:
     }
     if args.keep_detector_boxes:  # only when set: files of runs without it stay as they were
         settings["keep_detector_boxes"] = True
+    if args.fusion_conf_threshold is not None:  # likewise
+        settings["fusion_conf_threshold"] = args.fusion_conf_threshold
     return settings
 
 

@@ -330,10 +330,12 @@ def main(argv=None) -> int:
               **score(lambda r: r["objects"])}
     if kept:
         weights, iou = meta.get("detector_weights", [1.0, 1.0]), meta.get("iou_threshold", 0.55)
+        fusion_conf = meta.get("fusion_conf_threshold")  # the objects' own threshold, when the file has one
         per = {"yolo": lambda r: r["detector_boxes"]["yolo"], "rtdetr": lambda r: r["detector_boxes"]["rtdetr"]}
         for method in FUSION_METHODS:
             per[method] = (lambda m: lambda r: fuse_detections(
-                [r["detector_boxes"][n] for n in DETECTOR_NAMES], r["width"], r["height"], m, weights, iou))(method)
+                [r["detector_boxes"][n] for n in DETECTOR_NAMES], r["width"], r["height"], m, weights, iou,
+                fusion_conf))(method)
         result["detectors"] = {("yolo + rtdetr " + k if k in FUSION_METHODS else k): score(f) for k, f in per.items()}
     if args.sweep:
         base = file_conf or 0.0
@@ -344,7 +346,8 @@ def main(argv=None) -> int:
         confs = sorted(set(args.sweep_conf or [base, round(base + 0.1, 4), round(base + 0.2, 4)]))
         confs = [c for c in confs if c < 1]
         grid = list(itertools.product(args.sweep_fusion, args.sweep_weights, args.sweep_iou, confs))
-        own = (meta.get("fusion"), tuple(meta.get("detector_weights", ())), meta.get("iou_threshold"), file_conf)
+        own = (meta.get("fusion"), tuple(meta.get("detector_weights", ())), meta.get("iou_threshold"),
+               meta.get("fusion_conf_threshold", file_conf))
         grid.sort(key=lambda g: g != own)  # the file's own setting first: it wins ties
         from tqdm import tqdm
         sweep = []
