@@ -1,13 +1,14 @@
 """Train the tiny YOLO on the synthetic world with Ultralytics' own trainer.
 
-    python models/train_world_yolo.py --world world --out world_output/models/yolo --epochs 12 --minutes 4
+    python models/train_world_yolo.py --world world --out world_output/models/yolo --epochs 24 --minutes 6
 
 Builds YOLOv8n from its yaml (``YOLO("yolov8n.yaml")``, as models/make_tiny_models.py does, with
 the world's classes) and calls ``YOLO.train`` on an Ultralytics dataset of the world's training
 pool: ``--data`` names one (scripts/world.sh makes it with ``vlm_annotation/export_annotations.py
 --format yolo`` from the ground truth), else this script writes it from ``WORLD/train.json``
 (``data.yaml``, ``images/``, ``labels/`` with normalised ``class cx cy w h`` lines). Seeded; bounded
-by ``--epochs`` and by ``--minutes`` (a callback stops after the epoch when another would not fit).
+by ``--epochs`` and by ``--minutes`` (when the planned epochs would not fit, a callback plans fewer
+and re-plans the learning-rate schedule over them, so a short run still ends at a low rate).
 Writes ``OUT/yolo.pt``, which ``data_annotation.py --yolo_model`` loads like any other Ultralytics
 checkpoint, and ``OUT/train_info.json`` (command, seed, seconds).
 """
@@ -82,16 +83,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="folder to write yolo.pt and train_info.json into")
     p.add_argument("--data", default=None,
                    help="an Ultralytics data.yaml of the training pool (default: written here from WORLD/train.json)")
-    p.add_argument("--epochs", type=int, default=12, help="training epochs (default 12)")
+    p.add_argument("--epochs", type=int, default=24,
+                   help="planned epochs (default 24); fewer when they would not fit in --minutes")
     p.add_argument("--minutes", type=float, default=4.0, help="stop after this many minutes at most (default 4)")
     p.add_argument("--width", type=float, default=0.1875,
                    help="width multiple of YOLOv8's yaml (default 0.1875; yolov8n is 0.25)")
     p.add_argument("--imgsz", type=int, default=128, help="training image size (default 128)")
     p.add_argument("--batch", type=int, default=16,
                    help="batch size (default 16: more optimizer steps per epoch learn faster from scratch)")
-    p.add_argument("--lr0", type=float, default=0.002, help="AdamW learning rate (default 0.002)")
+    p.add_argument("--lr0", type=float, default=0.005,
+                   help="peak AdamW learning rate, decayed linearly to 1%% by the last epoch (default 0.005)")
     p.add_argument("--mosaic", type=float, default=0.0,
                    help="Ultralytics mosaic probability (default 0: at 128 px a mosaic halves objects)")
+    p.add_argument("--hsv_s", type=float, default=0.3,
+                   help="saturation jitter (default 0.3, Ultralytics' 0.7 blurs the classes' colours)")
+    p.add_argument("--hsv_v", type=float, default=0.25, help="brightness jitter (default 0.25)")
+    p.add_argument("--translate", type=float, default=0.05, help="translation jitter, a fraction (default 0.05)")
     p.add_argument("--max_images", type=int, default=None, help="use only the first N training scenes")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     args = p.parse_args(argv)
@@ -127,21 +134,31 @@ def main(argv=None) -> int:
     model = YOLO(str(tiny_yaml(work / "yolov8-litter.yaml", args.width)))
     budget = args.minutes * 60.0
 
-    def stop_in_time(trainer) -> None:
-        # Ultralytics' own ``time`` argument stretches the epochs to fill the time; we want a cap:
-        # stop after the epoch when another one would not fit.
+    def fit_in_time(trainer) -> None:
+        # --epochs is the plan, --minutes a cap. A short run learns most while its learning rate
+        # decays, so when the planned epochs would not fit, plan fewer, re-plan the schedule over
+        # them (as Ultralytics' own ``time`` mode does) and stop at the last one, instead of
+        # stopping mid-schedule at a high learning rate. (``time`` itself stretches a run to fill
+        # the time: we want a cap.)
         elapsed = time.perf_counter() - start
-        per_epoch = elapsed / max(1, trainer.epoch + 1)
-        if elapsed + per_epoch > budget:
-            trainer.stop = True
+        done = trainer.epoch + 1
+        per_epoch = elapsed / done
+        fits = done + int(max(0.0, budget - elapsed) // per_epoch)
+        if fits < trainer.epochs:
+            trainer.epochs = trainer.args.epochs = max(done, fits)
+            trainer._setup_scheduler()
+            trainer.scheduler.last_epoch = trainer.epoch
+            trainer.stop |= done >= trainer.epochs
 
-    model.add_callback("on_fit_epoch_end", stop_in_time)
+    model.add_callback("on_fit_epoch_end", fit_in_time)
     model.train(data=str(data_yaml), epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, device="cpu",
                 workers=0, seed=args.seed, deterministic=True, plots=False, amp=False, project=str(work.resolve()),
                 name="run", exist_ok=True, verbose=False, val=False, cache=False, patience=1000,
                 optimizer="AdamW", lr0=args.lr0, mosaic=args.mosaic, close_mosaic=max(1, args.epochs // 4),
                 # scale 0.2: the world's objects vary in size less than COCO's
-                warmup_epochs=1.0, fliplr=0.5, flipud=0.5, scale=0.2, erasing=0.0)
+                warmup_epochs=1.0, fliplr=0.5, flipud=0.5, scale=0.2, erasing=0.0,
+                # hue carries the class (a brown glass bottle, a blue can): not jittered
+                hsv_h=0.0, hsv_s=args.hsv_s, hsv_v=args.hsv_v, translate=args.translate)
     torch.set_num_threads(threads)
     weights = work / "run" / "weights"
     best = weights / "last.pt"  # validation only runs at the end (val=False): the last epoch is the model

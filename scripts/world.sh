@@ -35,10 +35,10 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 YOLO_OFFLINE=1 TOKENIZERS_PARALLE
 # longer run adds the class-specific ones (count_class, location, grounding) to see whether class
 # binding and localisation appear with more training.
 if [ "$MINUTES" -ge 60 ]; then
-    TRAIN_SCENES=1500 HELDOUT_SCENES=5000 YOLO_EPOCHS=60 YOLO_MIN=12 DETR_MIN=10 BLIP_MIN=2 VLM_STEPS=1200
+    TRAIN_SCENES=1500 HELDOUT_SCENES=5000 YOLO_EPOCHS=60 YOLO_MIN=16 DETR_MIN=15 BLIP_MIN=1.5 VLM_STEPS=1200
     QA_TYPES="count count_class exists location grounding surface"
 elif [ "$MINUTES" -ge 20 ]; then
-    TRAIN_SCENES=800 HELDOUT_SCENES=2500 YOLO_EPOCHS=35 YOLO_MIN=4 DETR_MIN=1.5 BLIP_MIN=0.75 VLM_STEPS=250
+    TRAIN_SCENES=800 HELDOUT_SCENES=2500 YOLO_EPOCHS=30 YOLO_MIN=8 DETR_MIN=5 BLIP_MIN=0.75 VLM_STEPS=250
     QA_TYPES="count exists surface"
 else  # a quick look (tests/test_world.py runs a smaller one still, with the committed detectors and captioner)
     TRAIN_SCENES=400 HELDOUT_SCENES=800 YOLO_EPOCHS=10 YOLO_MIN=1.5 DETR_MIN=1 BLIP_MIN=0.5 VLM_STEPS=120
@@ -68,7 +68,7 @@ W="$OUT/world"
 M="$OUT/models"
 HELD="$W/heldout_images"
 find "$OUT" -mindepth 1 -maxdepth 1 ! -name world -exec rm -rf {} + 2>/dev/null || true
-mkdir -p "$OUT" "$M" "$OUT/eval"
+mkdir -p "$OUT" "$M" "$OUT/eval" "$OUT/logs"
 TIMES="$OUT/timings.tsv"
 : > "$TIMES"
 start=$(date +%s)
@@ -78,6 +78,31 @@ stage() {  # stage NAME command...: run it, print a header, record its wall time
     printf '\n== %s\n' "$stage_name"
     "$@"
     awk -v n="$stage_name" -v a="$stage_t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%s\t%.1f\n", n, b - a }' >> "$TIMES"
+}
+# Independent stages run side by side, one core each (every stage is single-threaded by default):
+# in_background NAME command... starts one with its output in OUT/logs/NAME.log; finish NAME waits for
+# it, prints its log and fails the run if it failed. A run that stops early stops its background jobs.
+declare -A JOBS=()
+in_background() {
+    local name=$1
+    shift
+    "$@" > "$OUT/logs/$name.log" 2>&1 &
+    JOBS[$name]=$!
+}
+stop_background() {
+    local pids
+    pids=$(jobs -pr)
+    if [ -n "$pids" ]; then kill $pids 2>/dev/null || true; fi
+}
+trap stop_background EXIT
+finish() {
+    local status=0
+    wait "${JOBS[$1]}" || status=$?
+    cat "$OUT/logs/$1.log"
+    if [ "$status" -ne 0 ]; then
+        echo "error: stage $1 failed (exit $status); its log: $OUT/logs/$1.log" >&2
+        exit "$status"
+    fi
 }
 
 stage world $PY data/make_world.py --out "$W" --train_images "$TRAIN_SCENES" --heldout_images "$HELDOUT_SCENES" \
@@ -94,26 +119,37 @@ train_yolo() {
 }
 if [ -n "$MODELS_FROM" ]; then
     for part in yolo rtdetr blip; do cp -r "$MODELS_FROM/$part" "$M/$part"; done
-else
-    stage yolo train_yolo
-    stage rtdetr $PY models/train_world_rtdetr.py --world "$W" --out "$M/rtdetr" --minutes "$DETR_MIN" \
-        --epochs "$DETR_EPOCHS" --seed "$SEED"
-    stage blip $PY models/train_world_blip.py --world "$W" --out "$M/blip" --minutes "$BLIP_MIN" \
-        --epochs "$BLIP_EPOCHS" --seed "$SEED"
+else  # YOLO on one core; RT-DETR, then the captioner, on the other
+    in_background yolo stage yolo train_yolo
+    train_rtdetr_and_blip() {
+        stage rtdetr $PY models/train_world_rtdetr.py --world "$W" --out "$M/rtdetr" --minutes "$DETR_MIN" \
+            --epochs "$DETR_EPOCHS" --seed "$SEED"
+        stage blip $PY models/train_world_blip.py --world "$W" --out "$M/blip" --minutes "$BLIP_MIN" \
+            --epochs "$BLIP_EPOCHS" --seed "$SEED"
+    }
+    in_background rtdetr_blip train_rtdetr_and_blip
+    finish rtdetr_blip
+    finish yolo
 fi
 
+# The detectors keep boxes above 0.25 (what the scoring below reads), the objects are fused from those above
+# 0.45: the VLM learns to count from these annotations, and on 500 held-out scenes of a tuning run (YOLO mAP50
+# 0.85, RT-DETR 0.46) the fused objects' count was right for 58% of the scenes at 0.45 against 33% at 0.25
+# (more objects found, but more false ones).
+OBJECT_CONF=${WORLD_OBJECT_CONF:-0.45}
 stage annotate $PY vlm_annotation/data_annotation.py --images_dir "$HELD" --output_file "$OUT/annotations.json" \
     --yolo_model "$M/yolo/yolo.pt" --detr_model "$M/rtdetr/m" --detr_processor "$M/rtdetr/p" \
-    --captioner_model "$M/blip" --conf_threshold 0.25 --imgsz 128 --max_det 10 --batch_size 32 \
-    --max_region_qa "$REGION_QA" --keep_detector_boxes --seed "$SEED"
+    --captioner_model "$M/blip" --conf_threshold 0.25 --fusion_conf_threshold "$OBJECT_CONF" --imgsz 128 \
+    --max_det 10 --batch_size 32 --max_region_qa "$REGION_QA" --keep_detector_boxes --seed "$SEED"
 
 score_detection() {
     $PY vlm_annotation/evaluate_annotations.py --annotations "$OUT/annotations.json" --ground_truth "$W/heldout.json" \
-        --output_file "$OUT/detection.json" --sweep --sweep_metric map50 --sweep_iou 0.55 0.7 --sweep_conf 0.25 0.4
+        --output_file "$OUT/detection.json" --sweep --sweep_metric map50 --sweep_iou 0.55 0.7 --sweep_conf 0.25 0.45 \
+        --sweep_weights 1,1 2,1 3,1 1,2
     $PY scripts/world_report.py surface --annotations "$OUT/annotations.json" --ground_truth "$W/heldout.json" \
         --output_file "$OUT/surface.json"
 }
-stage score_annotations score_detection
+in_background score_annotations stage score_annotations score_detection  # beside the VLM's data and training
 
 prepare_vlm_data() {
     $PY vlm_training/split_data.py --input_file "$OUT/annotations.json" --train_file "$OUT/train.json" \
@@ -130,6 +166,10 @@ prepare_vlm_data() {
     $PY models/make_world_llava.py --world "$W" --out "$M/llava" --seed "$SEED"
 }
 stage vlm_data prepare_vlm_data
+# The same LLaVA before training answers the test questions (a baseline), beside the training.
+in_background vlm_predict_untrained stage vlm_predict_untrained $PY vlm_inference/predict.py --model_path "$M/llava" \
+    --data "$OUT/test_llava.json" --image_dir "$HELD" --output_file "$OUT/eval/untrained.jsonl" --batch_size 64 \
+    --max_new_tokens 20
 
 stage vlm_train $PY vlm_training/train_vlm.py --train_data "$OUT/train_llava.json" --val_data "$OUT/val_llava.json" \
     --image_dir "$HELD" --output_dir "$OUT/vlm_model" --base_model "$M/llava" --train_vision_tower \
@@ -137,13 +177,10 @@ stage vlm_train $PY vlm_training/train_vlm.py --train_data "$OUT/train_llava.jso
     --max_steps "$VLM_STEPS" --warmup_ratio 0.03 --max_length 512 --logging_steps 20 --eval_steps "$VLM_STEPS" \
     --save_steps 0 --seed "$SEED"
 
-predict_all() {
-    $PY vlm_inference/predict.py --model_path "$OUT/vlm_model" --data "$OUT/test_llava.json" --image_dir "$HELD" \
-        --output_file "$OUT/eval/model.jsonl" --batch_size 64 --max_new_tokens 24
-    $PY vlm_inference/predict.py --model_path "$M/llava" --data "$OUT/test_llava.json" --image_dir "$HELD" \
-        --output_file "$OUT/eval/untrained.jsonl" --batch_size 64 --max_new_tokens 20
-}
-stage vlm_predict predict_all
+finish score_annotations
+finish vlm_predict_untrained
+stage vlm_predict $PY vlm_inference/predict.py --model_path "$OUT/vlm_model" --data "$OUT/test_llava.json" \
+    --image_dir "$HELD" --output_file "$OUT/eval/model.jsonl" --batch_size 64 --max_new_tokens 24
 
 evaluate_all() {
     $PY scripts/world_report.py baselines --train "$OUT/train_llava.json" --questions "$OUT/eval/model.jsonl" \
@@ -161,6 +198,7 @@ README_ARGS=()
 if [ "${WORLD_README:-0}" = 1 ]; then  # the README's results table is this command's output
     README_ARGS=(--readme README.md --command "make world" --minutes "$MINUTES")
 fi
+printf 'wall\t%s\n' "$(( $(date +%s) - start ))" >> "$TIMES"
 $PY scripts/world_report.py results --run_dir "$OUT" ${README_ARGS[@]+"${README_ARGS[@]}"}
 if [ -n "$SAVE_MODELS" ]; then
     rm -rf "$SAVE_MODELS" && mkdir -p "$SAVE_MODELS/yolo" "$SAVE_MODELS/vlm"
