@@ -1,10 +1,11 @@
 """Train a tiny RT-DETR on the synthetic world with transformers (its own loss, a plain loop).
 
-    python models/train_world_rtdetr.py --world world --out world_output/models/rtdetr --minutes 4
+    python models/train_world_rtdetr.py --world world --out world_output/models/rtdetr --minutes 3
 
-Builds a small ``RTDetrForObjectDetection`` (ResNet-style backbone, hybrid encoder, 2 decoder
-layers, 30 queries, denoising queries on) with the world's classes and trains it from
-scratch on the training pool with AdamW, the model's own Hungarian-matched loss
+Builds a small ``RTDetrForObjectDetection`` (ResNet-style backbone with trainable batch norms,
+hybrid encoder, 2 decoder layers, 30 queries, denoising queries on; every batch norm starts at
+scale 1, shift 0 rather than transformers' near-zero scales) with the world's classes and trains
+it from scratch on the training pool with AdamW (peak 2e-3, batch 8), the model's own Hungarian-matched loss
 (``labels=[{"class_labels", "boxes"}]``, boxes as normalised ``cx, cy, w, h``), horizontal and
 vertical flips, a cosine schedule over the planned steps and a wall-clock cap (``--minutes``).
 Writes ``OUT/m`` (model) and ``OUT/p`` (its ``RTDetrImageProcessor``), which
@@ -45,8 +46,17 @@ def build_model(classes: list[str], size: int, seed: int):
         encoder_ffn_dim=128, encoder_attention_heads=4, d_model=64, decoder_in_channels=[64, 64, 64],
         decoder_ffn_dim=128, decoder_attention_heads=4, decoder_layers=2, decoder_n_points=4, num_queries=30,
         num_denoising=30, anchor_image_size=None, id2label=dict(enumerate(classes)),
-        label2id={c: i for i, c in enumerate(classes)})
+        label2id={c: i for i, c in enumerate(classes)},
+        # From scratch: train the backbone's batch norms (frozen ones, meant for pretrained weights, are identities).
+        freeze_backbone_batch_norms=False)
     model = RTDetrForObjectDetection(config)
+    # transformers initialises every BatchNorm2d scale ~ N(0, 0.01), which starves a from-scratch model of
+    # signal. With scale 1, shift 0 and the trainable backbone norms above, held-out mAP50 went from 0.05 to
+    # about 0.3 at 90 s under load and 0.45-0.55 at 3 min (450-730 steps on one thread).
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            torch.nn.init.ones_(module.weight)
+            torch.nn.init.zeros_(module.bias)
     processor = RTDetrImageProcessor(size={"height": size, "width": size})
     return model, processor
 
@@ -78,11 +88,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--world", required=True, help="world folder written by data/make_world.py")
     p.add_argument("--out", required=True, help="folder to write m/ (model), p/ (processor), train_info.json")
-    p.add_argument("--minutes", type=float, default=4.0, help="wall-clock cap of the training loop (default 4)")
+    p.add_argument("--minutes", type=float, default=3.0, help="wall-clock cap of the run (default 3)")
     p.add_argument("--epochs", type=int, default=40, help="most passes over the pool (default 40)")
     p.add_argument("--size", type=int, default=128, help="input size of the model, a square (default 128)")
     p.add_argument("--batch_size", type=int, default=8, help="images per step (default 8: more steps in the time)")
-    p.add_argument("--learning_rate", type=float, default=1e-3, help="peak AdamW learning rate (default 1e-3)")
+    p.add_argument("--learning_rate", type=float, default=2e-3, help="peak AdamW learning rate (default 2e-3)")
     p.add_argument("--max_images", type=int, default=None, help="use only the first N training scenes")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     args = p.parse_args(argv)
