@@ -142,6 +142,35 @@ def test_max_turns_spills_into_further_records_of_the_same_image(tmp_path):
     assert types == [qa["type"] for qa in data["images"][0]["qa"]]
 
 
+def test_shuffle_turns_is_a_seeded_per_image_permutation(tmp_path):
+    """predict.py asks every question as a fresh first turn: --shuffle_turns lets every type be a first turn."""
+    data = _annotations()
+
+    def convert_with(name, *extra):
+        (tmp_path / name).mkdir()
+        rc, out = _run(tmp_path / name, data, *extra)
+        assert rc == 0
+        return json.loads(out.read_text())
+
+    def pairs(rec):
+        conv = rec["conversations"]
+        return [(conv[i]["value"].removeprefix("<image>\n"), conv[i + 1]["value"]) for i in range(0, len(conv), 2)]
+
+    plain = convert_with("plain")
+    first_records = []
+    for name, seed in (("a", "0"), ("b", "0"), ("c", "1"), ("d", "2"), ("e", "3")):
+        records = convert_with(name, "--shuffle_turns", "--seed", seed)
+        for mine, theirs in zip(records, plain, strict=True):
+            assert sorted(pairs(mine)) == sorted(pairs(theirs))  # the same pairs, nothing lost or repeated
+            type_of = dict(zip(pairs(theirs), theirs["qa_types"]))
+            assert mine["qa_types"] == [type_of[pair] for pair in pairs(mine)]
+            assert mine["conversations"][0]["value"].startswith("<image>\n")
+            assert sum(t["value"].count("<image>") for t in mine["conversations"]) == 1
+        first_records.append(tuple(pairs(records[0])))
+    assert first_records[0] == first_records[1]  # seeded: the same order on every run
+    assert len(set(first_records)) > 2 and tuple(pairs(plain[0])) not in first_records[:1]
+
+
 @pytest.mark.parametrize("mutate, message", [
     (lambda d: d["images"][0]["qa"][1].update(object_ids=[]), "images[0].qa[1].object_ids"),
     (lambda d: d["images"][0]["qa"][5].update(object_ids=[0]), "images[0].qa[5].question: has 2 box(es)"),

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import sys
 from collections import Counter
 from pathlib import Path
@@ -81,6 +82,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--qa_types", nargs="+", choices=QA_TYPES, default=None, metavar="TYPE",
                    help=f"convert only Q&A pairs of these types (default: all: {' '.join(QA_TYPES)}); an image "
                         "left with none gets no record, like an image without Q&A pairs")
+    p.add_argument("--shuffle_turns", action="store_true",
+                   help="shuffle each image's Q&A pairs (seeded by --seed and the image path), so that every question "
+                        "type is sometimes the first turn: predict.py asks every question as a fresh first turn")
+    p.add_argument("--seed", type=int, default=0, help="seed of --shuffle_turns (default 0)")
     p.add_argument("--image_dir", default=None,
                    help="folder the records' image paths are relative to; when given, images that a plain "
                         "Image.open().convert('RGB') reads differently (EXIF-rotated, transparent, 16-bit) "
@@ -199,7 +204,7 @@ def render_pair(rec: dict, qa: dict, file, path: str, boxes: _ImageBoxes | None 
 
 
 def image_records(rec: dict, index: int, file, max_turns: int, qa_types=None, left_out: Counter | None = None,
-                  frame: families.BoxFrame | None = None) -> list[dict]:
+                  frame: families.BoxFrame | None = None, shuffle_seed: int | None = None) -> list[dict]:
     """The LLaVA records of one image: its Q&A pairs as turns, ``max_turns`` per record.
 
     ``qa_types``: keep only pairs of these types (the others are counted in ``left_out``).
@@ -214,8 +219,10 @@ def image_records(rec: dict, index: int, file, max_turns: int, qa_types=None, le
                 left_out[qa["type"]] += 1
             continue
         pairs.append((render_pair(rec, qa, file, f"images[{index}].qa[{k}]", boxes), qa["type"]))
-    size = max_turns if max_turns > 0 else max(1, len(pairs))
     image = rec["image"].replace("\\", "/")
+    if shuffle_seed is not None:  # a per-image order, the same on every run and machine
+        random.Random(f"{shuffle_seed}:{image}").shuffle(pairs)
+    size = max_turns if max_turns > 0 else max(1, len(pairs))
     out = []
     for k, start in enumerate(range(0, len(pairs), size)):
         chunk = pairs[start:start + size]
@@ -375,7 +382,8 @@ def main(argv=None) -> int:
     with single_writer(out, "--output_file"), LlavaWriter(out) as writer:
         reader = AnnotationReader(args.annotation_file)
         for i, rec in enumerate(tqdm(reader, desc="convert", unit=" images", mininterval=1.0, disable=None)):
-            recs = image_records(rec, i, args.annotation_file, args.max_turns, qa_types, left_out, args.frame)
+            recs = image_records(rec, i, args.annotation_file, args.max_turns, qa_types, left_out, args.frame,
+                                 args.seed if args.shuffle_turns else None)
             writer.write_many(recs)
             stats.add(recs)
             if images is not None and recs:
