@@ -136,15 +136,16 @@ def main(argv=None) -> int:
 
     def fit_in_time(trainer) -> None:
         # --epochs is the plan, --minutes a cap. A short run learns most while its learning rate
-        # decays, so when the planned epochs would not fit, plan fewer, re-plan the schedule over
-        # them (as Ultralytics' own ``time`` mode does) and stop at the last one, instead of
-        # stopping mid-schedule at a high learning rate. (``time`` itself stretches a run to fill
-        # the time: we want a cap.)
-        elapsed = time.perf_counter() - start
+        # decays, so when the planned epochs would not fit, plan as many as fit, re-plan the schedule
+        # over them (as Ultralytics' own ``time`` mode does) and stop at the last one, instead of
+        # stopping mid-schedule at a high learning rate. Re-estimated after every epoch, from the
+        # epochs' own time (the set-up before the first is spent already), never past --epochs.
+        # (``time`` itself stretches a run to fill the time: we want a cap.)
         done = trainer.epoch + 1
-        per_epoch = elapsed / done
-        fits = done + int(max(0.0, budget - elapsed) // per_epoch)
-        if fits < trainer.epochs:
+        per_epoch = (time.time() - trainer.train_time_start) / done
+        left = budget - (time.perf_counter() - start)
+        fits = min(args.epochs, done + int(max(0.0, left) // per_epoch))
+        if fits != trainer.epochs:
             trainer.epochs = trainer.args.epochs = max(done, fits)
             trainer._setup_scheduler()
             trainer.scheduler.last_epoch = trainer.epoch

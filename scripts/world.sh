@@ -133,15 +133,15 @@ else  # YOLO on one core; RT-DETR, then the captioner, on the other
     finish yolo
 fi
 
-# The detectors keep boxes above 0.25 (what the scoring below reads), the objects are fused from those above
-# 0.45: the VLM learns to count from these annotations, and on 500 held-out scenes of a tuning run (YOLO mAP50
-# 0.85, RT-DETR 0.46) the fused objects' count was right for 58% of the scenes at 0.45 against 33% at 0.25
-# (more objects found, but more false ones).
+# The detectors keep their boxes down to 0.05 (the scoring below reads them: mAP wants the whole
+# precision-recall curve), the objects are fused from those above 0.45: the VLM learns to count from these
+# annotations, and on 500 held-out scenes of a tuning run (YOLO mAP50 0.85, RT-DETR 0.46) the fused objects'
+# count was right for 58% of the scenes at 0.45 against 33% at 0.25 (more objects found, more false ones).
 OBJECT_CONF=${WORLD_OBJECT_CONF:-0.45}
 annotate_shard() {  # annotate_shard K: half of the held-out scenes (the toolkit's own sharding), one core
     $PY vlm_annotation/data_annotation.py --images_dir "$HELD" --output_file "$OUT/annotations.$1.json" \
         --yolo_model "$M/yolo/yolo.pt" --detr_model "$M/rtdetr/m" --detr_processor "$M/rtdetr/p" \
-        --captioner_model "$M/blip" --conf_threshold 0.25 --fusion_conf_threshold "$OBJECT_CONF" --imgsz 128 \
+        --captioner_model "$M/blip" --conf_threshold 0.05 --fusion_conf_threshold "$OBJECT_CONF" --imgsz 128 \
         --max_det 10 --batch_size 32 --max_region_qa "$REGION_QA" --keep_detector_boxes --seed "$SEED" \
         --num_shards 2 --shard_index "$1"
 }
@@ -157,8 +157,8 @@ stage annotate annotate
 
 score_detection() {
     $PY vlm_annotation/evaluate_annotations.py --annotations "$OUT/annotations.json" --ground_truth "$W/heldout.json" \
-        --output_file "$OUT/detection.json" --sweep --sweep_metric map50 --sweep_iou 0.55 0.7 --sweep_conf 0.25 0.45 \
-        --sweep_weights 1,1 2,1 3,1 1,2
+        --output_file "$OUT/detection.json" --sweep --sweep_metric map50 --sweep_iou 0.55 0.7 --sweep_conf 0.05 0.25 \
+        --sweep_weights 1,1 2,1 1,2
     $PY scripts/world_report.py surface --annotations "$OUT/annotations.json" --ground_truth "$W/heldout.json" \
         --output_file "$OUT/surface.json"
 }

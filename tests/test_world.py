@@ -139,6 +139,39 @@ def test_reduced_world_run_learns(reduced_world_run):
     assert results["seconds"] > 0 and set(results["stages"]) >= {"world", "annotate", "vlm_train", "vlm_predict"}
 
 
+@pytest.mark.timeout(600)
+def test_world_run_trains_every_model(tmp_path):
+    """scripts/world.sh's training path on a tiny world: YOLO (Ultralytics' trainer), RT-DETR and BLIP
+    (transformers) trained side by side, the two annotation shards merged, the VLM trained and scored.
+    Budgets far too small to learn: this checks the plumbing; test_reduced_world_run_learns the learning."""
+    env = dict(os.environ, PYTHON=sys.executable, WORLD_DIR=str(tmp_path), WORLD_MINUTES="5", WORLD_SEED="0",
+               WORLD_TRAIN_SCENES="24", WORLD_HELDOUT_SCENES="60", WORLD_YOLO_EPOCHS="1", WORLD_DETR_MIN="0.05",
+               WORLD_BLIP_MIN="0.05", WORLD_VLM_STEPS="2", WORLD_THREADS="1", OMP_NUM_THREADS="1",
+               MKL_NUM_THREADS="1")
+    env.pop("WORLD_README", None)
+    env.pop("WORLD_MODELS_FROM", None)
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "world.sh")], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    models = tmp_path / "models"
+    for path in ("yolo/yolo.pt", "yolo/train_info.json", "rtdetr/m/config.json", "rtdetr/p",
+                 "rtdetr/train_info.json", "blip/config.json", "llava/config.json"):
+        assert (models / path).exists(), path
+    info = json.loads((models / "rtdetr" / "train_info.json").read_text())
+    assert info["steps"] >= 1 and info["seed"] == 0
+    annotations = json.loads((tmp_path / "annotations.json").read_text())
+    assert len(annotations["images"]) == 60 and not list(tmp_path.glob("annotations.[01].json"))
+    assert all(set(r["detector_boxes"]) == {"yolo", "rtdetr"} for r in annotations["images"])
+    results = json.loads((tmp_path / "results.json").read_text())
+    stages = results["stages"]
+    assert set(stages) >= {"world", "yolo", "rtdetr", "blip", "annotate", "score_annotations", "vlm_train",
+                           "vlm_predict", "vlm_predict_untrained"}
+    # YOLO trained beside RT-DETR and the captioner: the run took less than the sum of its stages
+    assert 0 < results["seconds"] < sum(stages.values())
+    assert "some side by side" in proc.stdout and "== rtdetr" in proc.stdout and "== yolo" in proc.stdout
+    assert {"count", "surface"} <= set(results["vlm"])
+
+
 def test_readme_block_is_replaced_by_the_generated_table():
     from scripts.world_report import README_BEGIN, README_END, replace_results_block, results_block
 
