@@ -23,8 +23,8 @@ W=models/world
 step "1. annotate: YOLO + RT-DETR ensemble, BLIP descriptions, Q&A pairs"
 $PY vlm_annotation/data_annotation.py --images_dir "$IMAGES" --output_file "$OUT/annotations.json" \
     --yolo_model "$W/yolo/yolo.pt" --detr_model "$W/rtdetr/m" --detr_processor "$W/rtdetr/p" \
-    --captioner_model "$W/blip" --conf_threshold 0.25 --imgsz 128 --max_det 10 --batch_size 16 \
-    --keep_detector_boxes
+    --captioner_model "$W/blip" --conf_threshold 0.05 --fusion_conf_threshold 0.45 --imgsz 128 --max_det 10 \
+    --batch_size 16 --keep_detector_boxes
 
 step "1b. the labels against the ground truth: the ensemble versus each detector, and the fusion settings"
 $PY vlm_annotation/evaluate_annotations.py --annotations "$OUT/annotations.json" \

@@ -121,21 +121,24 @@ def test_reduced_world_run_learns(reduced_world_run):
     """The toolkit's stages on 400 held-out scenes: detections, descriptions and the VLM's answers,
     scored against the ground truth, beat their baselines by a clear margin.
 
-    Measured: YOLO mAP50 0.62 (seed 0) / 0.60 (seed 1) vs 0.0004 for its boxes moved to another image;
-    descriptions naming the true surface 1.00 / 1.00. The VLM's "what is it lying on?" after 200 steps:
-    0.93 (this run) vs majority 0.31 and 0.00 untrained; after 150 steps it varied with the world and
-    seed (1.00, 0.96, 0.66), hence 200. The VLM's count (0.19-0.28 vs majority 0.13-0.25) is not learned
-    in this budget: reported, not asserted.
+    Measured (seed 0, the models/world of the README's run): YOLO mAP50 0.811, RT-DETR 0.713, the two
+    fused at the setting --sweep recommends 0.854, against 0.001 for YOLO's boxes moved to another image;
+    descriptions naming the true surface 1.000. The VLM's "what is it lying on?" after 200 steps: 1.000
+    against 0.276 for the majority answer and 0.000 untrained. Its count (0.156 against a majority of
+    0.250) is not learned in this budget, nor in make world's: reported, not asserted.
     """
     results, stdout = reduced_world_run
     assert "| surface |" in stdout and "| detection mAP50, yolo |" in stdout  # the table is printed
     det = results["detection"]
     assert det["chance"]["map50"] < 0.05, det
-    assert det["yolo"]["map50"] >= 0.45 and det["yolo"]["map50"] >= det["chance"]["map50"] + 0.4, det
-    assert results["descriptions"]["surface_accuracy"] >= 0.8, results["descriptions"]
+    assert det["yolo"]["map50"] >= 0.75 and det["rtdetr"]["map50"] >= 0.6, det
+    # the ensemble at the setting its own sweep recommends is at least as good as either detector alone
+    assert det["fusion_sweep"]["map50"] >= max(det["yolo"]["map50"], det["rtdetr"]["map50"]) - 0.01, det
+    assert results["descriptions"]["surface_accuracy"] >= 0.95, results["descriptions"]
     surface = results["vlm"]["surface"]
     assert surface["n"] >= 20, surface
-    assert surface["model"] >= surface["majority"] + 0.3 and surface["model"] >= surface["untrained"] + 0.3, surface
+    assert surface["model"] >= surface["majority"] + 0.5 and surface["model"] >= surface["untrained"] + 0.5, surface
+    assert "count" in results["vlm"]  # taught and scored
     assert results["seconds"] > 0 and set(results["stages"]) >= {"world", "annotate", "vlm_train", "vlm_predict"}
 
 

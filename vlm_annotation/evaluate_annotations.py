@@ -343,7 +343,10 @@ def main(argv=None) -> int:
         if low:
             raise InputError(f"--sweep_conf {low[0]:g}: below the conf_threshold {base:g} of {source} "
                              "(its detectors kept no boxes under it)")
-        confs = sorted(set(args.sweep_conf or [base, round(base + 0.1, 4), round(base + 0.2, 4)]))
+        default = [base, round(base + 0.1, 4), round(base + 0.2, 4)]
+        if meta.get("fusion_conf_threshold") is not None:  # the objects' own threshold: the file's setting
+            default.append(meta["fusion_conf_threshold"])
+        confs = sorted(set(args.sweep_conf or default))
         confs = [c for c in confs if c < 1]
         grid = list(itertools.product(args.sweep_fusion, args.sweep_weights, args.sweep_iou, confs))
         own = (meta.get("fusion"), tuple(meta.get("detector_weights", ())), meta.get("iou_threshold"),
