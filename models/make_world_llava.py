@@ -9,7 +9,9 @@ layers, and a 512-token byte-level BPE trained on the world's questions and answ
 ground-truth Q&A of the training pool, made by the toolkit's own Q&A code) plus the chat
 template's words, so a turn costs a few tokens instead of dozens. Processor: llava-1.5-hf's
 chat template, a ``CLIPImageProcessor`` at 64 px. ``vlm_training/train_vlm.py --base_model OUT``
-fine-tunes it like any LLaVA checkpoint (fully, with ``--train_vision_tower``).
+fine-tunes it like any LLaVA checkpoint (fully, with ``--train_vision_tower``). Every size is a
+flag (``--text_width``, ``--vision_layers``, ``--image_size``, ...) for experiments; the defaults
+are the sizes above.
 """
 from __future__ import annotations
 
@@ -33,6 +35,12 @@ from vlm_annotation import prompts  # noqa: E402
 from vlm_annotation.io_utils import write_json_atomic  # noqa: E402
 
 IMAGE_SIZE, PATCH = 64, 8
+# Sizes of the default model, each a flag of its own (--vision_width 128, ...); heads are 32 wide.
+SIZES = {"vision_width": 128, "vision_layers": 3, "text_width": 192, "text_layers": 3, "text_intermediate": 512,
+         "image_size": IMAGE_SIZE, "patch": PATCH}
+SIZE_HELP = {"vision_width": "CLIP vision tower width (MLP 4x)", "vision_layers": "CLIP vision tower layers",
+             "text_width": "Llama width", "text_layers": "Llama layers", "text_intermediate": "Llama MLP width",
+             "image_size": "image side in pixels", "patch": "patch side in pixels ((image_size/patch)^2 image tokens)"}
 
 
 def world_corpus(coco: dict, max_images: int = 1500, seed: int = 42) -> list[str]:
@@ -65,7 +73,8 @@ def build_tokenizer(lines: list[str], vocab_size: int = 512):
                                    padding_side="left", model_max_length=1024)
 
 
-def build_llava(out: Path, coco: dict, seed: int = 0, vocab_size: int = 512) -> Path:
+def build_llava(out: Path, coco: dict, seed: int = 0, vocab_size: int = 512, **sizes) -> Path:
+    """Write the model and processor to ``out``; ``sizes`` overrides entries of :data:`SIZES`."""
     import torch
     from transformers import (
         CLIPImageProcessor,
@@ -76,32 +85,40 @@ def build_llava(out: Path, coco: dict, seed: int = 0, vocab_size: int = 512) -> 
         LlavaProcessor,
     )
 
+    unknown = set(sizes) - set(SIZES)
+    if unknown:
+        raise ValueError(f"unknown sizes: {sorted(unknown)}")
+    z = SIZES | sizes
+    image_size, patch = z["image_size"], z["patch"]
     tokenizer = build_tokenizer(world_corpus(coco), vocab_size)
     torch.manual_seed(seed)
-    vision = CLIPVisionConfig(hidden_size=128, intermediate_size=512, projection_dim=128, num_hidden_layers=3,
-                              num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=PATCH)
-    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=192, intermediate_size=512, num_hidden_layers=3,
-                       num_attention_heads=6, num_key_value_heads=6, max_position_embeddings=1024,
+    vw, tw = z["vision_width"], z["text_width"]
+    vision = CLIPVisionConfig(hidden_size=vw, intermediate_size=4 * vw, projection_dim=vw,
+                              num_hidden_layers=z["vision_layers"], num_attention_heads=vw // 32,
+                              image_size=image_size, patch_size=patch)
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=tw, intermediate_size=z["text_intermediate"],
+                       num_hidden_layers=z["text_layers"], num_attention_heads=tw // 32,
+                       num_key_value_heads=tw // 32, max_position_embeddings=1024,
                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
     config = LlavaConfig(vision_config=vision.to_dict(), text_config=text.to_dict(),
                          image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-                         image_seq_length=(IMAGE_SIZE // PATCH) ** 2, vision_feature_select_strategy="default",
+                         image_seq_length=(image_size // patch) ** 2, vision_feature_select_strategy="default",
                          vision_feature_layer=-1)
     model = LlavaForConditionalGeneration(config).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
-    image_processor = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE},
-                                         crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=PATCH,
+    image_processor = CLIPImageProcessor(size={"shortest_edge": image_size},
+                                         crop_size={"height": image_size, "width": image_size})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=patch,
                                vision_feature_select_strategy="default", chat_template=LLAVA_CHAT_TEMPLATE,
                                num_additional_image_tokens=1)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     n_params = sum(p.numel() for p in model.parameters())
     write_json_atomic(out / "build_info.json", {"builder": "models/make_world_llava.py", "seed": seed,
-                                                "parameters": n_params, "vocab_size": len(tokenizer)})
+                                                "parameters": n_params, "vocab_size": len(tokenizer), "sizes": z})
     return out
 
 
@@ -111,9 +128,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="folder to write the model and processor into")
     p.add_argument("--vocab_size", type=int, default=512, help="BPE vocabulary size (default 512)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+    for name, default in SIZES.items():
+        p.add_argument(f"--{name}", type=int, default=default, help=f"{SIZE_HELP[name]} (default {default})")
     args = p.parse_args(argv)
     if args.vocab_size < 300:
         p.error("--vocab_size must be at least 300 (256 bytes + specials + merges)")
+    if any(getattr(args, name) < 1 for name in SIZES):
+        p.error("every size must be >= 1")
+    for name in ("vision_width", "text_width"):
+        if getattr(args, name) % 32:
+            p.error(f"--{name} must be a multiple of 32 (heads of 32 dimensions)")
+    if args.image_size % args.patch:
+        p.error("--image_size must be a multiple of --patch")
     return args
 
 
@@ -121,7 +147,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
     coco = json.loads((Path(args.world) / "train.json").read_text(encoding="utf-8"))
-    out = build_llava(Path(args.out), coco, args.seed, args.vocab_size)
+    out = build_llava(Path(args.out), coco, args.seed, args.vocab_size, **{k: getattr(args, k) for k in SIZES})
     info = json.loads((out / "build_info.json").read_text(encoding="utf-8"))
     print(f"built the world LLaVA ({info['parameters']:,} parameters, {info['vocab_size']}-token BPE) in "
           f"{time.perf_counter() - start:.1f}s -> {out}", flush=True)

@@ -36,7 +36,7 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 YOLO_OFFLINE=1 TOKENIZERS_PARALLE
 # types (count_class, exists, grounding) to see whether class binding and localisation appear with more
 # training.
 if [ "$MINUTES" -ge 60 ]; then
-    TRAIN_SCENES=1500 HELDOUT_SCENES=8000 YOLO_EPOCHS=60 YOLO_MIN=16 DETR_MIN=15 BLIP_MIN=1.5 VLM_STEPS=2000
+    TRAIN_SCENES=1500 HELDOUT_SCENES=8000 YOLO_EPOCHS=60 YOLO_MIN=16 DETR_MIN=15 BLIP_MIN=1.5 VLM_STEPS=1500
     QA_TYPES="count count_class exists location grounding surface"
 elif [ "$MINUTES" -ge 20 ]; then
     TRAIN_SCENES=800 HELDOUT_SCENES=5000 YOLO_EPOCHS=30 YOLO_MIN=8 DETR_MIN=5 BLIP_MIN=0.75 VLM_STEPS=800

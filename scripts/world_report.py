@@ -247,7 +247,8 @@ def results_table(results: dict) -> str:
                      f"| {_f(row['untrained'])} | {_f(row['chance'])} |")
     if results.get("seconds") is not None:
         stages = ", ".join(f"{k} {v:.0f}s" for k, v in results["stages"].items())
-        side = " (some side by side, one core each)" if sum(results["stages"].values()) > results["seconds"] + 1 else ""
+        overlapped = sum(results["stages"].values()) > results["seconds"] + 1
+        side = " (some side by side, one core each)" if overlapped else ""
         lines += ["", f"wall time {results['seconds']:.0f}s; stages{side}: {stages}"]
     return "\n".join(lines)
 

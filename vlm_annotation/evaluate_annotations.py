@@ -20,7 +20,8 @@ never silently dropped from the report (they are left out of the figures).
 
 With ``detector_boxes`` in the file (``data_annotation.py --keep_detector_boxes``), the table
 also scores YOLO alone, RT-DETR alone and both fusions (WBF and NMS), fused by the very
-functions data_annotation.py uses; ``--sweep`` scores a grid of ``--fusion``,
+functions data_annotation.py uses (from the boxes above the file's ``fusion_conf_threshold``
+when it has one, as its objects were); ``--sweep`` scores a grid of ``--fusion``,
 ``--detector_weights``, ``--iou_threshold`` and ``--conf_threshold`` from the kept boxes
 (no detector runs) and recommends the setting with the best ``--sweep_metric``.
 
