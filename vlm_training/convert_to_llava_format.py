@@ -210,6 +210,7 @@ def image_records(rec: dict, index: int, file, max_turns: int, qa_types=None, le
     ``qa_types``: keep only pairs of these types (the others are counted in ``left_out``).
     ``frame``: the box frame to render for (default LLaVA-1.5's); any other is recorded in each
     record under ``families.FRAME_KEY`` (a record without it was rendered for LLaVA-1.5).
+    ``shuffle_seed``: put the pairs in an order seeded by it and the image path (``--shuffle_turns``).
     """
     boxes = _ImageBoxes(rec, frame if frame != _LLAVA_FRAME else None)
     pairs = []
