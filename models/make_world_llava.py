@@ -73,8 +73,12 @@ def build_tokenizer(lines: list[str], vocab_size: int = 512):
                                    padding_side="left", model_max_length=1024)
 
 
-def build_llava(out: Path, coco: dict, seed: int = 0, vocab_size: int = 512, **sizes) -> Path:
-    """Write the model and processor to ``out``; ``sizes`` overrides entries of :data:`SIZES`."""
+def build_llava(out: Path, coco: dict, seed: int = 0, vocab_size: int = 512, feature_strategy: str = "default",
+                **sizes) -> Path:
+    """Write the model and processor to ``out``; ``sizes`` overrides entries of :data:`SIZES`.
+
+    ``feature_strategy`` is LLaVA's ``vision_feature_select_strategy``: "default" drops the tower's CLS
+    token (LLaVA-1.5), "full" keeps it as one more image token."""
     import torch
     from transformers import (
         CLIPImageProcessor,
@@ -103,7 +107,8 @@ def build_llava(out: Path, coco: dict, seed: int = 0, vocab_size: int = 512, **s
                        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
     config = LlavaConfig(vision_config=vision.to_dict(), text_config=text.to_dict(),
                          image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-                         image_seq_length=(image_size // patch) ** 2, vision_feature_select_strategy="default",
+                         image_seq_length=(image_size // patch) ** 2 + (feature_strategy == "full"),
+                         vision_feature_select_strategy=feature_strategy,
                          vision_feature_layer=-1)
     model = LlavaForConditionalGeneration(config).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -112,13 +117,14 @@ def build_llava(out: Path, coco: dict, seed: int = 0, vocab_size: int = 512, **s
     image_processor = CLIPImageProcessor(size={"shortest_edge": image_size},
                                          crop_size={"height": image_size, "width": image_size})
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=patch,
-                               vision_feature_select_strategy="default", chat_template=LLAVA_CHAT_TEMPLATE,
+                               vision_feature_select_strategy=feature_strategy, chat_template=LLAVA_CHAT_TEMPLATE,
                                num_additional_image_tokens=1)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     n_params = sum(p.numel() for p in model.parameters())
     write_json_atomic(out / "build_info.json", {"builder": "models/make_world_llava.py", "seed": seed,
-                                                "parameters": n_params, "vocab_size": len(tokenizer), "sizes": z})
+                                                "parameters": n_params, "vocab_size": len(tokenizer), "sizes": z,
+                                                "feature_strategy": feature_strategy})
     return out
 
 
@@ -128,6 +134,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="folder to write the model and processor into")
     p.add_argument("--vocab_size", type=int, default=512, help="BPE vocabulary size (default 512)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+    p.add_argument("--feature_strategy", choices=("default", "full"), default="default",
+                   help="vision_feature_select_strategy: default drops the CLS token (LLaVA-1.5), full keeps it")
     for name, default in SIZES.items():
         p.add_argument(f"--{name}", type=int, default=default, help=f"{SIZE_HELP[name]} (default {default})")
     args = p.parse_args(argv)
@@ -147,7 +155,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
     coco = json.loads((Path(args.world) / "train.json").read_text(encoding="utf-8"))
-    out = build_llava(Path(args.out), coco, args.seed, args.vocab_size, **{k: getattr(args, k) for k in SIZES})
+    out = build_llava(Path(args.out), coco, args.seed, args.vocab_size, args.feature_strategy,
+                      **{k: getattr(args, k) for k in SIZES})
     info = json.loads((out / "build_info.json").read_text(encoding="utf-8"))
     print(f"built the world LLaVA ({info['parameters']:,} parameters, {info['vocab_size']}-token BPE) in "
           f"{time.perf_counter() - start:.1f}s -> {out}", flush=True)

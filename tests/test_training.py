@@ -282,7 +282,10 @@ def test_the_guides_flags_map_onto_training_arguments(toy, tiny_models, tmp_path
     model, _, args = parse_args(common + ["--val_data", str(toy[0]), "--eval_steps", "5", "--dtype", "float32"])
     # defaults: LLaVA-1.5's LoRA recipe
     assert (model.lora_r, model.lora_alpha, model.projector_lr, args.learning_rate, args.lr_scheduler_type.value,
-            args.warmup_steps, model.system_prompt) == (128, 256, 2e-5, 2e-4, "cosine", 0.03, "auto")
+            args.warmup_steps, model.system_prompt) == (128, 256, None, 2e-4, "cosine", 0.03, "auto")
+    # the projector's own rate: LLaVA-1.5's LoRA recipe with LoRA, --learning_rate in a full fine-tune
+    assert parse_args(common + ["--use_lora"])[0].projector_lr == 2e-5
+    assert parse_args(common + ["--use_lora", "--projector_lr", "1e-4"])[0].projector_lr == 1e-4
     assert (args.eval_strategy.value, args.eval_steps, args.precision, args.train_sampling_strategy) == (
         "steps", 5, "fp32", "group_by_length")
     with pytest.raises(SystemExit) as exit_help:
@@ -342,6 +345,13 @@ def test_train_vision_tower_full_and_with_lora(toy, tiny_models, tmp_path):
     base = LlavaForConditionalGeneration.from_pretrained(tiny_models["llava"]).state_dict()
     changed = _changed(base, LlavaForConditionalGeneration.from_pretrained(full).state_dict())
     assert any("vision_tower" in k for k in changed) and any("language_model" in k for k in changed)
+    # A full fine-tune trains the projector at --learning_rate (LLaVA's mm_projector_lr unset), not LoRA's 2e-5:
+    # two Adam steps at 1e-3 move its weights by about 2e-3 each, at 2e-5 by 4e-5.
+    after = LlavaForConditionalGeneration.from_pretrained(full).state_dict()
+    moved = max(float((after[k] - base[k]).abs().max()) for k in base if "multi_modal_projector" in k)
+    assert moved > 1e-3
+    assert json.loads((full / "train_args.json").read_text())["learning_rates"] == {
+        "language_model": 1e-3, "projector": 1e-3, "vision_tower": 5e-4}
 
     assert main(base_args(toy, tiny_models, lora) + quick + ["--use_lora", "--lora_r", "4",
                                                            "--gradient_checkpointing"]) == 0
@@ -353,7 +363,9 @@ def test_train_vision_tower_full_and_with_lora(toy, tiny_models, tmp_path):
                                        lora).merge_and_unload().state_dict()
     vision = {k for k in _changed(base, merged) if "vision_tower" in k}
     assert vision and not any("multi_modal_projector" in k for k in _changed(base, merged))
-    assert json.loads((lora / "train_args.json").read_text())["train_vision_tower"] is True
+    record = json.loads((lora / "train_args.json").read_text())
+    assert record["train_vision_tower"] is True and record["projector_lr"] == 2e-5
+    assert record["learning_rates"] == {"language_model": 1e-3, "projector": None, "vision_tower": 1e-3}
 
 
 def test_system_prompt_is_saved_with_the_model(toy, tiny_models, tmp_path):

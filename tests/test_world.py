@@ -99,9 +99,10 @@ def test_ground_truth_annotations_name_the_surface(tmp_path):
 # README): training them here would take most of the suite's time. The tiny LLaVA is built and trained here.
 # One torch thread: the results do not depend on the machine's cores, and a busy CPU does not stall torch's
 # thread pool (two threads on a loaded 2-core machine ran train_vlm.py 5x slower than one).
-REDUCED = {"WORLD_MINUTES": "5", "WORLD_SEED": "0", "WORLD_TRAIN_SCENES": "100", "WORLD_HELDOUT_SCENES": "400",
-           "WORLD_MODELS_FROM": str(ROOT / "models" / "world"), "WORLD_VLM_STEPS": "200", "WORLD_VLM_BATCH": "16",
-           "WORLD_VLM_LR": "1e-3", "WORLD_QA_TYPES": "count surface", "WORLD_THREADS": "1", "OMP_NUM_THREADS": "1",
+REDUCED = {"WORLD_MINUTES": "5", "WORLD_SEED": "0", "WORLD_TRAIN_SCENES": "800", "WORLD_HELDOUT_SCENES": "400",
+           "WORLD_MODELS_FROM": str(ROOT / "models" / "world"), "WORLD_VISION_STEPS": "400", "WORLD_VISION_MIN": "30",
+           "WORLD_VLM_STEPS": "300", "WORLD_VLM_BATCH": "16", "WORLD_VLM_LR": "1e-3",
+           "WORLD_QA_TYPES": "count surface location", "WORLD_THREADS": "1", "OMP_NUM_THREADS": "1",
            "MKL_NUM_THREADS": "1"}
 
 
@@ -149,7 +150,7 @@ def test_world_run_trains_every_model(tmp_path):
     Budgets far too small to learn: this checks the plumbing; test_reduced_world_run_learns the learning."""
     env = dict(os.environ, PYTHON=sys.executable, WORLD_DIR=str(tmp_path), WORLD_MINUTES="5", WORLD_SEED="0",
                WORLD_TRAIN_SCENES="24", WORLD_HELDOUT_SCENES="60", WORLD_YOLO_EPOCHS="1", WORLD_DETR_MIN="0.05",
-               WORLD_BLIP_MIN="0.05", WORLD_VLM_STEPS="2", WORLD_THREADS="1", OMP_NUM_THREADS="1",
+               WORLD_BLIP_MIN="0.05", WORLD_VISION_STEPS="2", WORLD_VLM_STEPS="2", WORLD_THREADS="1", OMP_NUM_THREADS="1",
                MKL_NUM_THREADS="1")
     env.pop("WORLD_README", None)
     env.pop("WORLD_MODELS_FROM", None)
@@ -158,7 +159,8 @@ def test_world_run_trains_every_model(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     models = tmp_path / "models"
     for path in ("yolo/yolo.pt", "yolo/train_info.json", "rtdetr/m/config.json", "rtdetr/p",
-                 "rtdetr/train_info.json", "blip/config.json", "llava/config.json"):
+                 "rtdetr/train_info.json", "blip/config.json", "llava_random/config.json", "llava/config.json",
+                 "llava/pretrain_info.json"):
         assert (models / path).exists(), path
     info = json.loads((models / "rtdetr" / "train_info.json").read_text())
     assert info["steps"] >= 1 and info["seed"] == 0
@@ -167,7 +169,8 @@ def test_world_run_trains_every_model(tmp_path):
     assert all(set(r["detector_boxes"]) == {"yolo", "rtdetr"} for r in annotations["images"])
     results = json.loads((tmp_path / "results.json").read_text())
     stages = results["stages"]
-    assert set(stages) >= {"world", "yolo", "rtdetr", "blip", "annotate", "score_annotations", "vlm_train",
+    assert json.loads((models / "llava" / "pretrain_info.json").read_text())["steps"] == 2
+    assert set(stages) >= {"world", "yolo", "rtdetr", "blip", "vlm_vision", "annotate", "score_annotations", "vlm_train",
                            "vlm_predict", "vlm_predict_untrained"}
     # YOLO trained beside RT-DETR and the captioner: the run took less than the sum of its stages
     assert 0 < results["seconds"] < sum(stages.values())

@@ -97,6 +97,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
     """The docstring as written, and each flag's default."""
 
 
+LORA_PROJECTOR_LR = 2e-5  # LLaVA-1.5's scripts/v1_5/finetune_lora.sh: --mm_projector_lr 2e-5
+
+
 @dataclass
 class ModelArguments:
     _argument_group_name = "model"
@@ -110,8 +113,9 @@ class ModelArguments:
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
     train_projector: bool = field(default=False, metadata={
         "help": "with --use_lora, also train the multimodal projector fully (at --projector_lr)"})
-    projector_lr: float = field(default=2e-5, metadata={
-        "help": "learning rate of the projector when it is trained (LLaVA-1.5: 2e-5)"})
+    projector_lr: float | None = field(default=None, metadata={
+        "help": "learning rate of the projector when it is trained (default: with --use_lora 2e-5, LLaVA-1.5's "
+                "LoRA recipe; in a full fine-tune --learning_rate, as LLaVA's own mm_projector_lr)"})
     train_vision_tower: bool = field(default=False, metadata={
         "help": "also train the CLIP vision tower fully (as LLaVA-NeXT and LLaMA-Factory offer); needed for a "
                 "model that starts from random weights"})
@@ -134,6 +138,10 @@ class ModelArguments:
         for flag in ("lora_r", "lora_alpha"):
             if getattr(self, flag) < 1:
                 raise InputError(f"--{flag} must be >= 1, got {getattr(self, flag)}")
+        if self.projector_lr is None and self.use_lora:
+            # LLaVA-1.5's LoRA script passes --mm_projector_lr 2e-5 beside lr 2e-4; its full fine-tune leaves
+            # mm_projector_lr unset, so the projector trains at the learning rate of the rest (None here).
+            self.projector_lr = LORA_PROJECTOR_LR
         for flag in ("projector_lr", "vision_tower_lr"):
             lr = getattr(self, flag)
             if lr is not None and not (math.isfinite(lr) and lr > 0):
@@ -466,11 +474,16 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: VLMTrainin
         callbacks=[totals, stop, SaveFrame(layout.frame)], totals=totals,
         group_lrs={part_names(family)[0]: model_args.projector_lr if projector_trained else None,
                    part_names(family)[1]: model_args.vision_tower_lr if model_args.train_vision_tower else None})
+    learning_rates = {  # what each part trains at (None: frozen, or LoRA on the language model)
+        "language_model": args.learning_rate,
+        "projector": (model_args.projector_lr or args.learning_rate) if projector_trained else None,
+        "vision_tower": (model_args.vision_tower_lr or args.learning_rate) if model_args.train_vision_tower else None}
     main_process = trainer.is_world_process_zero()
     record = dataclasses.asdict(model_args) | dataclasses.asdict(data_args) | {
         "output_dir": str(out), "precision": args.precision, "device": args.device_name,
         "world_size": args.world_size, "lora_target_modules": family.lora_target_regex if model_args.use_lora else None,
         "num_image_tokens": layout.num_image_tokens, "system_prompt_text": fmt.system_prompt,
+        "learning_rates": learning_rates,
         "family": family.name, "box_frame": layout.frame.to_dict(),
         "resumed_from": checkpoint, "training_args": json.loads(args.to_json_string()),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__}}
