@@ -8,10 +8,12 @@ in minutes on a CPU: CLIP vision tower width 128 x 3 layers on 64 px images with
 layers, and a 512-token byte-level BPE trained on the world's questions and answers (the
 ground-truth Q&A of the training pool, made by the toolkit's own Q&A code) plus the chat
 template's words, so a turn costs a few tokens instead of dozens. Processor: llava-1.5-hf's
-chat template, a ``CLIPImageProcessor`` at 64 px. ``vlm_training/train_vlm.py --base_model OUT``
-fine-tunes it like any LLaVA checkpoint (fully, with ``--train_vision_tower``). Every size is a
-flag (``--text_width``, ``--vision_layers``, ``--image_size``, ...) for experiments; the defaults
-are the sizes above.
+chat template, a ``CLIPImageProcessor`` at 64 px. ``models/pretrain_world_vision.py`` then pretrains
+its vision tower on the training pool's boxes (the world's stand-in for a pretrained CLIP), and
+``vlm_training/train_vlm.py --base_model OUT`` fine-tunes it like any LLaVA checkpoint (fully, with
+``--train_vision_tower``). Every size is a flag (``--text_width``, ``--vision_layers``,
+``--image_size``, ...) for experiments, and ``--feature_strategy full`` keeps the CLS token as an
+image token; the defaults are the sizes above and LLaVA-1.5's "default" strategy.
 """
 from __future__ import annotations
 
