@@ -125,8 +125,9 @@ train_yolo() {
 # it learnt the ground's colour but not the objects, and answered every count question with one number.
 build_vlm() {
     $PY models/make_world_llava.py --world "$W" --out "$M/llava_random" --seed "$SEED"
-    $PY models/pretrain_world_vision.py --coco "$W/train.json" --image_dir "$W/train_images" --base_model "$M/llava_random" --out "$M/llava" \
-        --minutes "$VISION_MIN" --max_steps "$VISION_STEPS" --seed "$SEED"
+    $PY models/pretrain_world_vision.py --coco "$W/train.json" --image_dir "$W/train_images" \
+        --base_model "$M/llava_random" --out "$M/llava" --minutes "$VISION_MIN" --max_steps "$VISION_STEPS" \
+        --seed "$SEED"
 }
 if [ -n "$MODELS_FROM" ]; then
     for part in yolo rtdetr blip; do cp -r "$MODELS_FROM/$part" "$M/$part"; done
