@@ -13,13 +13,14 @@ two heads that are thrown away afterwards:
 * per patch: the class of the object over the patch's centre, or background (a box-level
   segmentation; the smaller object wins where boxes overlap), so every image token learns what lies on it;
 * per image: the number of objects, from the mean of the patch features (the pooling a language
-  model's attention starts from).
+  model's attention starts from), or from the CLS token when the model keeps it as an image token
+  (``make_world_llava.py --feature_strategy full``).
 
 Images are padded to a square with the processor's mean colour and processed by the model's own
 image processor, exactly as ``train_vlm.py`` feeds them. The result is the whole LLaVA (language
 model and projector unchanged) written to ``--out`` with its processor, loaded by
 ``train_vlm.py --base_model OUT`` like any checkpoint; ``OUT/pretrain_info.json`` records the
-command, seed, steps, seconds, the loss curve and the per-patch and count accuracy on the last
+arguments, seed, steps, seconds, the loss curve and the per-patch and count accuracy on the last
 10% of the pool (held out from this pretraining).
 
 Measured on the world (tuning runs, 4500 annotated held-out scenes, count, surface and location
@@ -196,7 +197,8 @@ def main(argv=None) -> int:
     model.save_pretrained(tmp)
     seconds = time.perf_counter() - start
     write_json_atomic(tmp / "pretrain_info.json", {
-        "script": "models/pretrain_world_vision.py", "command": [sys.executable, *sys.argv], "seed": args.seed,
+        "script": "models/pretrain_world_vision.py", "argv": list(sys.argv[1:] if argv is None else argv),
+        "seed": args.seed,
         "base_model": str(base), "images": len(pixels), "train_images": n_train, "steps": step,
         "batch_size": args.batch_size, "learning_rate": args.learning_rate, "seconds": round(seconds, 1),
         "loss_curve": curve, **scores})
