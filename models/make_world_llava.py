@@ -10,10 +10,11 @@ ground-truth Q&A of the training pool, made by the toolkit's own Q&A code) plus 
 template's words, so a turn costs a few tokens instead of dozens. Processor: llava-1.5-hf's
 chat template, a ``CLIPImageProcessor`` at 64 px. ``models/pretrain_world_vision.py`` then pretrains
 its vision tower on the training pool's boxes (the world's stand-in for a pretrained CLIP), and
-``vlm_training/train_vlm.py --base_model OUT`` fine-tunes it like any LLaVA checkpoint (fully, with
-``--train_vision_tower``). Every size is a flag (``--text_width``, ``--vision_layers``,
-``--image_size``, ...) for experiments, and ``--feature_strategy full`` keeps the CLS token as an
-image token; the defaults are the sizes above and LLaVA-1.5's "default" strategy.
+``vlm_training/train_vlm.py --base_model OUT`` fine-tunes it like any LLaVA checkpoint (language model
+and projector, the tower frozen; ``--train_vision_tower`` trains a tower that was never pretrained).
+Every size is a flag (``--text_width``, ``--vision_layers``, ``--image_size``, ...) for experiments,
+and ``--feature_strategy full`` keeps the CLS token as an image token; the defaults are the sizes
+above and LLaVA-1.5's "default" strategy.
 """
 from __future__ import annotations
 

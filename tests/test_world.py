@@ -99,7 +99,7 @@ def test_ground_truth_annotations_name_the_surface(tmp_path):
 # README): training them here would take most of the suite's time. The tiny LLaVA is built and trained here.
 # One torch thread: the results do not depend on the machine's cores, and a busy CPU does not stall torch's
 # thread pool (two threads on a loaded 2-core machine ran train_vlm.py 5x slower than one).
-REDUCED = {"WORLD_MINUTES": "5", "WORLD_SEED": "0", "WORLD_TRAIN_SCENES": "800", "WORLD_HELDOUT_SCENES": "400",
+REDUCED = {"WORLD_MINUTES": "5", "WORLD_SEED": "0", "WORLD_TRAIN_SCENES": "800", "WORLD_HELDOUT_SCENES": "800",
            "WORLD_MODELS_FROM": str(ROOT / "models" / "world"), "WORLD_VISION_STEPS": "400", "WORLD_VISION_MIN": "30",
            "WORLD_VLM_STEPS": "300", "WORLD_VLM_BATCH": "16", "WORLD_VLM_LR": "1e-3",
            "WORLD_QA_TYPES": "count surface location", "WORLD_THREADS": "1", "OMP_NUM_THREADS": "1",
@@ -119,16 +119,16 @@ def reduced_world_run(tmp_path_factory):
 
 @pytest.mark.timeout(1200)
 def test_reduced_world_run_learns(reduced_world_run):
-    """The toolkit's stages on 400 held-out scenes: detections, descriptions and the VLM's answers,
+    """The toolkit's stages on 800 held-out scenes: detections, descriptions and the VLM's answers,
     scored against the ground truth, beat their baselines by a clear margin.
 
-    Measured (seed 0, the models/world of an earlier make world run): YOLO mAP50 0.811, RT-DETR 0.713, the
-    two fused at the setting --sweep recommends 0.854, against 0.001 for YOLO's boxes moved to another
-    image; descriptions naming the true surface 1.000. The VLM (its vision tower pretrained for 400 steps on
-    800 training scenes, then 300 steps of 16 on count, surface and location questions): "what is it lying
-    on?" 1.000 against 0.276 for the majority answer and 0.000 untrained; "where is the can?" 0.310 against
-    0.000 and 0.000. Its count (0.344 against a majority of 0.250 on 32 scenes here; at majority in make
-    world's run) is reported, not asserted.
+    Measured (seed 0, the models/world of an earlier make world run): YOLO mAP50 0.805, RT-DETR 0.707, the
+    two fused at the setting --sweep recommends 0.846, against 0.000 for YOLO's boxes moved to another
+    image; descriptions naming the true surface 1.000. The VLM (its vision tower pretrained for 400 steps
+    on 800 training scenes and then frozen, 300 steps of 16 on count, surface and location questions about
+    the 720 training scenes), on the 64 test scenes: "how many objects are there?" 0.438 against 0.156 for
+    the majority answer and 0.000 untrained; "what is it lying on?" 0.964 against 0.250 and 0.000; "where
+    is the can?" 0.089 against 0.000 and 0.000 (its surface right, its position mostly not in this budget).
     """
     results, stdout = reduced_world_run
     assert "| surface |" in stdout and "| detection mAP50, yolo |" in stdout  # the table is printed
@@ -138,14 +138,14 @@ def test_reduced_world_run_learns(reduced_world_run):
     # the ensemble at the setting its own sweep recommends is at least as good as either detector alone
     assert det["fusion_sweep"]["map50"] >= max(det["yolo"]["map50"], det["rtdetr"]["map50"]) - 0.01, det
     assert results["descriptions"]["surface_accuracy"] >= 0.95, results["descriptions"]
-    surface = results["vlm"]["surface"]
-    assert surface["n"] >= 20, surface
+    vlm = results["vlm"]
+    count, surface, location = vlm["count"], vlm["surface"], vlm["location"]
+    assert count["n"] >= 50 and surface["n"] >= 40 and location["n"] >= 40, vlm
+    assert count["model"] >= count["majority"] + 0.15 and count["model"] >= count["untrained"] + 0.15, count
     assert surface["model"] >= surface["majority"] + 0.5 and surface["model"] >= surface["untrained"] + 0.5, surface
-    location = results["vlm"]["location"]
-    assert location["n"] >= 20, location
-    assert location["model"] >= location["majority"] + 0.15 and location["model"] >= location["untrained"] + 0.15, \
+    # the issue's bar for a type that beats its baselines
+    assert location["model"] >= location["majority"] + 0.05 and location["model"] >= location["untrained"] + 0.05, \
         location
-    assert "count" in results["vlm"]  # taught and scored
     assert results["seconds"] > 0 and set(results["stages"]) >= {"world", "annotate", "vlm_train", "vlm_predict"}
 
 
@@ -182,6 +182,25 @@ def test_world_run_trains_every_model(tmp_path):
     assert 0 < results["seconds"] < sum(stages.values())
     assert "some side by side" in proc.stdout and "== rtdetr" in proc.stdout and "== yolo" in proc.stdout
     assert {"count", "surface"} <= set(results["vlm"])
+    # the pretrained vision tower stays frozen while the VLM trains (WORLD_VLM_TOWER=frozen, the default)
+    from safetensors.torch import load_file
+    train_args = json.loads((tmp_path / "vlm_model" / "train_args.json").read_text())
+    assert train_args["train_vision_tower"] is False and train_args["learning_rates"]["vision_tower"] is None
+    pretrained = load_file(models / "llava" / "model.safetensors")
+    trained = load_file(tmp_path / "vlm_model" / "model.safetensors")
+    tower = [k for k in pretrained if "vision_tower" in k]
+    assert tower and all(pretrained[k].equal(trained[k]) for k in tower)
+    assert any(not pretrained[k].equal(trained[k]) for k in pretrained if "language_model" in k)
+
+
+def test_world_rejects_an_unknown_tower_setting(tmp_path):
+    env = dict(os.environ, PYTHON=sys.executable, WORLD_DIR=str(tmp_path), WORLD_VLM_TOWER="thaw")
+    env.pop("WORLD_README", None)
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "world.sh")], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr == "error: WORLD_VLM_TOWER must be frozen or train, got 'thaw'\n"
+    assert not list(tmp_path.iterdir())  # stopped before it wrote anything
 
 
 def test_readme_block_is_replaced_by_the_generated_table():
