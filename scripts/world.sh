@@ -33,9 +33,8 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 YOLO_OFFLINE=1 TOKENIZERS_PARALLE
 # The 2M-parameter VLM is taught short question types (long region descriptions would take most of
 # its CPU budget); one object per image gets the per-object questions. The default run teaches the
 # types it learns in minutes: how many objects there are, the scene's surface, and where an object is
-# (its surface and position). The longer run adds the class-specific
-# types (count_class, exists, grounding) to see whether class binding and localisation appear with more
-# training.
+# (its surface and position). The longer run adds the class-specific types (count_class, exists,
+# grounding) to see whether class binding and localisation appear with more training.
 if [ "$MINUTES" -ge 60 ]; then
     TRAIN_SCENES=1500 HELDOUT_SCENES=8000 YOLO_EPOCHS=60 YOLO_MIN=16 DETR_MIN=15 BLIP_MIN=1.5 VISION_MIN=3 VLM_STEPS=1500
     QA_TYPES="count count_class exists location grounding surface"
