@@ -82,7 +82,7 @@ step "6. review gallery of the annotations"
 $PY vlm_annotation/visualize.py --annotation_file "$OUT/annotations.json" --images_dir "$IMAGES" \
     --output_dir "$OUT/review"
 
-step "6. evaluate the predictions"
+step "7. evaluate the predictions"
 $PY vlm_inference/evaluate.py --predictions "$OUT/predictions.jsonl" --output_file "$OUT/metrics.json"
 
 printf '\ndemo finished in %ss: metrics in %s, report %s, label metrics %s, review gallery %s\n' \
