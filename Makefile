@@ -37,7 +37,7 @@ demo: $(STAMP)
 # The synthetic world: train every model on it and show that the toolkit learns (README, "Results on
 # the synthetic world"). WORLD_MINUTES=60 for the longer setting.
 world: $(STAMP)
-	WORLD_DIR=$(WORLD_DIR) WORLD_MINUTES=$(WORLD_MINUTES) PYTHON=$(BIN)/python bash scripts/world.sh
+	WORLD_DIR=$(WORLD_DIR) WORLD_MINUTES=$(WORLD_MINUTES) PYTHON=$(BIN)/python bash world/world.sh
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done

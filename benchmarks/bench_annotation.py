@@ -40,7 +40,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from vlm_annotation import data_annotation  # noqa: E402
 from vlm_annotation.describer import PromptBook  # noqa: E402
 from vlm_annotation.detectors import ClassMap, import_ultralytics  # noqa: E402
-from vlm_annotation.images import load_image  # noqa: E402
+from vlm_annotation.engine import Annotator  # noqa: E402
+from vlm_core.images import (
+    list_images,  # noqa: E402
+    load_image,  # noqa: E402
+)
 
 
 class OneCallPerCrop:
@@ -102,7 +106,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bench_annotation_"))
     if not (args.yolo_model and args.detr_model and args.captioner_model):
-        from models.make_tiny_models import build_all
+        from fixtures.tiny_models import build_all
         tiny = build_all(work / "tiny", seed=0)
         args.yolo_model = args.yolo_model or str(tiny["yolo"])
         if not args.detr_model:
@@ -111,10 +115,10 @@ def main(argv=None) -> int:
     if args.images_dir:
         images_dir = Path(args.images_dir)
     else:
-        from data.make_sample_images import write_sample_images
+        from fixtures.sample_images import write_sample_images
         images_dir = work / "images"
         write_sample_images(images_dir)
-    names = data_annotation.list_images(images_dir)
+    names = list_images(images_dir)
     paths = [images_dir / names[i % len(names)] for i in range(args.num_images)]
     run_names = [f"{i:05d}_{Path(p).name}" for i, p in enumerate(paths)]
 
@@ -126,7 +130,7 @@ def main(argv=None) -> int:
         flags += ["--detr_processor", args.detr_processor]
     opts = data_annotation.parse_args(flags)
     import_ultralytics()
-    annotator = data_annotation.Annotator(opts, args.device, ClassMap(), PromptBook())
+    annotator = Annotator(opts, args.device, ClassMap(), PromptBook())
     batched_captioner = annotator.describer.captioner
     annotator.annotate([run_names[0]], [load_image(paths[0])])  # warm-up, not timed
 

@@ -26,7 +26,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from PIL import Image, ImageDraw
 
-from vlm_annotation import prompts, runtime
+from vlm_core import prompts, runtime
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model_path = args.model_path
         if model_path is None:
-            from models.make_tiny_models import build_llava
+            from fixtures.tiny_models import build_llava
             model_path = str(build_llava(Path(tmp), seed=0))
         vlm = VLMInference(model_path, base_model=args.base_model, device=args.device, precision=args.precision)
         images, questions = workload(args.num_questions)

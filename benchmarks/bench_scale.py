@@ -31,8 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # run as a file: benchmarks/ is not an installed package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vlm_annotation import prompts  # noqa: E402
-from vlm_annotation.boxes import box_to_text  # noqa: E402
+from vlm_core import prompts  # noqa: E402
+from vlm_core.boxes import box_to_text  # noqa: E402
 
 LABELS = ["glass", "plastic bag", "can", "paper", "bottle", "battery", "cardboard box", "tin can"]
 SIZES = [(640, 480), (480, 640), (1024, 768), (800, 800), (1280, 720)]
@@ -106,7 +106,7 @@ def _pool(n: int, seed: int) -> list[dict]:
 
 def write_annotations(path: Path, indices, pool: list[dict], meta: dict, skipped: list[dict]) -> int:
     """An annotation file of the given images, in the layout its name asks for, as a run writes it."""
-    from vlm_annotation.schema import AnnotationWriter
+    from vlm_core.schema import AnnotationWriter
     with AnnotationWriter(path, style="lines") as w:
         for i in indices:
             w.write(dict(pool[i % len(pool)], image=image_path(i)))

@@ -28,9 +28,9 @@ for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "YOLO_OFFLINE"):
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-from vlm_annotation import prompts  # noqa: E402
-from vlm_annotation.io_utils import write_json_atomic  # noqa: E402
-from vlm_training.toy_data import toy_records, write_toy_images  # noqa: E402
+from fixtures.toy_data import toy_records, write_toy_images  # noqa: E402
+from vlm_core import prompts  # noqa: E402
+from vlm_core.io_utils import write_json_atomic  # noqa: E402
 
 CLASSES = ["glass", "plastic", "can", "paper", "bottle"]
 
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         base_model = args.base_model
         if base_model is None:
-            from models.make_tiny_models import build_llava
+            from fixtures.tiny_models import build_llava
             base_model = str(build_llava(tmp / "models", seed=0))
         if args.train_data:
             if not args.image_dir:

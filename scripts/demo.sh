@@ -12,13 +12,13 @@ step() { printf '\n== %s\n' "$*"; }
 rm -rf "$OUT"
 mkdir -p "$OUT"
 step "0. scenes of the synthetic world, and a tiny LLaVA to fine-tune (no download)"
-# The detectors and the captioner are the small world-trained models committed in models/world/
-# (see models/world/README.md for the commands that reproduce them); the LLaVA is built here.
-$PY models/make_tiny_models.py --out "$OUT/models"
-$PY data/make_world.py --out "$OUT/world" --train_images 0 --heldout_images 12 --seed 1 --workers 1
+# The detectors and the captioner are the small world-trained models committed in world/models/
+# (see world/models/README.md for the commands that reproduce them); the LLaVA is built here.
+$PY fixtures/make_tiny_models.py --out "$OUT/models"
+$PY world/make_world.py --out "$OUT/world" --train_images 0 --heldout_images 12 --seed 1 --workers 1
 IMAGES="$OUT/world/heldout_images"
 M="$OUT/models"
-W=models/world
+W=world/models
 
 step "1. annotate: YOLO + RT-DETR ensemble, BLIP descriptions, Q&A pairs"
 $PY vlm_annotation/data_annotation.py --images_dir "$IMAGES" --output_file "$OUT/annotations.json" \

@@ -38,10 +38,10 @@ fi
 # The tiny LLaVA only (the other tiny models are not needed here) and the four-record toy dataset.
 "$PYTHON" -c "
 from pathlib import Path
-from models.make_tiny_models import build_llava
+from fixtures.tiny_models import build_llava
 print('tiny llava:', build_llava(Path('$WORK/models'), seed=0))
 "
-"$PYTHON" vlm_training/toy_data.py "$WORK/data"
+"$PYTHON" fixtures/toy_data.py "$WORK/data"
 
 COMMON=(--train_data "$WORK/data/toy_llava.json" --val_data "$WORK/data/toy_llava.json"
         --image_dir "$WORK/data/images" --base_model "$WORK/models/llava"

@@ -14,7 +14,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import pytest  # noqa: E402
 
-from models.make_tiny_models import build_all  # noqa: E402
+from fixtures.tiny_models import build_all  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +26,7 @@ def tiny_models(tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def sample_images_dir(tmp_path_factory):
     """A folder with bus.jpg, zidane.jpg and scenes/scene_*.{jpg,png}."""
-    from data.make_sample_images import write_sample_images
+    from fixtures.sample_images import write_sample_images
     out = tmp_path_factory.mktemp("sample_images")
     write_sample_images(out)
     return out

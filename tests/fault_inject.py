@@ -43,7 +43,7 @@ def _wait_for_go() -> None:
 
 
 def _pause_after_lines(n: int) -> None:
-    from vlm_annotation import io_utils
+    from vlm_core import io_utils
     real_write = io_utils.JsonlAppender.write
     count = 0
 

@@ -10,11 +10,18 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from vlm_annotation import data_annotation, evaluate_annotations, export_annotations, import_labels, merge_annotations
-from vlm_annotation.data_annotation import fuse_detections
-from vlm_annotation.io_utils import InputError
+from vlm_annotation import (
+    data_annotation,
+    engine,
+    evaluate_annotations,
+    export_annotations,
+    import_labels,
+    merge_annotations,
+)
+from vlm_annotation.engine import fuse_detections
 from vlm_annotation.progress import progress_path
-from vlm_annotation.schema import QA_TYPES, load_annotations
+from vlm_core.io_utils import InputError
+from vlm_core.schema import QA_TYPES, load_annotations
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = ["bus.jpg", "rotated.jpg", "scenes/scene_0.jpg", "scenes/scene_1.png", "scenes/scene_2.jpg",
@@ -87,7 +94,7 @@ class Interrupted(Exception):
 
 def test_interrupted_run_resumes_to_the_same_file(reference, tiny_models, images_dir, tmp_path, monkeypatch):
     out = tmp_path / "annotations.json"
-    real_add = data_annotation.ProgressLog.add_image
+    real_add = engine.ProgressLog.add_image
     written = []
 
     def add_then_die(self, record):
@@ -96,7 +103,7 @@ def test_interrupted_run_resumes_to_the_same_file(reference, tiny_models, images
         real_add(self, record)
         written.append(record["image"])
 
-    monkeypatch.setattr(data_annotation.ProgressLog, "add_image", add_then_die)
+    monkeypatch.setattr(engine.ProgressLog, "add_image", add_then_die)
     with pytest.raises(Interrupted):
         data_annotation.main(args_for(tiny_models, images_dir, out))
     monkeypatch.undo()
@@ -105,19 +112,19 @@ def test_interrupted_run_resumes_to_the_same_file(reference, tiny_models, images
         f.write('{"image": "half a line')  # as a kill during a write leaves it
 
     annotated = []
-    real_annotate = data_annotation.Annotator.annotate
+    real_annotate = engine.Annotator.annotate
 
     def spy(self, names, images):
         annotated.extend(names)
         return real_annotate(self, names, images)
 
-    monkeypatch.setattr(data_annotation.Annotator, "annotate", spy)
+    monkeypatch.setattr(engine.Annotator, "annotate", spy)
     assert data_annotation.main(args_for(tiny_models, images_dir, out)) == 0
     assert sorted(annotated) == sorted(set(GOOD) - set(written))  # nothing redone, nothing lost
     assert load_annotations(out) == reference[0]
 
     # A changed setting does not silently mix runs: it is refused until --restart.
-    data_annotation.ProgressLog(progress_path(out), {"seed": 1}).open().close()
+    engine.ProgressLog(progress_path(out), {"seed": 1}).open().close()
     code = data_annotation.main(args_for(tiny_models, images_dir, out))
     assert code == 2
 
@@ -306,7 +313,7 @@ def _tiny_blip2(out: Path) -> Path:
         PreTrainedTokenizerFast,
     )
 
-    from models.make_tiny_models import build_tokenizer
+    from fixtures.tiny_models import build_tokenizer
 
     base = build_tokenizer()
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(base.backend_tokenizer.to_str()),

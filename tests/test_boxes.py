@@ -2,7 +2,7 @@
 import pytest
 from PIL import Image
 
-from vlm_annotation import boxes
+from vlm_core import boxes
 
 
 def test_format_and_parse_round_trip():

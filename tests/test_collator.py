@@ -7,9 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from vlm_annotation.boxes import pad_to_square
-from vlm_annotation.io_utils import InputError
-from vlm_annotation.prompts import PromptFormat
+from fixtures.toy_data import write_toy_llava_dataset
+from vlm_core.boxes import pad_to_square
+from vlm_core.io_utils import InputError
+from vlm_core.llava_format import validate_llava_records
+from vlm_core.prompts import PromptFormat
 from vlm_training.llava_data import (
     IGNORE_INDEX,
     LlavaCollator,
@@ -19,8 +21,6 @@ from vlm_training.llava_data import (
     load_llava_dataset,
     tokenize_segments,
 )
-from vlm_training.llava_format import validate_llava_records
-from vlm_training.toy_data import write_toy_llava_dataset
 
 MULTI_TURN = {
     "id": "scenes/red.png#1", "image": "scenes/red.png", "width": 48, "height": 32,

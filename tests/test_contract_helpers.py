@@ -4,9 +4,9 @@ import os
 
 import pytest
 
-from vlm_annotation import prompts
-from vlm_annotation.io_utils import InputError, JsonlAppender, RecordWriter, iter_jsonl, write_json_atomic
-from vlm_annotation.runtime import report_input_errors, require_model
+from vlm_core import prompts
+from vlm_core.io_utils import InputError, JsonlAppender, RecordWriter, iter_jsonl, write_json_atomic
+from vlm_core.runtime import report_input_errors, require_model
 
 
 def test_atomic_writers_leave_no_temp_files(tmp_path):
@@ -92,7 +92,7 @@ def test_jsonl_keeps_unicode_line_separators_inside_strings(tmp_path):
 
 
 def test_unreadable_inputs_are_one_line_errors(tmp_path):
-    from vlm_annotation.io_utils import read_json
+    from vlm_core.io_utils import read_json
     (tmp_path / "bin.json").write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(InputError, match="not UTF-8 text"):
         read_json(tmp_path / "bin.json")
@@ -113,7 +113,7 @@ def test_ctrl_c_is_one_line_and_exit_130(capsys):
 
 
 def test_output_paths_are_checked_before_any_work(tmp_path):
-    from vlm_annotation.runtime import require_output_dir, require_output_file
+    from vlm_core.runtime import require_output_dir, require_output_file
     src = tmp_path / "in.json"
     src.write_text("{}")
     with pytest.raises(InputError, match="--out: .* is the same file as --in"):
@@ -133,7 +133,7 @@ def test_output_paths_are_checked_before_any_work(tmp_path):
 
 
 def test_devices_and_seeds_are_checked():
-    from vlm_annotation.runtime import check_seed, resolve_device
+    from vlm_core.runtime import check_seed, resolve_device
     assert resolve_device("cpu") == "cpu"
     for bad, message in (("bogus", "not a device"), ("cuda:7", "CUDA"), ("mps", "MPS"), ("meta", "use auto")):
         torch = __import__("torch")
@@ -150,7 +150,7 @@ def test_devices_and_seeds_are_checked():
 
 def test_yolo_weights_official_names_online_and_offline(tmp_path, monkeypatch):
     """Ultralytics downloads its official checkpoints by name: accepted with network, one line offline."""
-    from vlm_annotation.runtime import require_yolo_weights
+    from vlm_core.runtime import require_yolo_weights
     monkeypatch.chdir(tmp_path)
     for name in ("yolov8x.pt", "yolo11x.pt", "rtdetr-l.pt"):
         with pytest.raises(InputError, match=f"--yolo_model: {name} is an Ultralytics weights name .* offline"):

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from vlm_annotation import prompts
-from vlm_annotation.boxes import BOX_PATTERN, parse_box, pixel_to_square, square_offsets, text_to_box
+from vlm_core import prompts
+from vlm_core.boxes import BOX_PATTERN, parse_box, pixel_to_square, square_offsets, text_to_box
 from vlm_training import convert_to_llava_format as convert
 
 # A wide and a tall image, so that the padded-square offsets matter on both axes.
@@ -276,7 +276,7 @@ def test_convert_counts_the_images_other_trainers_misread(tmp_path, capsys):
 def test_upright_copies_show_other_trainers_the_pixels_the_boxes_describe(tmp_path, capsys):
     from PIL import Image
 
-    from vlm_annotation.images import load_image
+    from vlm_core.images import load_image
     images, data = _misread_dataset(tmp_path)
     upright = tmp_path / "upright"
     rc, out = _run(tmp_path, data, "--image_dir", str(images), "--upright_images_dir", str(upright))
@@ -318,8 +318,8 @@ def test_upright_folder_flags_are_checked(tmp_path, capsys):
 
 
 def test_base_model_renders_boxes_in_its_family_frame(tmp_path, capsys):
-    from vlm_training import families
-    from vlm_training.llava_format import load_llava_file
+    from vlm_core import families
+    from vlm_core.llava_format import load_llava_file
     base = "Qwen/Qwen2.5-VL-3B-Instruct"           # known offline: the official processor settings
     frame = families.frame_for(base)
     rc, out = _run(tmp_path, _annotations(), "--base_model", base)

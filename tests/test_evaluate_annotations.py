@@ -2,7 +2,7 @@
 import json
 
 from vlm_annotation import evaluate_annotations
-from vlm_annotation.data_annotation import fuse_detections
+from vlm_annotation.engine import fuse_detections
 
 
 def coco_gt(images: dict[str, list[tuple[str, list]]], size=(200, 200), crowd=()) -> dict:

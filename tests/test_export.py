@@ -10,7 +10,7 @@ import yaml
 from PIL import Image
 
 from vlm_annotation import evaluate_annotations, export_annotations
-from vlm_annotation.import_labels import read_coco, read_yolo
+from vlm_annotation.label_readers import read_coco, read_yolo
 
 SIZES = {"a.jpg": (120, 90), "sub/b.png": (64, 48), "neg.jpg": (40, 30)}
 

@@ -5,9 +5,9 @@ import random
 
 import pytest
 
-from models.make_tiny_models import FAMILY_BUILDERS, build_llava
-from vlm_annotation import boxes
-from vlm_training import families as F
+from fixtures.tiny_models import FAMILY_BUILDERS, build_llava
+from vlm_core import boxes
+from vlm_core import families as F
 
 SIZES = [(640, 480), (480, 640), (500, 500), (1281, 719), (100, 30), (30, 100), (1920, 1080)]
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import pytest
 
-from models.make_tiny_models import FAMILY_MODELS
-from vlm_annotation import prompts
-from vlm_annotation.io_utils import write_json_atomic
+from fixtures.tiny_models import FAMILY_MODELS
+from fixtures.toy_data import shape_box, write_toy_images
+from vlm_core import families, prompts
+from vlm_core.io_utils import write_json_atomic
+from vlm_core.llava_format import IMAGE_PLACEHOLDER
 from vlm_inference.vlm_inference import VLMInference
-from vlm_training import families, train_vlm
-from vlm_training.llava_format import IMAGE_PLACEHOLDER
-from vlm_training.toy_data import shape_box, write_toy_images
+from vlm_training import train_vlm
 
 FAMILIES = ("llava", *FAMILY_MODELS)
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from vlm_annotation.io_utils import InputError
 from vlm_annotation.progress import ProgressLog, progress_path
-from vlm_annotation.runtime import OutputBusy, remove_stale_temps, single_writer
-from vlm_annotation.schema import load_annotations
+from vlm_core.io_utils import InputError
+from vlm_core.runtime import OutputBusy, remove_stale_temps, single_writer
+from vlm_core.schema import load_annotations
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = "vlm_annotation/data_annotation.py"
@@ -98,7 +98,7 @@ def images_dir(sample_images_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def all_images(images_dir) -> list[str]:
-    from vlm_annotation.images import list_images
+    from vlm_core.images import list_images
     return list_images(images_dir)
 
 
@@ -115,11 +115,11 @@ def reference(tiny_models, images_dir, tmp_path_factory) -> bytes:
 def annotate_here(argv: list[str]) -> tuple[int, list[str]]:
     """Run the stage in this process (a rerun after the fault: cheaper than a new interpreter);
     return its exit code and the images it loaded, relative to --images_dir."""
-    from vlm_annotation import data_annotation
+    from vlm_annotation import data_annotation, engine
     loaded = []
-    real_load = data_annotation.load_image
+    real_load = engine.load_image
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(data_annotation, "load_image", lambda p, *a, **k: loaded.append(p) or real_load(p, *a, **k))
+        patch.setattr(engine, "load_image", lambda p, *a, **k: loaded.append(p) or real_load(p, *a, **k))
         code = data_annotation.main(argv)
     root = Path(argv[argv.index("--images_dir") + 1])
     return code, sorted(Path(p).relative_to(root).as_posix() for p in loaded)
@@ -337,7 +337,7 @@ def test_one_symlink_rule_for_every_stage(tiny_models, images_dir, tmp_path):
     """Annotation and the gallery accepted links out of the folder, training and prediction refused them
     (before); now a link inside the images folder is followed wherever it points, in every stage."""
     from vlm_annotation import visualize
-    from vlm_training.llava_format import resolve_image_path
+    from vlm_core.llava_format import resolve_image_path
     folder, outside = tmp_path / "images", tmp_path / "elsewhere"
     folder.mkdir()
     shutil.copytree(images_dir / "scenes", outside / "scenes")
@@ -441,7 +441,7 @@ def test_undecodable_names_are_stored_escaped_and_found_again(tmp_path):
 
 
 def _hold_lock_in_child(path: Path) -> subprocess.Popen:
-    code = ("import sys, time; from vlm_annotation.runtime import single_writer\n"
+    code = ("import sys, time; from vlm_core.runtime import single_writer\n"
             "with single_writer(sys.argv[1], '--output_file'):\n"
             "    print('held', flush=True); time.sleep(600)\n")
     child = subprocess.Popen([sys.executable, "-c", code, str(path)], env=_env(), cwd=ROOT,
@@ -472,7 +472,7 @@ def test_a_lock_file_removed_under_a_waiter_is_not_trusted(tmp_path, monkeypatch
     must not think it holds the lock while a third run locks the new file."""
     import fcntl
 
-    from vlm_annotation import runtime
+    from vlm_core import runtime
     out = tmp_path / "x.json"
     lock = tmp_path / "x.json.lock"
     real_flock = fcntl.flock

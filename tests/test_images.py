@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlm_annotation.images import ImageLoadError, as_rgb_image, is_image_file, load_image
+from vlm_core.images import ImageLoadError, as_rgb_image, is_image_file, load_image
 
 
 def test_exif_rotation_gives_displayed_size(tmp_path):
@@ -84,7 +84,7 @@ def _png(path):
 
 def test_listing_follows_symlinks_wherever_they_point(tmp_path):
     """The one symlink rule of every stage: a link inside the images folder is followed."""
-    from vlm_annotation.images import list_images
+    from vlm_core.images import list_images
     images, outside = tmp_path / "images", tmp_path / "elsewhere"
     _png(images / "b.png")
     _png(images / "sub" / "a.jpg")
@@ -108,7 +108,7 @@ def test_listing_follows_symlinks_wherever_they_point(tmp_path):
 def test_undecodable_file_name_is_refused_with_a_printable_reason(tmp_path):
     import os
 
-    from vlm_annotation.images import list_images, printable_name
+    from vlm_core.images import list_images, printable_name
     raw = os.fsdecode(b"caf\xe9.jpg")                    # Latin-1 bytes on a UTF-8 system
     _png(tmp_path / raw)
     assert list_images(tmp_path) == [raw]

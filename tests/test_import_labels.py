@@ -12,7 +12,7 @@ from PIL import Image
 
 from vlm_annotation import import_labels, merge_annotations
 from vlm_annotation.progress import progress_path
-from vlm_annotation.schema import load_annotations
+from vlm_core.schema import load_annotations
 
 ROOT = Path(__file__).resolve().parents[1]
 

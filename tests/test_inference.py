@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from vlm_annotation import boxes, prompts
-from vlm_annotation.prompts import PromptFormat
+from vlm_core import boxes, prompts
+from vlm_core.model_dir import SAVING_MARKER
+from vlm_core.prompts import PromptFormat
 from vlm_inference import vlm_inference as vi
 from vlm_inference.vlm_inference import InferenceInputError, VLMInference
-from vlm_training.model_dir import SAVING_MARKER
 
 LORA_REGEX = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 GEN = {"max_new_tokens": 8}

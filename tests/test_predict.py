@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from vlm_annotation.io_utils import write_json_atomic
+from vlm_core.io_utils import write_json_atomic
 from vlm_inference import predict
 from vlm_inference.vlm_inference import VLMInference
 
@@ -411,7 +411,7 @@ def test_records_are_read_one_at_a_time(dataset, tmp_path, suffix):
 
 
 def test_a_half_written_model_is_refused_before_anything_is_written(dataset, tiny_models, tmp_path, capsys):
-    from vlm_training.model_dir import SAVING_MARKER
+    from vlm_core.model_dir import SAVING_MARKER
     data, images, _ = dataset
     model = tmp_path / "vlm_model"
     shutil.copytree(tiny_models["llava"], model)

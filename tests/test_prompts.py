@@ -6,7 +6,8 @@ import json
 import pytest
 import torch
 
-from vlm_annotation.prompts import (
+from fixtures.toy_data import write_toy_llava_dataset
+from vlm_core.prompts import (
     LLAVA_15_FIRST_TURN,
     PROMPT_FORMAT_FILE,
     SYSTEM_PROMPTS,
@@ -15,7 +16,6 @@ from vlm_annotation.prompts import (
     resolve_system_prompt,
 )
 from vlm_training.llava_data import IGNORE_INDEX, TokenLayout, conversation_segments, load_llava_dataset
-from vlm_training.toy_data import write_toy_llava_dataset
 
 LLAVA_V1 = ("A chat between a curious user and an artificial intelligence assistant. "
             "The assistant gives helpful, detailed, and polite answers to the user's questions.")
@@ -116,7 +116,7 @@ def test_saved_with_the_model_and_old_files_load_without(tmp_path):
 def processor(tmp_path_factory):
     from transformers import AutoProcessor
 
-    from models.make_tiny_models import build_llava
+    from fixtures.tiny_models import build_llava
     return AutoProcessor.from_pretrained(build_llava(tmp_path_factory.mktemp("llava"), seed=0))
 
 

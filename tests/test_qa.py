@@ -1,8 +1,8 @@
 """Q&A pairs from a hand-made object list: exact questions and answers, seeded choices."""
-from vlm_annotation import prompts
-from vlm_annotation.boxes import box_to_text
 from vlm_annotation.qa import generate_qa, image_rng
-from vlm_annotation.schema import QA_TYPES, validate_image_record
+from vlm_core import prompts
+from vlm_core.boxes import box_to_text
+from vlm_core.schema import QA_TYPES, validate_image_record
 
 W, H = 400, 300
 VOCAB = ["bottle", "can", "glass", "paper", "plastic"]

@@ -9,13 +9,13 @@ import json
 
 import pytest
 
-from vlm_annotation import boxes, prompts
-from vlm_annotation.io_utils import write_json_atomic
+from fixtures.toy_data import shape_box, toy_records, write_toy_images
+from vlm_core import boxes, prompts
+from vlm_core.io_utils import write_json_atomic
 from vlm_inference import predict
 from vlm_inference import vlm_inference as vi
 from vlm_inference.vlm_inference import VLMInference
 from vlm_training import train_vlm
-from vlm_training.toy_data import shape_box, toy_records, write_toy_images
 
 # The toy region question on scenes/green.png (32x48) asks about the drawn rectangle.
 GREEN_BOX = shape_box(32, 48)

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from vlm_annotation.io_utils import InputError
-from vlm_annotation.schema import AnnotationError, load_annotations, validate_annotations
+from vlm_core.io_utils import InputError
+from vlm_core.schema import AnnotationError, load_annotations, validate_annotations
 
 
 def good():
@@ -80,7 +80,7 @@ def test_load_annotations_names_the_file(tmp_path):
 
 def test_the_streamed_reader_reports_like_the_whole_file_validator(tmp_path):
     """Every BAD_CASE gives the same field and problem through AnnotationReader, JSON and JSONL."""
-    from vlm_annotation.schema import AnnotationReader, AnnotationWriter
+    from vlm_core.schema import AnnotationReader, AnnotationWriter
     for mutate, field, problem in BAD_CASES:
         data = copy.deepcopy(good())
         mutate(data)

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from vlm_annotation.schema import load_annotations
+from vlm_core.schema import load_annotations
 from vlm_training import split_data
 from vlm_training.split_data import assign_splits, image_key, split_counts
 

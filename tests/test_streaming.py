@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from vlm_annotation import io_utils, merge_annotations
-from vlm_annotation.io_utils import (
+from vlm_annotation import merge_annotations
+from vlm_core import io_utils
+from vlm_core.io_utils import (
     InputError,
     JsonlAppender,
     RecordWriter,
@@ -31,10 +32,10 @@ from vlm_annotation.io_utils import (
     stream_json,
     stream_jsonl,
 )
-from vlm_annotation.schema import AnnotationError, AnnotationReader, AnnotationWriter, load_annotations
+from vlm_core.llava_format import LlavaWriter, iter_llava_records, load_llava_file, resolve_image_path
+from vlm_core.schema import AnnotationError, AnnotationReader, AnnotationWriter, load_annotations
 from vlm_training import convert_to_llava_format as convert
 from vlm_training import split_data
-from vlm_training.llava_format import LlavaWriter, iter_llava_records, load_llava_file, resolve_image_path
 
 DATA = Path(__file__).parent / "data" / "stream"
 REPO = Path(__file__).resolve().parents[1]
@@ -281,7 +282,7 @@ def test_a_path_listed_twice_is_named_like_the_whole_file_validator(tmp_path):
 
 def test_equal_path_hashes_are_checked_against_the_paths(tmp_path, monkeypatch):
     """The duplicate check keeps 8-byte hashes; when two are equal the paths themselves decide."""
-    from vlm_annotation import schema
+    from vlm_core import schema
     monkeypatch.setattr(schema, "_path_key", lambda image: len(image))    # many equal "hashes"
     path = tmp_path / "a.json"
     path.write_text(json.dumps({"images": [_good_record(f"{i}.jpg") for i in range(8)]}))

@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from models.make_tiny_models import CLASSES, FAMILY_MODELS, build_all, sample_photos
-from vlm_annotation.prompts import PromptFormat
-from vlm_training import families
+from fixtures.tiny_models import CLASSES, FAMILY_MODELS, build_all, sample_photos
+from vlm_core import families
+from vlm_core.prompts import PromptFormat
 
 
 def test_yolo_loads_and_emits_boxes_on_a_photo(tiny_models):
@@ -141,7 +141,7 @@ def test_family_tokenizer_round_trips_its_box_text_and_end_of_turn(name, tiny_mo
 def test_an_older_build_without_the_families_is_not_taken_as_complete(tmp_path, tiny_models):
     import json
 
-    from models.make_tiny_models import _complete
+    from fixtures.tiny_models import _complete
     listing = {k: str(v) for k, v in tiny_models.items()}
     (tmp_path / "tiny_models.json").write_text(json.dumps(listing))
     assert _complete(tmp_path)

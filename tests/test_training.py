@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vlm_annotation.boxes import pad_to_square
-from vlm_annotation.images import load_image
-from vlm_annotation.prompts import PromptFormat
-from vlm_training.families import LANGUAGE_LORA_REGEX as LORA_TARGET_REGEX
-from vlm_training.toy_data import write_toy_llava_dataset
+from fixtures.toy_data import write_toy_llava_dataset
+from vlm_core.boxes import pad_to_square
+from vlm_core.families import LANGUAGE_LORA_REGEX as LORA_TARGET_REGEX
+from vlm_core.images import load_image
+from vlm_core.prompts import PromptFormat
 from vlm_training.train_vlm import main
 
 # Tuned so that LoRA alone memorises the four toy answers in 60 steps (~5 s on two CPU cores):

@@ -17,8 +17,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vlm_training.model_dir import SAVING_MARKER, TRAIN_ARGS_FILE, half_written
-from vlm_training.toy_data import write_toy_llava_dataset
+from fixtures.toy_data import write_toy_llava_dataset
+from vlm_core.model_dir import SAVING_MARKER, TRAIN_ARGS_FILE, half_written
 from vlm_training.train_vlm import main
 from vlm_training.vlm_trainer import resolve_checkpoint
 
@@ -207,7 +207,7 @@ def _record(out: Path, status: str, **changes) -> None:
 
 
 def test_which_checkpoint_a_run_continues_from(tmp_path):
-    from vlm_annotation.io_utils import InputError
+    from vlm_core.io_utils import InputError
     out = tmp_path / "m"
     c2, c4, c6 = (_checkpoint(out, step, complete) for step, complete in ((2, True), (4, True), (6, False)))
     # an interrupted run: its newest complete checkpoint; the incomplete one is skipped (the caller removes it)

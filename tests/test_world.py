@@ -1,6 +1,6 @@
 """The synthetic world: the generator's contract, and a reduced world run that must learn.
 
-The reduced run is `scripts/world.sh` itself (what `make world` runs) on fewer scenes and
+The reduced run is `world/world.sh` itself (what `make world` runs) on fewer scenes and
 shorter training; it asserts that the trained detectors find the objects, that the
 descriptions name the surface the objects truly lie on, and that the VLM trained by
 train_vlm.py answers counting and surface questions about held-out scenes better than its
@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data.make_world import CLASSES, SURFACES, draw_scene, write_world
-from data.world_truth import truth_annotations
 from vlm_annotation.describer import description_surface
-from vlm_annotation.schema import validate_annotations
+from vlm_core.schema import validate_annotations
+from world.make_world import CLASSES, SURFACES, draw_scene, write_world
+from world.truth import truth_annotations
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,8 +94,8 @@ def test_ground_truth_annotations_name_the_surface(tmp_path):
     assert asked > 0
 
 
-# scripts/world.sh on a reduced world, bounded by steps only: the same figures on a slow or a fast machine.
-# The detectors and the captioner are the committed ones (models/world, trained by the same scripts: see its
+# world/world.sh on a reduced world, bounded by steps only: the same figures on a slow or a fast machine.
+# The detectors and the captioner are the committed ones (world/models, trained by the same scripts: see its
 # README): training them here would take most of the suite's time. The tiny LLaVA is built and trained here.
 # One torch thread: the results do not depend on the machine's cores, and a busy CPU does not stall torch's
 # thread pool (two threads on a loaded 2-core machine ran train_vlm.py 5x slower than one).
@@ -122,7 +122,7 @@ def test_reduced_world_run_learns(reduced_world_run):
     """The toolkit's stages on 800 held-out scenes: detections, descriptions and the VLM's answers,
     scored against the ground truth, beat their baselines by a clear margin.
 
-    Measured (seed 0, the models/world of an earlier make world run): YOLO mAP50 0.805, RT-DETR 0.707, the
+    Measured (seed 0, the world/models of an earlier make world run): YOLO mAP50 0.805, RT-DETR 0.707, the
     two fused at the setting --sweep recommends 0.846, against 0.000 for YOLO's boxes moved to another
     image; descriptions naming the true surface 1.000. The VLM (its vision tower pretrained for 400 steps
     on 800 training scenes and then frozen, 300 steps of 16 on count, surface and location questions about
@@ -151,7 +151,7 @@ def test_reduced_world_run_learns(reduced_world_run):
 
 @pytest.mark.timeout(600)
 def test_world_run_trains_every_model(tmp_path):
-    """scripts/world.sh's training path on a tiny world: YOLO (Ultralytics' trainer), RT-DETR and BLIP
+    """world/world.sh's training path on a tiny world: YOLO (Ultralytics' trainer), RT-DETR and BLIP
     (transformers) trained side by side, the two annotation shards merged, the VLM trained and scored.
     Budgets far too small to learn: this checks the plumbing; test_reduced_world_run_learns the learning."""
     env = dict(os.environ, PYTHON=sys.executable, WORLD_DIR=str(tmp_path), WORLD_MINUTES="5", WORLD_SEED="0",

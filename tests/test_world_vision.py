@@ -1,4 +1,4 @@
-"""models/pretrain_world_vision.py: the world VLM's vision tower pretrained on the training pool's boxes."""
+"""world/pretrain_vision.py: the world VLM's vision tower pretrained on the training pool's boxes."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from data.make_world import write_world
-from models.pretrain_world_vision import patch_targets
+from world.make_world import write_world
+from world.pretrain_vision import patch_targets
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +53,7 @@ def _state(path: Path) -> dict:
 def test_pretraining_trains_only_the_vision_tower_and_leaves_the_base(tiny_world_llava, capsys):
     from transformers import AutoProcessor
 
-    from models.pretrain_world_vision import main
+    from world.pretrain_vision import main
     root, base = tiny_world_llava
     before = {p.name: p.read_bytes() for p in base.iterdir() if p.is_file()}
     out = root / "llava"
@@ -80,7 +80,7 @@ def test_pretraining_trains_only_the_vision_tower_and_leaves_the_base(tiny_world
 
 
 def test_out_must_differ_from_the_base(tiny_world_llava, capsys):
-    from models.pretrain_world_vision import main
+    from world.pretrain_vision import main
     root, base = tiny_world_llava
     with pytest.raises(SystemExit) as stop:
         main([*pool_args(root), "--base_model", str(base), "--out", str(base)])

@@ -1,1 +1,1 @@
-"""Stage 1 (annotate images, review them) and the contracts every stage shares: boxes, schema, prompts, I/O."""
+"""Stage 1: annotate images (detector ensemble, BLIP descriptions, Q&A), import and export labels, score them, merge shards, review them."""

@@ -6,8 +6,8 @@
         --detr_model models/rt-detr/rt-detr-101/m --detr_processor models/rt-detr/rt-detr-101/p \\
         --conf_threshold 0.3
 
-Offline on the tiny models (``python models/make_tiny_models.py --out models/tiny`` and
-``python data/make_sample_images.py --out data/images`` first)::
+Offline on the tiny models (``python fixtures/make_tiny_models.py --out models/tiny`` and
+``python fixtures/sample_images.py --out data/images`` first)::
 
     python vlm_annotation/data_annotation.py --images_dir data/images --output_file annotations.json \\
         --yolo_model models/tiny/yolo.pt --detr_model models/tiny/rtdetr/m \\
@@ -35,81 +35,29 @@ rank 0 writes the merged file; across machines use ``--num_shards/--shard_index`
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from vlm_annotation.describer import Captioner, PromptBook, compose_description, context_crop, surface_phrase
-from vlm_annotation.detectors import DETECTOR_NAMES, ClassMap, RTDetrDetector, YoloDetector
-from vlm_annotation.fusion import FUSION_METHODS, fuse
-from vlm_annotation.images import ImageLoadError, is_image_file, list_images, load_image
-from vlm_annotation.io_utils import InputError
-from vlm_annotation.progress import ProgressLog, progress_path, write_from_progress
-from vlm_annotation.qa import generate_qa, image_rng
-from vlm_annotation.runtime import (
-    add_precision_flag,
-    check_seed,
+from vlm_annotation.engine import (
+    TOOL_VERSION,
+    Annotator,
+    add_describe_args,
+    check_describe_paths,
+    describe_checks,
+    load_describe_files,
+    run_annotation,
+    run_settings,
+)
+from vlm_annotation.fusion import FUSION_METHODS
+from vlm_core.images import list_images
+from vlm_core.io_utils import InputError
+from vlm_core.runtime import (
     report_input_errors,
     require_model,
-    require_output_file,
     require_path,
     require_yolo_weights,
-    resolve_device,
-    resolve_dtype,
-    set_seed,
 )
-from vlm_annotation.spatial import nearest, position_phrase, relation_phrase, size_word
-
-TOOL_VERSION = "0.1.0"
-# Output precision: also absorbs float noise between batch sizes, so resumed and sharded
-# runs write the same numbers as a single run.
-BOX_DECIMALS, SCORE_DECIMALS = 2, 4
-
-
-def add_describe_args(p: argparse.ArgumentParser, class_map_help: str) -> None:
-    """The flags of everything after the boxes (captions, descriptions, Q&A) and of the run itself.
-
-    Shared with ``import_labels.py``, so imported labels are described exactly like detections.
-    """
-    p.add_argument("--captioner_model", default="Salesforce/blip-image-captioning-base",
-                   help="BLIP or BLIP-2 captioning model: local dir or hub id "
-                        "(default Salesforce/blip-image-captioning-base)")
-    p.add_argument("--class_map", default=None, help=class_map_help)
-    p.add_argument("--prompts", default=None,
-                   help="JSON file of captioning prompts per class ({\"glass\": \"a photo of a glass lying on\"}; "
-                        "keys __default__ and __image__ for other classes and the whole image)")
-    p.add_argument("--crop_margin", type=float, default=0.5,
-                   help="context around a box for its caption, as a fraction of the box size (default 0.5)")
-    p.add_argument("--caption_max_tokens", type=int, default=20, help="longest caption, in tokens (default 20)")
-    p.add_argument("--max_region_qa", type=int, default=10,
-                   help="objects per image (best scores first) that get per-object questions (default 10)")
-    p.add_argument("--batch_size", type=int, default=8, help="images per batch (default 8)")
-    p.add_argument("--caption_batch_size", type=int, default=64, help="crops per captioner call (default 64)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default auto)")
-    add_precision_flag(p, "auto runs the captioner in bf16 on CUDA GPUs that support it (else fp16), fp32 on CPU "
-                          "and MPS")
-    p.add_argument("--max_images", type=int, default=None, help="annotate only the first N images (sorted by path)")
-    p.add_argument("--seed", type=int, default=42, help="seed of the Q&A choices (default 42)")
-    p.add_argument("--num_shards", type=int, default=1, help="split the images into this many shards (default 1)")
-    p.add_argument("--shard_index", type=int, default=0, help="which shard this run annotates, 0-based (default 0)")
-    p.add_argument("--restart", action="store_true",
-                   help="annotate every image again: discard the progress of an earlier run and do not reuse a "
-                        "finished --output_file (after changing image files or a model file in place)")
-
-
-def describe_checks(args) -> list[tuple[bool, str]]:
-    """Checks of the flags declared by :func:`add_describe_args` (the caller reports the first failure)."""
-    return [
-        (args.crop_margin >= 0, "--crop_margin must be >= 0"),
-        (args.caption_max_tokens >= 1, "--caption_max_tokens must be at least 1"),
-        (args.max_region_qa >= 0, "--max_region_qa must be >= 0"),
-        (args.batch_size >= 1 and args.caption_batch_size >= 1, "batch sizes must be at least 1"),
-        (args.max_images is None or args.max_images >= 1, "--max_images must be at least 1"),
-        (args.num_shards >= 1, "--num_shards must be at least 1"),
-        (0 <= args.shard_index < args.num_shards, "--shard_index must be in [0, --num_shards)"),
-    ]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -165,252 +113,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.detr_processor:
         args.detr_processor = require_model(args.detr_processor, "--detr_processor")
     return args
-
-
-def distributed_context() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun / accelerate environment variables."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", str(rank)))
-    return rank, world, local
-
-
-def round_objects(objects: list[dict]) -> list[dict]:
-    """Number the objects of one image and round them to the precision the file stores."""
-    for k, o in enumerate(objects):
-        o["id"] = k
-        o["bbox"] = [round(v, BOX_DECIMALS) for v in o["bbox"]]
-        o["score"] = round(o["score"], SCORE_DECIMALS)
-    return objects
-
-
-def fuse_detections(per_detector: list[list[dict]], width: int, height: int, method: str, weights, iou_thr: float,
-                    conf: float | None = None) -> list[dict]:
-    """The objects data_annotation.py stores for one image, from each detector's boxes.
-
-    ``conf``: keep only detections scoring above it first (the detectors already did this at
-    the run's ``--conf_threshold``; ``evaluate_annotations.py --sweep`` tries higher ones).
-    """
-    if conf is not None:
-        per_detector = [[d for d in dets if d["score"] > conf] for dets in per_detector]
-    return round_objects(fuse(per_detector, DETECTOR_NAMES, width, height, method, weights, iou_thr))
-
-
-class Describer:
-    """Caption, describe and question the objects of a batch of images, wherever the boxes came from."""
-
-    def __init__(self, args, device: str, prompt_book: PromptBook, vocabulary: list[str]):
-        self.args, self.prompt_book, self.vocabulary = args, prompt_book, vocabulary
-        dtype = str(resolve_dtype(args.precision, device)).removeprefix("torch.")
-        self.captioner = Captioner(args.captioner_model, device, args.caption_batch_size,
-                                   args.caption_max_tokens, dtype)
-
-    def describe(self, names: list[str], images: list, objects: list[list[dict]],
-                 extras: list[dict] | None = None) -> list[dict]:
-        """One record per image. ``objects``: numbered, rounded objects with label, bbox, score, sources;
-        ``extras``: more fields for each record (e.g. ``detector_boxes``)."""
-        a = self.args
-        # Every crop of the batch, plus each whole image, through the captioner in one go.
-        crops, prompts, owners = [], [], []
-        for i, (image, objs) in enumerate(zip(images, objects)):
-            for o in objs:
-                crops.append(context_crop(image, o["bbox"], a.crop_margin))
-                prompts.append(self.prompt_book.for_label(o["label"]))
-                owners.append((i, o["id"]))
-            crops.append(image)
-            prompts.append(self.prompt_book.image)
-            owners.append((i, None))
-        captions = self.captioner.caption(crops, prompts)
-        scene = {i: c for (i, oid), c in zip(owners, captions) if oid is None}
-        object_captions = {(i, oid): (c, p) for (i, oid), c, p in zip(owners, captions, prompts) if oid is not None}
-        records = []
-        for i, (name, image, objs) in enumerate(zip(names, images, objects)):
-            w, h = image.size
-            where = {}
-            for o in objs:
-                caption, prompt = object_captions[(i, o["id"])]
-                surface = surface_phrase(prompt, caption)
-                place = position_phrase(o["bbox"], w, h)
-                where[o["id"]] = f"{surface}, {place}" if surface else place
-                others = nearest(o["id"], [x["bbox"] for x in objs], 2)
-                relations = [(relation_phrase(o["bbox"], objs[j]["bbox"], w, h), objs[j]["label"]) for j in others]
-                o["description"] = compose_description(
-                    o["label"], place, size_word(o["bbox"], w, h), surface, relations, scene[i],
-                    context="" if surface else caption)
-            objs = [{k: o[k] for k in ("id", "label", "bbox", "score", "sources", "description")} for o in objs]
-            qa = generate_qa(objs, w, h, self.vocabulary, image_rng(a.seed, name), where, a.max_region_qa)
-            records.append({"image": name, "width": w, "height": h, "caption": scene[i],
-                            "objects": objs, "qa": qa, **(extras[i] if extras else {})})
-        return records
-
-
-class Annotator:
-    """Detect, fuse, caption, describe and question a batch of images."""
-
-    def __init__(self, args, device: str, class_map: ClassMap, prompt_book: PromptBook):
-        self.args = args
-        self.yolo = YoloDetector(args.yolo_model, device, class_map, args.conf_threshold, args.imgsz,
-                                 args.max_det, args.batch_size)
-        self.detr = RTDetrDetector(args.detr_model, args.detr_processor, device, class_map,
-                                   args.conf_threshold, args.max_det, args.batch_size)
-        self.describer = Describer(args, device, prompt_book, sorted(self.yolo.vocabulary() | self.detr.vocabulary()))
-
-    def annotate(self, names: list[str], images: list) -> list[dict]:
-        a = self.args
-        per_image = list(zip(self.yolo.detect(images), self.detr.detect(images)))
-        objects = [fuse_detections(list(dets), *image.size, a.fusion, a.detector_weights, a.iou_threshold,
-                                   a.fusion_conf_threshold) for image, dets in zip(images, per_image)]
-        extras = None
-        if a.keep_detector_boxes:
-            # Unrounded, so that fusing them again (evaluate_annotations.py) gives exactly these objects.
-            extras = [{"detector_boxes": dict(zip(DETECTOR_NAMES, dets))} for dets in per_image]
-        return self.describer.describe(names, images, objects, extras)
-
-
-class Skip(str):
-    """What an annotator returns instead of a record for an image it refuses (the reason)."""
-
-
-def _load(images_dir: Path, names: list[str], skip: dict[str, str]) -> list[tuple[str, object]]:
-    """(name, RGB image) or (name, ImageLoadError) for each file."""
-    out = []
-    for name in names:
-        if name in skip:
-            out.append((name, ImageLoadError(skip[name])))
-            continue
-        try:
-            out.append((name, load_image(images_dir / name)))
-        except ImageLoadError as e:
-            out.append((name, e))
-    return out
-
-
-def run_settings(args, class_map: ClassMap, prompt_book: PromptBook) -> dict:
-    """The settings that decide the annotations (a resumed run must use the same ones)."""
-    settings = {
-        "yolo_model": args.yolo_model, "detr_model": args.detr_model,
-        "detr_processor": args.detr_processor or args.detr_model, "captioner_model": args.captioner_model,
-        "conf_threshold": args.conf_threshold, "fusion": args.fusion, "iou_threshold": args.iou_threshold,
-        "detector_weights": list(args.detector_weights), "class_map": class_map.to_dict(),
-        "prompts": prompt_book.to_dict(), "max_det": args.max_det, "imgsz": args.imgsz,
-        **describe_settings(args),
-    }
-    if args.keep_detector_boxes:  # only when set: files of runs without it stay as they were
-        settings["keep_detector_boxes"] = True
-    if args.fusion_conf_threshold is not None:  # likewise
-        settings["fusion_conf_threshold"] = args.fusion_conf_threshold
-    return settings
-
-
-def describe_settings(args) -> dict:
-    return {"crop_margin": args.crop_margin, "caption_max_tokens": args.caption_max_tokens,
-            "max_region_qa": args.max_region_qa, "dtype": args.precision, "seed": args.seed}
-
-
-def _barrier_group(world: int):
-    """A gloo process group for the final barrier (CPU-only, works beside any GPU backend)."""
-    import datetime
-
-    import torch.distributed as dist
-    if world <= 1:
-        return None
-    if not dist.is_initialized():
-        # Ranks finish their shards at different times: wait as long as a big run takes.
-        dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))
-    return dist
-
-
-def run_annotation(args, images_dir: Path, names: list[str], make_annotator, settings: dict, meta: dict,
-                   start: float, skip: dict[str, str] | None = None, summary_tail: str = "") -> int:
-    """Shard, resume, load, annotate, log progress and write the annotation file: the part of the stage
-    that does not depend on where the boxes come from (detectors here, labels in import_labels.py).
-
-    ``make_annotator(device)`` builds an object whose ``annotate(names, images)`` returns one record
-    (or :class:`Skip`) per image; ``skip`` maps images to reasons they are skipped without loading.
-    """
-    skip = skip or {}
-    if args.max_images:
-        names = names[:args.max_images]
-    rank, world, local_rank = distributed_context()
-    # Round-robin (every shard gets a similar mix): first this machine's shard, then this
-    # process's part of it, so machines with different numbers of processes still agree.
-    machine = names[args.shard_index::args.num_shards]
-    mine = machine[rank::world]
-    device = resolve_device(args.device)
-    if world > 1 and device == "cuda":
-        device = f"cuda:{local_rank}"
-    set_seed(args.seed)
-
-    log = ProgressLog(progress_path(args.output_file, args.shard_index, args.num_shards, rank, world), settings,
-                      args.restart)
-    todo = [n for n in mine if n not in log.done]
-    # Models load before anything is written, so a bad model is refused with nothing on disk.
-    annotator = make_annotator(device) if any(n not in skip for n in todo) else None
-    from tqdm import tqdm
-    log.open()
-    try:
-        batches = [todo[i:i + args.batch_size] for i in range(0, len(todo), args.batch_size)]
-        desc = "annotate" + (f" [shard {args.shard_index + 1}/{args.num_shards}]" if args.num_shards > 1 else "") \
-            + (f" [rank {rank}/{world}]" if world > 1 else "")
-        bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="img", desc=desc)
-        # Read the next batch of images from disk while the models work on this one.
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(_load, images_dir, batches[0], skip) if batches else None
-            for b in range(len(batches)):
-                loaded = pending.result()
-                pending = pool.submit(_load, images_dir, batches[b + 1], skip) if b + 1 < len(batches) else None
-                good = [(n, im) for n, im in loaded if not isinstance(im, ImageLoadError)]
-                records = dict(zip([n for n, _ in good],
-                                   annotator.annotate([n for n, _ in good], [im for _, im in good]))) if good else {}
-                for name, im in loaded:
-                    if isinstance(im, ImageLoadError):
-                        log.add_skipped(name, str(im))
-                    elif isinstance(records[name], Skip):
-                        log.add_skipped(name, str(records[name]))
-                    else:
-                        log.add_image(records[name])
-                    bar.update(1)
-        bar.close()
-    finally:
-        log.close()
-
-    dist = _barrier_group(world)
-    if dist is not None:
-        dist.barrier()  # every shard's progress file is complete
-        dist.destroy_process_group()
-    if rank != 0:
-        return 0
-    meta = {**meta, **settings}
-    if args.num_shards > 1:
-        meta["shard"] = {"index": args.shard_index, "count": args.num_shards}
-    parts = [progress_path(args.output_file, args.shard_index, args.num_shards, r, world) for r in range(world)]
-    counts = write_from_progress(args.output_file, parts, meta, set(machine))
-    for part in parts:
-        part.unlink(missing_ok=True)
-    seconds = time.perf_counter() - start
-    print(f"annotated {counts['images']} images: {counts['objects']} objects, {counts['qa']} Q&A pairs, "
-          f"{counts['skipped']} skipped, {seconds:.1f}s -> {args.output_file}{summary_tail}", flush=True)
-    if counts["images"] == 0:
-        print(f"error: none of the {counts['skipped']} images could be read; reasons are under "
-              f"'skipped' in {args.output_file}", file=sys.stderr, flush=True)
-        return 1
-    return 0
-
-
-def check_describe_paths(args, inputs: dict) -> None:
-    """The output file, seed and captioner of :func:`add_describe_args`, checked with the other flags."""
-    require_output_file(args.output_file, "--output_file", {
-        **inputs, "--captioner_model": args.captioner_model, "--class_map": args.class_map,
-        "--prompts": args.prompts})
-    if is_image_file(args.output_file):
-        raise InputError(f"--output_file: {args.output_file} is an image path; give a .json file")
-    check_seed(args.seed)
-    args.captioner_model = require_model(args.captioner_model, "--captioner_model")
-
-
-def load_describe_files(args) -> tuple[ClassMap, PromptBook]:
-    """The --class_map and --prompts files, each read and checked by the module that owns its format."""
-    return ClassMap.from_file(args.class_map), PromptBook.from_file(args.prompts)
 
 
 @report_input_errors

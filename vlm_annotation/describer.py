@@ -20,8 +20,8 @@ from typing import Sequence
 from PIL import Image
 
 from vlm_annotation.detectors import normalize_name
-from vlm_annotation.io_utils import InputError, read_json
-from vlm_annotation.prompts import article
+from vlm_core.io_utils import InputError, read_json
+from vlm_core.prompts import article
 
 DEFAULT_OBJECT_PROMPT = "a photo of {article} {label} lying on"
 DEFAULT_IMAGE_PROMPT = "a picture of"

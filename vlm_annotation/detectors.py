@@ -20,8 +20,8 @@ from typing import Sequence
 
 from PIL import Image
 
-from vlm_annotation.boxes import clip_box, is_degenerate
-from vlm_annotation.io_utils import InputError, read_json
+from vlm_core.boxes import clip_box, is_degenerate
+from vlm_core.io_utils import InputError, read_json
 
 DETECTOR_NAMES = ("yolo", "rtdetr")
 # The source name of objects imported from existing labels (import_labels.py); a --class_map may have a section for it.

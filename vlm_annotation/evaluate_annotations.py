@@ -30,160 +30,30 @@ Writes ``--output_file`` (JSON) and a markdown table beside it (``.md``).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import itertools
 import sys
 from pathlib import Path
 
-from vlm_annotation.data_annotation import fuse_detections
 from vlm_annotation.detectors import DETECTOR_NAMES, ClassMap
+from vlm_annotation.engine import fuse_detections
 from vlm_annotation.fusion import FUSION_METHODS
-from vlm_annotation.import_labels import LabelSet, read_coco, read_yolo
-from vlm_annotation.io_utils import InputError, write_json_atomic, write_text_atomic
-from vlm_annotation.runtime import report_input_errors, require_output_file, require_path
-from vlm_annotation.schema import AnnotationError, load_annotations, validate_bbox
-
-PR_IOU = 0.5  # the IoU at which precision and recall count a match
-SWEEP_METRICS = ("f1", "map", "map50")
-
-
-def load_ground_truth(path: str | Path, images_dir: str | Path | None = None,
-                      class_map: ClassMap | None = None) -> LabelSet:
-    """COCO json, or an Ultralytics data.yaml (``.yaml`` / ``.yml``)."""
-    if Path(path).suffix.lower() in (".yaml", ".yml"):
-        return read_yolo(path, images_dir, class_map)
-    return read_coco(path, class_map)
-
-
-def check_detector_boxes(data: dict, file) -> bool:
-    """Whether every image record carries ``detector_boxes`` (checked field by field when present)."""
-    records = data["images"]
-    if not records or not all("detector_boxes" in r for r in records):
-        return False
-    for i, rec in enumerate(records):
-        kept = rec["detector_boxes"]
-        where = f"images[{i}].detector_boxes"
-        if not isinstance(kept, dict) or sorted(kept) != sorted(DETECTOR_NAMES):
-            raise AnnotationError(file, where, f"expected an object with the lists {', '.join(DETECTOR_NAMES)}")
-        for name, dets in kept.items():
-            if not isinstance(dets, list):
-                raise AnnotationError(file, f"{where}.{name}", "expected a list")
-            for k, d in enumerate(dets):
-                path = f"{where}.{name}[{k}]"
-                if not isinstance(d, dict) or not isinstance(d.get("label"), str):
-                    raise AnnotationError(file, path, "expected {label, bbox, score}")
-                validate_bbox(d.get("bbox"), rec["width"], rec["height"], file, f"{path}.bbox")
-                score = d.get("score")
-                if not isinstance(score, (int, float)) or isinstance(score, bool) or not 0 <= score <= 1:
-                    raise AnnotationError(file, f"{path}.score", "expected a number in [0, 1]")
-    return True
-
-
-def match_images(predicted: list[str], truth: list[str]) -> dict[str, str]:
-    """Annotation image name -> ground-truth name: equal paths, else the unique one that ends with the
-    other (``images/val/a.jpg`` and ``a.jpg``: the two files may count paths from different folders)."""
-    truth_set = set(truth)
-    matched = {p: p for p in predicted if p in truth_set}
-    by_suffix: dict[str, list[str]] = {}
-    for t in truth:
-        parts = t.split("/")
-        for k in range(1, len(parts)):
-            by_suffix.setdefault("/".join(parts[k:]), []).append(t)
-    used = set(matched.values())
-    for p in predicted:
-        if p in matched:
-            continue
-        parts = p.split("/")
-        candidates = set(by_suffix.get(p, [])) | {"/".join(parts[k:]) for k in range(1, len(parts))} & truth_set
-        candidates -= used
-        if len(candidates) == 1:
-            matched[p] = candidates.pop()
-            used.add(matched[p])
-    return matched
-
-
-def coco_evaluate(truth: dict[str, dict], predictions: dict[str, list[dict]], categories: list[str]) -> dict:
-    """pycocotools' bbox evaluation of ``predictions`` (image -> [{label, bbox, score}]) against ``truth``
-    (image -> {width, height, objects, crowd}): overall and per-class map, map50, precision, recall."""
-    import numpy as np
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    cat_id = {n: i for i, n in enumerate(categories, start=1)}
-    names = sorted(truth)
-    gt = {"images": [], "annotations": [], "categories": [{"id": i, "name": n} for n, i in cat_id.items()]}
-    dets = []
-    for image_id, name in enumerate(names, start=1):
-        entry = truth[name]
-        gt["images"].append({"id": image_id, "file_name": name, "width": entry["width"], "height": entry["height"]})
-        for crowd, objects in ((0, entry["objects"]), (1, entry.get("crowd", []))):
-            for o in objects:
-                x1, y1, x2, y2 = o["bbox"]
-                gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": image_id,
-                                          "category_id": cat_id[o["label"]], "bbox": [x1, y1, x2 - x1, y2 - y1],
-                                          "area": (x2 - x1) * (y2 - y1), "iscrowd": crowd})
-        for o in predictions.get(name, []):
-            x1, y1, x2, y2 = o["bbox"]
-            dets.append({"image_id": image_id, "category_id": cat_id[o["label"]],
-                         "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(o["score"])})
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
-        coco_gt = COCO()
-        coco_gt.dataset = gt
-        coco_gt.createIndex()
-        coco_dt = coco_gt.loadRes(dets) if dets else None
-        ev = None
-        if coco_dt is not None:
-            ev = COCOeval(coco_gt, coco_dt, "bbox")
-            ev.evaluate()
-            ev.accumulate()
-    counts = {c: {"tp": 0, "fp": 0, "gt": 0, "det": 0} for c in cat_id.values()}
-    if ev is not None:
-        t = int(np.argmin(np.abs(ev.params.iouThrs - PR_IOU)))
-        for e in ev.evalImgs:
-            if e is None or e["aRng"] != ev.params.areaRng[0]:
-                continue
-            c = counts[e["category_id"]]
-            kept = ~e["dtIgnore"][t].astype(bool)
-            matched = e["dtMatches"][t] > 0
-            c["tp"] += int((matched & kept).sum())
-            c["fp"] += int((~matched & kept).sum())
-            c["det"] += int(kept.sum())
-    for a in gt["annotations"]:
-        if not a["iscrowd"]:
-            counts[a["category_id"]]["gt"] += 1
-
-    def ap(k: int | None, t: slice | int) -> float | None:
-        """Mean of pycocotools' precision array over IoUs ``t``, recalls and classes (one class: ``k``),
-        for all areas and maxDets 100, as its own summary does; None where no class has ground truth."""
-        if ev is None:  # no detections at all: AP 0 wherever there is something to find
-            n = sum(c["gt"] for c in counts.values()) if k is None else counts[k + 1]["gt"]
-            return 0.0 if n else None
-        p = ev.eval["precision"][t, :, :, 0, -1] if k is None else ev.eval["precision"][t, :, k, 0, -1]
-        p = p[p > -1]
-        return _r(float(p.mean())) if p.size else None
-
-    def figures(cs: list[dict], k: int | None) -> dict:
-        tp, fp, n_gt = (sum(c[key] for c in cs) for key in ("tp", "fp", "gt"))
-        precision = tp / (tp + fp) if tp + fp else None
-        recall = tp / n_gt if n_gt else None
-        f1 = None
-        if precision is not None and recall is not None:
-            f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        return {"map": ap(k, slice(None)), "map50": ap(k, 0), "precision": _r(precision), "recall": _r(recall),
-                "f1": _r(f1), "detections": tp + fp, "ground_truth_boxes": n_gt, "true_positives": tp}
-
-    # Classes with neither boxes nor detections (a category nobody used) say nothing: left out.
-    per_class = {n: figures([counts[i]], i - 1) for n, i in cat_id.items() if counts[i]["gt"] or counts[i]["det"]}
-    return {**figures(list(counts.values()), None), "per_class": per_class}
-
-
-def _or(v: float | None, default: float = -1.0) -> float:
-    return default if v is None else v
-
-
-def _r(v: float | None) -> float | None:
-    return None if v is None else round(v, 4)
+from vlm_annotation.label_scoring import (
+    PR_IOU,
+    SWEEP_METRICS,
+    _flags,
+    _fmt,
+    _or,
+    _table,
+    check_detector_boxes,
+    coco_evaluate,
+    comparison_rows,
+    load_ground_truth,
+    markdown,
+    match_images,
+)
+from vlm_core.io_utils import InputError, write_json_atomic, write_text_atomic
+from vlm_core.runtime import report_input_errors, require_output_file, require_path
+from vlm_core.schema import load_annotations
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -234,49 +104,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     require_output_file(args.output_file, "--output_file", inputs)
     require_output_file(Path(args.output_file).with_suffix(".md"), "--output_file (its .md)", inputs)
     return args
-
-
-def _fmt(v) -> str:
-    return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
-
-
-def _table(rows: list[tuple[str, dict]], first: str) -> list[str]:
-    cols = ("map", "map50", "precision", "recall", "f1", "detections", "ground_truth_boxes")
-    lines = [f"| {first} | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
-    lines += [f"| {name} | " + " | ".join(_fmt(m.get(c)) for c in cols) + " |" for name, m in rows]
-    return lines
-
-
-def comparison_rows(result: dict) -> list[tuple[str, dict]]:
-    """The file's own objects, then each detector alone and each fusion of the two."""
-    return [(f"annotation file ({result['fusion'] or 'its objects'})", result), *result["detectors"].items()]
-
-
-def markdown(result: dict) -> str:
-    lines = [f"# Annotations vs ground truth: {result['annotations']} vs {result['ground_truth']}", "",
-             f"{result['images']['evaluated']} images; precision/recall at IoU {PR_IOU}, "
-             f"conf_threshold {_fmt(result['conf_threshold'])}.", ""]
-    lines += _table([("all", result)] + list(result["per_class"].items()), "class") + [""]
-    if "detectors" in result:
-        lines += ["## Ensemble versus each detector", ""]
-        lines += _table(comparison_rows(result), "boxes") + [""]
-    if "sweep" in result:
-        best = result["recommended"]
-        lines += [f"## Sweep ({len(result['sweep'])} settings, best {best['metric']} first)", ""]
-        rows = sorted(result["sweep"], key=lambda s: -(s[best["metric"]] or 0))[:10]
-        lines += _table([(s["flags"], s) for s in rows], "setting") + [""]
-        lines += [f"Recommended: `{best['flags']}` ({best['metric']} {_fmt(best['value'])})", ""]
-    im = result["images"]
-    for key in ("only_in_annotations", "only_in_ground_truth", "skipped_in_annotations", "size_mismatch"):
-        if im[key]:
-            lines.append(f"- {key.replace('_', ' ')} ({len(im[key])}, not scored): " + ", ".join(im[key][:20])
-                         + (" ..." if len(im[key]) > 20 else ""))
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def _flags(fusion: str, weights, iou: float, conf: float) -> str:
-    return (f"--fusion {fusion} --detector_weights {weights[0]:g} {weights[1]:g} "
-            f"--iou_threshold {iou:g} --conf_threshold {conf:g}")
 
 
 @report_input_errors

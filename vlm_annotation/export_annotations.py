@@ -32,10 +32,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from vlm_annotation.boxes import pixel_to_yolo
-from vlm_annotation.io_utils import InputError, write_json_atomic
-from vlm_annotation.runtime import report_input_errors, require_output_dir, require_output_file, require_path
-from vlm_annotation.schema import load_annotations
+from vlm_core.boxes import pixel_to_yolo
+from vlm_core.flags import ANNOTATION_FILE, IMAGES_DIR, flag_names
+from vlm_core.io_utils import InputError, write_json_atomic
+from vlm_core.runtime import report_input_errors, require_output_dir, require_output_file, require_path
+from vlm_core.schema import load_annotations
 
 BOX_DECIMALS = 2      # the annotation file's own precision (data_annotation.BOX_DECIMALS)
 YOLO_DECIMALS = 6
@@ -107,12 +108,12 @@ def write_yolo(out: Path, splits: dict[str, list[dict]], images_dir: Path, copy:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--annotation_file", required=True, help="annotation file to export (JSON of this toolkit)")
+    p.add_argument(*flag_names("--annotation_file", ANNOTATION_FILE), required=True, help="annotation file to export (JSON of this toolkit)")
     p.add_argument("--format", required=True, choices=("coco", "yolo"), help="COCO json or Ultralytics YOLO dataset")
     p.add_argument("--output_file", default=None, help="COCO json to write (with --format coco)")
     p.add_argument("--output_dir", default=None,
                    help="folder of the YOLO dataset to write (with --format yolo; new or empty)")
-    p.add_argument("--images_dir", default=None,
+    p.add_argument(*flag_names("--images_dir", IMAGES_DIR), default=None,
                    help="folder of the images (YOLO: linked or copied; default: meta.images_dir of the file)")
     p.add_argument("--copy_images", action="store_true", help="YOLO: copy the images instead of symlinking them")
     p.add_argument("--val_annotation_file", default=None,

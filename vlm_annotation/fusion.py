@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from vlm_annotation.boxes import box_area, clip_box, iou, normalized_to_pixel, pixel_to_normalized
+from vlm_core.boxes import box_area, clip_box, iou, normalized_to_pixel, pixel_to_normalized
 
 FUSION_METHODS = ("wbf", "nms")
 

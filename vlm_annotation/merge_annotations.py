@@ -25,9 +25,9 @@ from typing import Iterator
 
 from tqdm import tqdm
 
-from vlm_annotation.io_utils import InputError, dumps_line
-from vlm_annotation.runtime import report_input_errors, require_output_file, require_path, single_writer
-from vlm_annotation.schema import AnnotationReader, AnnotationWriter, path_digest
+from vlm_core.io_utils import InputError, dumps_line
+from vlm_core.runtime import report_input_errors, require_output_file, require_path, single_writer
+from vlm_core.schema import AnnotationReader, AnnotationWriter, path_digest
 
 # Meta keys that may differ between shards (machines mount the images in different places).
 _PER_SHARD_META = ("shard", "images_dir")

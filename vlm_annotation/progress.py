@@ -9,7 +9,7 @@ sidecar(s) one record at a time, sorted by image path, so neither the run nor th
 write holds more than one image's annotations in memory.
 
 One writer per progress file: :class:`ProgressLog` takes ``<progress file>.lock``
-(:func:`vlm_annotation.runtime.acquire_writer_lock`) before reading it and holds it until
+(:func:`vlm_core.runtime.acquire_writer_lock`) before reading it and holds it until
 :func:`write_from_progress` has written the output and removed the sidecars (or the process
 ends), so a second run of the same command refuses with one line naming the first. Shards
 and torchrun ranks each lock their own sidecar and never block each other. Every line is
@@ -29,10 +29,10 @@ import re
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from vlm_annotation.images import printable_name
-from vlm_annotation.io_utils import InputError, JsonlAppender, parse_line
-from vlm_annotation.runtime import acquire_writer_lock, release_writer_lock, remove_stale_temps
-from vlm_annotation.schema import AnnotationError, AnnotationWriter, validate_annotations, validate_image_record
+from vlm_core.images import printable_name
+from vlm_core.io_utils import InputError, JsonlAppender, parse_line
+from vlm_core.runtime import acquire_writer_lock, release_writer_lock, remove_stale_temps
+from vlm_core.schema import AnnotationError, AnnotationWriter, validate_annotations, validate_image_record
 
 _PROGRESS_NAME = re.compile(r"(?P<output>.+)\.progress(?:\.\d+-of-\d+)*\.jsonl")
 
@@ -126,7 +126,7 @@ class _Names(set):
 class ProgressLog:
     """Read what a previous run finished, then append what this run finishes.
 
-    Constructing one takes the progress file's lock (:class:`~vlm_annotation.runtime.OutputBusy`,
+    Constructing one takes the progress file's lock (:class:`~vlm_core.runtime.OutputBusy`,
     an :class:`InputError`, while another live run holds it); :meth:`close` keeps it, so the
     final write happens under it too; :func:`write_from_progress` releases it.
     """

@@ -1,8 +1,8 @@
 """Question-answer pairs about one image, from its fused, described objects.
 
-Every question is a template of :mod:`vlm_annotation.prompts` and every box in a
-question or answer is :func:`vlm_annotation.boxes.box_to_text`, so later stages can
-parse them back. Types are those of :data:`vlm_annotation.schema.QA_TYPES`, in that order.
+Every question is a template of :mod:`vlm_core.prompts` and every box in a
+question or answer is :func:`vlm_core.boxes.box_to_text`, so later stages can
+parse them back. Types are those of :data:`vlm_core.schema.QA_TYPES`, in that order.
 Random choices (negative classes, which half of the objects gets the labelled region
 prompt, which pairs get relation questions) come from the ``rng`` passed in: seed it per
 image (see :func:`image_rng`), and an image gets the same pairs in any batch, shard or run.
@@ -12,10 +12,10 @@ from __future__ import annotations
 import random
 from typing import Sequence
 
-from vlm_annotation import prompts
-from vlm_annotation.boxes import box_to_text
 from vlm_annotation.describer import description_surface
 from vlm_annotation.spatial import position_phrase, position_word, relation_phrase
+from vlm_core import prompts
+from vlm_core.boxes import box_to_text
 
 # Prepositions after which "What is the glass lying on?" is the right question.
 _ON = ("on", "on top of")

@@ -33,10 +33,10 @@ from urllib.parse import quote
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from vlm_annotation.images import ImageLoadError, load_image
-from vlm_annotation.io_utils import InputError, atomic_output, write_text_atomic
-from vlm_annotation.runtime import report_input_errors, require_output_dir, require_path
-from vlm_annotation.schema import AnnotationReader
+from vlm_core.images import ImageLoadError, load_image
+from vlm_core.io_utils import InputError, atomic_output, write_text_atomic
+from vlm_core.runtime import report_input_errors, require_output_dir, require_path
+from vlm_core.schema import AnnotationReader
 
 IMAGES_SUBDIR = "images"
 INDEX_NAME = "index.html"

@@ -29,10 +29,10 @@ import numpy as np
 if __package__ in (None, ""):  # run as a file: its folder's vlm_inference.py would shadow the vlm_inference package
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from vlm_annotation.io_utils import InputError, iter_jsonl, write_json_atomic, write_text_atomic
-from vlm_annotation.runtime import report_input_errors, require_output_file, require_path
-from vlm_inference.metrics import GROUNDING_TYPES, UNTYPED, PredictionScorer, difference, is_count_key
-from vlm_training.families import first_box
+from vlm_core.io_utils import InputError, iter_jsonl, write_json_atomic, write_text_atomic
+from vlm_core.predictions import check_prediction
+from vlm_core.runtime import report_input_errors, require_output_file, require_path
+from vlm_inference.metrics import UNTYPED, PredictionScorer, difference, is_count_key
 
 # Which count a pooled overall metric is taken over.
 _OVERALL_N = {"accuracy": "n_short_answer", "count_exact": "n_count", "count_mae": "n_count",
@@ -69,27 +69,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def check_record(rec, where: str) -> None:
-    """The fields evaluation reads, checked once per record; errors name the file and line."""
-    if not isinstance(rec, dict):
-        raise InputError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-    for key in ("answer", "reference"):
-        if key not in rec:
-            raise InputError(f"{where}: {key}: missing")
-        if not isinstance(rec[key], str):
-            raise InputError(f"{where}: {key}: expected a string, got {type(rec[key]).__name__}")
-    qtype = rec.get("type")
-    if qtype is not None and (not isinstance(qtype, str) or not qtype):
-        raise InputError(f"{where}: type: expected a question type name or null")
-    if "id" in rec and not isinstance(rec["id"], str):
-        raise InputError(f"{where}: id: expected a string")
-    turn = rec.get("turn", 0)
-    if not isinstance(turn, int) or isinstance(turn, bool) or turn < 0:
-        raise InputError(f"{where}: turn: expected a non-negative integer")
-    if qtype in GROUNDING_TYPES and first_box(rec["reference"]) is None:
-        raise InputError(f"{where}: reference: a grounding reference must hold a box like [0.10, 0.20, 0.30, 0.40]")
-
-
 def _question_key(rec: dict) -> int:
     """A 64-bit hash of (id, turn, question): what makes two files' records the same question."""
     question = rec.get("question")
@@ -119,7 +98,7 @@ def score_file(path: str | os.PathLike, question_keys: bool = False) -> ScoredFi
     qkeys = array("q") if question_keys else None
     untyped = False
     for line_no, rec in iter_jsonl(path, skip_partial_last=False):
-        check_record(rec, f"{path}: line {line_no}")
+        check_prediction(rec, f"{path}: line {line_no}")
         if "id" in rec:
             id_keys.append(hash((rec["id"], rec.get("turn", 0))))
         if qkeys is not None:

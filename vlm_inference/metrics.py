@@ -31,13 +31,10 @@ from collections import Counter
 from functools import lru_cache
 from typing import Iterable, Sequence
 
-from vlm_annotation.boxes import iou
-from vlm_training.families import first_box
+from vlm_core.boxes import iou
+from vlm_core.families import first_box
+from vlm_core.schema import COUNT_TYPES, DESCRIPTION_TYPES, GROUNDING_TYPES
 
-# Every type not named below (exists, location, surface, ..., untyped) is a short answer: exact match.
-COUNT_TYPES = ("count", "count_class")                # short answers that also get count_exact / count_mae
-GROUNDING_TYPES = ("grounding",)
-DESCRIPTION_TYPES = ("region_description",)
 UNTYPED = "untyped"
 IOU_THRESHOLD = 0.5
 

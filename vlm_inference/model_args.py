@@ -3,18 +3,37 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+import os
+from pathlib import Path
 
-from vlm_annotation.io_utils import InputError
-from vlm_annotation.runtime import add_precision_flag, require_model, resolve_device
+from vlm_core.io_utils import InputError
+from vlm_core.model_dir import MERGED_DIR, SAVING_MARKER, half_written
+from vlm_core.runtime import add_precision_flag, require_model, resolve_device
 
-if TYPE_CHECKING:  # the class is imported when a model is loaded, not with the flags
-    from vlm_inference.vlm_inference import VLMInference
+DEFAULT_MAX_NEW_TOKENS = 128
+
+
+class InferenceInputError(InputError, ValueError):
+    """Bad input to :class:`VLMInference`: a ``ValueError`` for library callers, an ``InputError`` (one line,
+    exit 2) for the command lines. ``index``: the offending item of a batched call (None: the whole call)."""
+
+    def __init__(self, message: str, index: int | None = None):
+        super().__init__(message)
+        self.index = index
+
+
+def refuse_half_written(model_path: str | os.PathLike) -> None:
+    """A model folder (or the merged/ folder inside one) whose final save by train_vlm.py was interrupted is refused."""
+    local = Path(model_path).expanduser()
+    for folder in (local, local.parent) if local.name == MERGED_DIR else (local,):
+        if half_written(folder):
+            raise InferenceInputError(f"--model_path: {local} is half-written: its final save was interrupted "
+                                      f"({folder / SAVING_MARKER}); run the same train_vlm.py command again to "
+                                      "finish it")
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     """The flags that say which model to load and how (checked by :func:`check_model_args`)."""
-    from vlm_inference.vlm_inference import DEFAULT_MAX_NEW_TOKENS
     parser.add_argument("--model_path", required=True,
                         help="training output (LoRA adapter), a merged/full model folder, or a base model / hub id")
     parser.add_argument("--base_model", default=None,
@@ -30,7 +49,6 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 def check_model_args(args: argparse.Namespace) -> None:
     """The checks of :func:`add_model_args`' flags that need no model loaded."""
-    from vlm_inference.vlm_inference import refuse_half_written
     if args.max_new_tokens < 1:
         raise InputError(f"--max_new_tokens must be >= 1, got {args.max_new_tokens}")
     require_model(args.model_path, "--model_path")
@@ -40,8 +58,3 @@ def check_model_args(args: argparse.Namespace) -> None:
     resolve_device(args.device)
 
 
-def load_model(args: argparse.Namespace) -> VLMInference:
-    """The model that :func:`add_model_args`' flags name."""
-    from vlm_inference.vlm_inference import VLMInference
-    return VLMInference(args.model_path, base_model=args.base_model, device=args.device, precision=args.precision,
-                        load_in_8bit=args.load_in_8bit, load_in_4bit=args.load_in_4bit)

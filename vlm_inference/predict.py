@@ -34,12 +34,13 @@ from tqdm import tqdm
 if __package__ in (None, ""):  # run as a file: its folder's vlm_inference.py would shadow the vlm_inference package
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from vlm_annotation.io_utils import InputError, JsonlAppender, stream_jsonl
-from vlm_annotation.runtime import report_input_errors, require_output_file, require_path, single_writer
-from vlm_inference.model_args import add_model_args, check_model_args, load_model
-from vlm_inference.vlm_inference import InferenceInputError
-from vlm_training import families
-from vlm_training.llava_format import IMAGE_TOKEN, iter_llava_records, record_where, resolve_image_path
+from vlm_core import families
+from vlm_core.io_utils import InputError, JsonlAppender, stream_jsonl
+from vlm_core.llava_format import IMAGE_TOKEN, iter_llava_records, record_where, resolve_image_path
+from vlm_core.predictions import is_prediction_line, prediction_record
+from vlm_core.runtime import report_input_errors, require_output_file, require_path, single_writer
+from vlm_inference.model_args import add_model_args, check_model_args
+from vlm_inference.vlm_inference import InferenceInputError, load_model
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -151,7 +152,7 @@ def resume_point(output_file: Path, questions: Iterator[dict], model: str) -> tu
     kept = position = 0
     # A killed writer's partial last line is not counted: JsonlAppender drops it, and it is asked again.
     for line_no, rec in stream_jsonl(output_file, skip_partial_last=True) if output_file.exists() else ():
-        if not isinstance(rec, dict) or "id" not in rec or "turn" not in rec:
+        if not is_prediction_line(rec):
             raise InputError(f"{output_file}: line {line_no}: not a prediction (needs id and turn)")
         if rec.get("model", model) != model:
             raise InputError(f"{output_file}: line {line_no} was written by another model ({rec['model']}); "
@@ -209,8 +210,7 @@ def main(argv=None) -> int:
             while batch := [q for _, q in zip(range(args.batch_size), pending)]:
                 answered = ask(vlm, batch, image_dir, data_path, args.max_new_tokens, args.batch_size)
                 for q, answer in answered:
-                    out.write({"id": q["id"], "image": q["image"], "turn": q["turn"], "question": q["question"],
-                               "answer": answer, "reference": q["reference"], "type": q["type"], "model": model})
+                    out.write(prediction_record(q, answer, model))
                 written += len(answered)
                 skipped += len(batch) - len(answered)
                 bar.update(len(batch))

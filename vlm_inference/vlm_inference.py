@@ -19,7 +19,7 @@ The model is asked exactly as training taught it: the prompt format is read from
 ``model_path/prompt_format.json`` (a model without one gets the default LLaVA-1.5 format),
 the image is padded to a square with the processor's mean colour, and boxes are written
 with the shared box format. A model of another family (LLaVA-NeXT/OneVision, Qwen2/2.5/3-VL;
-vlm_training/families.py) is asked through its chat template, its image is not padded, and
+vlm_core/families.py) is asked through its chat template, its image is not padded, and
 boxes are written and read in the frame saved with it (box_frame.json). Decoding is greedy
 unless generation settings say otherwise.
 A prompt longer than the model's context (with the new tokens) is refused, never cut.
@@ -40,34 +40,26 @@ from PIL import Image
 if __package__ in (None, ""):  # run as a file: this file would shadow the vlm_inference package it imports from
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from vlm_annotation import boxes, prompts, runtime
-from vlm_annotation.images import ImageLoadError, as_rgb_image
-from vlm_annotation.io_utils import InputError
-from vlm_annotation.prompts import PROMPT_FORMAT_FILE, PromptFormat
-from vlm_inference.model_args import add_model_args, check_model_args, load_model
-from vlm_training import families
-from vlm_training.model_dir import (
+from vlm_core import boxes, families, prompts, runtime
+from vlm_core.images import ImageLoadError, as_rgb_image
+from vlm_core.io_utils import InputError
+from vlm_core.model_dir import (
     ADAPTER_CONFIG_FILE,
     FRAME_FILE,
-    MERGED_DIR,
     MODEL_CONFIG_FILE,
-    SAVING_MARKER,
-    half_written,
+)
+from vlm_core.prompts import PROMPT_FORMAT_FILE, PromptFormat
+from vlm_inference.model_args import (
+    DEFAULT_MAX_NEW_TOKENS,
+    InferenceInputError,
+    add_model_args,
+    check_model_args,
+    refuse_half_written,
 )
 
 # Any of these in a folder means the processor (or at least its tokenizer) was saved there.
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
-DEFAULT_MAX_NEW_TOKENS = 128
 DEFAULT_BATCH_SIZE = 8
-
-
-class InferenceInputError(InputError, ValueError):
-    """Bad input to :class:`VLMInference`: a ``ValueError`` for library callers, an ``InputError`` (one line,
-    exit 2) for the command lines. ``index``: the offending item of a batched call (None: the whole call)."""
-
-    def __init__(self, message: str, index: int | None = None):
-        super().__init__(message)
-        self.index = index
 
 
 def _first_line(err: BaseException) -> str:
@@ -106,16 +98,6 @@ def validate_bbox(bbox: Any, width: int, height: int) -> list[float]:
     return clipped
 
 
-def refuse_half_written(model_path: str | os.PathLike) -> None:
-    """A model folder (or the merged/ folder inside one) whose final save by train_vlm.py was interrupted is refused."""
-    local = Path(model_path).expanduser()
-    for folder in (local, local.parent) if local.name == MERGED_DIR else (local,):
-        if half_written(folder):
-            raise InferenceInputError(f"--model_path: {local} is half-written: its final save was interrupted "
-                                      f"({folder / SAVING_MARKER}); run the same train_vlm.py command again to "
-                                      "finish it")
-
-
 def load_image(image: Any) -> Image.Image:
     """A path or a PIL image -> RGB PIL in displayed orientation; InferenceInputError otherwise."""
     if isinstance(image, (str, os.PathLike)):
@@ -135,7 +117,7 @@ class VLMInference:
     """A vision-language model (adapter, merged, full or base) loaded once, asked about images and boxes.
 
     Its family (LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, Qwen3-VL; see
-    vlm_training/families.py) decides how a question is laid out and how a box is written in a
+    vlm_core/families.py) decides how a question is laid out and how a box is written in a
     question and read back from an answer (the frame a trained model saved in box_frame.json).
 
     ``precision`` is ``auto`` (bf16/fp16 on a GPU, fp32 on the CPU), ``fp32``, ``bf16``,
@@ -443,6 +425,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         if getattr(args, flag) is not None and not getattr(args, flag).strip():
             raise InputError(f"--{flag} is empty")
     return args
+
+
+def load_model(args: argparse.Namespace) -> VLMInference:
+    """The model that :func:`add_model_args`' flags name."""
+    return VLMInference(args.model_path, base_model=args.base_model, device=args.device, precision=args.precision,
+                        load_in_8bit=args.load_in_8bit, load_in_4bit=args.load_in_4bit)
 
 
 @runtime.report_input_errors

@@ -44,11 +44,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from vlm_annotation import prompts
-from vlm_annotation.boxes import BOX_PATTERN, box_to_text
-from vlm_annotation.images import ImageLoadError, load_image
-from vlm_annotation.io_utils import InputError, atomic_output
-from vlm_annotation.runtime import (
+from vlm_core import families, prompts
+from vlm_core.boxes import BOX_PATTERN, box_to_text
+from vlm_core.images import ImageLoadError, load_image
+from vlm_core.io_utils import InputError, atomic_output
+from vlm_core.llava_format import IMAGE_PLACEHOLDER, IMAGE_TOKEN, LlavaWriter, resolve_image_path
+from vlm_core.runtime import (
     is_within,
     report_input_errors,
     require_output_dir,
@@ -56,13 +57,8 @@ from vlm_annotation.runtime import (
     require_path,
     single_writer,
 )
-from vlm_annotation.schema import QA_TYPES, AnnotationError, AnnotationReader
-from vlm_training import families
-from vlm_training.llava_format import IMAGE_PLACEHOLDER, IMAGE_TOKEN, LlavaWriter, resolve_image_path
-from vlm_training.split_data import check_not_pending
+from vlm_core.schema import QA_TYPES, REGION_QUESTION_TYPES, AnnotationError, AnnotationReader, check_not_pending
 
-# Types whose question names a region by its box (one referenced object).
-_REGION_QUESTION_TYPES = ("region_description", "region_label")
 _REGION_DESCRIPTION_PREFIX = prompts.REGION_DESCRIPTION.split("{box}")[0]
 _REGION_DESCRIPTION_LABELED_PREFIX = prompts.REGION_DESCRIPTION_LABELED.split("{label}")[0]
 
@@ -186,7 +182,7 @@ def render_pair(rec: dict, qa: dict, file, path: str, boxes: _ImageBoxes | None 
         field = "question" if IMAGE_TOKEN in question else "answer"
         raise AnnotationError(file, f"{path}.{field}", f"contains the image token {IMAGE_TOKEN!r}")
 
-    if qtype in _REGION_QUESTION_TYPES:
+    if qtype in REGION_QUESTION_TYPES:
         if not ids:
             raise AnnotationError(file, f"{path}.object_ids", f"a {qtype} pair must name the object it asks about")
         question = _region_question(qa, boxes.objects[ids[0]], boxes.box_text(ids[0]))

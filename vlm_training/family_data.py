@@ -4,11 +4,11 @@
 template, end-of-turn token and image-token count differ from LLaVA-1.5's:
 
 - the conversation is laid out by the processor's own chat template
-  (:func:`vlm_training.families.conversation_segments`): answers are supervised through the
+  (:func:`vlm_core.families.conversation_segments`): answers are supervised through the
   family's end-of-turn token (``<|im_end|>`` for Qwen and OneVision, ``</s>`` for LLaVA-NeXT);
 - an image is not padded to a square (the family's processor handles any aspect ratio, and its
   box frame is defined on the original image), and takes as many image tokens as the processor
-  gives an image of its size (:func:`vlm_training.families.image_token_count`), known from the
+  gives an image of its size (:func:`vlm_core.families.image_token_count`), known from the
   record's width and height before any pixel is read;
 - the processor's per-image inputs (Qwen's ``image_grid_thw``, LLaVA-NeXT's ``image_sizes``)
   travel with the pixels; :func:`vlm_training.llava_data.collate_images` batches them.
@@ -18,11 +18,11 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from vlm_annotation.io_utils import InputError
-from vlm_annotation.prompts import PromptFormat
-from vlm_training import families
+from vlm_core import families
+from vlm_core.io_utils import InputError
+from vlm_core.llava_format import IMAGE_PLACEHOLDER
+from vlm_core.prompts import PromptFormat
 from vlm_training.llava_data import TokenLayout, _adds_bos, tokenize_segments
-from vlm_training.llava_format import IMAGE_PLACEHOLDER
 
 
 def record_turns(record: dict) -> list[tuple[str, str]]:

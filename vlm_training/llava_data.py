@@ -1,6 +1,6 @@
 """LLaVA conversation files -> supervised training examples, and the batch collator.
 
-A record (stage 3's output; the format is defined in :mod:`vlm_training.llava_format`)::
+A record (stage 3's output; the format is defined in :mod:`vlm_core.llava_format`)::
 
     {"id": "scenes/a.jpg#0", "image": "scenes/a.jpg", "width": 640, "height": 480,
      "conversations": [{"from": "human", "value": "<image>\\nQ1"}, {"from": "gpt", "value": "A1"},
@@ -35,12 +35,12 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from vlm_annotation.boxes import pad_to_square
-from vlm_annotation.images import ImageLoadError, load_image
-from vlm_annotation.io_utils import InputError
-from vlm_annotation.prompts import PromptFormat
-from vlm_training import families
-from vlm_training.llava_format import IMAGE_PLACEHOLDER, iter_llava_records, record_where, resolve_image_path
+from vlm_core import families
+from vlm_core.boxes import pad_to_square
+from vlm_core.images import ImageLoadError, load_image
+from vlm_core.io_utils import InputError
+from vlm_core.llava_format import IMAGE_PLACEHOLDER, iter_llava_records, record_where, resolve_image_path
+from vlm_core.prompts import PromptFormat
 
 IGNORE_INDEX = -100
 

@@ -17,7 +17,7 @@ enough to go round (train first, then val, then test), and the script says so.
 
 Any size: the input is read twice, a record at a time (first the keys, 8 bytes an image, then
 the records, each written straight to its split), so memory does not grow with the file.
-A ``.jsonl`` input or output name selects the JSONL layout (see ``vlm_annotation/schema.py``).
+A ``.jsonl`` input or output name selects the JSONL layout (see ``vlm_core/schema.py``).
 
 All or nothing: the three files are written to temp files first and then renamed as a set,
 with a marker ``.<name>.split-pending`` beside each output for the time of the renames. A run
@@ -37,9 +37,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from vlm_annotation.io_utils import InputError, fsync_dir, write_json_atomic
-from vlm_annotation.runtime import report_input_errors, require_output_file, single_writer
-from vlm_annotation.schema import AnnotationReader, AnnotationWriter
+from vlm_core.flags import ANNOTATION_FILE, flag_names
+from vlm_core.io_utils import InputError, fsync_dir, write_json_atomic
+from vlm_core.runtime import report_input_errors, require_output_file, single_writer
+from vlm_core.schema import AnnotationReader, AnnotationWriter, pending_marker
 
 SPLITS = ("train", "val", "test")
 SPLIT_METHOD = "sha256(seed:image) key, images ordered by key, cut at rounded cumulative ratios"
@@ -50,7 +51,7 @@ _RATIO_EPS = 1e-9
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input_file", required=True, help="annotation file to split (annotations.json)")
+    p.add_argument(*flag_names("--input_file", ANNOTATION_FILE), required=True, help="annotation file to split (annotations.json)")
     p.add_argument("--train_file", default="train.json", help="where to write the train split")
     p.add_argument("--val_file", default="val.json", help="where to write the validation split")
     p.add_argument("--test_file", default=None,
@@ -176,20 +177,6 @@ class Assigner:
             rank = int(np.searchsorted(self.sorted, np.uint64(key), "left")) + sorted(self.tied[key]).index(image)
             return "train" if rank < self.n_train else "val" if rank < self.n_train + self.n_val else "test"
         return "train" if key <= self.cut1 else "val" if key <= self.cut2 else "test"
-
-
-def pending_marker(path: str | os.PathLike) -> Path:
-    """The marker that stands beside a split file while the three files are being replaced."""
-    p = Path(path)
-    return p.with_name(f".{p.name}.split-pending")
-
-
-def check_not_pending(path: str | os.PathLike, flag: str) -> None:
-    """Refuse a split file whose split run was killed while replacing the three files."""
-    if pending_marker(path).exists():
-        raise InputError(f"{flag}: {path} comes from a split_data.py run that was interrupted while it "
-                         "replaced the split files (train/val/test may mix two splits); run the same "
-                         "split_data.py command again")
 
 
 def commit_as_set(temps: dict[str, Path], outputs: dict[str, Path], generation: str) -> None:

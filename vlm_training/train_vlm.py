@@ -18,7 +18,7 @@ language model's linear layers only; ``--train_projector`` trains the projector 
 the language model and the projector are fine-tuned fully. Images are padded to a square with the
 processor's image mean; only answers and their EOS are supervised.
 
-Other families (``--base_model`` decides, see vlm_training/families.py) are loaded through their own
+Other families (``--base_model`` decides, see vlm_core/families.py) are loaded through their own
 transformers class; their chat template lays the turns out, answers are supervised through the family's
 end-of-turn token, images keep their aspect ratio and take as many image tokens as the processor gives
 them, and the boxes in the data must be rendered for the family's frame (``convert_to_llava_format.py
@@ -48,9 +48,21 @@ import torch
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy, SchedulerType
 
-from vlm_annotation.io_utils import InputError, write_json_atomic
-from vlm_annotation.prompts import SYSTEM_PROMPT_HELP, PromptFormat, resolve_system_prompt
-from vlm_annotation.runtime import (
+from vlm_core import families
+from vlm_core.io_utils import InputError, write_json_atomic
+from vlm_core.model_dir import (
+    ADAPTER_FILES,
+    FULL_MODEL_FILES,
+    LOSS_PLOT_FILE,
+    MERGED_DIR,
+    METRICS_FILE,
+    SAVING_MARKER,
+    TRAIN_ARGS_FILE,
+    move_into,
+    remove_stale_model_files,
+)
+from vlm_core.prompts import SYSTEM_PROMPT_HELP, PromptFormat, resolve_system_prompt
+from vlm_core.runtime import (
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
     check_seed,
@@ -62,18 +74,6 @@ from vlm_annotation.runtime import (
     resolve_device,
     resolve_dtype,
     single_writer,
-)
-from vlm_training import families
-from vlm_training.model_dir import (
-    ADAPTER_FILES,
-    FULL_MODEL_FILES,
-    LOSS_PLOT_FILE,
-    MERGED_DIR,
-    METRICS_FILE,
-    SAVING_MARKER,
-    TRAIN_ARGS_FILE,
-    move_into,
-    remove_stale_model_files,
 )
 from vlm_training.vlm_trainer import (
     RunTotals,
@@ -164,7 +164,8 @@ class ModelArguments:
 class DataArguments:
     _argument_group_name = "data"
     train_data: str = field(metadata={"help": "training file in LLaVA format (stage 3 output; .json or .jsonl)"})
-    image_dir: str = field(metadata={"help": "folder the records' 'image' paths are relative to"})
+    image_dir: str = field(metadata={"aliases": ["--images_dir"],
+                                     "help": "folder the records' 'image' paths are relative to"})
     val_data: str | None = field(default=None, metadata={"help": "validation file in LLaVA format (optional)"})
     max_length: int = field(default=2048, metadata={
         "help": "longest example in tokens, image tokens included; an over-long record loses its last turns, "

@@ -26,10 +26,10 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from vlm_annotation.io_utils import InputError
-from vlm_annotation.runtime import Terminated
-from vlm_training import families
-from vlm_training.model_dir import ADAPTER_WEIGHT_FILES, MODEL_CONFIG_FILE, MODEL_WEIGHT_FILES, TRAIN_ARGS_FILE
+from vlm_core import families
+from vlm_core.io_utils import InputError
+from vlm_core.model_dir import ADAPTER_WEIGHT_FILES, MODEL_CONFIG_FILE, MODEL_WEIGHT_FILES, TRAIN_ARGS_FILE
+from vlm_core.runtime import Terminated
 
 # Settings a checkpoint must share with the run that resumes it (else its weights do not fit).
 RESUME_KEYS = ("base_model", "use_lora", "lora_r", "lora_alpha", "train_projector", "train_vision_tower")

@@ -1,6 +1,6 @@
 """Train a tiny BLIP captioner on the synthetic world, captioned the way the annotation stage prompts it.
 
-    python models/train_world_blip.py --world world --out world_output/models/blip --minutes 2
+    python world/train_blip.py --world world --out world_output/models/blip --minutes 2
 
 The annotation stage (vlm_annotation/describer.py) shows the captioner a context crop of each
 object (the box grown by ``--crop_margin`` 0.5 on every side) with the prompt
@@ -30,11 +30,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np
 from PIL import Image
 
-if __package__ in (None, ""):  # run as a file: models/ is not an installed package
+if __package__ in (None, ""):  # run as a file: its folder is not an installed package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vlm_annotation.describer import DEFAULT_IMAGE_PROMPT, PromptBook, context_crop  # noqa: E402
-from vlm_annotation.io_utils import write_json_atomic  # noqa: E402
+from vlm_core.io_utils import write_json_atomic  # noqa: E402
 
 INFO_FILE = "train_info.json"
 # Words of the world's captions (anything else still tokenizes, letter by letter).
@@ -128,7 +128,7 @@ def encode(processor, examples, prompt_lengths: dict[str, int]):
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--world", required=True, help="world folder written by data/make_world.py")
+    p.add_argument("--world", required=True, help="world folder written by world/make_world.py")
     p.add_argument("--out", required=True, help="folder to write the captioner (model + processor) into")
     p.add_argument("--minutes", type=float, default=2.0, help="wall-clock cap of the training loop (default 2)")
     p.add_argument("--epochs", type=int, default=6, help="most passes over the examples (default 6)")

@@ -1,6 +1,6 @@
 """The synthetic world: litter lying on a ground surface, with COCO ground truth.
 
-    python data/make_world.py --out world --train_images 600 --heldout_images 3000 --seed 0
+    python world/make_world.py --out world --train_images 600 --heldout_images 3000 --seed 0
 
 writes, deterministically (every image is drawn from its own seed)::
 
@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-if __package__ in (None, ""):  # run as a file: data/ is not an installed package
+if __package__ in (None, ""):  # run as a file: world/ is not an installed package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vlm_annotation.io_utils import write_json_atomic  # noqa: E402
+from vlm_core.io_utils import write_json_atomic  # noqa: E402
 
 CLASSES = ("glass", "plastic", "can", "paper", "bag")
 # What each class is, in words (the COCO categories carry it as "supercategory"-like text).

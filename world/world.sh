@@ -4,7 +4,7 @@
 # training API, the toolkit's own stages run on the held-out scenes, and every VLM answer is scored
 # against the ground truth, beside its baselines (majority answer, the untrained model, chance).
 #
-# Usage: WORLD_MINUTES=20 WORLD_DIR=world_output PYTHON=.venv/bin/python bash scripts/world.sh
+# Usage: WORLD_MINUTES=20 WORLD_DIR=world_output PYTHON=.venv/bin/python bash world/world.sh
 #   WORLD_MINUTES  budget: 20 (default, fits 20 minutes on 2 CPU cores) or 60 (more scenes, longer training)
 #   WORLD_DIR      output folder (default world_output); the scenes in WORLD_DIR/world are kept between runs
 #   WORLD_SEED     seed of the world and of every training run (default 0)
@@ -60,7 +60,7 @@ VISION_STEPS=${WORLD_VISION_STEPS:-3000}
 VLM_BATCH=${WORLD_VLM_BATCH:-16}
 VLM_LR=${WORLD_VLM_LR:-1e-3}
 VLM_STEPS=${WORLD_VLM_STEPS:-$VLM_STEPS}
-# The VLM's vision tower, pretrained on the training pool (models/pretrain_world_vision.py), stays frozen
+# The VLM's vision tower, pretrained on the training pool (world/pretrain_vision.py), stays frozen
 # while train_vlm.py teaches the language model and projector, as LLaVA-1.5 keeps its CLIP tower frozen:
 # trained on at 1e-3 with the rest, the tower lost what it knew of the objects and counting fell to the
 # majority answer (0.147 against 0.155; frozen 0.39). WORLD_VLM_TOWER=train trains it too (--train_vision_tower).
@@ -73,7 +73,7 @@ esac
 QA_TYPES=${WORLD_QA_TYPES:-$QA_TYPES}
 # WORLD_SAVE_MODELS=DIR: copy the trained models (small: what scripts/demo.sh loads) to DIR at the end.
 SAVE_MODELS=${WORLD_SAVE_MODELS:-}
-# WORLD_MODELS_FROM=DIR: take yolo/, rtdetr/ and blip/ from DIR (e.g. models/world) instead of training them.
+# WORLD_MODELS_FROM=DIR: take yolo/, rtdetr/ and blip/ from DIR (e.g. world/models) instead of training them.
 MODELS_FROM=${WORLD_MODELS_FROM:-}
 REGION_QA=1
 
@@ -118,24 +118,24 @@ finish() {
     fi
 }
 
-stage world $PY data/make_world.py --out "$W" --train_images "$TRAIN_SCENES" --heldout_images "$HELDOUT_SCENES" \
+stage world $PY world/make_world.py --out "$W" --train_images "$TRAIN_SCENES" --heldout_images "$HELDOUT_SCENES" \
     --seed "$SEED"
 
 # The detectors and the captioner learn from the training pool's ground truth, exported as the
 # toolkit exports any annotation file.
 train_yolo() {
-    $PY data/world_truth.py --coco "$W/train.json" --output_file "$M/train_truth.json" --seed "$SEED"
+    $PY world/make_truth.py --coco "$W/train.json" --output_file "$M/train_truth.json" --seed "$SEED"
     $PY vlm_annotation/export_annotations.py --annotation_file "$M/train_truth.json" --format yolo \
         --output_dir "$M/yolo_dataset" --images_dir "$W/train_images"
-    $PY models/train_world_yolo.py --world "$W" --data "$M/yolo_dataset/data.yaml" --out "$M/yolo" \
+    $PY world/train_yolo.py --world "$W" --data "$M/yolo_dataset/data.yaml" --out "$M/yolo" \
         --epochs "$YOLO_EPOCHS" --minutes "$YOLO_MIN" --seed "$SEED"
 }
 # The VLM starts from random weights: its vision tower is pretrained on the training pool's boxes first
 # (what a pretrained CLIP tower brings to a real LLaVA); trained only through the language model's loss
 # it learnt the ground's colour but not the objects, and answered every count question with one number.
 build_vlm() {
-    $PY models/make_world_llava.py --world "$W" --out "$M/llava_random" --seed "$SEED"
-    $PY models/pretrain_world_vision.py --coco "$W/train.json" --image_dir "$W/train_images" \
+    $PY world/make_llava.py --world "$W" --out "$M/llava_random" --seed "$SEED"
+    $PY world/pretrain_vision.py --coco "$W/train.json" --image_dir "$W/train_images" \
         --base_model "$M/llava_random" --out "$M/llava" --minutes "$VISION_MIN" --max_steps "$VISION_STEPS" \
         --seed "$SEED"
 }
@@ -145,9 +145,9 @@ if [ -n "$MODELS_FROM" ]; then
 else  # YOLO on one core; RT-DETR, the captioner and the VLM's vision tower on the other
     in_background yolo stage yolo train_yolo
     train_rtdetr_blip_vision() {
-        stage rtdetr $PY models/train_world_rtdetr.py --world "$W" --out "$M/rtdetr" --minutes "$DETR_MIN" \
+        stage rtdetr $PY world/train_rtdetr.py --world "$W" --out "$M/rtdetr" --minutes "$DETR_MIN" \
             --epochs "$DETR_EPOCHS" --seed "$SEED"
-        stage blip $PY models/train_world_blip.py --world "$W" --out "$M/blip" --minutes "$BLIP_MIN" \
+        stage blip $PY world/train_blip.py --world "$W" --out "$M/blip" --minutes "$BLIP_MIN" \
             --epochs "$BLIP_EPOCHS" --seed "$SEED"
         stage vlm_vision build_vlm
     }
@@ -182,7 +182,7 @@ score_detection() {
     $PY vlm_annotation/evaluate_annotations.py --annotations "$OUT/annotations.json" --ground_truth "$W/heldout.json" \
         --output_file "$OUT/detection.json" --sweep --sweep_metric map50 --sweep_iou 0.55 0.7 --sweep_conf 0.05 0.25 \
         --sweep_weights 1,1 2,1 1,2
-    $PY scripts/world_report.py surface --annotations "$OUT/annotations.json" --ground_truth "$W/heldout.json" \
+    $PY world/report.py surface --annotations "$OUT/annotations.json" --ground_truth "$W/heldout.json" \
         --output_file "$OUT/surface.json"
 }
 in_background score_annotations stage score_annotations score_detection  # beside the VLM's data and training
@@ -197,7 +197,7 @@ prepare_vlm_data() {
             --output_file "$OUT/${split}_llava.json" --qa_types $QA_TYPES --shuffle_turns --seed "$SEED"
     done
     # The test questions are asked about the held-out test images with the ground truth's answers.
-    $PY data/world_truth.py --coco "$W/heldout.json" --only "$OUT/test.json" --output_file "$OUT/test_truth.json" \
+    $PY world/make_truth.py --coco "$W/heldout.json" --only "$OUT/test.json" --output_file "$OUT/test_truth.json" \
         --seed "$SEED" --max_region_qa "$REGION_QA"
     $PY vlm_training/convert_to_llava_format.py --annotation_file "$OUT/test_truth.json" \
         --output_file "$OUT/test_llava.json" --qa_types $QA_TYPES
@@ -220,7 +220,7 @@ stage vlm_predict $PY vlm_inference/predict.py --model_path "$OUT/vlm_model" --d
     --image_dir "$HELD" --output_file "$OUT/eval/model.jsonl" --batch_size 64 --max_new_tokens 24
 
 evaluate_all() {
-    $PY scripts/world_report.py baselines --train "$OUT/train_llava.json" --questions "$OUT/eval/model.jsonl" \
+    $PY world/report.py baselines --train "$OUT/train_llava.json" --questions "$OUT/eval/model.jsonl" \
         --out_dir "$OUT/eval" --seed "$SEED"
     local who
     for who in model untrained majority chance; do
@@ -236,7 +236,7 @@ if [ "${WORLD_README:-0}" = 1 ]; then  # the README's results table is this comm
     README_ARGS=(--readme README.md --command "make world" --minutes "$MINUTES")
 fi
 printf 'wall\t%s\n' "$(( $(date +%s) - start ))" >> "$TIMES"
-$PY scripts/world_report.py results --run_dir "$OUT" ${README_ARGS[@]+"${README_ARGS[@]}"}
+$PY world/report.py results --run_dir "$OUT" ${README_ARGS[@]+"${README_ARGS[@]}"}
 if [ -n "$SAVE_MODELS" ]; then
     rm -rf "$SAVE_MODELS" && mkdir -p "$SAVE_MODELS/yolo" "$SAVE_MODELS/vlm"
     cp "$M/yolo/yolo.pt" "$M/yolo/train_info.json" "$SAVE_MODELS/yolo/"
@@ -247,7 +247,7 @@ if [ -n "$SAVE_MODELS" ]; then
         [ -f "$OUT/vlm_model/$f" ] && cp "$OUT/vlm_model/$f" "$SAVE_MODELS/vlm/"
     done
     cp "$OUT/results.md" "$SAVE_MODELS/results.md"
-    printf 'WORLD_MINUTES=%s WORLD_SEED=%s WORLD_SAVE_MODELS=%s bash scripts/world.sh\n' "$MINUTES" "$SEED" \
+    printf 'WORLD_MINUTES=%s WORLD_SEED=%s WORLD_SAVE_MODELS=%s bash world/world.sh\n' "$MINUTES" "$SEED" \
         "$SAVE_MODELS" > "$SAVE_MODELS/COMMAND"
     echo "trained models copied to $SAVE_MODELS ($(du -sh "$SAVE_MODELS" | cut -f1))"
 fi

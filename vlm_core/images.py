@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from vlm_annotation.io_utils import InputError
+from vlm_core.io_utils import InputError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default limit

@@ -5,7 +5,7 @@ records the :class:`PromptFormat` it used in the model directory, and inference 
 it back from there, so a model is always asked the way it was taught.
 
 The region prompts are LLaVA-1.5's own; boxes inside them are the shared box text
-(:func:`vlm_annotation.boxes.box_to_text`).
+(:func:`vlm_core.boxes.box_to_text`).
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def count_answer(n: int, noun: str = "object", where: str = " in this image") ->
 
 
 # The image placeholder of the LLaVA file format and of LLaVA-1.5's chat template: defined here,
-# once; vlm_training.llava_format re-exports it for the LLaVA file.
+# once; vlm_core.llava_format re-exports it for the LLaVA file.
 IMAGE_TOKEN = "<image>"
 
 # System prompts by name. "llava_v1" is the system message of the conversation template that
@@ -183,7 +183,7 @@ class PromptFormat:
         return fmt
 
     def save(self, directory: str | os.PathLike) -> Path:
-        from vlm_annotation.io_utils import write_json_atomic
+        from vlm_core.io_utils import write_json_atomic
         path = Path(directory) / PROMPT_FORMAT_FILE
         write_json_atomic(path, self.to_dict())
         return path

@@ -1,6 +1,6 @@
 """Train a tiny RT-DETR on the synthetic world with transformers (its own loss, a plain loop).
 
-    python models/train_world_rtdetr.py --world world --out world_output/models/rtdetr --minutes 3
+    python world/train_rtdetr.py --world world --out world_output/models/rtdetr --minutes 3
 
 Builds a small ``RTDetrForObjectDetection`` (ResNet-style backbone with trainable batch norms,
 hybrid encoder, 2 decoder layers, 30 queries, denoising queries on; every batch norm starts at
@@ -28,10 +28,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np
 from PIL import Image
 
-if __package__ in (None, ""):  # run as a file: models/ is not an installed package
+if __package__ in (None, ""):  # run as a file: its folder is not an installed package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vlm_annotation.io_utils import write_json_atomic  # noqa: E402
+from vlm_core.io_utils import write_json_atomic  # noqa: E402
 
 
 def build_model(classes: list[str], size: int, seed: int):
@@ -86,7 +86,7 @@ def load_pool(world: Path, size: int, max_images: int | None):
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--world", required=True, help="world folder written by data/make_world.py")
+    p.add_argument("--world", required=True, help="world folder written by world/make_world.py")
     p.add_argument("--out", required=True, help="folder to write m/ (model), p/ (processor), train_info.json")
     p.add_argument("--minutes", type=float, default=3.0, help="wall-clock cap of the run (default 3)")
     p.add_argument("--epochs", type=int, default=40, help="most passes over the pool (default 40)")

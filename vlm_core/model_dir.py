@@ -2,7 +2,7 @@
 check a folder with it before loading any model library.
 
 A finished folder holds the adapter (``adapter_config.json`` + ``adapter_model.safetensors``) or a full model
-(``config.json`` + ``model.safetensors``), the processor, ``prompt_format.json`` (named in vlm_annotation.prompts),
+(``config.json`` + ``model.safetensors``), the processor, ``prompt_format.json`` (named in vlm_core.prompts),
 ``box_frame.json`` (the box frame of the model's family), ``train_args.json`` (the run's settings; ``"status":
 "complete"``), ``metrics.json``, ``loss.png``, optionally
 ``merged/`` and ``checkpoint-N/`` folders. While training runs, ``train_args.json`` says ``"status":
@@ -26,7 +26,7 @@ MODEL_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pyto
 FULL_MODEL_FILES = (MODEL_CONFIG_FILE, "generation_config.json", *MODEL_WEIGHT_FILES)
 ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 ADAPTER_FILES = (ADAPTER_CONFIG_FILE, *ADAPTER_WEIGHT_FILES)
-FRAME_FILE = "box_frame.json"         # the box frame the model was taught in (vlm_training.families.BoxFrame)
+FRAME_FILE = "box_frame.json"         # the box frame the model was taught in (vlm_core.families.BoxFrame)
 METRICS_FILE = "metrics.json"         # loss per step and the run's totals
 LOSS_PLOT_FILE = "loss.png"
 

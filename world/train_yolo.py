@@ -1,10 +1,10 @@
 """Train the tiny YOLO on the synthetic world with Ultralytics' own trainer.
 
-    python models/train_world_yolo.py --world world --out world_output/models/yolo --epochs 24 --minutes 6
+    python world/train_yolo.py --world world --out world_output/models/yolo --epochs 24 --minutes 6
 
-Builds YOLOv8n from its yaml (``YOLO("yolov8n.yaml")``, as models/make_tiny_models.py does, with
+Builds YOLOv8n from its yaml (``YOLO("yolov8n.yaml")``, as fixtures/tiny_models.py does, with
 the world's classes) and calls ``YOLO.train`` on an Ultralytics dataset of the world's training
-pool: ``--data`` names one (scripts/world.sh makes it with ``vlm_annotation/export_annotations.py
+pool: ``--data`` names one (world/world.sh makes it with ``vlm_annotation/export_annotations.py
 --format yolo`` from the ground truth), else this script writes it from ``WORLD/train.json``
 (``data.yaml``, ``images/``, ``labels/`` with normalised ``class cx cy w h`` lines). Seeded; bounded
 by ``--epochs`` and by ``--minutes`` (when the planned epochs would not fit, a callback plans fewer
@@ -24,10 +24,10 @@ from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
-if __package__ in (None, ""):  # run as a file: models/ is not an installed package
+if __package__ in (None, ""):  # run as a file: its folder is not an installed package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vlm_annotation.io_utils import write_json_atomic, write_text_atomic  # noqa: E402
+from vlm_core.io_utils import write_json_atomic, write_text_atomic  # noqa: E402
 
 
 def write_yolo_dataset(coco_file: Path, images_dir: Path, out: Path, val_fraction: float = 0.1) -> Path:
@@ -79,7 +79,7 @@ def tiny_yaml(path: Path, width: float) -> Path:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--world", required=True, help="world folder written by data/make_world.py")
+    p.add_argument("--world", required=True, help="world folder written by world/make_world.py")
     p.add_argument("--out", required=True, help="folder to write yolo.pt and train_info.json into")
     p.add_argument("--data", default=None,
                    help="an Ultralytics data.yaml of the training pool (default: written here from WORLD/train.json)")

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterator
 
-from vlm_annotation.io_utils import InputError
+from vlm_core.io_utils import InputError
 
 EXIT_INPUT_ERROR = 2
 EXIT_INTERRUPTED = 130  # what a shell reports for a program stopped by Ctrl-C (128 + SIGINT)

@@ -26,10 +26,10 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from vlm_annotation.io_utils import InputError, RecordWriter, is_jsonl, stream_json, stream_jsonl
-from vlm_annotation.prompts import IMAGE_TOKEN
-from vlm_annotation.schema import QA_TYPES
-from vlm_training.families import FRAME_KEY, BoxFrame, FamilyError
+from vlm_core.families import FRAME_KEY, BoxFrame, FamilyError
+from vlm_core.io_utils import InputError, RecordWriter, is_jsonl, stream_json, stream_jsonl
+from vlm_core.prompts import IMAGE_TOKEN
+from vlm_core.schema import QA_TYPES
 
 IMAGE_PLACEHOLDER = IMAGE_TOKEN + "\n"  # how the first human turn starts
 

@@ -64,9 +64,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from vlm_annotation import boxes
-from vlm_annotation.prompts import IMAGE_TOKEN
-from vlm_training.model_dir import ADAPTER_CONFIG_FILE, FRAME_FILE, MODEL_CONFIG_FILE
+from vlm_core import boxes
+from vlm_core.model_dir import ADAPTER_CONFIG_FILE, FRAME_FILE, MODEL_CONFIG_FILE
+from vlm_core.prompts import IMAGE_TOKEN
 
 FRAME_KEY = "box_frame"          # key of the frame dict in a LLaVA-format record
 DEFAULT_BASE_MODEL = "llava-hf/llava-1.5-7b-hf"
@@ -466,7 +466,7 @@ class BoxFrame:
 
     def parse_box(self, text: str, width: float, height: float) -> list[float] | None:
         """The first box in generated text, in pixels of the original image; None when there is none
-        (or when it is inverted, like :func:`vlm_annotation.boxes.text_to_box`)."""
+        (or when it is inverted, like :func:`vlm_core.boxes.text_to_box`)."""
         found = find_boxes(text)
         if not found:
             return None
@@ -477,7 +477,7 @@ class BoxFrame:
 
     # ---- persistence
     def save(self, directory: str | os.PathLike) -> Path:
-        from vlm_annotation.io_utils import write_json_atomic
+        from vlm_core.io_utils import write_json_atomic
         path = Path(directory) / FRAME_FILE
         write_json_atomic(path, self.to_dict())
         return path

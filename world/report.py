@@ -1,10 +1,10 @@
-"""The world run's baselines, description check and results table (used by scripts/world.sh).
+"""The world run's baselines, description check and results table (used by world/world.sh).
 
-    python scripts/world_report.py baselines --train world_output/train_llava.json \\
+    python world/report.py baselines --train world_output/train_llava.json \\
         --questions world_output/predictions.jsonl --out_dir world_output/baselines
-    python scripts/world_report.py surface --annotations world_output/annotations.json \\
+    python world/report.py surface --annotations world_output/annotations.json \\
         --ground_truth world/heldout.json --output_file world_output/surface.json
-    python scripts/world_report.py results --run_dir world_output \\
+    python world/report.py results --run_dir world_output \\
         [--readme README.md --command "make world" --minutes 20]
 
 ``baselines`` answers every test question (read from a predictions file, which carries the
@@ -34,18 +34,18 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: scripts/ is not an installed package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vlm_annotation.boxes import format_box, parse_box  # noqa: E402
 from vlm_annotation.describer import description_surface  # noqa: E402
-from vlm_annotation.io_utils import (  # noqa: E402
+from vlm_core.boxes import format_box, parse_box  # noqa: E402
+from vlm_core.io_utils import (  # noqa: E402
     InputError,
     iter_jsonl,
     read_json,
     write_json_atomic,
     write_text_atomic,
 )
-from vlm_annotation.prompts import IMAGE_TOKEN  # noqa: E402
-from vlm_annotation.runtime import report_input_errors  # noqa: E402
-from vlm_annotation.schema import QA_TYPES  # noqa: E402
+from vlm_core.prompts import IMAGE_TOKEN  # noqa: E402
+from vlm_core.runtime import report_input_errors  # noqa: E402
+from vlm_core.schema import QA_TYPES  # noqa: E402
 
 # The figure each question type is judged by (metrics.json of vlm_inference/evaluate.py).
 HEADLINE = {"count": "count_exact", "count_class": "count_exact", "grounding": "acc@0.5",
@@ -165,7 +165,7 @@ def detection_chance(annotations: Path, ground_truth: Path, detector: str = "yol
     order), scaled to its size: the same number, sizes, classes and scores of boxes as the
     detector's, placed without looking at the image. None when the file kept no detector boxes.
     """
-    from vlm_annotation.evaluate_annotations import coco_evaluate, load_ground_truth
+    from vlm_annotation.label_scoring import coco_evaluate, load_ground_truth
 
     records = [r for r in read_json(annotations)["images"] if detector in (r.get("detector_boxes") or {})]
     truth = load_ground_truth(ground_truth)
@@ -199,7 +199,7 @@ def collect_results(run: Path) -> dict:
         row["n"] = (model or {}).get("per_type", {}).get(qtype, {}).get("n")
         vlm[qtype] = row
     timings, wall = {}, None
-    if (run / "timings.tsv").is_file():  # "stage<TAB>seconds" lines written by scripts/world.sh
+    if (run / "timings.tsv").is_file():  # "stage<TAB>seconds" lines written by world/world.sh
         for line in (run / "timings.tsv").read_text(encoding="utf-8").splitlines():
             name, _, secs = line.partition("\t")
             if not secs:

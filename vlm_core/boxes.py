@@ -47,7 +47,7 @@ def iou(a: Sequence[float], b: Sequence[float]) -> float:
 def pixel_to_normalized(box: Sequence[float], width: float, height: float,
                         extent: tuple[float, float] = (1.0, 1.0)) -> list[float]:
     """Pixels -> 0..extent of the image itself (not padded): 0..1 for fusion, 0..1000 or the
-    resized image's pixels for the box frames of other model families (vlm_training.families)."""
+    resized image's pixels for the box frames of other model families (vlm_core.families)."""
     fx, fy = extent
     return [box[0] * fx / width, box[1] * fy / height, box[2] * fx / width, box[3] * fy / height]
 

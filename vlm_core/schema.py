@@ -28,12 +28,18 @@ from array import array
 from pathlib import Path
 from typing import Any, Iterator
 
-from vlm_annotation.io_utils import STREAMED, InputError, RecordWriter, is_jsonl, stream_json, stream_jsonl
+from vlm_core.io_utils import STREAMED, InputError, RecordWriter, is_jsonl, stream_json, stream_jsonl
 
 QA_TYPES = (
     "count", "count_class", "exists", "location",
     "region_description", "region_label", "grounding", "relation", "surface",
 )
+# The groups of QA_TYPES that are answered and scored differently, defined here once. Every type not in
+# one of them (exists, location, surface, ...) is a short answer, scored by exact match.
+COUNT_TYPES = ("count", "count_class")                 # short answers that also get count_exact / count_mae
+GROUNDING_TYPES = ("grounding",)                       # the answer is a box
+DESCRIPTION_TYPES = ("region_description",)            # free text, scored with caption metrics
+REGION_QUESTION_TYPES = ("region_description", "region_label")  # the question names one object by its box
 # Box coordinates may exceed the image by rounding only.
 _BOX_TOLERANCE = 1.0
 # No real image is wider or taller; larger values are corrupt data (and would make boxes vanish
@@ -327,3 +333,19 @@ class AnnotationWriter(RecordWriter):
         validate_skipped(skipped, self.path)
         validate_meta(meta, self.path)
         self.close({"skipped": skipped, "meta": meta})
+
+
+# ----------------------------------------------------------------------------- split files
+
+def pending_marker(path: str | os.PathLike) -> Path:
+    """The marker that stands beside a split file while the three files are being replaced."""
+    p = Path(path)
+    return p.with_name(f".{p.name}.split-pending")
+
+
+def check_not_pending(path: str | os.PathLike, flag: str) -> None:
+    """Refuse a split file whose split run was killed while replacing the three files."""
+    if pending_marker(path).exists():
+        raise InputError(f"{flag}: {path} comes from a split_data.py run that was interrupted while it "
+                         "replaced the split files (train/val/test may mix two splits); run the same "
+                         "split_data.py command again")

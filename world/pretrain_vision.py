@@ -1,6 +1,6 @@
 """Pretrain the world LLaVA's vision tower on the training pool's boxes, as a stand-in for CLIP pretraining.
 
-    python models/pretrain_world_vision.py --coco world/train.json --image_dir world/train_images \
+    python world/pretrain_vision.py --coco world/train.json --image_dir world/train_images \
         --base_model world_output/models/llava_random --out world_output/models/llava --minutes 1.25
 
 A real LLaVA starts from a pretrained CLIP tower whose patch features already say what is where; the
@@ -23,7 +23,7 @@ model and projector unchanged) written to ``--out`` with its processor, loaded b
 arguments, seed, steps, seconds, the loss curve and the per-patch and count accuracy on the last
 10% of the pool (held out from this pretraining).
 
-``scripts/world.sh`` then keeps the tower frozen while ``train_vlm.py`` teaches the language model and
+``world/world.sh`` then keeps the tower frozen while ``train_vlm.py`` teaches the language model and
 projector, as LLaVA-1.5 keeps its CLIP tower frozen. Measured on the world (tuning runs, 4500 annotated
 held-out scenes, count, surface and location questions, 800 VLM steps of 16, 400 test scenes):
 ``location`` answers rose from 0.056 to 0.28 with this pretraining (the question names an object, and
@@ -48,11 +48,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-if __package__ in (None, ""):  # run as a file: models/ is not an installed package
+if __package__ in (None, ""):  # run as a file: its folder is not an installed package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vlm_annotation.boxes import pixel_to_square  # noqa: E402
-from vlm_annotation.io_utils import write_json_atomic  # noqa: E402
+from vlm_core.boxes import pixel_to_square  # noqa: E402
+from vlm_core.io_utils import write_json_atomic  # noqa: E402
 
 MAX_COUNT = 8  # the count head's last class is "8 or more"
 
@@ -82,7 +82,7 @@ def load_pool(coco: dict, image_dir: Path, image_processor, grid: int):
     import torch
     from PIL import Image
 
-    from vlm_annotation.boxes import pad_to_square
+    from vlm_core.boxes import pad_to_square
 
     cat_index = {c["id"]: i for i, c in enumerate(coco["categories"])}
     by_image: dict[int, list[dict]] = {}
@@ -200,7 +200,7 @@ def main(argv=None) -> int:
     model.save_pretrained(tmp)
     seconds = time.perf_counter() - start
     write_json_atomic(tmp / "pretrain_info.json", {
-        "script": "models/pretrain_world_vision.py", "argv": list(sys.argv[1:] if argv is None else argv),
+        "script": "world/pretrain_vision.py", "argv": list(sys.argv[1:] if argv is None else argv),
         "seed": args.seed,
         "base_model": str(base), "images": len(pixels), "train_images": n_train, "steps": step,
         "batch_size": args.batch_size, "learning_rate": args.learning_rate, "seconds": round(seconds, 1),

@@ -1,6 +1,6 @@
 """Build the world's small LLaVA (random weights) with a tokenizer trained on the world's own text.
 
-    python models/make_world_llava.py --world world --out world_output/models/llava
+    python world/make_llava.py --world world --out world_output/models/llava
 
 A ``LlavaForConditionalGeneration`` of about 2M parameters, the sizes that learn the world
 in minutes on a CPU: CLIP vision tower width 128 x 3 layers on 64 px images with 8 px patches
@@ -8,7 +8,7 @@ in minutes on a CPU: CLIP vision tower width 128 x 3 layers on 64 px images with
 layers, and a 512-token byte-level BPE trained on the world's questions and answers (the
 ground-truth Q&A of the training pool, made by the toolkit's own Q&A code) plus the chat
 template's words, so a turn costs a few tokens instead of dozens. Processor: llava-1.5-hf's
-chat template, a ``CLIPImageProcessor`` at 64 px. ``models/pretrain_world_vision.py`` then pretrains
+chat template, a ``CLIPImageProcessor`` at 64 px. ``world/pretrain_vision.py`` then pretrains
 its vision tower on the training pool's boxes (the world's stand-in for a pretrained CLIP), and
 ``vlm_training/train_vlm.py --base_model OUT`` fine-tunes it like any LLaVA checkpoint (language model
 and projector, the tower frozen; ``--train_vision_tower`` trains a tower that was never pretrained).
@@ -29,13 +29,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-if __package__ in (None, ""):  # run as a file: models/ is not an installed package
+if __package__ in (None, ""):  # run as a file: its folder is not an installed package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.world_truth import truth_annotations  # noqa: E402
-from models.make_tiny_models import LLAVA_CHAT_TEMPLATE  # noqa: E402
-from vlm_annotation import prompts  # noqa: E402
-from vlm_annotation.io_utils import write_json_atomic  # noqa: E402
+from fixtures.tiny_models import LLAVA_CHAT_TEMPLATE  # noqa: E402
+from vlm_core import prompts  # noqa: E402
+from vlm_core.io_utils import write_json_atomic  # noqa: E402
+from world.truth import truth_annotations  # noqa: E402
 
 IMAGE_SIZE, PATCH = 64, 8
 # Sizes of the default model, each a flag of its own (--vision_width 128, ...); heads are 32 wide.
@@ -125,7 +125,7 @@ def build_llava(out: Path, coco: dict, seed: int = 0, vocab_size: int = 512, fea
     model.save_pretrained(out)
     processor.save_pretrained(out)
     n_params = sum(p.numel() for p in model.parameters())
-    write_json_atomic(out / "build_info.json", {"builder": "models/make_world_llava.py", "seed": seed,
+    write_json_atomic(out / "build_info.json", {"builder": "world/make_llava.py", "seed": seed,
                                                 "parameters": n_params, "vocab_size": len(tokenizer), "sizes": z,
                                                 "feature_strategy": feature_strategy})
     return out
@@ -133,7 +133,7 @@ def build_llava(out: Path, coco: dict, seed: int = 0, vocab_size: int = 512, fea
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--world", required=True, help="world folder written by data/make_world.py (its train.json)")
+    p.add_argument("--world", required=True, help="world folder written by world/make_world.py (its train.json)")
     p.add_argument("--out", required=True, help="folder to write the model and processor into")
     p.add_argument("--vocab_size", type=int, default=512, help="BPE vocabulary size (default 512)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
