@@ -17,7 +17,12 @@ YOLO: ``data.yaml`` (absolute ``path``, ``names``), ``labels/train/<name>.txt`` 
 labels have no score column), and ``images/train/<name>`` as symlinks to the images (or
 copies with ``--copy_images``). ``val`` is the same images unless ``--val_annotation_file``
 gives a validation split (e.g. split_data.py's val.json), which goes to ``images/val``.
-``--min_score`` leaves out objects scoring below it in both formats.
+``--min_score`` leaves out objects scoring below it in both formats. YOLO names a label file after
+its image's stem, so two images of one folder that differ only by extension (``scene.jpg``,
+``scene.png``) cannot both be exported: the export refuses and names them, instead of giving one
+image the other's boxes. With ``--copy_images`` the images folder must be given (``--images_dir``):
+the folder a received file's ``meta.images_dir`` names is never copied from. One export per
+``--output_dir`` at a time; a killed export's hidden temp folder is removed by the next one.
 
 ``import_labels.py`` reads both back: the boxes come back the same, to 0.01 px (COCO) or
 the 6 decimals of YOLO's normalized coordinates.
@@ -27,6 +32,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -35,7 +41,7 @@ from pathlib import Path
 from vlm_core.boxes import pixel_to_yolo
 from vlm_core.flags import ANNOTATION_FILE, IMAGES_DIR, flag_names
 from vlm_core.io_utils import InputError, write_json_atomic
-from vlm_core.runtime import report_input_errors, require_output_dir, require_output_file, require_path
+from vlm_core.runtime import report_input_errors, require_output_dir, require_output_file, require_path, single_writer
 from vlm_core.schema import load_annotations
 
 BOX_DECIMALS = 2      # the annotation file's own precision (data_annotation.BOX_DECIMALS)
@@ -72,12 +78,35 @@ def yolo_line(class_id: int, bbox, width: int, height: int) -> str:
     return f"{class_id} " + " ".join(f"{v:.{YOLO_DECIMALS}f}" for v in values)
 
 
+def check_label_names(splits: dict[str, list[dict]]) -> None:
+    """Refuse images that would share a label file: YOLO finds ``labels/<split>/a/scene.txt`` for both
+    ``a/scene.jpg`` and ``a/scene.png``, so one image would silently get the other's boxes."""
+    for split, records in splits.items():
+        seen: dict[str, str] = {}
+        for rec in records:
+            key = Path(rec["image"]).with_suffix("").as_posix()
+            if key in seen:
+                raise InputError(f"--format yolo: {seen[key]} and {rec['image']} would share the label file "
+                                 f"labels/{split}/{key}.txt (YOLO names labels by the image's stem); rename one "
+                                 "of them, or export COCO")
+            seen[key] = rec["image"]
+
+
+def _stale_export_dirs(out: Path) -> list[Path]:
+    """Hidden temp folders of killed exports to ``out`` (call with ``out``'s lock held: no live writer)."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.[A-Za-z0-9_]{{8}}\.tmp")
+    if not out.parent.is_dir():
+        return []
+    return [p for p in out.parent.iterdir() if pattern.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
+
+
 def write_yolo(out: Path, splits: dict[str, list[dict]], images_dir: Path, copy: bool, min_score: float,
                final: Path | None = None) -> dict:
     """Write the dataset into ``out`` (an empty or new folder), which will be at ``final``; return counts."""
     names = categories_of([r for recs in splits.values() for r in recs], min_score)
     class_id = {n: i for i, n in enumerate(names)}
     counts = {"images": 0, "objects": 0}
+    check_label_names(splits)
     for split, records in splits.items():
         for rec in records:
             source = (images_dir / rec["image"]).resolve()
@@ -145,6 +174,10 @@ def _export_yolo(args, data: dict) -> tuple[Path, dict]:
     images_dir = args.images_dir or data.get("meta", {}).get("images_dir")
     if not images_dir:
         raise InputError(f"--images_dir is required: {args.annotation_file} has no meta.images_dir")
+    if args.copy_images and not args.images_dir:
+        # A received file names any folder it likes in meta.images_dir: copy only from a folder the user named.
+        raise InputError(f"--copy_images needs --images_dir (the file's meta.images_dir says {images_dir!r}; "
+                         "give it as --images_dir if that is the folder you mean)")
     images_dir = require_path(images_dir, "--images_dir", "dir")
     splits = {"train": data["images"]}
     if args.val_annotation_file:
@@ -159,6 +192,13 @@ def _export_yolo(args, data: dict) -> tuple[Path, dict]:
                 raise InputError(f"--images_dir: {rec['image']} (an image of {flag}) is not in {images_dir}")
     # Written in a hidden folder beside it and renamed: a killed export leaves no half dataset.
     out.parent.mkdir(parents=True, exist_ok=True)
+    with single_writer(out, "--output_dir"):
+        for stale in _stale_export_dirs(out):
+            shutil.rmtree(stale, ignore_errors=True)
+        return _write_yolo_dataset(args, out, splits, images_dir)
+
+
+def _write_yolo_dataset(args, out: Path, splits: dict, images_dir: Path) -> tuple[Path, dict]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         counts = write_yolo(tmp, splits, images_dir, args.copy_images, args.min_score, out)
