@@ -176,3 +176,15 @@ def test_output_that_would_overwrite_the_input_is_refused(tmp_path, capsys):
     rc = split_data.main(["--input_file", str(inp), "--train_file", str(inp), "--val_file", str(tmp_path / "v.json")])
     assert rc == 2 and "--train_file" in capsys.readouterr().err
     assert load_annotations(inp)["images"][0]["image"] == "a.jpg"
+
+
+def test_a_killed_splits_marker_temp_is_removed_by_the_rerun(tmp_path):
+    """What a split killed while writing its pending markers leaves (``..test.json.split-pending.*.tmp``)
+    was never removed (issue 28); the next run, holding the locks, removes it."""
+    inp = _write(tmp_path / "annotations.json", [f"img_{i:02d}.jpg" for i in range(10)])
+    planted = [tmp_path / f"..{s}.json.split-pending.abcd123{k}.tmp" for k, s in enumerate(("train", "val", "test"))]
+    for p in planted:
+        p.write_text('{"generation": "x"')
+    rc, out = _run(tmp_path, inp)
+    assert rc == 0 and not any(p.exists() for p in planted)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["annotations.json", "test.json", "train.json", "val.json"]

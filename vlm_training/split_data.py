@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from vlm_core.flags import ANNOTATION_FILE, flag_names
 from vlm_core.io_utils import InputError, fsync_dir, write_json_atomic
-from vlm_core.runtime import report_input_errors, require_output_file, single_writer
+from vlm_core.runtime import remove_stale_temps, report_input_errors, require_output_file, single_writer
 from vlm_core.schema import AnnotationReader, AnnotationWriter, pending_marker
 
 SPLITS = ("train", "val", "test")
@@ -255,6 +255,8 @@ def main(argv=None) -> int:
     with contextlib.ExitStack() as stack:
         for name in SPLITS:
             stack.enter_context(single_writer(outputs[name], flags[name]))
+            # A run killed while writing a pending marker leaves the marker's temp file: no writer is alive now.
+            remove_stale_temps(pending_marker(outputs[name]))
         if any(pending_marker(p).exists() for p in outputs.values()):
             print("note: the last split into these files was interrupted while replacing them; "
                   "writing all three again", flush=True)
