@@ -45,7 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import HfArgumentParser, TrainerState, TrainingArguments
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy, SchedulerType
 
 from vlm_core import families
@@ -75,16 +76,19 @@ from vlm_core.runtime import (
     resolve_dtype,
     single_writer,
 )
+from vlm_core.streams import survive_closed_stdout
 from vlm_training.vlm_trainer import (
     RunTotals,
     SaveFrame,
+    SealCheckpoint,
     StopOnSignal,
     VLMTrainer,
+    checkpoint_problem,
     collect_metrics,
     count_parameters,
-    is_complete_checkpoint,
     plot_loss,
     resolve_checkpoint,
+    saved_state,
 )
 
 PROJECTOR = "multi_modal_projector"
@@ -264,9 +268,10 @@ class VLMTrainingArguments(TrainingArguments):
             if importlib.util.find_spec("deepspeed") is None:
                 raise InputError("--deepspeed needs the deepspeed package: pip install deepspeed")
         ckpt = self.resume_from_checkpoint
-        if ckpt not in (None, "latest") and not is_complete_checkpoint(Path(ckpt)):
-            raise InputError(f"--resume_from_checkpoint: {ckpt} is not a complete Trainer checkpoint "
-                             "(no trainer_state.json or weights); give a checkpoint-N folder or 'latest'")
+        problem = checkpoint_problem(Path(ckpt)) if ckpt not in (None, "latest") else None
+        if problem:
+            raise InputError(f"--resume_from_checkpoint: {ckpt} cannot be resumed from: {problem}; give another "
+                             "checkpoint-N folder or 'latest' (the newest intact one)")
         # The toolkit's spellings, translated before TrainingArguments reads them.
         if self.eval_strategy == "auto":
             self.eval_strategy = "steps" if self.eval_steps else "epoch"
@@ -472,7 +477,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: VLMTrainin
         model=model, args=args, train_dataset=train_set, eval_dataset=val_set,
         data_collator=LlavaCollator(layout.pad_token_id, padding_side="right", image_token_id=layout.image_token_id),
         processing_class=processor,
-        callbacks=[totals, stop, SaveFrame(layout.frame)], totals=totals,
+        callbacks=[totals, stop, SaveFrame(layout.frame), SealCheckpoint()], totals=totals,
         group_lrs={part_names(family)[0]: model_args.projector_lr if projector_trained else None,
                    part_names(family)[1]: model_args.vision_tower_lr if model_args.train_vision_tower else None})
     learning_rates = {  # what each part trains at (None: frozen, or LoRA on the language model)
@@ -504,7 +509,16 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: VLMTrainin
               f"parameters trainable ({100 * trainable / max(total, 1):.2f}%)", flush=True)
 
     with stop.installed():  # a first Ctrl-C/SIGTERM from here on is handled by StopOnSignal
-        trainer.train(resume_from_checkpoint=checkpoint)
+        resumed = saved_state(checkpoint)
+        if resumed and resumed.get("global_step", 0) >= (args.max_steps if args.max_steps > 0
+                                                         else resumed.get("max_steps", float("inf"))):
+            # The checkpoint is the last step (a kill during the final save, or 'latest' of a finished run):
+            # the Trainer would take one step more. Load it and finish the save instead.
+            trainer._load_from_checkpoint(checkpoint)
+            trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_NAME))
+            totals.on_train_begin(args, trainer.state, trainer.control)
+        else:
+            trainer.train(resume_from_checkpoint=checkpoint)
         state = trainer.state
         finished = state.global_step >= state.max_steps
         if finished:
@@ -548,10 +562,11 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: VLMTrainin
 @report_input_errors
 def main(argv=None) -> int:
     model_args, data_args, training_args = parse_args(argv)
-    if int(os.environ.get("RANK", "0")) != 0:  # one lock per run, held by its first process
-        return train(model_args, data_args, training_args)
-    with single_writer(training_args.output_dir, "--output_dir"):
-        return train(model_args, data_args, training_args)
+    with survive_closed_stdout():  # `train_vlm.py ... | head`: the run goes on when the reader goes
+        if int(os.environ.get("RANK", "0")) != 0:  # one lock per run, held by its first process
+            return train(model_args, data_args, training_args)
+        with single_writer(training_args.output_dir, "--output_dir"):
+            return train(model_args, data_args, training_args)
 
 
 if __name__ == "__main__":

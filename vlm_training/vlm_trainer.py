@@ -5,14 +5,17 @@ interruption.
   rates for the projector and the vision tower, and token counts for the padding fraction.
 - :class:`StopOnSignal`: Ctrl-C or SIGTERM finishes the step, saves a checkpoint there and stops.
 - :class:`RunTotals`: seconds, examples and tokens of the whole run, carried in every checkpoint.
-- :func:`resolve_checkpoint`: the checkpoint a run continues from: the newest *complete* one
-  (:func:`is_complete_checkpoint`), of an interrupted run of the same settings.
-- :class:`SaveFrame`, :func:`count_parameters`, :func:`collect_metrics`, :func:`plot_loss`: what every
-  checkpoint and the final metrics.json / loss.png hold.
+- :func:`resolve_checkpoint`: the checkpoint a run continues from: the newest *intact* one
+  (:func:`checkpoint_problem`: complete, and every file as its manifest says), of an interrupted run of the
+  same settings; a damaged newest checkpoint is reported and the one before it is used.
+- :class:`SaveFrame`, :class:`SealCheckpoint`, :func:`count_parameters`, :func:`collect_metrics`,
+  :func:`plot_loss`: what every checkpoint (its box frame, then a checksum manifest written last) and the final
+  metrics.json / loss.png hold.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -27,7 +30,7 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from vlm_core import families
-from vlm_core.io_utils import InputError
+from vlm_core.io_utils import InputError, write_json_atomic
 from vlm_core.model_dir import ADAPTER_WEIGHT_FILES, MODEL_CONFIG_FILE, MODEL_WEIGHT_FILES, TRAIN_ARGS_FILE
 from vlm_core.runtime import Terminated
 
@@ -35,15 +38,69 @@ from vlm_core.runtime import Terminated
 RESUME_KEYS = ("base_model", "use_lora", "lora_r", "lora_alpha", "train_projector", "train_vision_tower")
 
 
-def is_complete_checkpoint(path: Path) -> bool:
-    """A checkpoint the Trainer can resume from. It writes trainer_state.json last, so a kill -9 during a
-    save (or during rotation's delete) leaves a folder without it, or without the weights."""
+MANIFEST_FILE = "checkpoint_manifest.json"   # sha256 of every file of a checkpoint, written last
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
+
+
+def write_manifest(folder: Path) -> Path:
+    """Seal a saved checkpoint: the size and sha256 of each of its files, written atomically after them."""
+    files = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+             for p in checkpoint_files(folder)}
+    write_json_atomic(folder / MANIFEST_FILE, {"files": files})
+    return folder / MANIFEST_FILE
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why the Trainer cannot resume from ``path`` (None: it can).
+
+    The Trainer writes trainer_state.json last, so a kill -9 during a save (or during rotation's delete)
+    leaves a folder without it, or without the weights. A sealed checkpoint (:class:`SealCheckpoint`) must
+    also match its manifest file by file: a truncated optimizer.pt, a flipped bit in the adapter or a
+    hand-edited trainer_state.json is caught here, not as a traceback (or a silently different run) later.
+    Checkpoints written before manifests existed are checked the old way.
+    """
     try:
         json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    has_weights = any((path / n).is_file() for n in ADAPTER_WEIGHT_FILES + MODEL_WEIGHT_FILES)
-    return has_weights and not (path / "checkpoint-is-incomplete.txt").exists()
+        return "no readable trainer_state.json (its save was interrupted)"
+    if not any((path / n).is_file() for n in ADAPTER_WEIGHT_FILES + MODEL_WEIGHT_FILES):
+        return "no weights (its save was interrupted)"
+    if (path / "checkpoint-is-incomplete.txt").exists():
+        return "marked incomplete by the Trainer"
+    try:
+        manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return f"{MANIFEST_FILE} is unreadable"
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not files:
+        return f"{MANIFEST_FILE} lists no files"
+    for name, entry in sorted(files.items()):
+        f = path / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if not isinstance(entry, dict) or f.stat().st_size != entry.get("size"):
+            return f"{name} has another size than when it was saved (truncated?)"
+        if _sha256(f) != entry.get("sha256"):
+            return f"{name} differs from what was saved (checksum)"
+    return None
+
+
+def is_complete_checkpoint(path: Path) -> bool:
+    """A checkpoint the Trainer can resume from (:func:`checkpoint_problem` finds nothing wrong)."""
+    return checkpoint_problem(path) is None
 
 
 def list_checkpoints(out: Path) -> list[Path]:
@@ -78,17 +135,29 @@ def resolve_checkpoint(requested: str | None, out: Path, settings: dict) -> tupl
     if requested not in (None, "latest"):
         return requested, [], f"continuing from {requested}"
     found = list_checkpoints(out) if out.is_dir() else []
-    complete = [p for p in found if is_complete_checkpoint(p)]
-    incomplete = [p for p in found if p not in complete]
-    skipped = "".join(f"skipping and removing the incomplete {p.name} (its save was interrupted); " for p in incomplete)
+    problems = {p: checkpoint_problem(p) for p in found}
+    complete = [p for p in found if problems[p] is None]
+    incomplete = [p for p in found if problems[p] is not None]
+    skipped = "".join(f"skipping and removing {p.name}: {problems[p]}; " for p in incomplete)
     if not complete:
-        return None, incomplete, f"{skipped}no complete checkpoint in {out}; starting from scratch"
+        return None, incomplete, f"{skipped}no intact checkpoint in {out}; starting from scratch"
     differ = [k for k in RESUME_KEYS if record and k in record and record[k] != settings[k]]
     if differ:
         raise InputError(f"--output_dir: the checkpoints in {out} were trained with "
                          + ", ".join(f"--{k} {record[k]}" for k in differ)
                          + "; rerun with those flags to continue, or choose another --output_dir")
-    return str(complete[0]), incomplete, f"{skipped}continuing from {complete[0]} (the newest complete checkpoint)"
+    return str(complete[0]), incomplete, f"{skipped}continuing from {complete[0]} (the newest intact checkpoint)"
+
+
+def saved_state(checkpoint: str | None) -> dict | None:
+    """The trainer_state.json of a checkpoint (None without one)."""
+    if checkpoint is None:
+        return None
+    try:
+        state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
 
 
 # --------------------------------------------------------------------------- trainer
@@ -232,6 +301,16 @@ class SaveFrame(TrainerCallback):
         folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         if state.is_world_process_zero and folder.is_dir():
             self.frame.save(folder)
+
+
+class SealCheckpoint(TrainerCallback):
+    """After every save (and after :class:`SaveFrame`), the checkpoint's manifest is written, last: a checkpoint
+    without one, or whose files no longer match it, is never resumed from (:func:`checkpoint_problem`)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir():
+            write_manifest(folder)
 
 
 def count_parameters(model) -> tuple[int, int]:
