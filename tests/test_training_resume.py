@@ -4,6 +4,7 @@ further, a damaged newest checkpoint is reported and the one before it used, and
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -121,3 +122,29 @@ def test_a_reader_that_goes_away_does_not_kill_the_run(toy, tiny_models, tmp_pat
     assert "BrokenPipe" not in err
     assert json.loads((out / TRAIN_ARGS_FILE).read_text())["status"] == "complete"
     assert same(adapter(out), adapter(reference))
+
+
+def test_a_full_disk_is_one_line_and_the_same_command_finishes(reference, toy, tiny_models, tmp_path):
+    """torch.save fails with "iostream error" and safetensors with its own error when the disk fills up
+    during a checkpoint: both were tracebacks (issue 28); now one line, exit 1, and a rerun with room finishes."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a tiny tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(disk)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        out = disk / "model"
+        argv = [sys.executable, str(REPO / "vlm_training" / "train_vlm.py"), *argv_for(toy, tiny_models, out)]
+        full = subprocess.run(argv, capture_output=True, text=True, cwd=REPO)
+        assert full.returncode == 1, full.stderr[-3000:]
+        assert "Traceback" not in full.stderr
+        assert f"error: disk full: {out} (No space left on device); free space and run the same command again" \
+            in full.stderr.splitlines()
+        subprocess.run(["mount", "-o", "remount,size=20m", str(disk)], check=True)
+        done = subprocess.run(argv, capture_output=True, text=True, cwd=REPO)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert f"trained {STEPS} steps" in done.stdout
+        assert same(adapter(out), adapter(reference))
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)

@@ -33,7 +33,9 @@ checkpoint folder says so explicitly).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import errno
 import importlib.util
 import json
 import math
@@ -94,6 +96,7 @@ from vlm_training.vlm_trainer import (
 PROJECTOR = "multi_modal_projector"
 VISION_TOWER = "vision_tower"
 _TMP_FINAL = ".final.tmp"
+_FULL_DISK_FREE = 1 << 20   # below this many free bytes after a failed write, the disk was full
 
 
 # --------------------------------------------------------------------------- arguments
@@ -422,6 +425,24 @@ def save_final(trainer, out: Path, processor, fmt: PromptFormat, model_args: Mod
 
 
 # --------------------------------------------------------------------------- main
+@contextlib.contextmanager
+def disk_full_is_one_line(out: Path):
+    """A full disk while a checkpoint or the model is written is an OSError(ENOSPC), which every stage reports in
+    one line (runtime.report_input_errors). torch.save says only "iostream error" and safetensors raises its own
+    error type: when either fails and the output's file system has no room left, it was the disk."""
+    from safetensors import SafetensorError
+    try:
+        yield
+    except (RuntimeError, SafetensorError) as e:
+        try:
+            free = shutil.disk_usage(out).free
+        except OSError:
+            raise e from None
+        if free >= _FULL_DISK_FREE:
+            raise
+        raise OSError(errno.ENOSPC, "No space left on device", str(out)) from None
+
+
 def train(model_args: ModelArguments, data_args: DataArguments, args: VLMTrainingArguments) -> int:
     """Run one training job; 0 when it finished, 130/143 when Ctrl-C/SIGTERM stopped it at a checkpoint."""
     out = Path(args.output_dir)
@@ -508,7 +529,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: VLMTrainin
         print(f"training {mode}{quant} on {args.device_name} in {args.precision}: {trainable:,} of {total:,} "
               f"parameters trainable ({100 * trainable / max(total, 1):.2f}%)", flush=True)
 
-    with stop.installed():  # a first Ctrl-C/SIGTERM from here on is handled by StopOnSignal
+    with stop.installed(), disk_full_is_one_line(out):  # a first Ctrl-C/SIGTERM from here on: StopOnSignal
         resumed = saved_state(checkpoint)
         if resumed and resumed.get("global_step", 0) >= (args.max_steps if args.max_steps > 0
                                                          else resumed.get("max_steps", float("inf"))):
