@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -148,3 +149,24 @@ def test_a_full_disk_is_one_line_and_the_same_command_finishes(reference, toy, t
         assert same(adapter(out), adapter(reference))
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_sighup_saves_a_checkpoint_like_sigterm_and_the_same_command_continues(reference, toy, tiny_models, tmp_path):
+    """A closed terminal or ssh session (SIGHUP) killed the run with nothing saved (issue 28)."""
+    out = tmp_path / "model"
+    argv = [sys.executable, str(REPO / "vlm_training" / "train_vlm.py"), *argv_for(toy, tiny_models, out),
+            "--max_steps", "40", "--save_steps", "20"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    for line in proc.stdout:              # the first logged step: training is under way
+        if "'loss'" in line:
+            break
+    proc.send_signal(signal.SIGHUP)
+    stderr = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 129, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("terminated (SIGHUP) at step ") and "checkpoint saved to" in last, last
+    step = int(last.split(" at step ")[1].split()[0])
+    assert (out / f"checkpoint-{step}" / MANIFEST_FILE).is_file()
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"continuing from {out / f'checkpoint-{step}'}" in done.stdout and "trained 40 steps" in done.stdout

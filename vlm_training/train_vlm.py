@@ -567,11 +567,14 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: VLMTrainin
             save_final(trainer, out, processor, fmt, model_args, record, metrics)
     if not finished:
         if main_process:
-            what = "terminated (SIGTERM)" if stop.received == signal.SIGTERM else "interrupted"
+            what = "interrupted" if stop.received in (None, signal.SIGINT) else \
+                f"terminated ({signal.Signals(stop.received).name})"
             print(f"{what} at step {state.global_step} of {state.max_steps}: checkpoint saved to "
                   f"{out / f'{PREFIX_CHECKPOINT_DIR}-{state.global_step}'}; run the same command again to "
                   "continue from there", file=sys.stderr, flush=True)
-        return EXIT_TERMINATED if stop.received == signal.SIGTERM else EXIT_INTERRUPTED
+        # The shell's convention, 128 + the signal: 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP.
+        return {signal.SIGTERM: EXIT_TERMINATED, signal.SIGHUP: 128 + signal.SIGHUP}.get(stop.received,
+                                                                                          EXIT_INTERRUPTED)
     if main_process:
         eval_part = f", eval loss {metrics['final_eval_loss']:.4f}" if metrics["final_eval_loss"] is not None else ""
         print(f"trained {metrics['global_step']} steps ({metrics['epochs']:.2f} epochs) on {train_stats.examples} "

@@ -185,15 +185,17 @@ class RunTotals(TrainerCallback, ExportableState):
 
 
 class StopOnSignal(TrainerCallback):
-    """Ctrl-C or SIGTERM (preemption): finish the current step, save a checkpoint there, and stop.
-    A second signal stops at once."""
+    """Ctrl-C, SIGTERM (preemption) or SIGHUP (the terminal or ssh session went away): finish the current step,
+    save a checkpoint there, and stop. A second signal stops at once. SIGHUP is treated like SIGTERM."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
     def __init__(self):
         self.received: int | None = None
 
     def _handle(self, signum, frame):
         if self.received is not None:
-            raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+            raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
         self.received = signum
         print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
               "(again to stop at once)", file=sys.stderr, flush=True)
@@ -203,7 +205,7 @@ class StopOnSignal(TrainerCallback):
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         try:
             yield
         finally:
