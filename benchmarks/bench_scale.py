@@ -32,7 +32,7 @@ if __package__ in (None, ""):  # run as a file: benchmarks/ is not an installed 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vlm_core import prompts  # noqa: E402
-from vlm_core.boxes import box_to_text  # noqa: E402
+from vlm_core.schema import box_placeholder  # noqa: E402
 
 LABELS = ["glass", "plastic bag", "can", "paper", "bottle", "battery", "cardboard box", "tin can"]
 SIZES = [(640, 480), (480, 640), (1024, 768), (800, 800), (1280, 720)]
@@ -58,7 +58,7 @@ def make_record(i: int, rng: random.Random, n_qa: int = 25) -> dict:
     qa = []
     for _ in range(n_qa):
         o = rng.choice(objects)
-        box = box_to_text(o["bbox"], width, height)
+        box = box_placeholder(o["id"])
         kind = rng.choice(["count", "count_class", "exists", "location", "region_description",
                            "region_label", "grounding", "relation"])
         if kind == "count":
@@ -80,7 +80,7 @@ def make_record(i: int, rng: random.Random, n_qa: int = 25) -> dict:
         else:
             b = rng.choice(objects)
             q = prompts.RELATION.format(label_a=o["label"], box_a=box, label_b=b["label"],
-                                        box_b=box_to_text(b["bbox"], width, height))
+                                        box_b=box_placeholder(b["id"]))
             a, ids = f"The {o['label']} is to the left of the {b['label']}.", [o["id"], b["id"]]
         qa.append({"question": q, "answer": a, "type": kind, "object_ids": ids})
     return {"image": f"part{i % 97:02d}/img_{i:07d}.jpg", "width": width, "height": height,
@@ -116,7 +116,7 @@ def write_annotations(path: Path, indices, pool: list[dict], meta: dict, skipped
 
 def write_predictions(path: Path, m: int, pool: list[dict], seed: int) -> None:
     """``m`` prediction lines as predict.py writes them (answers: the reference, or a changed word)."""
-    from vlm_training.convert_to_llava_format import image_records
+    from vlm_training.conversion import image_records
     rng = random.Random(seed)
     turns = []
     for k, rec in enumerate(pool):

@@ -10,7 +10,7 @@ from PIL import Image
 from fixtures.toy_data import write_toy_llava_dataset
 from vlm_core.boxes import pad_to_square
 from vlm_core.io_utils import InputError
-from vlm_core.llava_format import validate_llava_records
+from vlm_core.llava_format import iter_llava_records
 from vlm_core.prompts import PromptFormat
 from vlm_training.llava_data import (
     IGNORE_INDEX,
@@ -186,18 +186,22 @@ def test_long_records_lose_last_turns_or_are_dropped(layout, toy, tmp_path):
     (lambda r: r["conversations"].extend([{"from": "human", "value": "<image>\nQ"}, {"from": "gpt", "value": "A"}]),
      "record 1 (id 'b#0'): conversations[2].value: '<image>' may appear only once"),
 ])
-def test_validation_names_record_and_field(mutate, message):
+def test_validation_names_record_and_field(tmp_path, mutate, message):
     def rec(rid):
         return {"id": rid, "image": "a.png", "conversations": [{"from": "human", "value": "<image>\nQ"},
                                                                 {"from": "gpt", "value": "A"}]}
+    path = tmp_path / "f.json"
     data = [rec("a#0"), rec("b#0")]
-    validate_llava_records(data, "f.json")
+    path.write_text(json.dumps(data))
+    assert list(iter_llava_records(path)) == data
     mutate(data[1])
+    path.write_text(json.dumps(data))
     with pytest.raises(InputError) as err:
-        validate_llava_records(data, "f.json")
-    assert str(err.value).startswith("f.json: " + message)
+        list(iter_llava_records(path))
+    assert str(err.value).startswith(f"{path}: " + message)
+    path.write_text(json.dumps({"images": []}))
     with pytest.raises(InputError, match="expected a JSON list"):
-        validate_llava_records({"images": []}, "f.json")
+        list(iter_llava_records(path))
 
 
 def test_piecewise_tokenization_equals_whole_text(layout):

@@ -1,13 +1,17 @@
-"""Stage 3: convert_to_llava_format.py on hand-built annotation files."""
+"""Stage 3: convert_to_llava_format.py on hand-built annotation files: every box placeholder
+(``<box:ID>``) rendered once, in the frame of the target model family."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from vlm_core import prompts
-from vlm_core.boxes import BOX_PATTERN, parse_box, pixel_to_square, square_offsets, text_to_box
+from vlm_core import families, prompts
+from vlm_core.boxes import BOX_PATTERN, box_to_text, parse_box, pixel_to_square, square_offsets, text_to_box
+from vlm_core.llava_format import iter_llava_records
+from vlm_core.schema import render_placeholders
 from vlm_training import convert_to_llava_format as convert
+from vlm_training.conversion import image_records
 
 # A wide and a tall image, so that the padded-square offsets matter on both axes.
 W1, H1 = 640, 480
@@ -20,28 +24,28 @@ def _obj(i, label, bbox):
 
 
 def _annotations() -> dict:
-    # Boxes in the questions are written the way a careless stage 1 might (3 decimals, image
-    # frame instead of padded square): conversion must re-render them from the pixel boxes.
+    # Boxes are placeholders of their objects; region questions are rebuilt from their template
+    # (the labeled wording kept), a grounding answer is its object's box.
     wide = {"image": "scenes/wide.jpg", "width": W1, "height": H1, "caption": "a table",
             "objects": [_obj(0, "bottle", [10.0, 20.0, 110.0, 300.0]), _obj(3, "can", [400.5, 100.25, 630.0, 470.0])],
             "qa": [
                 {"question": prompts.COUNT, "answer": prompts.count_answer(2), "type": "count", "object_ids": []},
-                {"question": prompts.REGION_DESCRIPTION.format(box="[0.016, 0.042, 0.172, 0.625]"),
+                {"question": prompts.REGION_DESCRIPTION.format(box="<box:0>"),
                  "answer": "A green glass bottle.", "type": "region_description", "object_ids": [0]},
-                {"question": prompts.REGION_DESCRIPTION_LABELED.format(label="can", box="[0.1, 0.1, 0.2, 0.2]"),
+                {"question": prompts.REGION_DESCRIPTION_LABELED.format(label="can", box="<box:3>"),
                  "answer": "A crushed can.", "type": "region_description", "object_ids": [3]},
-                {"question": prompts.GROUNDING.format(text="a crushed can"), "answer": "[0.6, 0.3, 1.0, 1.0]",
+                {"question": prompts.GROUNDING.format(text="a crushed can"), "answer": "<box:3>",
                  "type": "grounding", "object_ids": [3]},
-                {"question": prompts.REGION_LABEL.format(box="[0, 0, 1, 1]"), "answer": "bottle",
+                {"question": prompts.REGION_LABEL.format(box="<box:0>"), "answer": "bottle",
                  "type": "region_label", "object_ids": [0]},
-                {"question": prompts.RELATION.format(label_a="bottle", box_a="[0.0, 0.0, 0.1, 0.1]",
-                                                     label_b="can", box_b="[0.5, 0.5, 0.9, 0.9]"),
+                {"question": prompts.RELATION.format(label_a="bottle", box_a="<box:0>",
+                                                     label_b="can", box_b="<box:3>"),
                  "answer": "The bottle is to the left of the can.", "type": "relation", "object_ids": [0, 3]},
                 {"question": prompts.EXISTS.format(label="glass"), "answer": "No.", "type": "exists", "object_ids": []},
             ]}
     tall = {"image": "tall.png", "width": W2, "height": H2, "caption": "",
             "objects": [_obj(0, "paper", [0.0, 0.0, 300.0, 120.0])],
-            "qa": [{"question": prompts.LOCATION_BOXED.format(label="paper", box="[0.00, 0.00, 1.00, 0.24]"),
+            "qa": [{"question": prompts.LOCATION_BOXED.format(label="paper", box="<box:0>"),
                     "answer": "At the top.", "type": "location", "object_ids": [0]},
                    {"question": prompts.COUNT_CLASS.format(plural=prompts.plural("paper")),
                     "answer": prompts.count_answer(1, "paper"), "type": "count_class", "object_ids": []}]}
@@ -80,18 +84,20 @@ def test_records_follow_the_llava_contract(tmp_path, capsys):
     assert (wide["image"], wide["width"], wide["height"]) == ("scenes/wide.jpg", W1, H1)
     assert wide["qa_types"] == [qa["type"] for qa in data["images"][0]["qa"]]
 
-    # Every Q&A pair appears exactly once, in order (region questions and grounding answers
-    # with the box re-rendered, everything else verbatim).
+    # Every Q&A pair appears exactly once, in order, each placeholder replaced by its object's box in
+    # LLaVA-1.5's text (boxes.box_to_text), everything else verbatim.
     for rec, src in ((wide, data["images"][0]), (tall, data["images"][1])):
         conv = rec["conversations"]
         questions = [conv[0]["value"][len("<image>\n"):]] + [t["value"] for t in conv[2::2]]
         answers = [t["value"] for t in conv[1::2]]
         assert len(questions) == len(src["qa"])
+        objects = {o["id"]: o for o in src["objects"]}
+
+        def box(oid, src=src, objects=objects):
+            return box_to_text(objects[oid]["bbox"], src["width"], src["height"])
         for q, a, qa in zip(questions, answers, src["qa"]):
-            strip = lambda s: BOX_PATTERN.sub("[]", s)  # noqa: E731
-            assert strip(q) == strip(qa["question"])
-            if qa["type"] != "grounding":
-                assert strip(a) == strip(qa["answer"])
+            assert q == render_placeholders(qa["question"], box) and "<box:" not in q + a
+            assert a == render_placeholders(qa["answer"], box)
 
 
 def test_every_box_in_the_text_parses_back_to_the_annotation_box(tmp_path):
@@ -173,7 +179,9 @@ def test_shuffle_turns_is_a_seeded_per_image_permutation(tmp_path):
 
 @pytest.mark.parametrize("mutate, message", [
     (lambda d: d["images"][0]["qa"][1].update(object_ids=[]), "images[0].qa[1].object_ids"),
-    (lambda d: d["images"][0]["qa"][5].update(object_ids=[0]), "images[0].qa[5].question: has 2 box(es)"),
+    (lambda d: d["images"][0]["qa"][5].update(question="Where is the bottle <box:0> relative to the can <box:4>?"),
+     "images[0].qa[5].question: <box:4> names no object of this image (its object ids: 0, 3)"),
+    (lambda d: d["images"][0]["qa"][3].update(answer="<box:1>"), "images[0].qa[3].answer: <box:1> names no object"),
     (lambda d: d["images"][0]["qa"][0].update(question="<image>\nHow many?"), "images[0].qa[0].question"),
     (lambda d: d["images"][0]["objects"][0].update(bbox=[10, 20, 5, 300]), "images[0].objects[0].bbox"),
     (lambda d: d["images"][1]["qa"][0].update(type="colour"), "images[1].qa[0].type"),
@@ -252,7 +260,7 @@ def _misread_dataset(tmp_path):
     def rec(name, w, h, box):
         return {"image": name, "width": w, "height": h, "caption": "",
                 "objects": [{"id": 0, "label": "mark", "bbox": box, "score": 1.0, "sources": ["labels"]}],
-                "qa": [{"question": prompts.GROUNDING.format(text="the mark"), "answer": "[0, 0, 1, 1]",
+                "qa": [{"question": prompts.GROUNDING.format(text="the mark"), "answer": "<box:0>",
                         "type": "grounding", "object_ids": [0]}]}
     data = {"images": [rec("sub/rot.jpg", 20, 40, [10, 0, 20, 10]), rec("t.png", 20, 10, [0, 0, 10, 10]),
                        rec("plain.jpg", 30, 30, [0, 0, 5, 5])], "skipped": [], "meta": {}}
@@ -318,13 +326,11 @@ def test_upright_folder_flags_are_checked(tmp_path, capsys):
 
 
 def test_base_model_renders_boxes_in_its_family_frame(tmp_path, capsys):
-    from vlm_core import families
-    from vlm_core.llava_format import load_llava_file
     base = "Qwen/Qwen2.5-VL-3B-Instruct"           # known offline: the official processor settings
     frame = families.frame_for(base)
     rc, out = _run(tmp_path, _annotations(), "--base_model", base)
     assert rc == 0
-    records = load_llava_file(out, "--data")           # the validator accepts and checks box_frame
+    records = list(iter_llava_records(out))           # the validator accepts and checks box_frame
     wide = records[0]
     assert wide[families.FRAME_KEY] == frame.to_dict()
     assert families.frame_of_record(wide) == frame
@@ -342,3 +348,58 @@ def test_base_model_renders_boxes_in_its_family_frame(tmp_path, capsys):
     rc, _ = _run(tmp_path, _annotations(), "--base_model", "nope/whatever")
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: --base_model: cannot tell the model family") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("family", sorted(families.FAMILIES))
+def test_every_family_renders_each_placeholder_through_its_frame(family):
+    """One annotation record, every family: each placeholder becomes the object's box as the family's
+    frame writes it in a question, a grounding answer the box as it answers; LLaVA-1.5's frame is one of
+    them and writes boxes.box_to_text's text; only LLaVA-1.5's records carry no frame key."""
+    frame = families.frame_for_family(family)
+    rec = _annotations()["images"][0]
+    objects = {o["id"]: o for o in rec["objects"]}
+
+    def box(oid):
+        return frame.render_box(objects[oid]["bbox"], W1, H1)
+    (out,) = image_records(rec, 0, "train.json", 0, frame=frame)
+    conv = out["conversations"]
+    for k, qa in enumerate(rec["qa"]):
+        question, answer = conv[2 * k]["value"].removeprefix("<image>\n"), conv[2 * k + 1]["value"]
+        assert question == render_placeholders(qa["question"], box)
+        if qa["type"] == "grounding":
+            can = objects[3]
+            assert answer == frame.render_answer(can["bbox"], W1, H1, label=can["label"])
+            assert frame.parse_box(answer, W1, H1) == pytest.approx(can["bbox"], abs=max(W1, H1) / 100)
+        else:
+            assert answer == render_placeholders(qa["answer"], box)
+    relation = conv[2 * rec["qa"].index(next(q for q in rec["qa"] if q["type"] == "relation"))]["value"]
+    assert relation == prompts.RELATION.format(label_a="bottle", box_a=box(0), label_b="can", box_b=box(3))
+    if family == "llava":
+        assert box(0) == box_to_text(objects[0]["bbox"], W1, H1) == "[0.02, 0.16, 0.17, 0.59]"
+        assert families.FRAME_KEY not in out
+    else:
+        assert out[families.FRAME_KEY] == frame.to_dict()
+        assert box(0) != box_to_text(objects[0]["bbox"], W1, H1)    # another frame, other text
+
+
+def test_numbers_in_free_text_are_text_not_boxes(tmp_path):
+    """Conversion renders placeholders only: a box written as numbers (an annotation file written before
+    placeholders) is never searched for and re-rendered, whatever the family."""
+    data = _annotations()
+    data["images"][1]["qa"][0]["question"] = "Where is the paper at [0.00, 0.00, 1.00, 0.24]?"
+    for base in (families.DEFAULT_BASE_MODEL, "Qwen/Qwen3-VL-2B-Instruct"):
+        rc, out = _run(tmp_path, data, "--base_model", base)
+        assert rc == 0
+        tall = json.loads(out.read_text())[1]
+        assert tall["conversations"][0]["value"] == "<image>\nWhere is the paper at [0.00, 0.00, 1.00, 0.24]?"
+
+
+def test_flag_aliases_name_the_same_files(tmp_path):
+    data = _annotations()
+    inp = tmp_path / "train.json"
+    inp.write_text(json.dumps(data))
+    args = convert.parse_args(["--annotations", str(inp), "--output_file", str(tmp_path / "o.json"),
+                               "--images_dir", str(tmp_path)])
+    assert (args.annotation_file, args.image_dir) == (str(inp), str(tmp_path))
+    args = convert.parse_args(["--input_file", str(inp), "--output_file", str(tmp_path / "o.json")])
+    assert args.annotation_file == str(inp)

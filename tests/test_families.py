@@ -8,6 +8,7 @@ import pytest
 from fixtures.tiny_models import FAMILY_BUILDERS, build_llava
 from vlm_core import boxes
 from vlm_core import families as F
+from vlm_core.prompts import PromptFormat
 
 SIZES = [(640, 480), (480, 640), (500, 500), (1281, 719), (100, 30), (30, 100), (1920, 1080)]
 
@@ -88,18 +89,44 @@ def test_reference_values_from_the_official_conversion_notebook():
         '{"bbox_2d": [228, 320, 961, 970], "label": "bowl of carrots"}'
     assert q3.render_answer(box, w, h) == '{"bbox_2d": [228, 320, 961, 970]}'
     assert F.frame_for_family("llava_next").render_box(box, w, h) == "[0.23, 0.32, 0.96, 0.97]"
-    assert F.frame_for_family("qwen2_vl").render_ref("the bowl") == "<|object_ref_start|>the bowl<|object_ref_end|>"
-    assert q3.render_ref("the bowl") == "the bowl"
+
+
+def _edge_boxes(width, height):
+    """Boxes on the image's edges, over them by the annotation file's tolerance (1 px), tiny, and on
+    rounding ties of the padded square (x = k/200 of the side)."""
+    side = max(width, height)
+    return [[0, 0, width, height], [-1.0, -1.0, width + 1.0, height + 1.0], [0, 0, 1, 1],
+            [width - 1, height - 1, width, height], [-0.4, 0.0, 0.6, height], [width / 2, height / 2, width, height],
+            [side * 0.005, side * 0.015, side * 0.025, min(height, side * 0.035)],
+            [width / 3, height / 7, width * 2 / 3, height * 6 / 7]]
 
 
 @pytest.mark.parametrize("width,height", SIZES)
 def test_llava_frame_is_the_shared_box_text(width, height):
+    """LLaVA-1.5's frame is a BoxFrame like the others, and writes exactly boxes.box_to_text's text
+    (what conversion wrote for LLaVA-1.5 before every family went through its frame)."""
     frame = F.frame_for_family("llava")
-    for box in _random_boxes(width, height):
-        assert frame.render_box(box, width, height) == boxes.box_to_text(box, width, height)
+    for box in _random_boxes(width, height, n=200) + _edge_boxes(width, height):
+        assert frame.render_box(box, width, height) == boxes.box_to_text(box, width, height), box
         assert frame.render_answer(box, width, height, "glass") == boxes.box_to_text(box, width, height)
         text = boxes.box_to_text(box, width, height)
         assert frame.parse_box(text, width, height) == boxes.text_to_box(text, width, height)
+    # Known values: a wide image sits 50 px down in its 200x200 square; over the edge is clamped to the square.
+    assert frame.render_box([0, 0, 200, 100], 200, 100) == "[0.00, 0.25, 1.00, 0.75]"
+    assert frame.render_box([-1, -1, 201, 101], 200, 100) == "[0.00, 0.24, 1.00, 0.76]"
+    # Ties round as the float formats: 1/200 = 0.005000..01 -> 0.01, 3/200 = 0.014999.. -> 0.01.
+    assert frame.render_box([1, 1, 3, 3], 200, 100) == "[0.01, 0.26, 0.01, 0.27]"
+
+
+def test_frames_prepare_the_image_as_the_model_saw_it_in_training():
+    from PIL import Image
+    wide = Image.new("RGB", (60, 20), (255, 0, 0))
+    mean = (0.5, 0.25, 0.0)
+    padded = F.frame_for_family("llava").prepare_image(wide, mean)
+    assert padded.size == (60, 60) and padded.tobytes() == boxes.pad_to_square(wide, mean).tobytes()
+    for name in ("llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
+        assert F.frame_for_family(name).prepare_image(wide, mean) is wide, name
+    assert [n for n, f in F.FAMILIES.items() if f.pad_to_square] == ["llava"]
 
 
 def test_smart_resize_equals_the_processors_own():
@@ -130,13 +157,24 @@ FRAMES = {
 }
 
 
+def _step(frame, width, height):
+    """Pixels of the original image per unit of the last digit the frame writes (x, y)."""
+    if frame.kind == "padded_square":
+        side = max(width, height)
+        return side / 10 ** frame.decimals, side / 10 ** frame.decimals
+    if frame.kind == "unit":
+        return width / 10 ** frame.decimals, height / 10 ** frame.decimals
+    fw, fh = frame.frame_size(width, height)
+    return width / fw, height / fh
+
+
 @pytest.mark.parametrize("name", sorted(FRAMES))
 @pytest.mark.parametrize("width,height", SIZES)
 def test_box_text_box_round_trip_within_half_a_step(name, width, height):
     """pixel box -> question text and answer text -> pixel box, within half of the frame's rounding step
     (one pixel or less wherever the frame is at least half as fine as the image)."""
     frame = FRAMES[name]
-    sx, sy = frame.step(width, height)
+    sx, sy = _step(frame, width, height)
     for box in _random_boxes(width, height):
         for text in (frame.render_box(box, width, height), frame.render_answer(box, width, height, "can")):
             back = frame.parse_box(text, width, height)
@@ -201,11 +239,11 @@ def test_parse_reads_every_notation_and_rejects_inverted_or_missing_boxes():
     fenced = '```json\n[\n\t{"bbox_2d": [100, 200, 500, 1000], "label": "can"},\n' \
              '\t{"bbox_2d": [0, 0, 10, 10], "label": "glass"}\n]\n```'
     assert q3.parse_box(fenced, 1000, 500) == [100.0, 100.0, 500.0, 500.0]
-    assert q3.parse_boxes(fenced, 1000, 500) == [[100.0, 100.0, 500.0, 500.0], [0.0, 0.0, 10.0, 5.0]]
+    assert [vals for _, vals in boxes.find_boxes(fenced)] == [[100, 200, 500, 1000], [0, 0, 10, 10]]
     assert q3.parse_box("[100, 200, 500, 1000]", 1000, 500) == [100.0, 100.0, 500.0, 500.0]
     assert q3.parse_box('{"bbox_2d": [500, 200, 100, 1000]}', 1000, 500) is None
-    assert q3.parse_boxes('{"bbox_2d": [500, 200, 100, 1000]} [0, 0, 1000, 1000]', 1000, 500) == \
-        [[0.0, 0.0, 1000.0, 500.0]]
+    assert [vals for _, vals in boxes.find_boxes('{"bbox_2d": [500, 200, 100, 1000]} [0, 0, 1000, 1000]')] == \
+        [[500, 200, 100, 1000], [0, 0, 1000, 1000]]
     assert q3.parse_box("There is no box here.", 1000, 500) is None
     assert q3.parse_box("", 1000, 500) is None
     # Out-of-frame numbers come back clipped to the image.
@@ -213,16 +251,16 @@ def test_parse_reads_every_notation_and_rejects_inverted_or_missing_boxes():
 
 
 def test_first_box_gives_frame_numbers_whose_iou_is_the_pixel_iou():
-    assert F.first_box('{"bbox_2d": [1, 2, 3, 4]}') == [1.0, 2.0, 3.0, 4.0]
-    assert F.first_box("<|box_start|>(1,2),(3,4)<|box_end|> and [5, 6, 7, 8]") == [1.0, 2.0, 3.0, 4.0]
-    assert F.first_box("[0.5, 0.2, 0.1, 0.9]") is None and F.first_box("none") is None
+    assert boxes.first_box('{"bbox_2d": [1, 2, 3, 4]}') == [1.0, 2.0, 3.0, 4.0]
+    assert boxes.first_box("<|box_start|>(1,2),(3,4)<|box_end|> and [5, 6, 7, 8]") == [1.0, 2.0, 3.0, 4.0]
+    assert boxes.first_box("[0.5, 0.2, 0.1, 0.9]") is None and boxes.first_box("none") is None
     rng = random.Random(3)
     for name, frame in FRAMES.items():
         for width, height in SIZES:
             a, b = _random_boxes(width, height, n=2, seed=rng.randrange(1000))[1:]
             ta, tb = frame.render_answer(a, width, height), frame.render_answer(b, width, height)
             pixel_iou = boxes.iou(frame.parse_box(ta, width, height), frame.parse_box(tb, width, height))
-            assert boxes.iou(F.first_box(ta), F.first_box(tb)) == pytest.approx(pixel_iou, abs=1e-9), name
+            assert boxes.iou(boxes.first_box(ta), boxes.first_box(tb)) == pytest.approx(pixel_iou, abs=1e-9), name
 
 
 @pytest.mark.parametrize("name", ["llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision"])
@@ -349,6 +387,8 @@ def test_conversation_segments_supervise_answers_through_the_end_of_turn(name, f
     segments = F.conversation_segments(processor, family, TURNS)
     assert segments == EXPECTED_SEGMENTS[name]
     assert segments[0][0] == F.generation_prompt(processor, TURNS[0][0])
+    # Inference asks a question the way the first segment lays it out.
+    assert segments[0][0] == F.question_prompt(family, processor, PromptFormat(), TURNS[0][0])
     eot = F.end_of_turn(family, processor.tokenizer)
     assert all(text.endswith(eot) for text, supervised in segments if supervised)
     # The image placeholder the template writes is the family's, once, in the first prompt.

@@ -1,4 +1,4 @@
-"""Metric functions against hand-computed values."""
+"""Metric functions against hand-computed values, scored through the real scorer (score_predictions)."""
 from __future__ import annotations
 
 import math
@@ -6,6 +6,12 @@ import math
 import pytest
 
 from vlm_inference import metrics as M
+
+
+def _scores(qtype: str, pairs) -> dict:
+    """The per-type scores score_predictions gives ``(answer, reference)`` pairs of one type."""
+    preds = [{"type": qtype, "answer": answer, "reference": reference} for answer, reference in pairs]
+    return M.score_predictions(preds)["per_type"][qtype]
 
 
 @pytest.mark.parametrize("answer, reference", [
@@ -22,14 +28,14 @@ from vlm_inference import metrics as M
     ("1,000", "1000"),            # a comma between digits strips all punctuation
 ])
 def test_vqa_normalisation_matches(answer, reference):
-    assert M.answers_match(answer, reference)
+    assert _scores("exists", [(answer, reference)])["accuracy"] == 1.0
 
 
 @pytest.mark.parametrize("answer, reference", [
     ("3", "2"), ("dog", "dogs"), ("no", "yes"), ("left", "right"), ("eleven", "11"),
 ])
 def test_vqa_normalisation_keeps_different_answers_apart(answer, reference):
-    assert not M.answers_match(answer, reference)
+    assert _scores("exists", [(answer, reference)])["accuracy"] == 0.0
 
 
 def test_official_normalisation_steps():
@@ -94,36 +100,43 @@ def test_normalisation_equals_the_official_script():
     ("many", None),
 ])
 def test_first_number(text, number):
-    assert M.first_number(text) == number
+    """The number a count answer gives, seen through count_mae against a reference of 20."""
+    counted = _scores("count", [(text, "There are 20 objects in this image.")])
+    if number is None:
+        assert counted["count_no_number"] == 1 and counted["count_mae"] is None
+    else:
+        assert counted["count_no_number"] == 0 and counted["count_mae"] == abs(number - 20)
+
+
+def _iou(answer: str, reference: str) -> float | None:
+    """IoU of one grounding answer with its reference, as the scorer computes it (None: not scored)."""
+    return _scores("grounding", [(answer, reference)])["mean_iou"]
 
 
 def test_grounding_iou_around_the_threshold():
     ref = "[0.00, 0.00, 1.00, 1.00]"
-    assert M.grounding_iou("[0.00, 0.00, 0.49, 1.00]", ref) == pytest.approx(0.49)
-    assert M.grounding_iou("It is at [0.00, 0.00, 0.51, 1.00].", ref) == pytest.approx(0.51)
-    assert M.grounding_iou("somewhere on the left", ref) == 0.0
-    assert M.grounding_iou("[0.1, 0.1, 0.2, 0.2]", "no box") is None
-    preds = [{"answer": "[0.00, 0.00, 0.49, 1.00]", "reference": ref},
-             {"answer": "[0.00, 0.00, 0.51, 1.00]", "reference": ref},
-             {"answer": "on the left", "reference": ref}]
-    g = M.score_grounding(preds)
+    assert _iou("[0.00, 0.00, 0.49, 1.00]", ref) == pytest.approx(0.49)
+    assert _iou("It is at [0.00, 0.00, 0.51, 1.00].", ref) == pytest.approx(0.51)
+    assert _iou("somewhere on the left", ref) == 0.0
+    assert _iou("[0.1, 0.1, 0.2, 0.2]", "no box") is None
+    assert _scores("grounding", [("[0.1, 0.1, 0.2, 0.2]", "no box")])["n"] == 0
+    g = _scores("grounding", [("[0.00, 0.00, 0.49, 1.00]", ref), ("[0.00, 0.00, 0.51, 1.00]", ref),
+                              ("on the left", ref)])
     assert g == {"n": 3, "acc@0.5": pytest.approx(1 / 3), "mean_iou": pytest.approx(1.0 / 3), "no_box": 1}
 
 
 def test_bleu_hand_computed():
-    hyp = "the cat sat on the mat".split()
-    ref = "the cat sat on a mat".split()
     # Clipped n-gram precisions 5/6, 3/5, 2/4, 1/3; equal lengths, no brevity penalty.
-    b = M.bleu([hyp], [[ref]])
-    assert b[0] == pytest.approx(5 / 6)
-    assert b[1] == pytest.approx(math.sqrt(5 / 6 * 3 / 5))
-    assert b[3] == pytest.approx(12 ** -0.25)                      # (1/12) ** (1/4) = 0.53728
+    b = _scores("region_description", [("the cat sat on the mat", "the cat sat on a mat")])
+    assert b["bleu1"] == pytest.approx(5 / 6)
+    assert b["bleu2"] == pytest.approx(math.sqrt(5 / 6 * 3 / 5))
+    assert b["bleu4"] == pytest.approx(12 ** -0.25)                 # (1/12) ** (1/4) = 0.53728
     # Short hypothesis: brevity penalty exp(1 - 6/2) = e^-2.
-    b = M.bleu([["the", "cat"]], [["the cat sat on the mat".split()]])
-    assert b[1] == pytest.approx(math.exp(-2))
+    b = _scores("region_description", [("the cat", "the cat sat on the mat")])
+    assert b["bleu2"] == pytest.approx(math.exp(-2))
     # Corpus level: counts are summed before the precisions are taken.
-    b = M.bleu([["a", "b"], ["c", "d"]], [[["a", "b"]], [["c", "x"]]])
-    assert b[0] == pytest.approx(3 / 4)
+    b = _scores("region_description", [("a b", "a b"), ("c d", "c x")])
+    assert b["bleu1"] == pytest.approx(3 / 4)
 
 
 def test_rouge_l_hand_computed():
@@ -139,19 +152,16 @@ def test_rouge_l_hand_computed():
 def test_cider_d_hand_computed():
     # Two items; df: "a" 2, "cat" 1, "bird" 1, "a cat" 1, "a bird" 1; log N = log 2.
     # Item 1 equals its reference: unigram and bigram cosines are 1, 3- and 4-grams 0 ->
-    # mean 0.5, times 10 = 5. Item 2 shares only "a", whose idf is 0 -> 0.
-    hyps = [["a", "cat"], ["a", "dog"]]
-    refs = [[["a", "cat"]], [["a", "bird"]]]
-    assert M.cider_d(hyps, refs) == pytest.approx([5.0, 0.0])
-    # Length penalty: one more bigram than the reference multiplies by exp(-1 / 72).
-    hyps = [["a", "cat", "cat"], ["a", "dog"]]
-    scores = M.cider_d(hyps, refs)
+    # mean 0.5, times 10 = 5. Item 2 shares only "a", whose idf is 0 -> 0. The score is the mean.
+    assert _scores("region_description", [("a cat", "a cat"), ("a dog", "a bird")])["cider"] == pytest.approx(2.5)
+    # Length penalty: one more bigram than the reference multiplies item 1 by exp(-1 / 72).
     # unigrams: hyp (a:0, cat:2 log2), ref (a:0, cat:log2): sum min(h,r)*r = log2^2, norms 2log2 * log2 -> 1/2.
     # bigrams: hyp ("a cat": log2, "cat cat": log2), ref ("a cat": log2): log2^2 / (sqrt2 log2 * log2).
     expected = (0.5 + 1 / math.sqrt(2)) / 4 * 10 * math.exp(-1 / 72)
-    assert scores[0] == pytest.approx(expected)
-    assert M.cider_d([["a"]], [[["a"]]]) == [0.0]                 # one item: idf log(1) = 0
-    assert M.score_descriptions([{"answer": "a", "reference": "a"}])["cider"] is None
+    cider = _scores("region_description", [("a cat cat", "a cat"), ("a dog", "a bird")])["cider"]
+    assert cider == pytest.approx((expected + 0.0) / 2)
+    # One item: every idf is log(1) = 0, so the score says nothing and is reported as missing.
+    assert _scores("region_description", [("a", "a")])["cider"] is None
 
 
 # Captions and the tokens coco-caption scores for them: the output of pycocoevalcap 1.2's tokenizer
@@ -275,7 +285,7 @@ def test_description_scores_equal_pycocoevalcap():
     b, _ = bleu_mod.Bleu(4).compute_score(gts, res, verbose=0)
     r, _ = Rouge().compute_score(gts, res)
     c, _ = Cider().compute_score(gts, res)
-    ours = M.score_descriptions([{"answer": h, "reference": ref} for h, ref in zip(hyps, captions)])
+    ours = _scores("region_description", list(zip(hyps, captions)))
     assert [ours[f"bleu{k}"] for k in range(1, 5)] == pytest.approx(b, abs=1e-12)
     assert ours["rougeL"] == pytest.approx(r, abs=1e-12) and ours["cider"] == pytest.approx(c, abs=1e-12)
 
@@ -312,10 +322,10 @@ def test_difference_skips_counts():
 def test_grounding_reads_every_familys_box_notation():
     """Qwen2-VL's (x1,y1),(x2,y2) and Qwen2.5-VL's bbox_2d are scored in their own frame (IoU is frame-free)."""
     ref = "<|box_start|>(0,0),(1000,1000)<|box_end|>"
-    assert M.grounding_iou("<|box_start|>(0,0),(510,1000)<|box_end|>", ref) == pytest.approx(0.51)
-    assert M.grounding_iou("(0,0),(490,1000)", ref) == pytest.approx(0.49)     # special tokens skipped
-    assert M.grounding_iou('```json\n[{"bbox_2d": [0, 0, 50, 100], "label": "can"}]\n```',
-                           '{"bbox_2d": [0, 0, 100, 100]}') == pytest.approx(0.5)
-    assert M.grounding_iou("[0.50, 0.50, 0.20, 0.20]", "[0.00, 0.00, 1.00, 1.00]") == 0.0     # inverted: no box
-    g = M.score_grounding([{"answer": "[0.50, 0.50, 0.20, 0.20]", "reference": "[0.00, 0.00, 1.00, 1.00]"}])
+    assert _iou("<|box_start|>(0,0),(510,1000)<|box_end|>", ref) == pytest.approx(0.51)
+    assert _iou("(0,0),(490,1000)", ref) == pytest.approx(0.49)     # special tokens skipped
+    assert _iou('```json\n[{"bbox_2d": [0, 0, 50, 100], "label": "can"}]\n```',
+                '{"bbox_2d": [0, 0, 100, 100]}') == pytest.approx(0.5)
+    assert _iou("[0.50, 0.50, 0.20, 0.20]", "[0.00, 0.00, 1.00, 1.00]") == 0.0     # inverted: no box
+    g = _scores("grounding", [("[0.50, 0.50, 0.20, 0.20]", "[0.00, 0.00, 1.00, 1.00]")])
     assert g == {"n": 1, "acc@0.5": 0.0, "mean_iou": 0.0, "no_box": 1}

@@ -161,6 +161,14 @@ def test_shards_cover_every_question_once(full_run, dataset, tiny_models, tmp_pa
     assert sum(shards, []) == lines
 
 
+def test_images_folder_flag_takes_the_shared_aliases(dataset, tiny_models, tmp_path):
+    data, images, _ = dataset
+    for flag in ("--image_dir", "--images_dir"):
+        args = predict.parse_args(["--model_path", str(tiny_models["llava"]), "--data", str(data), flag, str(images),
+                                   "--output_file", str(tmp_path / "p.jsonl")])
+        assert args.image_dir == Path(images)
+
+
 def test_shard_bounds_are_contiguous_and_complete():
     assert [predict.shard_bounds(10, 4, k) for k in range(4)] == [(0, 2), (2, 5), (5, 7), (7, 10)]
     assert [predict.shard_bounds(2, 3, k) for k in range(3)] == [(0, 0), (0, 1), (1, 2)]

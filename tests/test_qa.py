@@ -1,7 +1,7 @@
-"""Q&A pairs from a hand-made object list: exact questions and answers, seeded choices."""
+"""Q&A pairs from a hand-made object list: exact questions and answers, seeded choices; boxes are
+the placeholders of their objects (``<box:ID>``), never numbers."""
 from vlm_annotation.qa import generate_qa, image_rng
 from vlm_core import prompts
-from vlm_core.boxes import box_to_text
 from vlm_core.schema import QA_TYPES, validate_image_record
 
 W, H = 400, 300
@@ -43,8 +43,8 @@ def test_qa_for_two_objects():
     assert [(q["question"], q["answer"]) for q in t["location"]] == [
         ("Where is the glass?", "The glass is on the grass, in the bottom left of the image."),
         ("Where is the bottle?", "The bottle is in the bottom right of the image.")]
-    glass_box, bottle_box = box_to_text(GLASS["bbox"], W, H), box_to_text(BOTTLE["bbox"], W, H)
-    assert glass_box == "[0.05, 0.68, 0.20, 0.85]"  # padded square: side 400, y offset 50
+    glass_box, bottle_box = "<box:0>", "<box:1>"
+    assert not any("[" in q["question"] + q["answer"] for q in qa)  # no box written as numbers anywhere
     questions = sorted(q["question"] for q in t["region_description"])
     # One of the two objects (seeded) gets the labelled wording, the other the plain one.
     assert questions in (
@@ -96,8 +96,7 @@ def test_several_objects_of_one_class_name_their_box():
                                    "answer": "There are 2 glasses in this image.", "type": "count_class",
                                    "object_ids": [0, 1]}
     assert [q["question"] for q in t["location"]] == [
-        prompts.LOCATION_BOXED.format(label="glass", box=box_to_text(GLASS["bbox"], W, H)),
-        prompts.LOCATION_BOXED.format(label="glass", box=box_to_text(other["bbox"], W, H))]
+        "Where is the glass at <box:0>?", "Where is the glass at <box:1>?"]
     assert len(t["exists"]) == 2  # one yes, one no (one class present -> one negative)
 
 
@@ -115,5 +114,5 @@ def test_surface_question_names_the_box_when_the_class_repeats_and_skips_other_p
     inside = dict(BOTTLE, id=2, description="Here is a bottle. The bottle is in a bag, on the right of the image.")
     t = by_type(generate_qa([GLASS, other, inside], W, H, VOCAB, image_rng(0, "c.jpg")))
     assert [(q["question"], q["answer"], q["object_ids"]) for q in t["surface"]] == [
-        (f"What is the glass at {box_to_text(GLASS['bbox'], W, H)} lying on?", "grass", [0]),
-        (f"What is the glass at {box_to_text(other['bbox'], W, H)} lying on?", "wooden table", [1])]
+        ("What is the glass at <box:0> lying on?", "grass", [0]),
+        ("What is the glass at <box:1> lying on?", "wooden table", [1])]

@@ -5,7 +5,14 @@ import json
 import pytest
 
 from vlm_core.io_utils import InputError
-from vlm_core.schema import AnnotationError, load_annotations, validate_annotations
+from vlm_core.schema import (
+    AnnotationError,
+    box_placeholder,
+    load_annotations,
+    placeholder_ids,
+    render_placeholders,
+    validate_annotations,
+)
 
 
 def good():
@@ -17,7 +24,12 @@ def good():
                          {"id": 1, "label": "can", "bbox": [60, 5, 99, 79], "score": 0.4,
                           "sources": ["yolo"], "description": ""}],
              "qa": [{"question": "How many objects are there?", "answer": "There are 2 objects in this image.",
-                     "type": "count", "object_ids": [0, 1]}]},
+                     "type": "count", "object_ids": [0, 1]},
+                    {"question": "Where is the glass <box:0> relative to the can <box:1>?",
+                     "answer": "The glass is to the left of the can.", "type": "relation", "object_ids": [0, 1]},
+                    {"question": "Please provide the bounding box coordinate of the region this sentence "
+                                 "describes: the can", "answer": "<box:1>", "type": "grounding",
+                     "object_ids": [1]}]},
             {"image": "sub/b.png", "width": 10, "height": 10, "caption": "", "objects": [], "qa": []},
         ],
         "skipped": [{"image": "bad.jpg", "reason": "not a recognised image format"}],
@@ -51,6 +63,12 @@ BAD_CASES = [
     (lambda d: d["images"][0]["qa"][0].__setitem__("type", "colour"), "images[0].qa[0].type", "not one of"),
     (lambda d: d["images"][0]["qa"][0].__setitem__("answer", " "), "images[0].qa[0].answer", "empty"),
     (lambda d: d["images"][0]["qa"][0].__setitem__("object_ids", [0, 7]), "images[0].qa[0].object_ids[1]", "no object"),
+    (lambda d: d["images"][0]["qa"][1].__setitem__("question", "Where is the glass <box:7>?"),
+     "images[0].qa[1].question", "<box:7> names no object of this image (its object ids: 0, 1)"),
+    (lambda d: d["images"][0]["qa"][2].__setitem__("answer", "<box:2>"),
+     "images[0].qa[2].answer", "<box:2> names no object"),
+    (lambda d: d["images"][0]["qa"][1].__setitem__("question", "Where is the glass <box:0> and <box:one>?"),
+     "images[0].qa[1].question", "not a box placeholder <box:ID>"),
     (lambda d: d["skipped"][0].pop("reason"), "skipped[0].reason", "missing"),
     (lambda d: d.__setitem__("meta", []), "meta", "expected an object"),
 ]
@@ -65,6 +83,16 @@ def test_each_bad_field_is_named_by_path(mutate, field, problem):
     assert err.value.field == field
     assert problem in err.value.problem
     assert str(err.value).startswith(f"ann.json: {field}: ")
+
+
+def test_box_placeholders_name_objects_and_render_through_a_function():
+    assert box_placeholder(3) == "<box:3>"
+    text = "Where is the glass <box:0> relative to the can <box:12>?"
+    assert placeholder_ids(text) == [0, 12] and placeholder_ids("no box here [0.1, 0.2, 0.3, 0.4]") == []
+    rendered = render_placeholders(text, lambda oid: f"[box of {oid}]")
+    assert rendered == "Where is the glass [box of 0] relative to the can [box of 12]?"
+    # Only placeholders are replaced: numbers in free text are text.
+    assert render_placeholders("at [0.1, 0.2, 0.3, 0.4]", lambda oid: "X") == "at [0.1, 0.2, 0.3, 0.4]"
 
 
 def test_load_annotations_names_the_file(tmp_path):

@@ -3,7 +3,10 @@ the readers/writers they share.
 
 tests/data/stream/ holds a small annotation file, two shards of it, and the outputs the code
 of commit 19f656e (before streaming: whole-file json.load / json.dumps) wrote from them
-(``expected_*``): the streamed stages must write the same bytes.
+(``expected_*``): the streamed stages must write the same bytes. When Q&A text moved from box
+numbers to box placeholders (``<box:ID>``), the annotation-format files (inputs, split and merge
+outputs) had each box of their Q&A text replaced by its object's placeholder and nothing else;
+``expected_llava*.json`` stayed byte for byte what the old code wrote from the old inputs.
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ from vlm_core.io_utils import (
     stream_json,
     stream_jsonl,
 )
-from vlm_core.llava_format import LlavaWriter, iter_llava_records, load_llava_file, resolve_image_path
+from vlm_core.llava_format import LlavaWriter, iter_llava_records, resolve_image_path
 from vlm_core.schema import AnnotationError, AnnotationReader, AnnotationWriter, load_annotations
 from vlm_training import convert_to_llava_format as convert
 from vlm_training import split_data
@@ -106,7 +109,7 @@ def test_jsonl_outputs_hold_the_same_content(work):
         assert load_annotations(work / f"{s}.jsonl") == load_annotations(DATA / f"expected_{s}.json")
     assert convert.main(["--annotation_file", "train.jsonl", "--output_file", "train_llava.jsonl"]) == 0
     assert convert.main(["--annotation_file", str(DATA / "expected_train.json"), "--output_file", "ref.json"]) == 0
-    assert list(iter_llava_records(work / "train_llava.jsonl")) == load_llava_file(work / "ref.json", "x")
+    assert list(iter_llava_records(work / "train_llava.jsonl")) == list(iter_llava_records(work / "ref.json"))
     assert merge_annotations.main(["--input_files", "shard1.json", "shard0.json", "--output_file", "m.jsonl"]) == 0
     assert load_annotations(work / "m.jsonl") == load_annotations(DATA / "expected_merged.json")
 
@@ -251,10 +254,10 @@ def test_llava_and_jsonl_readers_are_strict_too(tmp_path):
     path = tmp_path / "l.json"
     path.write_text(NESTED)
     with pytest.raises(InputError, match="nested too deeply"):
-        load_llava_file(path, "--train_data")
+        list(iter_llava_records(path))
     path.write_text('[{"id": "a#0", "image": "a\\u0000.jpg", "conversations": []}]')
     with pytest.raises(InputError, match=r"record 0 \(id 'a#0'\): field 'image': image path .* NUL byte"):
-        load_llava_file(path, "--train_data")
+        list(iter_llava_records(path))
     jl = tmp_path / "p.jsonl"
     jl.write_text('{"a": 1}\n{"a": NaN}\n')
     with pytest.raises(InputError, match=r"p.jsonl: line 2: a: NaN is not a JSON number"):

@@ -1,8 +1,9 @@
 """Question-answer pairs about one image, from its fused, described objects.
 
-Every question is a template of :mod:`vlm_core.prompts` and every box in a
-question or answer is :func:`vlm_core.boxes.box_to_text`, so later stages can
-parse them back. Types are those of :data:`vlm_core.schema.QA_TYPES`, in that order.
+Every question is a template of :mod:`vlm_core.prompts`, and a box in a question or
+answer is the placeholder of its object (``<box:3>``, :func:`vlm_core.schema.box_placeholder`),
+which conversion renders in the box frame of the model family the data is for; ``object_ids``
+lists the objects a pair names. Types are those of :data:`vlm_core.schema.QA_TYPES`, in that order.
 Random choices (negative classes, which half of the objects gets the labelled region
 prompt, which pairs get relation questions) come from the ``rng`` passed in: seed it per
 image (see :func:`image_rng`), and an image gets the same pairs in any batch, shard or run.
@@ -15,7 +16,7 @@ from typing import Sequence
 from vlm_annotation.describer import description_surface
 from vlm_annotation.spatial import position_phrase, position_word, relation_phrase
 from vlm_core import prompts
-from vlm_core.boxes import box_to_text
+from vlm_core.schema import box_placeholder
 
 # Prepositions after which "What is the glass lying on?" is the right question.
 _ON = ("on", "on top of")
@@ -65,7 +66,7 @@ def generate_qa(objects: Sequence[dict], width: int, height: int, vocabulary: Se
         qa.append(_qa(prompts.EXISTS.format(label=label), _exists_answer(label, bool(ids)), "exists", ids))
 
     focus = list(objects[:max(0, max_region_objects)])
-    boxes = {o["id"]: box_to_text(o["bbox"], width, height) for o in objects}
+    boxes = {o["id"]: box_placeholder(o["id"]) for o in objects}
     for obj in focus:
         label, oid = obj["label"], obj["id"]
         place = where.get(oid) or position_phrase(obj["bbox"], width, height)

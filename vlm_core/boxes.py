@@ -1,9 +1,11 @@
 """Boxes: the one place that converts, formats and parses them.
 
 Pixel boxes are ``[x1, y1, x2, y2]`` in the displayed image (after EXIF rotation).
-The model sees the image padded to a square (centred, padding in the processor's
-image mean), so the text a model reads or writes normalizes a box to that square:
-``[0.12, 0.34, 0.56, 0.78]``, two decimals, the format LLaVA-1.5 was trained on.
+LLaVA-1.5 sees the image padded to a square (centred, padding in the processor's image
+mean), so its text normalizes a box to that square: ``[0.12, 0.34, 0.56, 0.78]``, two
+decimals (:func:`box_to_text`). Every model family's frame (:class:`vlm_core.families.BoxFrame`,
+LLaVA-1.5's among them) maps pixels to its numbers with the functions here, and
+:func:`find_boxes` / :func:`first_box` read a box back in any family's notation.
 """
 from __future__ import annotations
 
@@ -14,7 +16,10 @@ from PIL import Image
 
 BOX_DECIMALS = 2
 _NUM = r"\s*(-?\d+(?:\.\d+)?)\s*"
-BOX_PATTERN = re.compile(r"\[" + ",".join([_NUM] * 4) + r"\]")
+BOX_PATTERN = re.compile(r"\[" + ",".join([_NUM] * 4) + r"\]")   # "[x1, y1, x2, y2]"
+# Qwen2-VL's "(x1,y1),(x2,y2)" (its <|box_start|> tokens may be decoded away) and Qwen2.5/3-VL's JSON answer.
+_PAIR_BOX = re.compile(r"\(" + _NUM + "," + _NUM + r"\)\s*,?\s*\(" + _NUM + "," + _NUM + r"\)")
+_JSON_BOX = re.compile(r'"bbox_2d"\s*:\s*' + BOX_PATTERN.pattern)
 
 
 def clip_box(box: Sequence[float], width: float, height: float) -> list[float]:
@@ -100,6 +105,36 @@ def format_box(norm_box: Sequence[float], decimals: int = BOX_DECIMALS) -> str:
 def box_to_text(box: Sequence[float], width: float, height: float, decimals: int = BOX_DECIMALS) -> str:
     """A pixel box as the text the model reads and writes (padded-square frame)."""
     return format_box(pixel_to_square(box, width, height), decimals)
+
+
+def find_boxes(text: str) -> list[tuple[int, list[float]]]:
+    """Every box written in ``text`` in any family's notation: (position, the four numbers as written).
+
+    Lenient on purpose: a decoder that drops special tokens leaves Qwen2-VL's ``(x1,y1),(x2,y2)``
+    bare, and a JSON answer may come fenced or as a list. The numbers are in the writer's frame.
+    """
+    found, taken = [], []
+    for pattern in (_JSON_BOX, _PAIR_BOX, BOX_PATTERN):
+        for m in pattern.finditer(text or ""):
+            if any(s <= m.start() < e for s, e in taken):
+                continue  # the [..] inside a "bbox_2d": [..] already read
+            taken.append(m.span())
+            found.append((m.start(), [float(g) for g in m.groups()]))
+    return sorted(found, key=lambda item: item[0])
+
+
+def first_box(text: str) -> list[float] | None:
+    """The first box of ``text`` in its own frame's numbers (None if absent or inverted).
+
+    Enough to score grounding without knowing the family or the image size: IoU does not change
+    under the per-axis scaling and shifting that map every family's frame to pixels, as long as
+    the reference and the answer are written in the same frame.
+    """
+    found = find_boxes(text)
+    if not found:
+        return None
+    vals = found[0][1]
+    return None if vals[2] < vals[0] or vals[3] < vals[1] else vals
 
 
 def parse_box(text: str) -> list[float] | None:

@@ -64,9 +64,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from PIL import Image
+
 from vlm_core import boxes
+from vlm_core.boxes import first_box  # also what vlm_core.predictions imports from here
 from vlm_core.model_dir import ADAPTER_CONFIG_FILE, FRAME_FILE, MODEL_CONFIG_FILE
-from vlm_core.prompts import IMAGE_TOKEN
+from vlm_core.prompts import IMAGE_TOKEN, PromptFormat
 
 FRAME_KEY = "box_frame"          # key of the frame dict in a LLaVA-format record
 DEFAULT_BASE_MODEL = "llava-hf/llava-1.5-7b-hf"
@@ -92,7 +95,9 @@ class Family:
     answer_style: str                   # list | qwen2 | json
     image_placeholder: str              # what the chat template writes for one image
     end_of_turn: str | None             # None: the tokenizer's EOS
-    pad_to_square: bool = False         # the toolkit pads images itself (LLaVA-1.5 only)
+    # LLaVA-1.5 only: turns are laid out by the toolkit's PromptFormat (its chat template's layout, plus EOS
+    # after answers and LLaVA v1's system prompt); every other family is asked through its chat template.
+    uses_prompt_format: bool = False
     decimals: int = 2                   # for the 0..1 frames
     # Resize settings of the official checkpoints, used only when no processor config is at hand.
     default_resize: dict | None = None
@@ -100,6 +105,11 @@ class Family:
     vision_prefixes: tuple[str, ...] = ()     # module/parameter-name prefixes of the vision tower (frozen)
     projector_prefixes: tuple[str, ...] = ()  # the vision-language connector (trainable on request)
     sources: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def pad_to_square(self) -> bool:
+        """Whether the toolkit pads the family's images to a square (its frame is the padded square)."""
+        return self.frame_kind == "padded_square"
 
     @property
     def lora_target_regex(self) -> str:
@@ -116,7 +126,7 @@ _LLAVA_VISION = (("model.vision_tower",), ("model.multi_modal_projector",))
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("llava", "LLaVA-1.5", ("llava",), r"llava", "llava-hf/llava-1.5-7b-hf",
            "LlavaForConditionalGeneration", "LlavaProcessor", "padded_square", "list", "list",
-           IMAGE_TOKEN + "\n", None, pad_to_square=True,
+           IMAGE_TOKEN + "\n", None, uses_prompt_format=True,
            vision_prefixes=_LLAVA_VISION[0], projector_prefixes=_LLAVA_VISION[1],
            sources=("haotian-liu/LLaVA issue #606", "llava-hf/llava-1.5-7b-hf chat_template.json")),
     Family("llava_next", "LLaVA-NeXT", ("llava_next",), r"llava[-_]?v?1[._]6|llava[-_]?next",
@@ -280,42 +290,7 @@ def _saved_image_processor(folder: Path) -> dict | None:
 
 
 # --------------------------------------------------------------------------- frames
-_NUM = r"(-?\d+(?:\.\d+)?)"
-_JSON_BOX = re.compile(r'"bbox_2d"\s*:\s*\[\s*' + r"\s*,\s*".join([_NUM] * 4) + r"\s*\]")
-_PAIR_BOX = re.compile(r"\(\s*" + _NUM + r"\s*,\s*" + _NUM + r"\s*\)\s*,?\s*"
-                       r"\(\s*" + _NUM + r"\s*,\s*" + _NUM + r"\s*\)")
-_LIST_BOX = re.compile(r"\[\s*" + r"\s*,\s*".join([_NUM] * 4) + r"\s*\]")
 _FRAME_FIELDS = {"family", "kind", "decimals", "factor", "min_pixels", "max_pixels"}
-
-
-def find_boxes(text: str) -> list[tuple[int, list[float]]]:
-    """Every box written in ``text`` in any family's notation: (position, the four numbers as written).
-
-    Lenient on purpose: a decoder that drops special tokens leaves Qwen2-VL's ``(x1,y1),(x2,y2)``
-    bare, and a JSON answer may come fenced or as a list. The numbers are in the writer's frame.
-    """
-    found, taken = [], []
-    for pattern in (_JSON_BOX, _PAIR_BOX, _LIST_BOX):
-        for m in pattern.finditer(text or ""):
-            if any(s <= m.start() < e for s, e in taken):
-                continue  # the [..] inside a "bbox_2d": [..] already read
-            taken.append(m.span())
-            found.append((m.start(), [float(g) for g in m.groups()]))
-    return sorted(found, key=lambda item: item[0])
-
-
-def first_box(text: str) -> list[float] | None:
-    """The first box of ``text`` in its own frame's numbers (None if absent or inverted).
-
-    Enough to score grounding without knowing the family or the image size: IoU does not change
-    under the per-axis scaling and shifting that map every family's frame to pixels, as long as
-    the reference and the answer are written in the same frame.
-    """
-    found = find_boxes(text)
-    if not found:
-        return None
-    vals = found[0][1]
-    return None if vals[2] < vals[0] or vals[3] < vals[1] else vals
 
 
 @dataclass(frozen=True)
@@ -393,22 +368,14 @@ class BoxFrame:
         resized_h, resized_w = smart_resize(int(round(height)), int(round(width)), **self._resize())
         return float(resized_w), float(resized_h)
 
-    def step(self, width: float, height: float) -> tuple[float, float]:
-        """Pixels of the original image per unit of the written numbers' last digit (x, y)."""
-        if self.kind == "padded_square":
-            side = boxes.square_offsets(width, height)[0]
-            return side / 10 ** self.decimals, side / 10 ** self.decimals
-        if self.kind == "unit":
-            return width / 10 ** self.decimals, height / 10 ** self.decimals
-        fw, fh = self.frame_size(width, height)
-        return width / fw, height / fh
-
     def to_frame(self, box: Sequence[float], width: float, height: float) -> list:
         """A pixel box as the numbers the model reads (rounded and clipped to the frame)."""
-        box = boxes.clip_box(box, width, height)
         if self.kind == "padded_square":
+            # LLaVA-1.5's numbers are boxes.box_to_text's: the padded square's 0..1, clamped to the square
+            # (a box over the image edge by the annotation's rounding tolerance is not clipped first).
             vals = boxes.pixel_to_square(box, width, height)
         else:
+            box = boxes.clip_box(box, width, height)
             fw, fh = self.frame_size(width, height)
             vals = boxes.pixel_to_normalized(box, width, height, (fw, fh))
         if self.kind in ("padded_square", "unit"):
@@ -445,35 +412,18 @@ class BoxFrame:
         """A pixel box as the family answers a grounding question (JSON with the label for Qwen2.5/3-VL)."""
         return self._format(self.to_frame(box, width, height), self.spec.answer_style, label)
 
-    def render_ref(self, phrase: str) -> str:
-        """The referred phrase of a grounding question (Qwen2-VL wraps it in its ref tokens)."""
-        if self.spec.question_style == "qwen2":
-            return f"<|object_ref_start|>{phrase}<|object_ref_end|>"
-        return phrase
-
-    def find_boxes(self, text: str) -> list[tuple[int, list[float]]]:
-        """Every box written in ``text``: (position, numbers in this frame); see :func:`find_boxes`."""
-        return find_boxes(text)
-
-    def parse_boxes(self, text: str, width: float, height: float) -> list[list[float]]:
-        """All boxes in generated text as pixel boxes of the original image (inverted ones skipped)."""
-        out = []
-        for _, vals in find_boxes(text):
-            if vals[2] < vals[0] or vals[3] < vals[1]:
-                continue
-            out.append(self.from_frame(vals, width, height))
-        return out
-
     def parse_box(self, text: str, width: float, height: float) -> list[float] | None:
-        """The first box in generated text, in pixels of the original image; None when there is none
-        (or when it is inverted, like :func:`vlm_core.boxes.text_to_box`)."""
-        found = find_boxes(text)
-        if not found:
-            return None
-        vals = found[0][1]
-        if vals[2] < vals[0] or vals[3] < vals[1]:
-            return None
-        return self.from_frame(vals, width, height)
+        """The first box in generated text (any family's notation, :func:`vlm_core.boxes.first_box`), in
+        pixels of the original image; None when there is none or it is inverted."""
+        vals = first_box(text)
+        return None if vals is None else self.from_frame(vals, width, height)
+
+    # ---- images
+    def prepare_image(self, image: Image.Image, fill: Sequence[float]) -> Image.Image:
+        """The image as the model sees it, for training and inference alike: LLaVA-1.5's padded to a
+        square in ``fill`` (the processor's image mean), the frame its boxes are written in; every
+        other family's as it is (its processor takes any aspect ratio)."""
+        return boxes.pad_to_square(image, fill) if self.kind == "padded_square" else image
 
     # ---- persistence
     def save(self, directory: str | os.PathLike) -> Path:
@@ -551,6 +501,12 @@ def frame_of_record(record: dict, where: str = "record") -> BoxFrame:
     return BoxFrame.from_dict(data, where=f"{where}.{FRAME_KEY}")
 
 
+def frame_entry(frame: BoxFrame) -> dict:
+    """What a LLaVA-format record rendered for ``frame`` says about it: nothing for LLaVA-1.5's, which
+    is what a record without a frame means (:func:`frame_of_record`), else ``{FRAME_KEY: frame}``."""
+    return {} if frame == frame_for_family("llava") else {FRAME_KEY: frame.to_dict()}
+
+
 def check_frame(data_frame: BoxFrame, model_frame: BoxFrame, where: str, base_model: str) -> None:
     """Refuse data rendered for another family or resize setting, naming what to rerun."""
     if data_frame == model_frame:
@@ -592,6 +548,15 @@ def generation_prompt(processor, question: str, system: str | None = None,
                       history: Sequence[tuple[str, str]] = ()) -> str:
     """The text a model is asked with: the chat template's prompt up to where the answer starts."""
     return _render(processor, chat_messages([*history, (question, None)], system), generation=True)
+
+
+def question_prompt(family: Family, processor, fmt: PromptFormat, question: str) -> str:
+    """The text one question is asked with, as training laid it out: LLaVA-1.5's through ``fmt``
+    (:class:`vlm_core.prompts.PromptFormat`), every other family's through its chat template with
+    ``fmt``'s system prompt."""
+    if family.uses_prompt_format:
+        return fmt.prompt(question, first=True)
+    return generation_prompt(processor, question, system=fmt.system_prompt or None)
 
 
 def conversation_segments(processor, family: Family, turns: Sequence[tuple[str, str]],

@@ -85,16 +85,6 @@ def validate_llava_record(rec: Any, where: str) -> dict:
     return rec
 
 
-def validate_llava_records(data, path: str | os.PathLike) -> list[dict]:
-    """Check a loaded LLaVA file (a list of records); the first problem raises InputError."""
-    path = Path(path)
-    if not isinstance(data, list):
-        raise InputError(f"{path}: expected a JSON list of LLaVA records, got {type(data).__name__}")
-    for i, rec in enumerate(data):
-        validate_llava_record(rec, record_where(path, i, rec))
-    return data
-
-
 def _raw_llava(path: Path) -> Iterator[Any]:
     if is_jsonl(path):
         for _, rec in stream_jsonl(path):
@@ -110,17 +100,6 @@ def iter_llava_records(path: str | os.PathLike, validate: bool = True) -> Iterat
     path = Path(path)
     for i, rec in enumerate(_raw_llava(path)):
         yield validate_llava_record(rec, record_where(path, i, rec)) if validate else rec
-
-
-def load_llava_file(path: str | os.PathLike, flag: str) -> list[dict]:
-    """Read and validate a whole LLaVA file (JSON list or JSONL) given by ``flag``."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{flag}: file not found: {p}")
-    records = list(iter_llava_records(p))
-    if not records:
-        raise InputError(f"{flag}: {p} holds no records")
-    return records
 
 
 class LlavaWriter(RecordWriter):

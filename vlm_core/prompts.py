@@ -4,8 +4,9 @@ Stage 1 writes its Q&A pairs with these templates, conversion keeps them, traini
 records the :class:`PromptFormat` it used in the model directory, and inference reads
 it back from there, so a model is always asked the way it was taught.
 
-The region prompts are LLaVA-1.5's own; boxes inside them are the shared box text
-(:func:`vlm_core.boxes.box_to_text`).
+The region prompts are LLaVA-1.5's own. ``{box}`` is a box placeholder (``<box:3>``) in the
+annotation file and the box as the model family writes it (its :class:`vlm_core.families.BoxFrame`)
+in the converted data and at inference.
 """
 from __future__ import annotations
 
@@ -135,8 +136,8 @@ class PromptFormat:
     next_turn: str = "USER: {question} ASSISTANT:"
     answer_prefix: str = " "
     image_token: str = IMAGE_TOKEN
+    # A record of how training fed the images; the model's box frame decides it (BoxFrame.prepare_image).
     pad_to_square: bool = True
-    box_decimals: int = 2
     system_prompt: str = ""
     system_template: str = "{system} "
     templates: dict = field(default_factory=lambda: {

@@ -11,8 +11,13 @@ An annotation file (``annotations.json`` and the split files) is a JSON object::
      "skipped": [{"image": "broken.jpg", "reason": "..."}],
      "meta": {...}}
 
-Boxes are pixels of the displayed image (after EXIF rotation). :func:`validate_annotations`
-reports the first bad field by its path, e.g. ``images[12].objects[3].bbox``.
+Boxes are pixels of the displayed image (after EXIF rotation). A Q&A pair's text never holds box
+numbers: it names an object's box by a placeholder, ``<box:ID>`` with ID the object's ``id`` in
+that image ("Please provide a short description for this region: <box:3>"; a grounding answer is
+"<box:3>"). Conversion renders each placeholder once, in the box frame of the model family the data
+is for (:func:`render_placeholders`), so one annotation file serves every family.
+:func:`validate_annotations` reports the first bad field by its path, e.g. ``images[12].objects[3].bbox``
+or ``images[4].qa[7].question`` for a placeholder naming an object the image does not have.
 
 The same content may be a JSONL file (any name ending in ``.jsonl``): one image record per
 line, then ``{"skipped": [...]}`` and ``{"meta": {...}}`` on lines of their own (readers accept
@@ -24,9 +29,10 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 from array import array
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from vlm_core.io_utils import STREAMED, InputError, RecordWriter, is_jsonl, stream_json, stream_jsonl
 
@@ -45,6 +51,31 @@ _BOX_TOLERANCE = 1.0
 # No real image is wider or taller; larger values are corrupt data (and would make boxes vanish
 # to zero area once normalized).
 MAX_IMAGE_SIDE = 1_000_000
+
+
+# A box in Q&A text: the placeholder of the object whose box it is (see the module docstring).
+BOX_PLACEHOLDER = "<box:{id}>"
+_PLACEHOLDER_START = "<box:"
+_PLACEHOLDER = re.compile(r"<box:(\d+)>")
+
+
+def box_placeholder(object_id: int) -> str:
+    """``<box:3>``: how Q&A text names the box of the object with id 3."""
+    return BOX_PLACEHOLDER.format(id=object_id)
+
+
+def placeholder_ids(text: str) -> list[int]:
+    """The object ids the placeholders of ``text`` name, in order."""
+    if _PLACEHOLDER_START not in text:
+        return []
+    return [int(m) for m in _PLACEHOLDER.findall(text)]
+
+
+def render_placeholders(text: str, render_box_of_id: Callable[[int], str]) -> str:
+    """``text`` with each ``<box:ID>`` replaced by ``render_box_of_id(ID)`` (the box as a model family writes it)."""
+    if _PLACEHOLDER_START not in text:  # the common case: no box
+        return text
+    return _PLACEHOLDER.sub(lambda m: render_box_of_id(int(m.group(1))), text)
 
 
 class AnnotationError(InputError):
@@ -132,16 +163,39 @@ def _validate_object(obj: Any, width, height, file, path: str) -> int:
     return oid
 
 
+def _placeholders_ok(text: str, object_ids: set[int]) -> bool:
+    """Every ``<box:`` in ``text`` starts a placeholder that names an object of the image."""
+    if _PLACEHOLDER_START not in text:
+        return True
+    ids = placeholder_ids(text)
+    return len(ids) == text.count(_PLACEHOLDER_START) and all(i in object_ids for i in ids)
+
+
+def _check_placeholders(text: str, object_ids: set[int], file, field: str) -> None:
+    if _placeholders_ok(text, object_ids):
+        return
+    for i in placeholder_ids(text):
+        if i not in object_ids:
+            have = ", ".join(str(k) for k in sorted(object_ids)) or "none"
+            raise AnnotationError(file, field, f"{box_placeholder(i)} names no object of this image "
+                                               f"(its object ids: {have})")
+    raise AnnotationError(file, field, f"{_PLACEHOLDER_START!r} that is not a box placeholder "
+                                       f"{BOX_PLACEHOLDER.format(id='ID')} (ID: an object id of this image)")
+
+
 def _validate_qa(qa: Any, object_ids: set[int], file, path: str) -> None:
     if type(qa) is dict:  # the common case, every check in one expression; else the slow path names the field
         q, a, t, ids = qa.get("question"), qa.get("answer"), qa.get("type"), qa.get("object_ids", [])
         if (type(q) is str and type(a) is str and type(t) is str and t in _QA_TYPE_SET and type(ids) is list
-                and q.strip() and a.strip() and all(type(i) is int and i in object_ids for i in ids)):
+                and q.strip() and a.strip() and all(type(i) is int and i in object_ids for i in ids)
+                and _placeholders_ok(q, object_ids) and _placeholders_ok(a, object_ids)):
             return
     if not isinstance(qa, dict):
         raise AnnotationError(file, path, "expected an object")
     _check_str(_require(qa, "question", file, path), file, f"{path}.question", nonempty=True)
     _check_str(_require(qa, "answer", file, path), file, f"{path}.answer", nonempty=True)
+    for field in ("question", "answer"):
+        _check_placeholders(qa[field], object_ids, file, f"{path}.{field}")
     qtype = _require(qa, "type", file, path)
     if qtype not in QA_TYPES:
         raise AnnotationError(file, f"{path}.type", f"{qtype!r} is not one of {', '.join(QA_TYPES)}")

@@ -10,7 +10,7 @@
   normalised, so "Two" matches "2" either way round.
 - Counts: also the first number in the answer against the first in the reference.
 - Grounding: the first box in the answer against the reference box, both in the text frame
-  of the model's family, read in any family's notation (``families.first_box``: "[x1, y1, x2, y2]",
+  of the model's family, read in any family's notation (``boxes.first_box``: "[x1, y1, x2, y2]",
   Qwen2-VL's "(x1,y1),(x2,y2)", '"bbox_2d": [...]'); IoU does not change under the per-axis scale
   and shift that maps a frame to pixels, so no image size is needed. IoU >= 0.5 is a hit; an
   answer without a box (or with an inverted one) has IoU 0.
@@ -31,8 +31,7 @@ from collections import Counter
 from functools import lru_cache
 from typing import Iterable, Sequence
 
-from vlm_core.boxes import iou
-from vlm_core.families import first_box
+from vlm_core.boxes import first_box, iou
 from vlm_core.schema import COUNT_TYPES, DESCRIPTION_TYPES, GROUNDING_TYPES
 
 UNTYPED = "untyped"
@@ -116,19 +115,11 @@ def normalize_answer(text: str) -> str:
     return process_digit_article(process_punctuation(text))
 
 
-def answers_match(answer: str, reference: str) -> bool:
-    return normalize_answer(answer) == normalize_answer(reference)
-
-
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
-def first_number(text: str) -> float | None:
-    """The first number in an answer after normalisation ("Two." -> 2, "There are no cans" -> 0)."""
-    return _first_number_of(normalize_answer(text))
-
-
 def _first_number_of(normalized: str) -> float | None:
+    """The first number of a normalised answer (number words are digits by then: "Two." -> 2), or None."""
     words = normalized.split()
     for word in words:
         m = _NUMBER.fullmatch(word.replace(",", ""))
@@ -136,18 +127,6 @@ def _first_number_of(normalized: str) -> float | None:
             return float(m.group(0))
     # count_answer(0) says "There are no ...": "no" is the number there.
     return 0.0 if "no" in words else None
-
-
-def grounding_iou(answer: str, reference: str) -> float | None:
-    """IoU of the first box in ``answer`` with the box in ``reference`` (text frame).
-
-    0.0 when the answer has no box; None when the reference has none (cannot be scored).
-    """
-    ref_box = first_box(reference)
-    if ref_box is None:
-        return None
-    box = first_box(answer)
-    return 0.0 if box is None else iou(box, ref_box)
 
 
 # ---------------------------------------------------------------------------------------
@@ -297,24 +276,6 @@ def _bleu_scores(testlen: int, reflen: int, guess: Sequence[int], correct: Seque
     return scores
 
 
-def bleu(hypotheses: Sequence[Sequence[str]], references: Sequence[Sequence[Sequence[str]]], n: int = 4) -> list[float]:
-    """Corpus BLEU-1..n as coco-caption computes it ("closest" reference length, its smoothing).
-
-    ``hypotheses[i]`` is a token list, ``references[i]`` a list of token lists.
-    """
-    guess, correct = [0] * n, [0] * n
-    testlen_total = reflen_total = 0
-    for hyp, refs in zip(hypotheses, references):
-        t, r, g, c = _bleu_counts(_orders(hyp, n), len(hyp), [_orders(ref, n) for ref in refs],
-                                  [len(ref) for ref in refs], n)
-        testlen_total += t
-        reflen_total += r
-        for k in range(n):
-            guess[k] += g[k]
-            correct[k] += c[k]
-    return _bleu_scores(testlen_total, reflen_total, guess, correct, n)
-
-
 def lcs_length(a: Sequence, b: Sequence) -> int:
     """Length of the longest common subsequence of two token lists.
 
@@ -402,23 +363,6 @@ def _doc_freq_add(doc_freq: Counter, refs: Sequence[list[Counter]]) -> None:
             doc_freq.update(counts.keys())
     else:
         doc_freq.update({g for ref in refs for counts in ref for g in counts})
-
-
-def cider_d(hypotheses: Sequence[Sequence[str]], references: Sequence[Sequence[Sequence[str]]],
-            n: int = 4, sigma: float = 6.0) -> list[float]:
-    """CIDEr-D per item, as coco-caption's ``CiderScorer`` (mean of the list is the corpus score).
-
-    Document frequencies come from the references of the items scored together, so the
-    value depends on the evaluated set (as in coco-caption); one item alone scores 0.
-    """
-    crefs = [[_orders(r, n) for r in refs] for refs in references]
-    ctest = [_orders(h, n) for h in hypotheses]
-    doc_freq: Counter = Counter()
-    for refs in crefs:
-        _doc_freq_add(doc_freq, refs)
-    ref_len = math.log(float(len(crefs))) if crefs else 0.0
-    weights = _cider_weights(doc_freq, ref_len)
-    return [_cider_item(test, refs, weights, ref_len, sigma) for test, refs in zip(ctest, crefs)]
 
 
 # ---------------------------------------------------------------------------------------
@@ -631,34 +575,16 @@ class PredictionScorer:
         return {"overall": overall, "per_type": per_type}
 
 
-def _score_all(preds: Sequence[dict]) -> PredictionScorer:
-    scorer = PredictionScorer()
-    for p in preds:
-        scorer.add(p["answer"], p["reference"], p.get("type"))
-    return scorer
-
-
-def score_grounding(preds: Sequence[dict]) -> dict:
-    g = _Grounding()
-    for p in preds:
-        g.add(p["answer"], p["reference"])
-    return g.result()
-
-
-def score_descriptions(preds: Sequence[dict]) -> dict:
-    d = _Descriptions({})
-    for p in preds:
-        d.add(p["answer"], p["reference"])
-    return d.result()
-
-
 def score_predictions(preds: Iterable[dict]) -> dict:
     """``{"overall": {...}, "per_type": {type: {...}}}`` for prediction records.
 
     Each record needs ``answer``, ``reference`` and ``type`` (None -> "untyped").
     ``overall`` pools each metric over the types it applies to.
     """
-    return _score_all(preds).result()
+    scorer = PredictionScorer()
+    for p in preds:
+        scorer.add(p["answer"], p["reference"], p.get("type"))
+    return scorer.result()
 
 
 COUNT_KEYS = ("n", "count_no_number", "no_box")

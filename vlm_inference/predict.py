@@ -35,6 +35,7 @@ if __package__ in (None, ""):  # run as a file: its folder's vlm_inference.py wo
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from vlm_core import families
+from vlm_core.flags import IMAGES_DIR, flag_names
 from vlm_core.io_utils import InputError, JsonlAppender, stream_jsonl
 from vlm_core.llava_format import IMAGE_TOKEN, iter_llava_records, record_where, resolve_image_path
 from vlm_core.predictions import is_prediction_line, prediction_record
@@ -48,7 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_model_args(parser)
     parser.add_argument("--data", required=True,
                         help="LLaVA-format file, a JSON array or .jsonl (e.g. test_llava.json)")
-    parser.add_argument("--image_dir", required=True, help="folder the records' image paths are relative to")
+    parser.add_argument(*flag_names("--image_dir", IMAGES_DIR), required=True,
+                        help="folder the records' image paths are relative to")
     parser.add_argument("--output_file", default="predictions.jsonl",
                         help="JSONL to append predictions to (default predictions.jsonl); resumed if it exists")
     parser.add_argument("--batch_size", type=int, default=8, help="questions per generate call (default 8)")

@@ -16,12 +16,12 @@ From Python (``from vlm_inference import VLMInference`` works too):
 its base model, which is ``base_model`` or else the one the adapter names), a merged or
 fully fine-tuned model (``config.json``), or a base model alone (a folder or a hub id).
 The model is asked exactly as training taught it: the prompt format is read from
-``model_path/prompt_format.json`` (a model without one gets the default LLaVA-1.5 format),
-the image is padded to a square with the processor's mean colour, and boxes are written
-with the shared box format. A model of another family (LLaVA-NeXT/OneVision, Qwen2/2.5/3-VL;
-vlm_core/families.py) is asked through its chat template, its image is not padded, and
-boxes are written and read in the frame saved with it (box_frame.json). Decoding is greedy
-unless generation settings say otherwise.
+``model_path/prompt_format.json`` (a model without one gets the default LLaVA-1.5 format), and
+the image is prepared and boxes are written and read by the model's box frame (box_frame.json,
+saved with it; else its family's, vlm_core/families.py): LLaVA-1.5's pads the image to a square
+with the processor's mean colour, the other families' (LLaVA-NeXT/OneVision, Qwen2/2.5/3-VL,
+asked through their chat template) leave it as it is. Decoding is greedy unless generation
+settings say otherwise.
 A prompt longer than the model's context (with the new tokens) is refused, never cut.
 """
 from __future__ import annotations
@@ -269,10 +269,7 @@ class VLMInference:
 
     def region_question(self, bbox: Sequence[float], width: int, height: int, label: str | None = None) -> str:
         """The question that asks for a description of ``bbox`` (pixels of a ``width`` x ``height`` image)."""
-        if self.family.pad_to_square:  # LLaVA-1.5: the shared box text, at the saved precision
-            box_text = boxes.box_to_text(bbox, width, height, decimals=self.prompt_format.box_decimals)
-        else:
-            box_text = self.frame.render_box(bbox, width, height)
+        box_text = self.frame.render_box(bbox, width, height)
         templates = self.prompt_format.templates
         if label is not None and str(label).strip():
             template = templates.get("region_description_labeled", prompts.REGION_DESCRIPTION_LABELED)
@@ -284,15 +281,12 @@ class VLMInference:
         return self.prompt_format.templates.get("grounding", prompts.GROUNDING).format(text=text)
 
     def model_image(self, image: Image.Image) -> Image.Image:
-        """What the model sees: the image padded to a square in the processor's mean colour."""
-        pad = self.prompt_format.pad_to_square and self.family.pad_to_square
-        return boxes.pad_to_square(image, self.pad_fill) if pad else image
+        """What the model sees, as training prepared it (LLaVA-1.5: padded to a square in the processor's mean)."""
+        return self.frame.prepare_image(image, self.pad_fill)
 
     def prompt(self, question: str) -> str:
-        """The text the model is asked with: PromptFormat's layout for LLaVA-1.5, else the chat template's."""
-        if self.family.pad_to_square:
-            return self.prompt_format.prompt(question, first=True)
-        return families.generation_prompt(self.processor, question, system=self.prompt_format.system_prompt or None)
+        """The text the model is asked with, laid out as training laid it out."""
+        return families.question_prompt(self.family, self.processor, self.prompt_format, question)
 
     # ------------------------------------------------------------------ generation
     def _generate(self, questions: list[str], images: list[Image.Image], batch_size: int,

@@ -9,11 +9,12 @@ Output: a JSON list of records, one per image (more with ``--max_turns``)::
                        {"from": "gpt", "value": "There are 3 objects in this image."}, ...],
      "qa_types": ["count", ...]}
 
-``<image>`` appears once, at the start of the first human turn. Boxes in the text are
-re-rendered from the referenced objects' pixel boxes with ``boxes.box_to_text`` (the image
-padded to a square, 0..1, 2 decimals), so every file uses the one box format training and
-inference use. The original LLaVA training code and LLaMA-Factory's ShareGPT loader read
-this file as is; ``width``, ``height`` and ``qa_types`` are extra keys they ignore.
+``<image>`` appears once, at the start of the first human turn. The Q&A text names boxes by
+placeholder (``<box:3>``, the object with id 3); each is rendered here, once, from the object's
+pixel box in the box frame of ``--base_model``'s family (LLaVA-1.5's by default: the image padded
+to a square, 0..1, 2 decimals), the frame training and inference use (vlm_training/conversion.py).
+The original LLaVA training code and LLaMA-Factory's ShareGPT loader read this file as is;
+``width``, ``height`` and ``qa_types`` are extra keys they ignore.
 
 Images that other trainers would read differently (issue: EXIF rotation, transparency). The
 toolkit opens an image the way a viewer shows it: turned upright by its EXIF orientation,
@@ -37,18 +38,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import sys
 from collections import Counter
 from pathlib import Path
 
 from tqdm import tqdm
 
-from vlm_core import families, prompts
-from vlm_core.boxes import BOX_PATTERN, box_to_text
+from vlm_core import families
+from vlm_core.flags import ANNOTATION_FILE, IMAGES_DIR, flag_names
 from vlm_core.images import ImageLoadError, load_image
 from vlm_core.io_utils import InputError, atomic_output
-from vlm_core.llava_format import IMAGE_PLACEHOLDER, IMAGE_TOKEN, LlavaWriter, resolve_image_path
+from vlm_core.llava_format import LlavaWriter, resolve_image_path
 from vlm_core.runtime import (
     is_within,
     report_input_errors,
@@ -57,16 +57,15 @@ from vlm_core.runtime import (
     require_path,
     single_writer,
 )
-from vlm_core.schema import QA_TYPES, REGION_QUESTION_TYPES, AnnotationError, AnnotationReader, check_not_pending
-
-_REGION_DESCRIPTION_PREFIX = prompts.REGION_DESCRIPTION.split("{box}")[0]
-_REGION_DESCRIPTION_LABELED_PREFIX = prompts.REGION_DESCRIPTION_LABELED.split("{label}")[0]
+from vlm_core.schema import QA_TYPES, AnnotationReader, check_not_pending
+from vlm_training.conversion import image_records
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--annotation_file", required=True, help="annotation file to convert (e.g. train.json)")
+    p.add_argument(*flag_names("--annotation_file", ANNOTATION_FILE), required=True,
+                   help="annotation file to convert (e.g. train.json)")
     p.add_argument("--output_file", required=True, help="where to write the LLaVA records (e.g. train_llava.json)")
     p.add_argument("--max_turns", type=int, default=0,
                    help="most Q&A pairs in one record; extra pairs of an image go to further records "
@@ -82,7 +81,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="shuffle each image's Q&A pairs (seeded by --seed and the image path), so that every question "
                         "type is sometimes the first turn: predict.py asks every question as a fresh first turn")
     p.add_argument("--seed", type=int, default=0, help="seed of --shuffle_turns (default 0)")
-    p.add_argument("--image_dir", default=None,
+    p.add_argument(*flag_names("--image_dir", IMAGES_DIR), default=None,
                    help="folder the records' image paths are relative to; when given, images that a plain "
                         "Image.open().convert('RGB') reads differently (EXIF-rotated, transparent, 16-bit) "
                         "are counted and reported")
@@ -107,131 +106,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                 raise InputError(f"--upright_images_dir: {upright} holds --image_dir ({image_dir}); "
                                  "write the copies elsewhere")
     return args
-
-
-def _replace_boxes(text: str, box_texts: list[str]) -> str:
-    """Replace the boxes written in ``text``, in order, with ``box_texts``."""
-    it = iter(box_texts)
-    return BOX_PATTERN.sub(lambda _m: next(it), text)
-
-
-def _region_question(qa: dict, obj: dict, box: str) -> str:
-    """A region question in the shared wording, keeping the labeled variant if it was used."""
-    if qa["type"] == "region_label":
-        return prompts.REGION_LABEL.format(box=box)
-    question = qa["question"]
-    if not question.startswith(_REGION_DESCRIPTION_PREFIX) and question.startswith(_REGION_DESCRIPTION_LABELED_PREFIX):
-        return prompts.REGION_DESCRIPTION_LABELED.format(label=obj["label"], box=box)
-    return prompts.REGION_DESCRIPTION.format(box=box)
-
-
-_LLAVA_FRAME = families.frame_for_family("llava")
-
-
-class _ImageBoxes:
-    """The objects of one image by id, and each one's box text, rendered once per image in the
-    box frame of the model family the data is for (LLaVA-1.5's by default)."""
-
-    def __init__(self, rec: dict, frame: families.BoxFrame | None = None):
-        self.rec = rec
-        self.frame = frame or _LLAVA_FRAME
-        self.objects = {o["id"]: o for o in rec["objects"]}
-        self._text: dict[int, str] = {}
-
-    def box_text(self, oid: int) -> str:
-        text = self._text.get(oid)
-        if text is None:
-            bbox = self.objects[oid]["bbox"]
-            text = self._text[oid] = (box_to_text(bbox, self.rec["width"], self.rec["height"])
-                                      if self.frame is _LLAVA_FRAME
-                                      else self.frame.render_box(bbox, self.rec["width"], self.rec["height"]))
-        return text
-
-    def answer_box(self, oid: int) -> str:
-        """A grounding answer: the box as the family answers it (Qwen2.5/3-VL: JSON with the label)."""
-        if self.frame is _LLAVA_FRAME:
-            return self.box_text(oid)
-        obj = self.objects[oid]
-        return self.frame.render_answer(obj["bbox"], self.rec["width"], self.rec["height"], label=obj["label"])
-
-
-def _rerender_boxes(text: str, ids, boxes: _ImageBoxes, file, path: str, field: str) -> str:
-    """Boxes in free text are the referenced objects' boxes, in object_ids order."""
-    if "[" not in text:  # no box (the common case): skip the pattern
-        return text
-    n_boxes = len(BOX_PATTERN.findall(text))
-    if not n_boxes:
-        return text
-    if n_boxes != len(ids):
-        raise AnnotationError(file, f"{path}.{field}",
-                              f"has {n_boxes} box(es) but object_ids names {len(ids)} object(s)")
-    return _replace_boxes(text, [boxes.box_text(i) for i in ids])
-
-
-def render_pair(rec: dict, qa: dict, file, path: str, boxes: _ImageBoxes | None = None) -> tuple[str, str]:
-    """The (question, answer) text of one Q&A pair with every box in the shared format.
-
-    The annotation's wording (already from ``prompts``) is kept; boxes are re-rendered from
-    the pixel boxes of the objects the pair refers to, in the order of ``object_ids``.
-    Region questions are rebuilt from their template; a grounding answer is the box.
-    """
-    boxes = boxes or _ImageBoxes(rec)
-    ids = qa.get("object_ids") or ()
-    question, answer, qtype = qa["question"], qa["answer"], qa["type"]
-    if IMAGE_TOKEN in question or IMAGE_TOKEN in answer:
-        field = "question" if IMAGE_TOKEN in question else "answer"
-        raise AnnotationError(file, f"{path}.{field}", f"contains the image token {IMAGE_TOKEN!r}")
-
-    if qtype in REGION_QUESTION_TYPES:
-        if not ids:
-            raise AnnotationError(file, f"{path}.object_ids", f"a {qtype} pair must name the object it asks about")
-        question = _region_question(qa, boxes.objects[ids[0]], boxes.box_text(ids[0]))
-    else:
-        question = _rerender_boxes(question, ids, boxes, file, path, "question")
-
-    if qtype == "grounding":
-        if not ids:
-            raise AnnotationError(file, f"{path}.object_ids", "a grounding pair must name the object it locates")
-        # The answer is the box itself, whatever precision the annotation wrote it with.
-        answer = boxes.answer_box(ids[0])
-    else:
-        answer = _rerender_boxes(answer, ids, boxes, file, path, "answer")
-    return question, answer
-
-
-def image_records(rec: dict, index: int, file, max_turns: int, qa_types=None, left_out: Counter | None = None,
-                  frame: families.BoxFrame | None = None, shuffle_seed: int | None = None) -> list[dict]:
-    """The LLaVA records of one image: its Q&A pairs as turns, ``max_turns`` per record.
-
-    ``qa_types``: keep only pairs of these types (the others are counted in ``left_out``).
-    ``frame``: the box frame to render for (default LLaVA-1.5's); any other is recorded in each
-    record under ``families.FRAME_KEY`` (a record without it was rendered for LLaVA-1.5).
-    ``shuffle_seed``: put the pairs in an order seeded by it and the image path (``--shuffle_turns``).
-    """
-    boxes = _ImageBoxes(rec, frame if frame != _LLAVA_FRAME else None)
-    pairs = []
-    for k, qa in enumerate(rec.get("qa", [])):
-        if qa_types is not None and qa["type"] not in qa_types:
-            if left_out is not None:
-                left_out[qa["type"]] += 1
-            continue
-        pairs.append((render_pair(rec, qa, file, f"images[{index}].qa[{k}]", boxes), qa["type"]))
-    image = rec["image"].replace("\\", "/")
-    if shuffle_seed is not None:  # a per-image order, the same on every run and machine
-        random.Random(f"{shuffle_seed}:{image}").shuffle(pairs)
-    size = max_turns if max_turns > 0 else max(1, len(pairs))
-    out = []
-    for k, start in enumerate(range(0, len(pairs), size)):
-        chunk = pairs[start:start + size]
-        conversations = []
-        for t, ((question, answer), _) in enumerate(chunk):
-            human = IMAGE_PLACEHOLDER + question if t == 0 else question
-            conversations += [{"from": "human", "value": human}, {"from": "gpt", "value": answer}]
-        out.append({"id": f"{image}#{k}", "image": image, "width": rec["width"], "height": rec["height"],
-                    "conversations": conversations, "qa_types": [qtype for _, qtype in chunk]})
-        if boxes.frame is not _LLAVA_FRAME:
-            out[-1][families.FRAME_KEY] = boxes.frame.to_dict()
-    return out
 
 
 # ----------------------------------------------------------------------------- images other trainers misread

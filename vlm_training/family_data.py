@@ -6,10 +6,11 @@ template, end-of-turn token and image-token count differ from LLaVA-1.5's:
 - the conversation is laid out by the processor's own chat template
   (:func:`vlm_core.families.conversation_segments`): answers are supervised through the
   family's end-of-turn token (``<|im_end|>`` for Qwen and OneVision, ``</s>`` for LLaVA-NeXT);
-- an image is not padded to a square (the family's processor handles any aspect ratio, and its
-  box frame is defined on the original image), and takes as many image tokens as the processor
-  gives an image of its size (:func:`vlm_core.families.image_token_count`), known from the
-  record's width and height before any pixel is read;
+- an image is prepared by the family's frame as inference prepares it (``BoxFrame.prepare_image``:
+  not padded to a square, since the family's processor handles any aspect ratio and its box frame
+  is defined on the original image), and takes as many image tokens as the processor gives an
+  image of its size (:func:`vlm_core.families.image_token_count`), known from the record's width
+  and height before any pixel is read;
 - the processor's per-image inputs (Qwen's ``image_grid_thw``, LLaVA-NeXT's ``image_sizes``)
   travel with the pixels; :func:`vlm_training.llava_data.collate_images` batches them.
 """
@@ -43,6 +44,7 @@ class FamilyLayout(TokenLayout):
     def __init__(self, processor, fmt: PromptFormat, family: families.Family):
         tok = processor.tokenizer
         self.processor, self.family, self.tokenizer, self.fmt = processor, family, tok, fmt
+        self.family_name = family.name
         self.image_token = processor.image_token
         self.image_token_id = tok.convert_tokens_to_ids(self.image_token)
         self.bos = [tok.bos_token_id] if _adds_bos(tok) else []
@@ -53,7 +55,7 @@ class FamilyLayout(TokenLayout):
             raise InputError(f"the base model's tokenizer does not know its end-of-turn token {self.eos_token}")
         self.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         self.image_processor = processor.image_processor
-        self.fill = (0.0, 0.0, 0.0)  # never used: these families are not padded to a square
+        self.fill = tuple(float(v) for v in getattr(self.image_processor, "image_mean", None) or (0.0, 0.0, 0.0))
         self.system = fmt.system_prompt or None
         # As TokenLayout does: one real processor call proves that our piecewise tokenization with the
         # image token expanded by image_token_count() is exactly the processor's input_ids.
@@ -83,6 +85,7 @@ class FamilyLayout(TokenLayout):
         return families.image_token_count(self.processor, record["width"], record["height"])
 
     def image_inputs(self, image: Image.Image, expected_tokens: int, where: str) -> dict:
+        image = self.image_frame().prepare_image(image, self.fill)
         got = families.image_token_count(self.processor, *image.size)
         if got != expected_tokens:
             raise InputError(f"{where}: the image is {image.size[0]}x{image.size[1]}, not the record's size "

@@ -36,7 +36,6 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from vlm_core import families
-from vlm_core.boxes import pad_to_square
 from vlm_core.images import ImageLoadError, load_image
 from vlm_core.io_utils import InputError
 from vlm_core.llava_format import IMAGE_PLACEHOLDER, iter_llava_records, record_where, resolve_image_path
@@ -131,6 +130,11 @@ class TokenLayout:
 
     frame: "families.BoxFrame | None" = None   # set by training: records rendered for another frame are refused
     base_model: str = ""
+    family_name = "llava"                       # whose frame prepares the images when ``frame`` is not set
+
+    def image_frame(self) -> families.BoxFrame:
+        """The frame that prepares the images (BoxFrame.prepare_image), the same function inference uses."""
+        return self.frame or families.frame_for_family(self.family_name)
 
     def check_record(self, record: dict, where: str) -> None:
         """Refuse a record whose boxes were rendered for another family or resize setting."""
@@ -186,8 +190,8 @@ class TokenLayout:
         return self.num_image_tokens
 
     def pixel_values(self, image: Image.Image) -> torch.Tensor:
-        square = pad_to_square(image, self.fill)
-        return self.image_processor(images=square, return_tensors="pt")["pixel_values"][0]
+        prepared = self.image_frame().prepare_image(image, self.fill)   # LLaVA-1.5: padded to a square
+        return self.image_processor(images=prepared, return_tensors="pt")["pixel_values"][0]
 
     def image_inputs(self, image: Image.Image, expected_tokens: int, where: str) -> dict:
         """The model inputs of one image besides the token ids."""
