@@ -11,7 +11,7 @@ other tools in that shape are scored too.
 """
 from __future__ import annotations
 
-from vlm_core.families import first_box
+from vlm_core.boxes import first_box
 from vlm_core.io_utils import InputError
 from vlm_core.schema import GROUNDING_TYPES
 

@@ -461,13 +461,13 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: VLMTrainin
                          f"{str(e).splitlines()[0]}") from None
     family = model_args.family
     fmt = PromptFormat.from_chat_template(processor)
-    if family.pad_to_square:  # LLaVA-1.5: the layout PromptFormat derives from its chat template
+    if family.uses_prompt_format:  # LLaVA-1.5: the layout PromptFormat derives from its chat template
         fmt = fmt.with_system_prompt(model_args.system_prompt)
         layout = TokenLayout(processor, fmt)
     else:  # the chat template lays every turn out (families.conversation_segments); no square padding
         from vlm_training.family_data import FamilyLayout
         system = "" if model_args.system_prompt == "auto" else resolve_system_prompt(model_args.system_prompt, fmt)
-        fmt = dataclasses.replace(fmt, pad_to_square=False, system_prompt=system)
+        fmt = dataclasses.replace(fmt, pad_to_square=False, system_prompt=system)  # a record: the frame pads
         layout = FamilyLayout(processor, fmt, family)
     # Data rendered for another family or resize setting is refused (issue 14): the frame travels in every record.
     try:
