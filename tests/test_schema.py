@@ -41,6 +41,13 @@ def test_good_file_passes():
     assert validate_annotations(good(), "x.json")["images"][0]["image"] == "a.jpg"
 
 
+def test_label_candidates_are_optional_and_kept():
+    data = copy.deepcopy(good())
+    data["images"][0]["objects"][0]["label_candidates"] = [{"label": "can", "score": 0.31}]
+    checked = validate_annotations(data, "x.json")
+    assert checked["images"][0]["objects"][0]["label_candidates"] == [{"label": "can", "score": 0.31}]
+
+
 BAD_CASES = [
     (lambda d: d.pop("images"), "images", "missing"),
     (lambda d: d.__setitem__("images", {}), "images", "expected a list"),
@@ -69,6 +76,12 @@ BAD_CASES = [
      "images[0].qa[2].answer", "<box:2> names no object"),
     (lambda d: d["images"][0]["qa"][1].__setitem__("question", "Where is the glass <box:0> and <box:one>?"),
      "images[0].qa[1].question", "not a box placeholder <box:ID>"),
+    (lambda d: d["images"][0]["objects"][0].__setitem__("label_candidates", {"can": 0.3}),
+     "images[0].objects[0].label_candidates", "expected a list"),
+    (lambda d: d["images"][0]["objects"][0].__setitem__("label_candidates", [{"label": "", "score": 0.3}]),
+     "images[0].objects[0].label_candidates[0].label", "empty"),
+    (lambda d: d["images"][0]["objects"][0].__setitem__("label_candidates", [{"label": "can", "score": 3}]),
+     "images[0].objects[0].label_candidates[0].score", "[0, 1]"),
     (lambda d: d["skipped"][0].pop("reason"), "skipped[0].reason", "missing"),
     (lambda d: d.__setitem__("meta", []), "meta", "expected an object"),
 ]

@@ -1,11 +1,11 @@
 """Measure an annotation file against ground truth: COCO mAP, precision and recall, per class.
 
-    python vlm_annotation/evaluate_annotations.py --annotations annotations.json \\
+    python vlm_annotation/evaluate_annotations.py --annotation_file annotations.json \\
         --ground_truth ground_truth.json --output_file label_metrics.json
 
     # ensemble versus each detector, and the best fusion settings for this data
     python vlm_annotation/data_annotation.py ... --keep_detector_boxes --output_file annotations.json
-    python vlm_annotation/evaluate_annotations.py --annotations annotations.json \\
+    python vlm_annotation/evaluate_annotations.py --annotation_file annotations.json \\
         --ground_truth ground_truth.json --output_file label_metrics.json --sweep
 
 Ground truth is a COCO json or an Ultralytics ``data.yaml`` (read by ``import_labels.py``'s
@@ -25,18 +25,37 @@ when it has one, as its objects were); ``--sweep`` scores a grid of ``--fusion``
 ``--detector_weights``, ``--iou_threshold`` and ``--conf_threshold`` from the kept boxes
 (no detector runs) and recommends the setting with the best ``--sweep_metric``.
 
-Writes ``--output_file`` (JSON) and a markdown table beside it (``.md``).
+The generated Q&A is scored against the truth too (:mod:`vlm_annotation.qa_truth`): per type, the
+share of answers true of the scene (count, count_class, exists, location cell and surface, surface,
+relation, region_label, grounding), and how many true objects were labelled twice (matched at IoU 0.5
+by objects of two classes). The sweep scores the Q&A each setting would generate (every type that needs
+no caption) and, by default, recommends the setting whose answers are most often true
+(``--sweep_metric qa_true``): the Q&A is what the VLM is taught, so its truth is what the VLM will
+learn; mAP rewards keeping one object twice under two labels, which teaches wrong counts.
+
+Fusion settings include the agreement rule of :func:`vlm_annotation.fusion.select_boxes` (a box that two
+detectors found is fused from a lower score, ``meta.agreement_conf_threshold``); ``--sweep_agree_conf`` adds
+it as a dimension of the sweep. mAP counts each object's ``label_candidates`` (the runner-up labels of a
+cross-class merge) as further detections of its box at their own scores, as COCO scores a detector that
+gives a box several labels; precision, recall and F1 count the objects only (see
+:func:`vlm_annotation.label_scoring.coco_evaluate`).
+
+Writes ``--output_file`` (JSON) and a markdown table beside it (``.md``), as a set: the report first, then the
+JSON, each atomically, the JSON naming the report's SHA-256 (``report.sha256``). A run killed between the two
+leaves a new report beside the JSON of an earlier run, whose hash then does not match it: a reader can tell
+(:func:`report_is_current`), and the same command again writes both.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import sys
 from pathlib import Path
 
-from vlm_annotation.detectors import DETECTOR_NAMES, ClassMap
+from vlm_annotation.detectors import ClassMap
 from vlm_annotation.engine import fuse_detections
-from vlm_annotation.fusion import FUSION_METHODS
+from vlm_annotation.fusion import DEFAULT_AGNOSTIC_IOU, FUSION_METHODS, select_boxes
 from vlm_annotation.label_scoring import (
     PR_IOU,
     SWEEP_METRICS,
@@ -45,20 +64,26 @@ from vlm_annotation.label_scoring import (
     _or,
     _table,
     check_detector_boxes,
+    check_label_candidates,
     coco_evaluate,
     comparison_rows,
     load_ground_truth,
     markdown,
     match_images,
 )
-from vlm_core.io_utils import InputError, write_json_atomic, write_text_atomic
+from vlm_annotation.qa import generate_qa, image_rng
+from vlm_annotation.qa_truth import read_surfaces, score_qa
+from vlm_core.flags import ANNOTATION_FILE, flag_names
+from vlm_core.io_utils import InputError, read_json, write_json_atomic, write_text_atomic
 from vlm_core.runtime import report_input_errors, require_output_file, require_path
 from vlm_core.schema import load_annotations
+from vlm_core.streams import survive_closed_stdout
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--annotations", required=True, help="annotation file to measure (JSON of this toolkit)")
+    p.add_argument(*flag_names("--annotation_file", ANNOTATION_FILE), required=True,
+                   help="annotation file to measure (JSON of this toolkit)")
     p.add_argument("--ground_truth", required=True, help="ground truth: COCO json, or an Ultralytics data.yaml")
     p.add_argument("--output_file", required=True, help="metrics JSON to write (a markdown table goes beside it, .md)")
     p.add_argument("--images_dir", default=None,
@@ -73,32 +98,47 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="score a grid of fusion settings from the kept detector boxes and recommend the best")
     p.add_argument("--sweep_fusion", nargs="+", choices=FUSION_METHODS, default=list(FUSION_METHODS),
                    help="fusion methods of the sweep (default wbf nms)")
-    p.add_argument("--sweep_weights", nargs="+", default=["1,1", "2,1", "1,2"],
-                   help="YOLO,RTDETR weight pairs of the sweep (default 1,1 2,1 1,2)")
+    p.add_argument("--sweep_weights", nargs="+", default=None,
+                   help="weights of the sweep, one per detector of the file in its order, comma-separated "
+                        "(default: all 1, and each detector doubled in turn: 1,1 2,1 1,2 for two)")
     p.add_argument("--sweep_iou", type=float, nargs="+", default=[0.4, 0.55, 0.7],
                    help="IoU thresholds of the sweep (default 0.4 0.55 0.7)")
     p.add_argument("--sweep_conf", type=float, nargs="+", default=None,
                    help="confidence thresholds of the sweep, at least the file's own "
                         "(default: the file's, +0.1, +0.2)")
-    p.add_argument("--sweep_metric", choices=SWEEP_METRICS, default="f1",
-                   help="what the recommendation maximises: f1 of precision and recall (default; every object "
-                        "of a label file is a training label, whatever its score), map or map50")
+    p.add_argument("--sweep_agnostic_iou", type=float, nargs="+", default=[0.0, DEFAULT_AGNOSTIC_IOU, 0.6],
+                   help="--agnostic_iou values of the sweep, 0 for no cross-class merging "
+                        f"(default 0 {DEFAULT_AGNOSTIC_IOU:g} 0.6)")
+    p.add_argument("--sweep_agree_conf", type=float, nargs="+", default=[0.0, 0.25],
+                   help="agreement thresholds of the sweep (data_annotation.py's --agreement_conf_threshold: a box "
+                        "that another detector's box overlaps is fused from this score up), 0 for none; values "
+                        "not between the file's conf_threshold and a swept --conf_threshold are skipped "
+                        "(default 0 0.25)")
+    p.add_argument("--sweep_metric", choices=SWEEP_METRICS, default="qa_true",
+                   help="what the recommendation maximises: qa_true, the share of generated answers true of the "
+                        "scene (default: the Q&A is what the VLM learns), count_true, the share of 'how many "
+                        "objects?' answers that are right (the hardest type: one missed or extra object makes it "
+                        "wrong), f1 of precision and recall (every "
+                        "object of a label file is a training label, whatever its score), map or map50")
     args = p.parse_args(argv)
     try:
-        args.sweep_weights = [tuple(float(v) for v in w.split(",")) for w in args.sweep_weights]
+        if args.sweep_weights is not None:
+            args.sweep_weights = [tuple(float(v) for v in w.split(",")) for w in args.sweep_weights]
     except ValueError:
-        raise InputError("--sweep_weights: give pairs like 1,1 2,1") from None
+        raise InputError("--sweep_weights: give comma-separated weights like 1,1 2,1") from None
     checks = [
         (args.conf_threshold is None or 0 <= args.conf_threshold <= 1, "--conf_threshold must be between 0 and 1"),
-        (all(len(w) == 2 and min(w) >= 0 and sum(w) > 0 for w in args.sweep_weights),
-         "--sweep_weights: each a pair of non-negative weights, not both zero (1,1)"),
+        (args.sweep_weights is None or all(min(w) >= 0 and sum(w) > 0 for w in args.sweep_weights),
+         "--sweep_weights: non-negative weights, not all zero (1,1)"),
         (all(0 < v <= 1 for v in args.sweep_iou), "--sweep_iou: each in (0, 1]"),
+        (all(0 <= v <= 1 for v in args.sweep_agnostic_iou), "--sweep_agnostic_iou: each in [0, 1] (0: off)"),
         (args.sweep_conf is None or all(0 <= v < 1 for v in args.sweep_conf), "--sweep_conf: each in [0, 1)"),
+        (all(0 <= v < 1 for v in args.sweep_agree_conf), "--sweep_agree_conf: each in [0, 1) (0: none)"),
     ]
     for ok, message in checks:
         if not ok:
             raise InputError(message)
-    inputs = {"--annotations": require_path(args.annotations, "--annotations", "file"),
+    inputs = {"--annotation_file": require_path(args.annotation_file, "--annotation_file", "file"),
               "--ground_truth": require_path(args.ground_truth, "--ground_truth", "file"),
               "--class_map": args.class_map}
     require_output_file(args.output_file, "--output_file", inputs)
@@ -106,13 +146,55 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def fused_objects(record: dict, kept: list[str], method: str, weights, iou: float, conf: float | None,
+                  agnostic: float | None, agree: float | None = None) -> list[dict]:
+    """The objects data_annotation.py would store for ``record`` from its kept detector boxes: the boxes
+    :func:`select_boxes` passes (above ``conf``, or above ``agree`` where another detector agrees, at the
+    IoU the merge uses), fused by engine.fuse_detections."""
+    per = select_boxes([record["detector_boxes"][n] for n in kept], conf, agree, agnostic or DEFAULT_AGNOSTIC_IOU)
+    return fuse_detections(per, kept, record["width"], record["height"], method, weights, iou, None, agnostic)
+
+
+def report_digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def report_is_current(output_file: str | Path) -> bool:
+    """Whether the results JSON and the markdown report beside it were written by one run (the JSON names
+    the report's SHA-256); False when either is missing or a run was killed between the two writes."""
+    output_file = Path(output_file)
+    md_path = output_file.with_suffix(".md")
+    try:
+        named = (read_json(output_file).get("report") or {}).get("sha256")
+        return named == report_digest(md_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, InputError, AttributeError):
+        return False
+
+
+def write_results(output_file: str | Path, result: dict) -> Path:
+    """The report, then the JSON naming its hash, each atomically (see the module docstring)."""
+    md_path = Path(output_file).with_suffix(".md")
+    text = markdown(result)
+    write_text_atomic(md_path, text)
+    write_json_atomic(output_file, {**result, "report": {"file": md_path.name, "sha256": report_digest(text)}})
+    return md_path
+
+
 @report_input_errors
 def main(argv=None) -> int:
     args = parse_args(argv)
-    source, gt_path = Path(args.annotations), Path(args.ground_truth)
-    md_path = Path(args.output_file).with_suffix(".md")
+    with survive_closed_stdout():  # `... | head`: the results are written whether or not stdout is read
+        return evaluate(args)
+
+
+def evaluate(args) -> int:
+    source, gt_path = Path(args.annotation_file), Path(args.ground_truth)
     data = load_annotations(source)
-    kept = check_detector_boxes(data, source)
+    kept = check_detector_boxes(data, source)  # the detectors' names, [] when the boxes were not kept
+    check_label_candidates(data, source)
+    if args.sweep and args.sweep_weights and any(len(w) != len(kept) for w in args.sweep_weights):
+        raise InputError(f"--sweep_weights: give {len(kept)} weights each, one per detector of {source} "
+                         f"({', '.join(kept)})")
     if args.sweep and not kept:
         raise InputError(f"--sweep: {source} has no detector_boxes in every image record; annotate with "
                          "data_annotation.py --keep_detector_boxes")
@@ -140,14 +222,30 @@ def main(argv=None) -> int:
     }
     scored_truth = {t: truth.images[t] for t in gt_scored}
     labels = {o["label"] for p in pairs for o in records[p]["objects"]}
+    labels |= {c["label"] for p in pairs for o in records[p]["objects"] for c in o.get("label_candidates", ())}
     if kept:
         labels |= {d["label"] for p in pairs for dets in records[p]["detector_boxes"].values() for d in dets}
     categories = list(truth.vocabulary) + sorted(labels - set(truth.vocabulary))
+
+    surfaces = read_surfaces(gt_path)
+    qa_seed, max_region_qa = meta.get("seed", 42), meta.get("max_region_qa", 10)
 
     def score(objects_of, threshold: float | None = args.conf_threshold) -> dict:
         preds = {pairs[p]: [o for o in objects_of(records[p]) if threshold is None or o["score"] > threshold]
                  for p in pairs}
         return coco_evaluate(scored_truth, preds, categories)
+
+    def score_generated_qa(objects_of) -> dict:
+        """The Q&A a setting's objects would get, scored against the truth (no captions: no surface answers)."""
+        recs = {}
+        for p in pairs:
+            rec = records[p]
+            objs = [{**o, "id": k, "description": ""} for k, o in enumerate(objects_of(rec))]
+            qa = generate_qa(objs, rec["width"], rec["height"], categories, image_rng(qa_seed, p), {}, max_region_qa)
+            recs[pairs[p]] = {**rec, "objects": objs, "qa": qa}
+        q = score_qa(recs, scored_truth, surfaces, categories)
+        count = q["per_type"].get("count", {})
+        return {"qa_true": q["share"], "count_true": count.get("share"), "labelled_twice": q["labelled_twice"]}
 
     result = {"annotations": str(source), "ground_truth": str(gt_path), "fusion": meta.get("fusion"),
               "conf_threshold": conf,
@@ -155,16 +253,23 @@ def main(argv=None) -> int:
               "labels_not_in_ground_truth": sorted(labels - set(truth.vocabulary)),
               # What reading the ground truth clipped or dropped (as import_labels.py reports it).
               "ground_truth_report": {k: v for k, v in sorted(truth.counts.items()) if v},
-              **score(lambda r: r["objects"])}
+              **score(lambda r: r["objects"]),
+              # The Q&A of the file as written (with its captions' surfaces), judged against the truth.
+              "qa_truth": score_qa({pairs[p]: records[p] for p in pairs}, scored_truth, surfaces, categories)}
     if kept:
-        weights, iou = meta.get("detector_weights", [1.0, 1.0]), meta.get("iou_threshold", 0.55)
+        weights = meta.get("detector_weights") or [1.0] * len(kept)
+        iou = meta.get("iou_threshold", 0.55)
+        agnostic = meta.get("agnostic_iou")  # None (files from before it, or 0 = off): no merging
+        agnostic = agnostic or None
         fusion_conf = meta.get("fusion_conf_threshold")  # the objects' own threshold, when the file has one
-        per = {"yolo": lambda r: r["detector_boxes"]["yolo"], "rtdetr": lambda r: r["detector_boxes"]["rtdetr"]}
+        agree = meta.get("agreement_conf_threshold")  # likewise the agreement rule's
+        per = {n: (lambda n: lambda r: r["detector_boxes"][n])(n) for n in kept}
         for method in FUSION_METHODS:
-            per[method] = (lambda m: lambda r: fuse_detections(
-                [r["detector_boxes"][n] for n in DETECTOR_NAMES], r["width"], r["height"], m, weights, iou,
-                fusion_conf))(method)
-        result["detectors"] = {("yolo + rtdetr " + k if k in FUSION_METHODS else k): score(f) for k, f in per.items()}
+            per[method] = (lambda m: lambda r: fused_objects(r, kept, m, weights, iou, fusion_conf, agnostic,
+                                                             agree))(method)
+        joined = " + ".join(kept)
+        result["detectors"] = {(f"{joined} {k}" if k in FUSION_METHODS else k): {**score(f), **score_generated_qa(f)}
+                               for k, f in per.items()}
     if args.sweep:
         base = file_conf or 0.0
         low = [c for c in args.sweep_conf or [] if c < base]
@@ -176,41 +281,55 @@ def main(argv=None) -> int:
             default.append(meta["fusion_conf_threshold"])
         confs = sorted(set(args.sweep_conf or default))
         confs = [c for c in confs if c < 1]
-        grid = list(itertools.product(args.sweep_fusion, args.sweep_weights, args.sweep_iou, confs))
+        sweep_weights = args.sweep_weights or [tuple(1.0 + (k == d) for k in range(len(kept)))
+                                               for d in range(-1, len(kept))]
+        agnostics = sorted({v or None for v in args.sweep_agnostic_iou}, key=lambda v: -1 if v is None else v)
+        agrees = sorted({v or None for v in args.sweep_agree_conf} | {meta.get("agreement_conf_threshold")},
+                        key=lambda v: -1 if v is None else v)
+        # An agreement threshold does something only between the boxes the detectors kept and the setting's
+        # conf_threshold; elsewhere it is the setting without one.
+        grid = [g for g in itertools.product(args.sweep_fusion, sweep_weights, args.sweep_iou, confs, agnostics,
+                                             agrees) if g[5] is None or base < g[5] < g[3]]
         own = (meta.get("fusion"), tuple(meta.get("detector_weights", ())), meta.get("iou_threshold"),
-               meta.get("fusion_conf_threshold", file_conf))
+               meta.get("fusion_conf_threshold", file_conf), meta.get("agnostic_iou") or None,
+               meta.get("agreement_conf_threshold"))
         grid.sort(key=lambda g: g != own)  # the file's own setting first: it wins ties
         from tqdm import tqdm
         sweep = []
-        for method, w, iou, c in tqdm(grid, desc="sweep", unit="setting"):
-            m = score(lambda r, method=method, w=w, iou=iou, c=c: fuse_detections(
-                [r["detector_boxes"][n] for n in DETECTOR_NAMES], r["width"], r["height"], method, list(w), iou, c),
-                None)
+        for method, w, iou, c, ag, agree in tqdm(grid, desc="sweep", unit="setting"):
+            def objects_of(r, method=method, w=w, iou=iou, c=c, ag=ag, agree=agree):
+                return fused_objects(r, kept, method, list(w), iou, c, ag, agree)
+            m = score(objects_of, None)
             m.pop("per_class")
             sweep.append({"fusion": method, "detector_weights": list(w), "iou_threshold": iou, "conf_threshold": c,
-                          "flags": _flags(method, w, iou, c), **m})
+                          "agnostic_iou": ag or 0.0, "agreement_conf_threshold": agree,
+                          "flags": _flags(method, w, iou, c, ag or 0.0, agree), **m,
+                          **score_generated_qa(objects_of)})
         own_iou = meta.get("iou_threshold", 0.55)
 
         def preference(s: dict) -> tuple:
             # The best metric; among equals the better map, then the setting closest to the file's own.
             return (_or(s[args.sweep_metric]), _or(s["map"]), s["fusion"] == own[0],
                     tuple(s["detector_weights"]) == own[1], -abs(s["iou_threshold"] - own_iou),
-                    -abs(s["conf_threshold"] - base))
+                    -abs(s["conf_threshold"] - base), (s["agnostic_iou"] or None) == own[4],
+                    s["agreement_conf_threshold"] == own[5])
         best = max(sweep, key=preference)
         result["sweep"] = sweep
         result["recommended"] = {k: best[k] for k in ("fusion", "detector_weights", "iou_threshold",
-                                                      "conf_threshold", "flags")}
+                                                      "conf_threshold", "agnostic_iou", "agreement_conf_threshold",
+                                                      "flags")}
         result["recommended"].update(metric=args.sweep_metric, value=best[args.sweep_metric])
-    text = markdown(result)
-    write_json_atomic(args.output_file, result)
-    write_text_atomic(md_path, text)
+    md_path = write_results(args.output_file, result)
     if "detectors" in result:
         print("\n".join(_table(comparison_rows(result), "boxes")), flush=True)
     if "recommended" in result:
         r = result["recommended"]
         print(f"recommended: {r['flags']} ({r['metric']} {_fmt(r['value'])})", flush=True)
+    q = result["qa_truth"]
     print(f"evaluated {images['evaluated']} images: map {_fmt(result['map'])}, map50 {_fmt(result['map50'])}, "
-          f"precision {_fmt(result['precision'])}, recall {_fmt(result['recall'])}; "
+          f"precision {_fmt(result['precision'])}, recall {_fmt(result['recall'])}; Q&A true of the scene "
+          f"{_fmt(q['share'])} (count {_fmt(q['per_type'].get('count', {}).get('share'))}), "
+          f"{q['labelled_twice']} of {q['true_objects']} true objects labelled twice; "
           f"{len(images['only_in_annotations'])} only in the annotations, "
           f"{len(images['only_in_ground_truth'])} only in the ground truth, "
           f"{len(images['skipped_in_annotations'])} skipped by the annotation run -> {args.output_file}, {md_path}",

@@ -15,7 +15,7 @@ from vlm_core.schema import AnnotationError, validate_bbox
 PR_IOU = 0.5  # the IoU at which precision and recall count a match
 
 
-SWEEP_METRICS = ("f1", "map", "map50")
+SWEEP_METRICS = ("qa_true", "count_true", "f1", "map", "map50")
 
 
 def load_ground_truth(path: str | Path, images_dir: str | Path | None = None,
@@ -26,16 +26,19 @@ def load_ground_truth(path: str | Path, images_dir: str | Path | None = None,
     return read_coco(path, class_map)
 
 
-def check_detector_boxes(data: dict, file) -> bool:
-    """Whether every image record carries ``detector_boxes`` (checked field by field when present)."""
+def check_detector_boxes(data: dict, file) -> list[str]:
+    """The detectors whose boxes every image record keeps in ``detector_boxes`` (in the order of the file's
+    ``meta.detectors``, else of its first record), checked field by field; [] when a record has none."""
     records = data["images"]
     if not records or not all("detector_boxes" in r for r in records):
-        return False
+        return []
+    first = records[0]["detector_boxes"]
+    names = list(data.get("meta", {}).get("detectors") or (first if isinstance(first, dict) else DETECTOR_NAMES))
     for i, rec in enumerate(records):
         kept = rec["detector_boxes"]
         where = f"images[{i}].detector_boxes"
-        if not isinstance(kept, dict) or sorted(kept) != sorted(DETECTOR_NAMES):
-            raise AnnotationError(file, where, f"expected an object with the lists {', '.join(DETECTOR_NAMES)}")
+        if not isinstance(kept, dict) or sorted(kept) != sorted(names) or not names:
+            raise AnnotationError(file, where, f"expected an object with the lists {', '.join(names)}")
         for name, dets in kept.items():
             if not isinstance(dets, list):
                 raise AnnotationError(file, f"{where}.{name}", "expected a list")
@@ -47,7 +50,24 @@ def check_detector_boxes(data: dict, file) -> bool:
                 score = d.get("score")
                 if not isinstance(score, (int, float)) or isinstance(score, bool) or not 0 <= score <= 1:
                     raise AnnotationError(file, f"{path}.score", "expected a number in [0, 1]")
-    return True
+    return names
+
+
+def check_label_candidates(data: dict, file) -> None:
+    """Each object's ``label_candidates`` (optional: runner-up labels of a merged object), which the mAP scores
+    as detections: a list of ``{"label": non-empty str, "score": number in [0, 1]}``."""
+    for i, rec in enumerate(data["images"]):
+        for k, obj in enumerate(rec["objects"]):
+            candidates = obj.get("label_candidates", [])
+            path = f"images[{i}].objects[{k}].label_candidates"
+            if not isinstance(candidates, list):
+                raise AnnotationError(file, path, "expected a list of {label, score}")
+            for j, c in enumerate(candidates):
+                score = c.get("score") if isinstance(c, dict) else None
+                if not isinstance(c, dict) or not isinstance(c.get("label"), str) or not c["label"]:
+                    raise AnnotationError(file, f"{path}[{j}]", "expected {label, score} with a non-empty label")
+                if not isinstance(score, (int, float)) or isinstance(score, bool) or not 0 <= score <= 1:
+                    raise AnnotationError(file, f"{path}[{j}].score", "expected a number in [0, 1]")
 
 
 def match_images(predicted: list[str], truth: list[str]) -> dict[str, str]:
@@ -75,7 +95,18 @@ def match_images(predicted: list[str], truth: list[str]) -> dict[str, str]:
 
 def coco_evaluate(truth: dict[str, dict], predictions: dict[str, list[dict]], categories: list[str]) -> dict:
     """pycocotools' bbox evaluation of ``predictions`` (image -> [{label, bbox, score}]) against ``truth``
-    (image -> {width, height, objects, crowd}): overall and per-class map, map50, precision, recall."""
+    (image -> {width, height, objects, crowd}): overall and per-class map, map50, precision, recall.
+
+    An object's ``label_candidates`` (the runner-up labels that the cross-class merge of
+    :func:`vlm_annotation.fusion.merge_across_classes` kept, each with its fused score) are class
+    hypotheses of that box: the COCO results that ``map`` and ``map50`` rank list each as one more
+    detection of the same box, at its own score and with its own label. This is how COCO scores any
+    detector that gives one box several labels (RT-DETR's top-k over queries x classes does), so the
+    merge changes what the annotation teaches (one object, one label) without hiding from the mAP the
+    hypotheses that the file still stores. ``precision``, ``recall``, ``f1``, ``detections`` and
+    ``true_positives`` count the objects only (their own label): they measure the labels as training
+    data, where an object has one label.
+    """
     import numpy as np
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -84,6 +115,7 @@ def coco_evaluate(truth: dict[str, dict], predictions: dict[str, list[dict]], ca
     names = sorted(truth)
     gt = {"images": [], "annotations": [], "categories": [{"id": i, "name": n} for n, i in cat_id.items()]}
     dets = []
+    hypotheses: set[int] = set()  # result ids of runner-up labels: in the mAP, not in precision / recall
     for image_id, name in enumerate(names, start=1):
         entry = truth[name]
         gt["images"].append({"id": image_id, "file_name": name, "width": entry["width"], "height": entry["height"]})
@@ -95,8 +127,12 @@ def coco_evaluate(truth: dict[str, dict], predictions: dict[str, list[dict]], ca
                                           "area": (x2 - x1) * (y2 - y1), "iscrowd": crowd})
         for o in predictions.get(name, []):
             x1, y1, x2, y2 = o["bbox"]
-            dets.append({"image_id": image_id, "category_id": cat_id[o["label"]],
-                         "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(o["score"])})
+            for k, (label, score) in enumerate([(o["label"], o["score"])] + [
+                    (c["label"], c["score"]) for c in o.get("label_candidates", ())]):
+                if k:  # pycocotools numbers the results 1, 2, ... in this order
+                    hypotheses.add(len(dets) + 1)
+                dets.append({"image_id": image_id, "category_id": cat_id[label],
+                             "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score)})
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
         coco_gt = COCO()
         coco_gt.dataset = gt
@@ -114,7 +150,8 @@ def coco_evaluate(truth: dict[str, dict], predictions: dict[str, list[dict]], ca
             if e is None or e["aRng"] != ev.params.areaRng[0]:
                 continue
             c = counts[e["category_id"]]
-            kept = ~e["dtIgnore"][t].astype(bool)
+            own = np.array([d not in hypotheses for d in e["dtIds"]], dtype=bool)
+            kept = ~e["dtIgnore"][t].astype(bool) & own
             matched = e["dtMatches"][t] > 0
             c["tp"] += int((matched & kept).sum())
             c["fp"] += int((~matched & kept).sum())
@@ -162,6 +199,8 @@ def _fmt(v) -> str:
 
 def _table(rows: list[tuple[str, dict]], first: str) -> list[str]:
     cols = ("map", "map50", "precision", "recall", "f1", "detections", "ground_truth_boxes")
+    if any("qa_true" in m for _, m in rows):  # the Q&A truth figures, where the rows have them
+        cols += ("qa_true", "count_true", "labelled_twice")
     lines = [f"| {first} | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
     lines += [f"| {name} | " + " | ".join(_fmt(m.get(c)) for c in cols) + " |" for name, m in rows]
     return lines
@@ -169,7 +208,12 @@ def _table(rows: list[tuple[str, dict]], first: str) -> list[str]:
 
 def comparison_rows(result: dict) -> list[tuple[str, dict]]:
     """The file's own objects, then each detector alone and each fusion of the two."""
-    return [(f"annotation file ({result['fusion'] or 'its objects'})", result), *result["detectors"].items()]
+    own = dict(result)
+    if "qa_truth" in result:  # the file's own Q&A (with its captions), judged like the other rows' generated Q&A
+        q = result["qa_truth"]
+        own.update(qa_true=q["share"], count_true=q["per_type"].get("count", {}).get("share"),
+                   labelled_twice=q["labelled_twice"])
+    return [(f"annotation file ({result['fusion'] or 'its objects'})", own), *result["detectors"].items()]
 
 
 def markdown(result: dict) -> str:
@@ -180,6 +224,15 @@ def markdown(result: dict) -> str:
     if "detectors" in result:
         lines += ["## Ensemble versus each detector", ""]
         lines += _table(comparison_rows(result), "boxes") + [""]
+    if "qa_truth" in result:
+        q = result["qa_truth"]
+        lines += ["## The Q&A against the truth", "",
+                  f"Answers true of the scene: {q['true']} of {q['scored']} ({_fmt(q['share'])}); true objects "
+                  f"labelled twice (matched by objects of two classes): {q['labelled_twice']} of "
+                  f"{q['true_objects']} ({_fmt(q['labelled_twice_share'])}).", "",
+                  "| type | true | scored | share |", "|---|---|---|---|"]
+        lines += [f"| {t} | {v['true']} | {v['scored']} | {_fmt(v['share'])} |" for t, v in q["per_type"].items()]
+        lines += [""]
     if "sweep" in result:
         best = result["recommended"]
         lines += [f"## Sweep ({len(result['sweep'])} settings, best {best['metric']} first)", ""]
@@ -194,6 +247,9 @@ def markdown(result: dict) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _flags(fusion: str, weights, iou: float, conf: float) -> str:
-    return (f"--fusion {fusion} --detector_weights {weights[0]:g} {weights[1]:g} "
+def _flags(fusion: str, weights, iou: float, conf: float, agnostic_iou: float | None = None,
+           agreement_conf: float | None = None) -> str:
+    text = (f"--fusion {fusion} --detector_weights {' '.join(f'{w:g}' for w in weights)} "
             f"--iou_threshold {iou:g} --conf_threshold {conf:g}")
+    text = text if agnostic_iou is None else f"{text} --agnostic_iou {agnostic_iou:g}"
+    return text if agreement_conf is None else f"{text} --agreement_conf_threshold {agreement_conf:g}"

@@ -11,6 +11,9 @@ An annotation file (``annotations.json`` and the split files) is a JSON object::
      "skipped": [{"image": "broken.jpg", "reason": "..."}],
      "meta": {...}}
 
+An object may also hold ``label_candidates``: the runner-up labels of an object the detectors disagreed
+on (merged across classes), best first, each ``{"label": "can", "score": 0.31}``.
+
 Boxes are pixels of the displayed image (after EXIF rotation). A Q&A pair's text never holds box
 numbers: it names an object's box by a placeholder, ``<box:ID>`` with ID the object's ``id`` in
 that image ("Please provide a short description for this region: <box:3>"; a grounding answer is
@@ -136,11 +139,31 @@ def _object_is_valid(obj: dict, width, height) -> bool:
     if not (type(oid) is int and oid >= 0 and type(label) is str and label.strip()
             and type(score) in _NUMBER_TYPES and 0.0 <= score <= 1.0 and type(description) is str
             and type(sources) is list and all(type(x) is str and x for x in sources)
-            and type(bbox) is list and len(bbox) == 4 and all(type(v) in _NUMBER_TYPES for v in bbox)):
+            and type(bbox) is list and len(bbox) == 4 and all(type(v) in _NUMBER_TYPES for v in bbox)
+            and ("label_candidates" not in obj or _candidates_are_valid(obj["label_candidates"]))):
         return False
     x1, y1, x2, y2 = bbox
     t = _BOX_TOLERANCE
     return x2 > x1 and y2 > y1 and x1 >= -t and y1 >= -t and x2 <= width + t and y2 <= height + t
+
+
+def _candidates_are_valid(candidates) -> bool:
+    return type(candidates) is list and all(
+        type(c) is dict and type(c.get("label")) is str and c["label"].strip()
+        and type(c.get("score")) in _NUMBER_TYPES and 0.0 <= c["score"] <= 1.0 for c in candidates)
+
+
+def _validate_candidates(candidates: Any, file, path: str) -> None:
+    """``label_candidates`` (optional): the runner-up labels of an object merged across classes, best first."""
+    if not isinstance(candidates, list):
+        raise AnnotationError(file, path, "expected a list of {label, score}")
+    for j, c in enumerate(candidates):
+        if not isinstance(c, dict):
+            raise AnnotationError(file, f"{path}[{j}]", "expected {label, score}")
+        _check_str(_require(c, "label", file, f"{path}[{j}]"), file, f"{path}[{j}].label", nonempty=True)
+        score = _require(c, "score", file, f"{path}[{j}]")
+        if not _is_number(score) or not 0.0 <= score <= 1.0:
+            raise AnnotationError(file, f"{path}[{j}].score", "expected a number in [0, 1]")
 
 
 def _validate_object(obj: Any, width, height, file, path: str) -> int:
@@ -160,6 +183,8 @@ def _validate_object(obj: Any, width, height, file, path: str) -> int:
     if not isinstance(sources, list) or not all(isinstance(s, str) and s for s in sources):
         raise AnnotationError(file, f"{path}.sources", "expected a list of detector names")
     _check_str(obj.get("description", ""), file, f"{path}.description")
+    if "label_candidates" in obj:
+        _validate_candidates(obj["label_candidates"], file, f"{path}.label_candidates")
     return oid
 
 
