@@ -311,7 +311,7 @@ def test_the_guides_flags_map_onto_training_arguments(toy, tiny_models, tmp_path
     (["--system_prompt", " "], "--system_prompt: a system prompt cannot be blank"),
     (["--max_steps", "0"], "--max_steps and --eval_steps must be >= 1"),
     (["--deepspeed", "missing.json"], "--deepspeed: config file not found: missing.json"),
-    (["--resume_from_checkpoint", "nowhere"], "--resume_from_checkpoint: nowhere is not a complete"),
+    (["--resume_from_checkpoint", "nowhere"], "--resume_from_checkpoint: nowhere cannot be resumed from: no readable"),
 ])
 def test_bad_flags_are_one_line_and_exit_2(flags, expected, toy, tiny_models, tmp_path, capsys):
     out = tmp_path / "out"

@@ -80,6 +80,21 @@ def _local_links(page: str) -> list[str]:
     return [unquote(unescape(u)) for u in re.findall(r'(?:src|href)="([^"#]+)', page)]
 
 
+def _drawn(out: Path, stem: str) -> Path:
+    """The drawing of a record: ``00000_a`` -> ``images/00000_a.<digest of what it shows>.jpg``."""
+    (path,) = (out / "images").glob(f"{stem}.*.jpg")
+    return path
+
+
+def _pages(out: Path) -> dict[int, Path]:
+    """The gallery's pages by number, found through the links of index.html (page 2 on: named by the render)."""
+    index = (out / "index.html").read_text(encoding="utf-8")
+    found = {1: out / "index.html"}
+    for name in set(re.findall(r'href="(page_(\d+)\.[0-9a-f]{8}\.html)"', index)):
+        found[int(name[1])] = out / name[0]
+    return found
+
+
 # ----------------------------------------------------------------------------- pure logic
 
 def test_class_colours_are_sorted_and_distinct():
@@ -113,8 +128,8 @@ def test_gallery_draws_images_and_lists_everything(dataset, tmp_path, capsys):
     assert "2 images drawn" in stdout and "1 missing or unreadable" in stdout
     assert "1 skipped by the annotator" in stdout and str(out / "index.html") in stdout
 
-    drawn_a = out / "images" / "00000_a.jpg"
-    drawn_b = out / "images" / "00001_sub__b.jpg"
+    drawn_a = _drawn(out, "00000_a")
+    drawn_b = _drawn(out, "00001_sub__b")
     assert drawn_a.is_file() and drawn_b.is_file()
     assert sorted(p.name for p in (out / "images").iterdir()) == [drawn_a.name, drawn_b.name]
 
@@ -153,7 +168,7 @@ def test_gallery_draws_images_and_lists_everything(dataset, tmp_path, capsys):
     assert "broken.jpg" in page and "truncated &lt;data&gt;" in page
     # Every local link is relative and resolves inside the output folder.
     links = _local_links(page)
-    assert "images/00000_a.jpg" in links and "images/00001_sub__b.jpg" in links
+    assert f"images/{drawn_a.name}" in links and f"images/{drawn_b.name}" in links
     for link in links:
         assert not link.startswith(("/", "file:", "http")) and (out / link).is_file()
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
@@ -179,17 +194,18 @@ def test_split_file_pages_and_max_images(dataset, tmp_path, capsys):
                  "--output_dir", str(out), "--max_images", "2", "--per_page", "1",
                  "--max_side", "400", "--line_width", "3"]) == 0
     assert "2 images drawn (first 2 of 3)" in capsys.readouterr().out
-    assert (out / "index.html").is_file() and (out / "page_2.html").is_file()
-    assert not (out / "page_3.html").exists()
-    assert not (out / "images" / "00002_a.jpg").exists()
-    big = np.asarray(Image.open(out / "images" / "00000_big.jpg").convert("RGB"), dtype=int)
+    pages = _pages(out)
+    assert sorted(pages) == [1, 2] and pages[2].is_file()
+    assert sorted(p.name for p in out.glob("page_*.html")) == [pages[2].name]
+    assert not list((out / "images").glob("00002_*"))
+    big = np.asarray(Image.open(_drawn(out, "00000_big")).convert("RGB"), dtype=int)
     assert big.shape == (200, 400, 3)
     # Box [400, 200, 800, 600] lands at [100, 50, 200, 150] after the 1/4 downscale.
     assert np.abs(big[100, 101] - GREY).max() > 60 and np.abs(big[100, 120] - GREY).max() < 12
     index = (out / "index.html").read_text(encoding="utf-8")
-    page2 = (out / "page_2.html").read_text(encoding="utf-8")
+    page2 = pages[2].read_text(encoding="utf-8")
     assert 'data-image="big.jpg"' in index and 'data-image="sub/b.png"' not in index
-    assert 'data-image="sub/b.png"' in page2 and 'href="page_2.html"' in index
+    assert 'data-image="sub/b.png"' in page2 and f'href="{pages[2].name}"' in index
     assert 'href="index.html"' in page2 and "no Q&amp;A pairs" in index
 
 
@@ -199,7 +215,7 @@ def test_size_mismatch_is_noted_and_boxes_scaled(dataset, tmp_path):
     Image.new("RGB", (100, 75), GREY).save(images / "a.jpg", quality=95)  # half of 200x150
     out = tmp_path / "review"
     assert _run(dataset, out, "--line_width", "2", "--min_side", "0") == 0
-    a = np.asarray(Image.open(out / "images" / "00000_a.jpg").convert("RGB"), dtype=int)
+    a = np.asarray(Image.open(_drawn(out, "00000_a")).convert("RGB"), dtype=int)
     glass = np.array(class_colours(["glass", "can", "paper"])["glass"])
     assert np.abs(a[40, 10] - glass).max() < 30      # glass left edge x=20 -> 10
     assert "the file is 100x75 now but was annotated at 200x150" in (
@@ -226,15 +242,17 @@ def test_gallery_of_many_pages_links_nearby_pages_and_an_index_of_all(dataset, t
     out = tmp_path / "review"
     assert main(["--annotation_file", str(ann), "--images_dir", str(images), "--output_dir", str(out),
                  "--per_page", "1"]) == 0
-    pages = {p: (out / visualize.page_name(p)).read_text(encoding="utf-8") for p in range(1, 15)}
-    linked = {p: sorted({int(m) for m in re.findall(r'href="page_(\d+)\.html"', html)}
+    (token,) = {m for m in re.findall(r'href="page_\d+\.([0-9a-f]{8})\.html"',
+                                      (out / "index.html").read_text(encoding="utf-8"))}
+    pages = {p: (out / visualize.page_name(p, token)).read_text(encoding="utf-8") for p in range(1, 15)}
+    linked = {p: sorted({int(m) for m in re.findall(rf'href="page_(\d+)\.{token}\.html"', html)}
                         | ({1} if 'href="index.html"' in html else set())) for p, html in pages.items()}
     assert linked[1] == [2, 3, 4, 5, 6, 14]
     assert linked[8] == [1, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14]
-    assert all('href="pages.html"' in html for html in pages.values())
-    index = (out / "pages.html").read_text(encoding="utf-8")
-    assert [int(m) for m in re.findall(r'href="page_(\d+)\.html"', index)] == list(range(2, 15))
-    assert 'href="index.html">page 1</a>: images[0] to images[0]' in index
+    assert all(f'href="pages.{token}.html"' in html for html in pages.values())
+    index = (out / f"pages.{token}.html").read_text(encoding="utf-8")
+    assert [int(m) for m in re.findall(rf'href="page_(\d+)\.{token}\.html"', index)] == list(range(2, 15))
+    assert 'href="index.html">page 1</a>: entries 1 to 1' in index
     assert "14 images drawn" in pages[1] and 'data-image="p07.png"' in pages[8]
 
 
@@ -332,3 +350,140 @@ def test_gallery_in_headless_chromium(dataset, tmp_path):
         assert f'id="entry-{i}" data-image="{image}"' in dom
     # The browser parsed the nasty text as text: it is still escaped in the serialised DOM.
     assert "caption &lt;b&gt;&amp;" in dom and "<b>&amp;" not in dom
+
+
+# ----------------------------------------------------------------------------- truth, disagreement, labels
+
+def _truth_dataset(tmp_path: Path) -> dict:
+    """Three images whose errors are known: a.jpg 3 (a false positive, a wrong label, a miss), b.png 0, c.jpg 1."""
+    images = tmp_path / "imgs"
+    (images / "sub").mkdir(parents=True)
+    for name, size in (("a.jpg", (200, 150)), ("sub/b.png", (120, 160)), ("c.jpg", (100, 100))):
+        Image.new("RGB", size, GREY).save(images / name)
+
+    def obj(i, label, bbox, score, sources=("yolo", "rtdetr")):
+        return {"id": i, "label": label, "bbox": bbox, "score": score, "sources": list(sources), "description": ""}
+
+    data = {"images": [
+        {"image": "a.jpg", "width": 200, "height": 150, "caption": "", "qa": [],
+         "objects": [obj(0, "glass", [20, 30, 90, 120], 0.9), obj(1, "can", [110, 40, 190, 140], 0.5),
+                     obj(2, "paper", [5, 5, 15, 15], 0.4)]},
+        {"image": "c.jpg", "width": 100, "height": 100, "caption": "", "qa": [],
+         "objects": [obj(0, "glass", [10, 10, 40, 40], 0.8)]},
+        {"image": "sub/b.png", "width": 120, "height": 160, "caption": "", "qa": [],
+         "objects": [obj(0, "paper", [10, 10, 60, 80], 0.7)]},
+    ], "meta": {}}
+    coco = {"categories": [{"id": 1, "name": "glass"}, {"id": 2, "name": "bottle"}, {"id": 3, "name": "paper"}],
+            "images": [{"id": 1, "file_name": "a.jpg", "width": 200, "height": 150},
+                       {"id": 2, "file_name": "sub/b.png", "width": 120, "height": 160},
+                       {"id": 3, "file_name": "c.jpg", "width": 100, "height": 100}],
+            "annotations": [
+                {"id": 1, "image_id": 1, "category_id": 1, "bbox": [22, 32, 66, 86]},    # glass: found
+                {"id": 2, "image_id": 1, "category_id": 2, "bbox": [112, 42, 76, 96]},   # bottle, called a can
+                {"id": 3, "image_id": 1, "category_id": 3, "bbox": [150, 5, 45, 25]},    # paper: missed
+                {"id": 4, "image_id": 2, "category_id": 3, "bbox": [10, 10, 50, 70]}]}   # paper: found
+    return {"images": images, "file": _write_json(tmp_path / "ann.json", data),
+            "coco": _write_json(tmp_path / "coco.json", coco)}
+
+
+def test_ground_truth_beside_the_annotation_errors_only_worst_first(tmp_path, capsys):
+    """Unknown flag --ground_truth (before); now the truth is drawn beside, errors marked and ordered."""
+    ds = _truth_dataset(tmp_path)
+    out = tmp_path / "review"
+    argv = ["--annotations", str(ds["file"]), "--image_dir", str(ds["images"]), "--output_dir", str(out),
+            "--ground_truth", str(ds["coco"]), "--min_side", "0"]
+    assert main(argv) == 0
+    stdout = capsys.readouterr().out
+    assert "against the truth (3 of 3 images listed in it): 2 false positives, 1 wrong labels, 1 misses" in stdout
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert re.findall(r'data-image="([^"]+)"', page) == ["a.jpg", "c.jpg", "sub/b.png"]  # the file's order
+    assert "3 errors: 1 false positives, 1 wrong labels, 1 misses" in page
+    assert "wrong label: the truth says bottle" in page and "false positive" in page
+    assert "missed: paper [150.0, 5.0, 195.0, 30.0]" in page and "no errors against the 1 true objects" in page
+    # The annotation (left) beside the truth (right), at the image's size each.
+    assert Image.open(_drawn(out, "00000_a")).size[0] == 200 + visualize.PANEL_GAP + 200
+
+    assert main(argv + ["--errors_only", "--worst_first"]) == 0
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert re.findall(r'data-image="([^"]+)"', page) == ["a.jpg", "c.jpg"]  # 3 errors, then 1; b.png has none
+    assert "2 with errors, most errors first" in capsys.readouterr().out
+    # The re-render removed what only the previous gallery used.
+    assert sorted(p.name.split(".")[0] for p in (out / "images").iterdir()) == ["00000_a", "00001_c"]
+
+
+def test_compare_to_truth_matches_one_to_one_class_first():
+    truth = [{"label": "can", "bbox": [0, 0, 10, 10]}, {"label": "glass", "bbox": [0, 0, 10, 10]}]
+    objects = [{"id": 0, "label": "glass", "bbox": [0, 0, 10, 10], "score": 0.5},
+               {"id": 1, "label": "glass", "bbox": [0, 0, 10, 9], "score": 0.9},
+               {"id": 2, "label": "glass", "bbox": [0, 0, 10, 10], "score": 0.1}]
+    verdict = visualize.compare_to_truth(objects, truth)
+    # The surest glass takes the true glass; the next glass overlaps the can (wrong label); the last is extra.
+    assert verdict.status == {1: "ok", 0: "wrong label", 2: "false positive"} and verdict.truth_label == {0: "can"}
+    assert verdict.missed == [] and verdict.errors == 2
+
+
+def test_without_truth_disagreement_orders_and_filters(tmp_path):
+    ds = _truth_dataset(tmp_path)
+    data = json.loads(ds["file"].read_text())
+    a, c, b = data["images"]
+    a["objects"][1]["sources"] = ["rtdetr"]                       # 1: one detector only
+    c["objects"][0]["label_candidates"] = [{"label": "can", "score": 0.3}]
+    c["objects"].append({"id": 1, "label": "paper", "bbox": [50, 50, 90, 90], "score": 0.6, "sources": ["yolo"],
+                         "description": ""})                     # 2: a dispute and one detector only
+    _write_json(ds["file"], data)
+    out = tmp_path / "review"
+    assert main(["--annotation_file", str(ds["file"]), "--images_dir", str(ds["images"]), "--output_dir", str(out),
+                 "--errors_only", "--worst_first"]) == 0
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert re.findall(r'data-image="([^"]+)"', page) == ["c.jpg", "a.jpg"]  # b.png: both detectors agree
+    assert "the detectors disagree on 2 objects" in page and "<th>other labels</th>" in page and "can 0.30" in page
+
+
+def test_box_placeholders_are_shown_as_the_objects_box(dataset, tmp_path):
+    """<box:0> reached the page as the raw token (before); now as the object and its pixel box."""
+    dataset["data"]["images"][0]["qa"].append(
+        {"question": "Please provide a short description for this region: <box:1>", "answer": "a can <box:1>",
+         "type": "region_description", "object_ids": [1]})
+    _write_json(dataset["file"], dataset["data"])
+    out = tmp_path / "review"
+    assert _run(dataset, out) == 0
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert "box:1" not in page
+    assert page.count("object 1 [110.0, 40.0, 190.0, 140.0]") == 2
+
+
+def test_labels_never_overlap_on_a_crowded_image(monkeypatch):
+    """Labels were drawn over each other on crowded images (before); now every label has its own place."""
+    from PIL import ImageDraw
+    fills = []
+    real = ImageDraw.ImageDraw.rectangle
+
+    def spy(self, xy, fill=None, outline=None, width=1):
+        if fill is not None:  # a label's background (box outlines have no fill)
+            fills.append([float(v) for v in (xy[0], xy[1], xy[2], xy[3])] if len(xy) == 4 else
+                         [float(xy[0][0]), float(xy[0][1]), float(xy[1][0]), float(xy[1][1])])
+        return real(self, xy, fill, outline, width)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "rectangle", spy)
+    rng = np.random.default_rng(0)
+    objects = []
+    for i in range(24):  # a pile of boxes around the centre of a small image
+        x, y = rng.uniform(40, 120), rng.uniform(30, 80)
+        objects.append({"id": i, "label": ["glass", "can", "paper"][i % 3], "bbox": [x, y, x + 40, y + 30],
+                        "score": float(rng.uniform(0.3, 1.0)), "sources": ["yolo", "rtdetr"]})
+    image = Image.new("RGB", (200, 150), GREY)
+    drawn = visualize.draw_objects(image, objects, 1.0, 1.0, class_colours(["glass", "can", "paper"]))
+    assert len(fills) == len(objects)
+    for r in fills:  # inside the picture (which may have grown a strip for the labels)
+        assert r[0] >= 0 and r[1] >= 0 and r[2] < drawn.width and r[3] < drawn.height
+    for i, p in enumerate(fills):  # pixel rectangles (inclusive ends) never share a pixel
+        for q in fills[i + 1:]:
+            assert not (p[0] < q[2] + 1 and q[0] < p[2] + 1 and p[1] < q[3] + 1 and q[1] < p[3] + 1), (p, q)
+
+
+def test_place_labels_uses_the_image_before_the_strip():
+    rects, strip = visualize.place_labels([[10, 40, 50, 80], [12, 42, 52, 82]], [(30, 10), (30, 10)], 200, 150)
+    assert strip == 0 and rects[0] == (10, 30, 40, 40)   # above its box
+    assert rects[1] == (12, 42, 42, 52)                   # inside the top of its box: above is taken
+    many, strip = visualize.place_labels([[0, 0, 10, 10]] * 5, [(100, 50)] * 5, 100, 100)
+    assert strip == 150 and [r[1] for r in many] == [0, 50, 100, 150, 200]  # two on the image, three below

@@ -14,6 +14,7 @@ small. It is to the left of a bottle. The scene shows a park with trees."
 from __future__ import annotations
 
 import re
+import string
 from pathlib import Path
 from typing import Sequence
 
@@ -26,6 +27,7 @@ from vlm_core.prompts import article
 DEFAULT_OBJECT_PROMPT = "a photo of {article} {label} lying on"
 DEFAULT_IMAGE_PROMPT = "a picture of"
 DEFAULT_KEY, IMAGE_KEY = "__default__", "__image__"
+PLACEHOLDERS = ("label", "article")  # what PromptBook.for_label fills in; nothing else may be named
 # Prepositions a prompt may end with; the continuation is then "on the grass", "in a bag", ...
 _PREPOSITIONS = ("next to", "in front of", "on top of", "on", "in", "at", "near", "under", "beside", "by",
                  "inside", "behind", "above", "below", "against")
@@ -37,13 +39,17 @@ class PromptBook:
     """Per-class captioning prompts, from ``--prompts`` (a JSON object) or the defaults.
 
     The file maps class names to prompts; ``"__default__"`` is used for other classes and
-    ``"__image__"`` for the whole-image caption. ``{label}`` and ``{article}`` are filled in.
+    ``"__image__"`` for the whole-image caption. ``{label}`` and ``{article}`` are filled in (the
+    only placeholders: ``{label.__class__}`` and the like are refused, since str.format would
+    follow them into Python objects); ``{{`` and ``}}`` are literal braces. The whole-image prompt
+    has no object, so no placeholder.
     """
 
     def __init__(self, mapping: dict | None = None):
         mapping = dict(mapping or {})
         self.default = mapping.pop(DEFAULT_KEY, DEFAULT_OBJECT_PROMPT)
-        self.image = mapping.pop(IMAGE_KEY, DEFAULT_IMAGE_PROMPT)
+        self.image_template = mapping.pop(IMAGE_KEY, DEFAULT_IMAGE_PROMPT)
+        self.image = self.image_template.format()  # "{{" -> "{"
         # Keys are matched like class names everywhere else ("Wine_Glass" == "wine glass").
         self.by_class = {normalize_name(k): v for k, v in mapping.items()}
 
@@ -57,18 +63,33 @@ class PromptBook:
         for key, value in data.items():
             if not isinstance(value, str) or not value.strip():
                 raise InputError(f"{path}: {key}: expected a non-empty prompt string")
+            allowed = () if key == IMAGE_KEY else PLACEHOLDERS
             try:
-                value.format(label="x", article="a")
-            except (KeyError, IndexError, ValueError) as e:
-                raise InputError(f"{path}: {key}: bad placeholder in prompt ({e}); use {{label}} or {{article}}")
+                fields = [(name, conversion, spec) for _, name, spec, conversion in string.Formatter().parse(value)
+                          if name is not None]
+            except ValueError as e:
+                raise InputError(f"{path}: {key}: bad placeholder in prompt ({e}); use "
+                                 f"{' or '.join('{' + n + '}' for n in PLACEHOLDERS)}, and {{{{ }}}} for braces") from None
+            for name, conversion, spec in fields:
+                if name not in allowed or conversion or spec:
+                    shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+                    use = (f"use {' or '.join('{' + n + '}' for n in allowed)}" if allowed
+                           else "the whole-image prompt takes none")
+                    raise InputError(f"{path}: {key}: placeholder {shown} is not allowed; {use} "
+                                     "({{ and }} for literal braces)")
         return cls(data)
+
+    def key_for(self, label: str) -> str:
+        """The key of the prompt ``label`` gets: its own class, else ``__default__``."""
+        key = normalize_name(label)
+        return key if key in self.by_class else DEFAULT_KEY
 
     def for_label(self, label: str) -> str:
         template = self.by_class.get(normalize_name(label), self.default)
         return " ".join(template.format(label=label, article=article(label)).split())
 
     def to_dict(self) -> dict:
-        return {DEFAULT_KEY: self.default, IMAGE_KEY: self.image, **dict(sorted(self.by_class.items()))}
+        return {DEFAULT_KEY: self.default, IMAGE_KEY: self.image_template, **dict(sorted(self.by_class.items()))}
 
 
 def context_crop(image: Image.Image, box: Sequence[float], margin: float) -> Image.Image:
@@ -227,6 +248,24 @@ class Captioner:
         with torch.inference_mode():
             out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1)
         return self.processor.batch_decode(out, skip_special_tokens=True)
+
+    def check_prompts(self, prompts: dict[str, list[str]]) -> None:
+        """Refuse, once at load, a prompt the captioner cannot continue for ``max_new_tokens`` within its
+        context (generation would fail with an IndexError on the first such crop); ``prompts``: prompt key
+        (a class, ``__default__``, ``__image__``) -> the prompts it gives."""
+        config = getattr(self.model.config, "text_config", None)
+        limit = getattr(config, "max_position_embeddings", None)
+        if not isinstance(limit, int):
+            return
+        # BLIP-2's processor puts the query tokens into the text, ahead of the prompt.
+        extra = getattr(self.model.config, "num_query_tokens", 0) if self.kind == "blip-2" else 0
+        for key, texts in prompts.items():
+            for text in texts:
+                length = self._prompt_length(text) + extra
+                if length + self.max_new_tokens > limit:
+                    raise InputError(f"--prompts: {key}: the prompt is {length} tokens; with --caption_max_tokens "
+                                     f"{self.max_new_tokens} it needs {length + self.max_new_tokens} positions, more "
+                                     f"than the captioner's {limit}: shorten the prompt or lower --caption_max_tokens")
 
     def _prompt_length(self, prompt: str) -> int:
         if prompt not in self._lengths:

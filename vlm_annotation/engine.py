@@ -5,16 +5,24 @@ and the resumable, shardable run (:func:`run_annotation`). Imported by the stage
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from vlm_annotation.describer import Captioner, PromptBook, compose_description, context_crop, surface_phrase
-from vlm_annotation.detectors import DETECTOR_NAMES, ClassMap, RTDetrDetector, YoloDetector
-from vlm_annotation.fusion import fuse
-from vlm_annotation.progress import ProgressLog, progress_path, write_from_progress
+from vlm_annotation.describer import (
+    IMAGE_KEY,
+    Captioner,
+    PromptBook,
+    compose_description,
+    context_crop,
+    surface_phrase,
+)
+from vlm_annotation.detectors import ClassMap, RTDetrDetector, YoloDetector, load_detector
+from vlm_annotation.fusion import DEFAULT_AGNOSTIC_IOU, fuse, select_boxes
+from vlm_annotation.progress import ProgressLog, claim_output, progress_path, release_locks, write_from_progress
 from vlm_annotation.qa import generate_qa, image_rng
 from vlm_annotation.spatial import nearest, position_phrase, relation_phrase, size_word
 from vlm_core.images import ImageLoadError, is_image_file, load_image
@@ -65,7 +73,8 @@ def add_describe_args(p: argparse.ArgumentParser, class_map_help: str) -> None:
     p.add_argument("--shard_index", type=int, default=0, help="which shard this run annotates, 0-based (default 0)")
     p.add_argument("--restart", action="store_true",
                    help="annotate every image again: discard the progress of an earlier run and do not reuse a "
-                        "finished --output_file (after changing image files or a model file in place)")
+                        "finished --output_file (after changing image files in place); replaces an --output_file "
+                        "that was edited by hand or not written by this tool (never another shard's)")
 
 
 def describe_checks(args) -> list[tuple[bool, str]]:
@@ -95,19 +104,38 @@ def round_objects(objects: list[dict]) -> list[dict]:
         o["id"] = k
         o["bbox"] = [round(v, BOX_DECIMALS) for v in o["bbox"]]
         o["score"] = round(o["score"], SCORE_DECIMALS)
+        for c in o.get("label_candidates", ()):
+            c["score"] = round(c["score"], SCORE_DECIMALS)
     return objects
 
 
-def fuse_detections(per_detector: list[list[dict]], width: int, height: int, method: str, weights, iou_thr: float,
-                    conf: float | None = None) -> list[dict]:
-    """The objects data_annotation.py stores for one image, from each detector's boxes.
+def round_detections(detections: list[dict]) -> list[dict]:
+    """One detector's boxes of one image at the precision the file stores, before they are fused.
+
+    The detectors' numbers differ in the last float bits between batch sizes (a batch of 4 runs other
+    kernels than a batch of 1); rounded like the objects, the boxes kept with ``--keep_detector_boxes``
+    are the same in any batch or shard, and fusing them again gives exactly the stored objects. A
+    difference can still flip a last digit when a value lies on a rounding boundary, as for the objects
+    (about once in 10^3 values for YOLO's 1e-5 noise against 0.01 px).
+    """
+    return [{**d, "bbox": [round(v, BOX_DECIMALS) for v in d["bbox"]], "score": round(d["score"], SCORE_DECIMALS)}
+            for d in detections]
+
+
+def fuse_detections(per_detector: list[list[dict]], names, width: int, height: int, method: str, weights,
+                    iou_thr: float, conf: float | None = None, agnostic_iou: float | None = None,
+                    agree_conf: float | None = None) -> list[dict]:
+    """The objects data_annotation.py stores for one image, from each detector's boxes (``names``: the
+    detectors, in the order of ``per_detector``; they become the objects' ``sources``).
 
     ``conf``: keep only detections scoring above it first (the detectors already did this at
     the run's ``--conf_threshold``; ``evaluate_annotations.py --sweep`` tries higher ones).
+    ``agnostic_iou``: merge objects of different classes overlapping above it (None: never).
+    ``agree_conf``: also keep a box above this that another detector's box overlaps (fusion.select_boxes).
     """
-    if conf is not None:
-        per_detector = [[d for d in dets if d["score"] > conf] for dets in per_detector]
-    return round_objects(fuse(per_detector, DETECTOR_NAMES, width, height, method, weights, iou_thr))
+    if conf is not None or agree_conf is not None:
+        per_detector = select_boxes(per_detector, conf, agree_conf, agnostic_iou or DEFAULT_AGNOSTIC_IOU)
+    return round_objects(fuse(per_detector, list(names), width, height, method, weights, iou_thr, agnostic_iou))
 
 
 class Describer:
@@ -118,6 +146,10 @@ class Describer:
         dtype = str(resolve_dtype(args.precision, device)).removeprefix("torch.")
         self.captioner = Captioner(args.captioner_model, device, args.caption_batch_size,
                                    args.caption_max_tokens, dtype)
+        prompts: dict[str, list[str]] = {IMAGE_KEY: [prompt_book.image]}
+        for label in vocabulary:  # every prompt a crop of this run can get
+            prompts.setdefault(prompt_book.key_for(label), []).append(prompt_book.for_label(label))
+        self.captioner.check_prompts(prompts)
 
     def describe(self, names: list[str], images: list, objects: list[list[dict]],
                  extras: list[dict] | None = None) -> list[dict]:
@@ -151,11 +183,19 @@ class Describer:
                 o["description"] = compose_description(
                     o["label"], place, size_word(o["bbox"], w, h), surface, relations, scene[i],
                     context="" if surface else caption)
-            objs = [{k: o[k] for k in ("id", "label", "bbox", "score", "sources", "description")} for o in objs]
+            objs = [{k: o[k] for k in ("id", "label", "bbox", "score", "sources", "description", "label_candidates")
+                     if k in o} for o in objs]
             qa = generate_qa(objs, w, h, self.vocabulary, image_rng(a.seed, name), where, a.max_region_qa)
             records.append({"image": name, "width": w, "height": h, "caption": scene[i],
                             "objects": objs, "qa": qa, **(extras[i] if extras else {})})
         return records
+
+
+def detector_names(args) -> list[str]:
+    """The ensemble's detectors, in fusion order: yolo (``--yolo_model``), rtdetr (``--detr_model``), then each
+    ``--detector`` (its ``args.detectors`` entry, named in data_annotation.py's checks)."""
+    names = (["yolo"] if args.yolo_model else []) + (["rtdetr"] if args.detr_model else [])
+    return names + [name for name, _, _ in args.detectors]
 
 
 class Annotator:
@@ -163,21 +203,34 @@ class Annotator:
 
     def __init__(self, args, device: str, class_map: ClassMap, prompt_book: PromptBook):
         self.args = args
-        self.yolo = YoloDetector(args.yolo_model, device, class_map, args.conf_threshold, args.imgsz,
-                                 args.max_det, args.batch_size)
-        self.detr = RTDetrDetector(args.detr_model, args.detr_processor, device, class_map,
-                                   args.conf_threshold, args.max_det, args.batch_size)
-        self.describer = Describer(args, device, prompt_book, sorted(self.yolo.vocabulary() | self.detr.vocabulary()))
+        self.detectors = []
+        if args.yolo_model:
+            self.detectors.append(YoloDetector(args.yolo_model, device, class_map, args.conf_threshold, args.imgsz,
+                                               args.max_det, args.batch_size, classes=args.classes,
+                                               trust=args.trust_detector_files))
+        if args.detr_model:
+            self.detectors.append(RTDetrDetector(args.detr_model, args.detr_processor, device, class_map,
+                                                 args.conf_threshold, args.max_det, args.batch_size))
+        for spec in args.detectors:
+            self.detectors.append(load_detector(spec, device, class_map, args.conf_threshold, args.imgsz,
+                                                args.max_det, args.batch_size, args.classes,
+                                                trust=args.trust_detector_files))
+        self.names = [d.name for d in self.detectors]
+        vocabulary = set().union(*(d.vocabulary() for d in self.detectors))
+        self.describer = Describer(args, device, prompt_book, sorted(vocabulary))
 
     def annotate(self, names: list[str], images: list) -> list[dict]:
         a = self.args
-        per_image = list(zip(self.yolo.detect(images), self.detr.detect(images)))
-        objects = [fuse_detections(list(dets), *image.size, a.fusion, a.detector_weights, a.iou_threshold,
-                                   a.fusion_conf_threshold) for image, dets in zip(images, per_image)]
+        per_image = list(zip(*([round_detections(dets) for dets in d.detect(images)] for d in self.detectors)))
+        objects = [fuse_detections(list(dets), self.names, *image.size, a.fusion, a.detector_weights,
+                                   a.iou_threshold, a.fusion_conf_threshold, a.agnostic_iou or None,
+                                   a.agreement_conf_threshold)
+                   for image, dets in zip(images, per_image)]
         extras = None
         if a.keep_detector_boxes:
-            # Unrounded, so that fusing them again (evaluate_annotations.py) gives exactly these objects.
-            extras = [{"detector_boxes": dict(zip(DETECTOR_NAMES, dets))} for dets in per_image]
+            # The boxes the objects were fused from, so that fusing them again (evaluate_annotations.py) gives
+            # exactly these objects.
+            extras = [{"detector_boxes": dict(zip(self.names, dets))} for dets in per_image]
         return self.describer.describe(names, images, objects, extras)
 
 
@@ -199,11 +252,33 @@ def _load(images_dir: Path, names: list[str], skip: dict[str, str]) -> list[tupl
     return out
 
 
+def model_identity(model: str | None) -> str | None:
+    """What identifies a model's files for a resumed run: a digest of the path, size and mtime of the file
+    (or of every file of the folder), so a model replaced in place is another model; a hub id is its name.
+
+    Size and mtime, not the bytes: hashing gigabytes at every start would cost more than the check is worth;
+    a model copied elsewhere (new mtimes) counts as another one (its work is redone, or resumed no more
+    than ``--restart`` allows).
+    """
+    if model is None:
+        return None
+    path = Path(model)
+    if not path.exists():
+        return f"hub:{model}"
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()[:16]
+
+
 def run_settings(args, class_map: ClassMap, prompt_book: PromptBook) -> dict:
     """The settings that decide the annotations (a resumed run must use the same ones)."""
     settings = {
         "yolo_model": args.yolo_model, "detr_model": args.detr_model,
         "detr_processor": args.detr_processor or args.detr_model, "captioner_model": args.captioner_model,
+        "detectors": detector_names(args),
         "conf_threshold": args.conf_threshold, "fusion": args.fusion, "iou_threshold": args.iou_threshold,
         "detector_weights": list(args.detector_weights), "class_map": class_map.to_dict(),
         "prompts": prompt_book.to_dict(), "max_det": args.max_det, "imgsz": args.imgsz,
@@ -213,12 +288,24 @@ def run_settings(args, class_map: ClassMap, prompt_book: PromptBook) -> dict:
         settings["keep_detector_boxes"] = True
     if args.fusion_conf_threshold is not None:  # likewise
         settings["fusion_conf_threshold"] = args.fusion_conf_threshold
+    settings["agnostic_iou"] = args.agnostic_iou
+    if args.agreement_conf_threshold is not None:  # only when set, like fusion_conf_threshold
+        settings["agreement_conf_threshold"] = args.agreement_conf_threshold
+    if args.detectors:  # each --detector's model and processor, so a resumed run must use the same ones
+        settings["detector_models"] = {name: [model, processor] for name, model, processor in args.detectors}
+    if args.classes:
+        settings["classes"] = list(args.classes)
+    models = {"yolo_model": args.yolo_model, "detr_model": args.detr_model, "detr_processor": args.detr_processor,
+              "captioner_model": args.captioner_model,
+              **{f"detector {name}": model for name, model, _ in args.detectors},
+              **{f"detector {name} processor": processor for name, _, processor in args.detectors if processor}}
+    settings["model_files"] = {k: model_identity(v) for k, v in models.items() if v}
     return settings
 
 
 def describe_settings(args) -> dict:
     return {"crop_margin": args.crop_margin, "caption_max_tokens": args.caption_max_tokens,
-            "max_region_qa": args.max_region_qa, "dtype": args.precision, "seed": args.seed}
+            "max_region_qa": args.max_region_qa, "precision": args.precision, "seed": args.seed}
 
 
 def _barrier_group(world: int):
@@ -255,11 +342,21 @@ def run_annotation(args, images_dir: Path, names: list[str], make_annotator, set
         device = f"cuda:{local_rank}"
     set_seed(args.seed)
 
-    log = ProgressLog(progress_path(args.output_file, args.shard_index, args.num_shards, rank, world), settings,
-                      args.restart)
-    todo = [n for n in mine if n not in log.done]
-    # Models load before anything is written, so a bad model is refused with nothing on disk.
-    annotator = make_annotator(device) if any(n not in skip for n in todo) else None
+    # What else makes the output "the same work": the pictures (another folder may hold other files of the
+    # same names) and, with shards, the shard (a shard never takes another's file as done).
+    settings = {**settings, "images_dir": str(Path(images_dir).resolve())}
+    if args.num_shards > 1:
+        settings["shard"] = {"index": args.shard_index, "count": args.num_shards}
+    claim_output(args.output_file, settings, args.restart, lock=rank == 0)
+    own = progress_path(args.output_file, args.shard_index, args.num_shards, rank, world)
+    try:
+        log = ProgressLog(own, settings, args.restart)
+        todo = [n for n in mine if n not in log.done]
+        # Models load before anything is written, so a bad model is refused with nothing on disk.
+        annotator = make_annotator(device) if any(n not in skip for n in todo) else None
+    except BaseException:
+        release_locks(args.output_file, own)
+        raise
     from tqdm import tqdm
     log.open()
     try:
@@ -295,8 +392,6 @@ def run_annotation(args, images_dir: Path, names: list[str], make_annotator, set
     if rank != 0:
         return 0
     meta = {**meta, **settings}
-    if args.num_shards > 1:
-        meta["shard"] = {"index": args.shard_index, "count": args.num_shards}
     parts = [progress_path(args.output_file, args.shard_index, args.num_shards, r, world) for r in range(world)]
     counts = write_from_progress(args.output_file, parts, meta, set(machine))
     for part in parts:

@@ -46,6 +46,7 @@ from vlm_annotation.engine import (
     describe_checks,
     describe_settings,
     load_describe_files,
+    model_identity,
     round_objects,
     run_annotation,
 )
@@ -162,7 +163,8 @@ def main(argv=None) -> int:
         labels.counts["images_not_in_labels"] = len(set(list_images(images_dir)) - set(names))
     settings = {"labels": {"format": labels.format, "file": str(labels_file), "digest": labels.digest()},
                 "captioner_model": args.captioner_model, "class_map": class_map.to_dict(),
-                "prompts": prompt_book.to_dict(), **describe_settings(args)}
+                "prompts": prompt_book.to_dict(), **describe_settings(args),
+                "model_files": {"captioner_model": model_identity(args.captioner_model)}}
     meta = {"tool": "vlm_annotation/import_labels.py", "version": TOOL_VERSION, "images_dir": str(images_dir),
             "labels_report": {k: v for k, v in sorted(labels.counts.items()) if v}}
     return run_annotation(

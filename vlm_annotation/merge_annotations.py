@@ -25,12 +25,14 @@ from typing import Iterator
 
 from tqdm import tqdm
 
+from vlm_annotation.progress import DIGEST_KEY, RecordsDigest
 from vlm_core.io_utils import InputError, dumps_line
 from vlm_core.runtime import report_input_errors, require_output_file, require_path, single_writer
 from vlm_core.schema import AnnotationReader, AnnotationWriter, path_digest
 
-# Meta keys that may differ between shards (machines mount the images in different places).
-_PER_SHARD_META = ("shard", "images_dir")
+# Meta keys that may differ between shards (machines mount the images in different places; each shard's
+# digest of its own records).
+_PER_SHARD_META = ("shard", "images_dir", DIGEST_KEY)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -86,7 +88,7 @@ def _merged_by_spool(readers: list[AnnotationReader], spool_dir: Path) -> Iterat
 
 
 def _merge_into(writer: AnnotationWriter, readers: list[AnnotationReader], records) -> dict:
-    counts = {"images": 0, "objects": 0, "qa": 0}
+    counts = {"images": 0, "objects": 0, "qa": 0, "records": RecordsDigest()}
     digests = bytearray()
     last, last_path = None, None
     for path, rec in tqdm(records, desc="merge", unit=" images", mininterval=1.0, disable=None):
@@ -96,6 +98,7 @@ def _merge_into(writer: AnnotationWriter, readers: list[AnnotationReader], recor
         last, last_path = rec["image"], path
         digests += path_digest(rec["image"])
         writer.write(rec)
+        counts["records"].add(rec)
         counts["images"] += 1
         counts["objects"] += len(rec["objects"])
         counts["qa"] += len(rec.get("qa", []))
@@ -139,8 +142,16 @@ def check_shards(readers: list[AnnotationReader], image_digests: bytearray) -> t
         missing = sorted(set(range(shard_counts.pop())) - shard_ids)
         if missing:
             raise InputError(f"shard(s) {', '.join(map(str, missing))} missing from --input_files")
-    merged_meta = {k: v for k, v in (meta or {}).items() if k != "shard"}
+    merged_meta = {k: v for k, v in (meta or {}).items() if k not in ("shard", DIGEST_KEY)}
     return [skipped[k] for k in sorted(skipped)], merged_meta
+
+
+def _with_digest(meta: dict, readers: list[AnnotationReader], counts: dict, skipped: list[dict]) -> dict:
+    """Shards of an annotation run record a digest of their records: the merged file records its own, as
+    a single run's file would (files without one stay without)."""
+    if readers and all(DIGEST_KEY in r.meta for r in readers):
+        return {**meta, DIGEST_KEY: counts["records"].finish(skipped)}
+    return meta
 
 
 @report_input_errors
@@ -155,14 +166,14 @@ def main(argv=None) -> int:
                 readers = [AnnotationReader(p) for p in paths]
                 counts = _merge_into(writer, readers, _merged_sorted(readers))
                 skipped, meta = check_shards(readers, counts["digests"])
-                writer.finish(skipped, meta)
+                writer.finish(skipped, _with_digest(meta, readers, counts, skipped))
         except _Unsorted as e:
             print(f"note: {e.args[0]} is not sorted by image path; merging through a temp file", flush=True)
             with AnnotationWriter(out, style="lines") as writer:
                 readers = [AnnotationReader(p) for p in paths]
                 counts = _merge_into(writer, readers, _merged_by_spool(readers, out.parent))
                 skipped, meta = check_shards(readers, counts["digests"])
-                writer.finish(skipped, meta)
+                writer.finish(skipped, _with_digest(meta, readers, counts, skipped))
     print(f"merged {len(paths)} files: {counts['images']} images, {counts['objects']} objects, "
           f"{counts['qa']} Q&A pairs, {len(skipped)} skipped, {time.perf_counter() - start:.1f}s "
           f"-> {args.output_file}", flush=True)

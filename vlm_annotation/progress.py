@@ -19,10 +19,25 @@ A run that finds no sidecar but a finished output written with the same settings
 output's records as done (its skipped files are tried again): rerunning a finished command
 writes the same file without redoing the work, and a folder that has grown is annotated only
 for its new images (single-process runs; under torchrun a rerun annotates again, to the same file).
+
+What makes an output "the same work": the settings the engine compares (every flag that changes a
+record, the images folder resolved, each model file's identity: path, size and mtime) and, with
+``--num_shards``, the shard. The output itself is guarded too (:func:`claim_output`, before any work):
+
+* one writer per output: rank 0 takes ``<output>.lock``, so two runs (two shards given one
+  ``--output_file`` included) never write the same file at once;
+* shards must name their outputs apart: a run refuses an output (or a progress file of it) that belongs
+  to another shard, or to an unsharded run, and says so (``--restart`` does not override this);
+* an edited output is never discarded: the file records a digest of its records
+  (``meta.records_digest``, :class:`RecordsDigest`); a file whose records no longer match it (a label
+  fixed by hand, whatever the layout it was saved in) or that this tool did not write is refused with
+  one line until it is moved away or ``--restart`` is given. An output that is only reformatted still
+  counts as finished.
 """
 from __future__ import annotations
 
 import atexit
+import hashlib
 import json
 import os
 import re
@@ -31,8 +46,14 @@ from typing import Iterable, Iterator
 
 from vlm_core.images import printable_name
 from vlm_core.io_utils import InputError, JsonlAppender, parse_line
-from vlm_core.runtime import acquire_writer_lock, release_writer_lock, remove_stale_temps
-from vlm_core.schema import AnnotationError, AnnotationWriter, validate_annotations, validate_image_record
+from vlm_core.runtime import OutputBusy, acquire_writer_lock, release_writer_lock, remove_stale_temps
+from vlm_core.schema import (
+    AnnotationError,
+    AnnotationReader,
+    AnnotationWriter,
+    validate_annotations,
+    validate_image_record,
+)
 
 _PROGRESS_NAME = re.compile(r"(?P<output>.+)\.progress(?:\.\d+-of-\d+)*\.jsonl")
 
@@ -56,12 +77,12 @@ def output_of(progress_file: str | Path) -> Path | None:
 _HELD: dict[Path, int] = {}
 
 
-def _lock(path: Path) -> None:
+def _lock(path: Path, flag: str = "--output_file") -> None:
     key = path.absolute()
     if key in _HELD:  # an earlier run in this process (a test, a notebook) that never reached its end
         _unlock(key)
     output = output_of(path)
-    _HELD[key] = acquire_writer_lock(path, "--output_file", name=output if output is not None else path)
+    _HELD[key] = acquire_writer_lock(path, flag, name=output if output is not None else path)
 
 
 def _unlock(path: Path) -> None:
@@ -69,6 +90,13 @@ def _unlock(path: Path) -> None:
     fd = _HELD.pop(key, None)
     if fd is not None:
         release_writer_lock(key, fd)
+
+
+def release_locks(*paths: str | Path) -> None:
+    """Release this process's locks on these outputs / progress files (a run that stops early, in a process
+    that goes on: a test, a notebook)."""
+    for path in paths:
+        _unlock(Path(path))
 
 
 @atexit.register
@@ -179,17 +207,13 @@ class ProgressLog:
     def _finished_output(self) -> Path | None:
         """The finished output of an earlier run with these settings, whose records count as done."""
         output = output_of(self.path)
-        if output is None or not output.is_file() or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if output is None or int(os.environ.get("WORLD_SIZE", "1")) > 1:
             # Under torchrun every rank would copy every record: a rerun there redoes the work.
             return None
-        found = _finished_meta(output)
-        if found is None or {k: found.get(k) for k in self.settings} != self.settings:
+        state, meta = inspect_output(output)
+        if state != "finished" or {k: meta.get(k) for k in self.settings} != self.settings:
             return None
-        try:
-            names = [rec["image"] for rec in _finished_records(output)]
-        except (OSError, InputError):  # not a file this tool wrote: nothing is taken from it
-            return None
-        self.done.update(names)
+        self.done.update(rec["image"] for rec in _finished_records(output))
         return output
 
     def add_image(self, record: dict) -> None:
@@ -211,38 +235,139 @@ class ProgressLog:
             self._writer = None
 
 
-def _finished_meta(output: Path) -> dict | None:
-    """The ``meta`` of an annotation file laid out as :func:`write_annotations_stream` writes it
-    (read without loading the images), or None for any other file."""
+DIGEST_KEY = "records_digest"  # the meta field that says what the run wrote (an edit changes the records)
+
+
+def _canonical(value) -> bytes:
+    # Key order and spacing left out: a file loaded and saved again (json.dump(indent=2)) keeps its digest.
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"),
+                      allow_nan=False).encode("utf-8", "surrogatepass")
+
+
+class RecordsDigest:
+    """A digest of an annotation file's records and skipped list, independent of its layout."""
+
+    def __init__(self):
+        self._hash = hashlib.sha256()
+
+    def add(self, record: dict) -> None:
+        self._hash.update(_canonical(record) + b"\n")
+
+    def finish(self, skipped: list) -> str:
+        final = self._hash.copy()
+        final.update(b"skipped:" + _canonical(skipped))
+        return final.hexdigest()[:32]
+
+
+# inspect_output's answers, by the file's identity: a run reads its output once, not per caller.
+_INSPECTED: dict[tuple, tuple[str, dict | None]] = {}
+
+
+def inspect_output(output: Path) -> tuple[str, dict | None]:
+    """What is at an annotation run's output path, and its meta: ``"missing"``; ``"foreign"`` (not an
+    annotation file, or one without :data:`DIGEST_KEY`: written by hand, another tool or an older version);
+    ``"edited"`` (its records differ from those the run wrote); ``"finished"`` (as the run wrote it,
+    reformatted or not). Reads the whole file, a record at a time."""
     try:
-        with open(output, "rb") as f:
-            if f.readline() != b"{\n" or not f.readline().startswith(b'"images": ['):
-                return None
-            for line in f:
-                if line.startswith(b'"meta": '):
-                    text = line[len(b'"meta": '):] + f.read()
-                    if not text.endswith(b"\n}\n"):
-                        return None
-                    meta = parse_line(text[:-len(b"\n}\n")], output)
-                    return meta if isinstance(meta, dict) else None
-    except (OSError, InputError):
-        return None
-    return None
+        st = os.stat(output)
+    except FileNotFoundError:
+        return "missing", None
+    except OSError:
+        return "foreign", None
+    key = (str(Path(output).absolute()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _INSPECTED:
+        _INSPECTED.clear()
+        digest = RecordsDigest()
+        try:
+            reader = AnnotationReader(output)
+            for rec in reader:
+                digest.add(rec)
+        except (OSError, InputError, RecursionError, UnicodeError):
+            _INSPECTED[key] = ("foreign", None)
+        else:
+            recorded = reader.meta.get(DIGEST_KEY)
+            if not isinstance(recorded, str):
+                _INSPECTED[key] = ("foreign", reader.meta)
+            else:
+                _INSPECTED[key] = ("finished" if digest.finish(reader.skipped) == recorded else "edited", reader.meta)
+    return _INSPECTED[key]
 
 
 def _finished_records(output: Path) -> Iterator[dict]:
-    """The image records of an annotation file written by :func:`write_annotations_stream`."""
-    with open(output, "rb") as f:
-        f.readline()
-        if f.readline() != b'"images": [\n':
+    """The image records of an annotation file (either layout), already checked by :func:`inspect_output`."""
+    yield from AnnotationReader(output, validate=False)
+
+
+def _shard_text(shard: dict | None) -> str:
+    return f"shard {shard['index']} of {shard['count']}" if shard else "an unsharded run"
+
+
+def _shared_output(flag: str, output: Path, what: str) -> InputError:
+    stem, suffix = output.stem, output.suffix or ".json"
+    return InputError(f"{flag}: {output} {what}; shards must not share an output: give each shard its own "
+                      f"--output_file ({stem}.0{suffix}, {stem}.1{suffix}, ...) and merge them with "
+                      "merge_annotations.py (or move the file away)")
+
+
+def _progress_headers(output: Path) -> Iterator[tuple[Path, dict]]:
+    """(progress file, header settings) of every progress file of ``output`` that has a header."""
+    try:
+        entries = sorted(os.scandir(output.parent), key=lambda e: e.name)
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.is_file(follow_symlinks=False) or output_of(entry.path) != output:
+            continue
+        try:
+            first = next((line for _, line in _lines(Path(entry.path))), None)
+            rec = parse_line(first, entry.path) if first else None
+        except (OSError, InputError):
+            continue  # its own run (or a rerun) reports what is wrong with it
+        if isinstance(rec, dict) and set(rec) == {"header"} and isinstance(rec["header"], dict):
+            yield Path(entry.path), rec["header"]
+
+
+def claim_output(output: str | Path, settings: dict, restart: bool = False, lock: bool = True,
+                 flag: str = "--output_file") -> None:
+    """Refuse an output this run must not write, before any work; with ``lock`` (the process that writes the
+    output: rank 0), hold ``<output>.lock`` until :func:`write_from_progress` (or the process) ends.
+
+    Refused, each with one line: an output another live run is writing; an output or a progress file of it
+    that belongs to another shard (``settings["shard"]``, absent for an unsharded run); unless ``restart``,
+    an output edited since its run wrote it, or one this tool did not write.
+    """
+    output = Path(output)
+    shard = settings.get("shard")
+    if lock:
+        try:
+            _lock(output, flag)
+        except OutputBusy as e:
+            if shard is None:
+                raise
+            raise InputError(f"{e}; if it is another shard, give each shard its own --output_file and merge them "
+                             "with merge_annotations.py") from None
+    try:
+        for path, header in _progress_headers(output):
+            if header.get("shard") != shard:
+                raise _shared_output(flag, output, f"is being made by {_shard_text(header.get('shard'))} "
+                                                   f"(its progress file {path.name} is there; delete it if that "
+                                                   "run is abandoned)")
+        state, meta = inspect_output(output)
+        if state in ("finished", "edited") and meta.get("shard") != shard:
+            raise _shared_output(flag, output, f"holds the annotations of {_shard_text(meta.get('shard'))}")
+        if restart or state in ("missing", "finished"):
             return
-        for line in f:
-            if line == b"],\n":
-                return
-            rec = parse_line(line.rstrip(b"\n").removesuffix(b","), output)
-            if not isinstance(rec, dict) or not isinstance(rec.get("image"), str):
-                raise InputError(f"{output}: not an image record: {line[:80]!r}")
-            yield rec
+        if state == "edited":
+            raise InputError(f"{flag}: {output} was edited after the run that wrote it; to re-annotate, move it "
+                             "away or pass --restart; to keep the edits, give this run another --output_file "
+                             "(or describe the corrected boxes again: export_annotations.py --format coco, then "
+                             "import_labels.py --coco)")
+        raise InputError(f"{flag}: {output} exists and is not an annotation file this tool wrote (or an older "
+                         "version did: it records no digest of its records); move it away, or pass --restart "
+                         "to replace it")
+    except BaseException:
+        _unlock(output)
+        raise
 
 
 def _index(paths: Iterable[Path], only: set[str] | None = None) -> tuple[list[tuple[str, int, int]], list[dict]]:
@@ -291,6 +416,7 @@ def write_annotations_stream(path: str | Path, records: Iterable[dict], skipped:
     validate_annotations({"images": [], "skipped": skipped, "meta": meta}, path)
     counts = {"images": 0, "objects": 0, "qa": 0, "skipped": len(skipped)}
     seen: set[str] = set()
+    digest = RecordsDigest()
     with AnnotationWriter(path, style="lines") as writer:  # strict JSON: NaN is refused, not written
         for i, rec in enumerate(records):
             validate_image_record(rec, path, f"images[{i}]")
@@ -298,9 +424,12 @@ def write_annotations_stream(path: str | Path, records: Iterable[dict], skipped:
                 raise AnnotationError(path, f"images[{i}].image", f"{rec['image']!r} listed twice")
             seen.add(rec["image"])
             writer.write(rec)
+            digest.add(rec)
             counts["images"] += 1
             counts["objects"] += len(rec["objects"])
             counts["qa"] += len(rec.get("qa", []))
+        # Last in meta: a rerun tells the file it wrote from one edited since (claim_output).
+        meta = {**{k: v for k, v in meta.items() if k != DIGEST_KEY}, DIGEST_KEY: digest.finish(skipped)}
         writer.finish(skipped, meta)
     return counts
 
@@ -320,4 +449,5 @@ def write_from_progress(output_file: str | Path, progress_files: list[Path], met
         part.unlink(missing_ok=True)
     for part in progress_files:
         _unlock(part)
+    _unlock(Path(output_file))  # claim_output's lock on the output itself
     return counts
