@@ -7,7 +7,7 @@ Reads the ``predictions.jsonl`` that ``predict.py`` writes (one JSON object a li
 ``turn``, ``question``, ``answer``, ``reference``, ``type``) and writes ``metrics.json``
 (overall and per type, with counts) and ``report.md`` (a markdown table; by default beside
 ``metrics.json``), and prints the table. With ``--baseline`` both models are scored and the
-difference (model - baseline) is reported. Metrics: see ``vlm_inference/metrics.py``.
+difference (model - baseline) is reported. Metrics: see ``vlm_core/scoring.py``.
 
 The files are read a line at a time and each answer is scored once; what is kept is running
 sums, the region descriptions' token ids and CIDEr-D's n-gram document frequencies (counts),
@@ -32,7 +32,7 @@ if __package__ in (None, ""):  # run as a file: its folder's vlm_inference.py wo
 from vlm_core.io_utils import InputError, iter_jsonl, write_json_atomic, write_text_atomic
 from vlm_core.predictions import check_prediction
 from vlm_core.runtime import report_input_errors, require_output_file, require_path
-from vlm_inference.metrics import UNTYPED, PredictionScorer, difference, is_count_key
+from vlm_core.scoring import UNTYPED, PredictionScorer, difference, is_count_key
 
 # Which count a pooled overall metric is taken over.
 _OVERALL_N = {"accuracy": "n_short_answer", "count_exact": "n_count", "count_mae": "n_count",

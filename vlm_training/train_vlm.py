@@ -52,6 +52,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy, SchedulerType
 
 from vlm_core import families
+from vlm_core.generation import DEFAULT_MAX_NEW_TOKENS
 from vlm_core.io_utils import InputError, write_json_atomic
 from vlm_core.model_dir import (
     ADAPTER_FILES,
@@ -79,9 +80,18 @@ from vlm_core.runtime import (
     single_writer,
 )
 from vlm_core.streams import survive_closed_stdout
+from vlm_training.generation_eval import (
+    SAMPLES_FILE,
+    GenerationEvaluator,
+    check_metric_for_best_model,
+    sample_questions,
+    save_samples,
+)
 from vlm_training.vlm_trainer import (
+    ResumableEarlyStopping,
     RunTotals,
     SaveFrame,
+    SaveSamples,
     SealCheckpoint,
     StopOnSignal,
     VLMTrainer,
@@ -232,6 +242,18 @@ class VLMTrainingArguments(TrainingArguments):
         "help": "DistributedDataParallel's find_unused_parameters (off: every trainable weight takes part in every "
                 "forward pass)"})
     disable_tqdm: bool | None = field(default=False, metadata={"help": "turn the progress bars off"})
+    eval_generate: bool = field(default=False, metadata={
+        "help": "at every evaluation also generate answers to a sample of --val_data (as predict.py asks them) and "
+                "log evaluate.py's scores per question type: eval_<type>_<metric> (eval_grounding_acc50, "
+                "eval_count_count_exact, ...), eval_unparsed_boxes, eval_generate_seconds"})
+    eval_generate_samples: int = field(default=200, metadata={
+        "help": "with --eval_generate: how many questions (turns) are asked, drawn once with --seed, an equal share "
+                "per question type; bounds the time each evaluation takes"})
+    max_new_tokens: int = field(default=DEFAULT_MAX_NEW_TOKENS, metadata={
+        "help": "with --eval_generate: most tokens per generated answer (predict.py's flag of the same name)"})
+    early_stopping_patience: int | None = field(default=None, metadata={
+        "help": "stop when --metric_for_best_model (default eval_loss) has not improved for this many evaluations "
+                "(transformers' EarlyStoppingCallback)"})
 
     def __post_init__(self):
         if self.output_dir is None:
@@ -257,7 +279,8 @@ class VLMTrainingArguments(TrainingArguments):
         for flag in ("learning_rate", "weight_decay"):
             if not math.isfinite(getattr(self, flag)) or getattr(self, flag) < 0:
                 raise InputError(f"--{flag} must be a finite number >= 0, got {getattr(self, flag)}")
-        for flag in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps"):
+        for flag in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps",
+                     "eval_generate_samples", "max_new_tokens"):
             if getattr(self, flag) < 1:
                 raise InputError(f"--{flag} must be >= 1, got {getattr(self, flag)}")
         if self.learning_rate == 0 or self.num_train_epochs <= 0 or self.save_steps < 0 or self.warmup_steps < 0:
@@ -284,6 +307,11 @@ class VLMTrainingArguments(TrainingArguments):
             self.per_device_eval_batch_size = self.per_device_train_batch_size
         if self.data_seed is None:
             self.data_seed = self.seed  # the length-grouped order is drawn from it (see the sampler)
+        if self.early_stopping_patience is not None:
+            if self.early_stopping_patience < 1:
+                raise InputError(f"--early_stopping_patience must be >= 1, got {self.early_stopping_patience}")
+            if self.metric_for_best_model is None:
+                self.metric_for_best_model = "loss"   # as --load_best_model_at_end does; lower is better
         if not self.group_by_length:
             self.train_sampling_strategy = "random"
         if (self.gradient_checkpointing or self.activation_checkpointing) and not (
@@ -310,7 +338,12 @@ def parse_args(argv=None) -> tuple[ModelArguments, DataArguments, VLMTrainingArg
         raise InputError(f"--output_dir: {out} holds a model that train_vlm.py did not write; "
                          "choose an empty or new folder")
     if data.val_data is None:
+        for flag in ("eval_generate", "early_stopping_patience", "load_best_model_at_end"):
+            if getattr(train, flag):
+                raise InputError(f"--{flag} needs --val_data (the questions it evaluates on)")
         train.eval_strategy, train.do_eval = IntervalStrategy.NO, False  # nothing to evaluate on
+    if not train.eval_generate:
+        check_metric_for_best_model(train.metric_for_best_model, set())
     if model.load_in_4bit or model.load_in_8bit:
         flag = "--load_in_4bit" if model.load_in_4bit else "--load_in_8bit"
         if train.device_name != "cuda":
@@ -447,6 +480,12 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: VLMTrainin
     """Run one training job; 0 when it finished, 130/143 when Ctrl-C/SIGTERM stopped it at a checkpoint."""
     out = Path(args.output_dir)
     checkpoint, stale, why = resolve_checkpoint(args.resume_from_checkpoint, out, dataclasses.asdict(model_args))
+    samples = sample_note = None
+    if args.eval_generate:
+        # Drawn once: a resumed run asks the questions its checkpoint (or its output folder) saved.
+        samples, sample_note = sample_questions(data_args.val_data, args.eval_generate_samples, args.seed,
+                                                [Path(checkpoint), out] if checkpoint else [])
+        check_metric_for_best_model(args.metric_for_best_model, {q["type"] or "untyped" for q in samples})
 
     import transformers
     from transformers import AutoProcessor
@@ -494,11 +533,22 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: VLMTrainin
 
     totals, stop = RunTotals(), StopOnSignal()
     projector_trained = (not model_args.use_lora) or model_args.train_projector
+    callbacks = [totals, stop, SaveFrame(layout.frame, fmt)]
+    generation_eval = None
+    if samples is not None:
+        generation_eval = GenerationEvaluator(samples, data_args.image_dir, processor, fmt, family, layout.frame,
+                                              args.max_new_tokens, args.per_device_eval_batch_size, out,
+                                              data_args.val_data)
+        callbacks.append(SaveSamples(lambda folder: save_samples(folder, samples, data_args.val_data,
+                                                                 args.eval_generate_samples, args.seed)))
+    early = ResumableEarlyStopping(args.early_stopping_patience) if args.early_stopping_patience else None
+    if early is not None:
+        callbacks.append(early)
     trainer = VLMTrainer(
         model=model, args=args, train_dataset=train_set, eval_dataset=val_set,
         data_collator=LlavaCollator(layout.pad_token_id, padding_side="right", image_token_id=layout.image_token_id),
-        processing_class=processor,
-        callbacks=[totals, stop, SaveFrame(layout.frame), SealCheckpoint()], totals=totals,
+        processing_class=processor, generation_eval=generation_eval,
+        callbacks=callbacks + [SealCheckpoint()], totals=totals,
         group_lrs={part_names(family)[0]: model_args.projector_lr if projector_trained else None,
                    part_names(family)[1]: model_args.vision_tower_lr if model_args.train_vision_tower else None})
     learning_rates = {  # what each part trains at (None: frozen, or LoRA on the language model)
@@ -524,6 +574,10 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: VLMTrainin
         print(train_stats.summary("train data"), flush=True)
         if val_stats:
             print(val_stats.summary("val data"), flush=True)
+        if samples is not None:
+            save_samples(out, samples, data_args.val_data, args.eval_generate_samples, args.seed)
+            print(f"--eval_generate: every evaluation answers {sample_note} (ids in {out / SAMPLES_FILE})",
+                  flush=True)
         mode = f"LoRA r={model_args.lora_r}" if model_args.use_lora else "full fine-tune"
         quant = " 4-bit" if model_args.load_in_4bit else " 8-bit" if model_args.load_in_8bit else ""
         print(f"training {mode}{quant} on {args.device_name} in {args.precision}: {trainable:,} of {total:,} "
@@ -541,7 +595,9 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: VLMTrainin
         else:
             trainer.train(resume_from_checkpoint=checkpoint)
         state = trainer.state
-        finished = state.global_step >= state.max_steps
+        # Early stopping ends a run before max_steps, finished all the same.
+        finished = state.global_step >= state.max_steps or (early is not None and early.stopped
+                                                             and stop.received is None)
         if finished:
             # The final eval, unless evaluation already ran at the last step (the same numbers twice).
             last_eval = next((e for e in reversed(state.log_history)
@@ -563,6 +619,13 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: VLMTrainin
                 "val_data": (val_stats.__dict__ | {"dropped_ids": val_stats.dropped_ids[:20]}) if val_stats else None,
                 "trainable_parameters": trainable,
                 "total_parameters": total,
+                # Which evaluation was best by --metric_for_best_model (and, with --load_best_model_at_end, the
+                # checkpoint whose weights were saved as the model).
+                "metric_for_best_model": args.metric_for_best_model,
+                "best_metric": state.best_metric,
+                "best_global_step": state.best_global_step,
+                "best_model_checkpoint": state.best_model_checkpoint,
+                "loaded_best_model": bool(args.load_best_model_at_end and state.best_model_checkpoint),
             })
             save_final(trainer, out, processor, fmt, model_args, record, metrics)
     if not finished:

@@ -2,15 +2,17 @@
 interruption.
 
 - :class:`VLMTrainer`: transformers' Trainer with length grouping from precomputed lengths, own learning
-  rates for the projector and the vision tower, and token counts for the padding fraction.
+  rates for the projector and the vision tower, token counts for the padding fraction, and (``--eval_generate``)
+  generated answers scored per question type at every evaluation (:mod:`vlm_training.generation_eval`).
 - :class:`StopOnSignal`: Ctrl-C or SIGTERM finishes the step, saves a checkpoint there and stops.
 - :class:`RunTotals`: seconds, examples and tokens of the whole run, carried in every checkpoint.
 - :func:`resolve_checkpoint`: the checkpoint a run continues from: the newest *intact* one
   (:func:`checkpoint_problem`: complete, and every file as its manifest says), of an interrupted run of the
   same settings; a damaged newest checkpoint is reported and the one before it is used.
-- :class:`SaveFrame`, :class:`SealCheckpoint`, :func:`count_parameters`, :func:`collect_metrics`,
-  :func:`plot_loss`: what every checkpoint (its box frame, then a checksum manifest written last) and the final
-  metrics.json / loss.png hold.
+- :class:`SaveFrame`, :class:`SaveSamples`, :class:`SealCheckpoint`, :func:`count_parameters`,
+  :func:`collect_metrics`, :func:`plot_loss`: what every checkpoint (its box frame, the generation sample, then a
+  checksum manifest written last) and the final metrics.json / loss.png hold; :func:`plot_skill_curves` draws
+  the per-type learning curves alone (from a metrics.json, for reports).
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -225,12 +227,29 @@ class StopOnSignal(TrainerCallback):
 
 class VLMTrainer(Trainer):
     """The Trainer with precomputed-length grouping, own learning rates for the projector and the vision
-    tower, and token counts for the padding fraction."""
+    tower, token counts for the padding fraction, and generation-based metrics in every evaluation."""
 
-    def __init__(self, *a, group_lrs: dict[str, float] | None = None, totals: RunTotals | None = None, **kw):
+    def __init__(self, *a, group_lrs: dict[str, float] | None = None, totals: RunTotals | None = None,
+                 generation_eval=None, **kw):
         super().__init__(*a, **kw)
         self.group_lrs = [(part, lr) for part, lr in (group_lrs or {}).items() if lr is not None]
         self.totals = totals or RunTotals()
+        self.generation_eval = generation_eval   # a generation_eval.GenerationEvaluator, or None
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        """The eval loss, and the generated answers' scores beside it: one log entry per evaluation, so every
+        --report_to backend, the best-model choice and early stopping see them all."""
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only=prediction_loss_only,
+                                         ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        if self.generation_eval is not None and metric_key_prefix == "eval":
+            from transformers.integrations import is_deepspeed_zero3_enabled
+            # Sharded weights are gathered layer by layer in every forward: all ranks generate in lockstep.
+            synced = self.args.world_size > 1 and (is_deepspeed_zero3_enabled() or self.is_fsdp_enabled)
+            output.metrics.update(self.generation_eval.evaluate(
+                self.model, self.args, self.state.global_step, self.accelerator.autocast(), synced_gpus=synced,
+                prefix=metric_key_prefix))
+        return output
 
     def _get_train_sampler(self, train_dataset=None):
         from vlm_training.llava_data import SeededLengthGroupedSampler
@@ -293,16 +312,49 @@ class VLMTrainer(Trainer):
                                     num_items_in_batch=num_items_in_batch)
 
 
-class SaveFrame(TrainerCallback):
-    """Every checkpoint carries the box frame too, as the final model does (box_frame.json)."""
+class ResumableEarlyStopping(EarlyStoppingCallback):
+    """transformers' EarlyStoppingCallback whose count of evaluations without improvement continues after a
+    resume (saved in every checkpoint's trainer_state.json, restored here as :class:`RunTotals` restores its own):
+    a resumed run stops where an uninterrupted one does."""
 
-    def __init__(self, frame: families.BoxFrame):
-        self.frame = frame
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        saved = state.stateful_callbacks.get(type(self).__name__)
+        if isinstance(saved, dict):
+            self.early_stopping_patience_counter = saved.get("attributes", {}).get(
+                "early_stopping_patience_counter", 0)
+
+    @property
+    def stopped(self) -> bool:
+        return self.early_stopping_patience_counter >= self.early_stopping_patience
+
+
+class SaveFrame(TrainerCallback):
+    """Every checkpoint carries the box frame too, as the final model does (box_frame.json), and the prompt
+    format (prompt_format.json): predict.py on a checkpoint asks as training taught, as --eval_generate asked."""
+
+    def __init__(self, frame: families.BoxFrame, fmt=None):
+        self.frame, self.fmt = frame, fmt
 
     def on_save(self, args, state, control, **kwargs):
         folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         if state.is_world_process_zero and folder.is_dir():
             self.frame.save(folder)
+            if self.fmt is not None:
+                self.fmt.save(folder)
+
+
+class SaveSamples(TrainerCallback):
+    """Every checkpoint carries the generation sample's question ids (``--eval_generate``): a run resumed from it
+    evaluates on the same questions, wherever the checkpoint was copied to."""
+
+    def __init__(self, write):
+        self.write = write   # folder -> None
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir():
+            self.write(folder)
 
 
 class SealCheckpoint(TrainerCallback):
@@ -325,22 +377,89 @@ def count_parameters(model) -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------------- run metrics
+# What the Trainer itself adds to an evaluation's log entry besides the scores.
+_TRAINER_EVAL_KEYS = ("eval_loss", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
+GENERATED_MARK = "eval_generate_seconds"   # the log entries of evaluations that generated
+# The scores drawn as learning curves, one panel per question type (all in 0..1).
+CURVE_SCORES = ("accuracy", "count_exact", "acc50", "mean_iou", "bleu4", "rougeL", "unparsed_boxes")
+
+
 def collect_metrics(log_history: list[dict]) -> dict:
     train = [{"step": e["step"], "loss": e["loss"], "learning_rate": e.get("learning_rate"),
               "epoch": e.get("epoch")} for e in log_history if "loss" in e and "step" in e]
     evals = [{"step": e["step"], "loss": e["eval_loss"], "epoch": e.get("epoch")}
              for e in log_history if "eval_loss" in e]
+    # --eval_generate: every evaluation's generated scores under their logged names (eval_grounding_acc50, ...).
+    generated = [{"step": e["step"], "epoch": e.get("epoch"),
+                  **{k: v for k, v in e.items() if k.startswith("eval_") and k not in _TRAINER_EVAL_KEYS}}
+                 for e in log_history if GENERATED_MARK in e]
     # Each logged loss averages the steps since the one before: weighted, they give the run's mean.
     steps = [0] + [e["step"] for e in train]
     weighted = sum(e["loss"] * (s - prev) for e, s, prev in zip(train, steps[1:], steps))
-    return {"train_loss": train, "eval_loss": evals, "train_loss_mean": weighted / steps[-1] if train else None}
+    return {"train_loss": train, "eval_loss": evals, "eval_generate": generated,
+            "train_loss_mean": weighted / steps[-1] if train else None}
 
 
-def plot_loss(metrics: dict, path: Path) -> None:
+def skill_curves(metrics: dict) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """``{question type: {score: [(step, value), ...]}}`` from metrics.json's ``eval_generate`` history
+    (``eval_unparsed_boxes`` goes with the grounding panel)."""
+    curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for entry in metrics.get("eval_generate") or []:
+        for key, value in entry.items():
+            if not key.startswith("eval_") or not isinstance(value, (int, float)):
+                continue
+            name = key[len("eval_"):]
+            if name == "unparsed_boxes":
+                qtype, score = "grounding", name
+            else:
+                score = next((s for s in CURVE_SCORES if name.endswith(f"_{s}")), None)
+                if score is None:
+                    continue
+                qtype = name[:-len(score) - 1]
+            curves.setdefault(qtype, {}).setdefault(score, []).append((entry["step"], value))
+    return curves
+
+
+def _draw_skills(axes, curves: dict) -> None:
+    for ax, (qtype, scores) in zip(axes, sorted(curves.items())):
+        for score, points in scores.items():
+            ax.plot([s for s, _ in points], [v for _, v in points], label=score,
+                    marker="o" if len(points) < 30 else None)
+        ax.set_title(qtype)
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+
+
+def _save_figure(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _grid(panels: int, columns: int = 3):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4))
+    cols = min(columns, panels)
+    rows = -(-panels // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols if panels > 1 else 7, 3.6 * rows if panels > 1 else 4),
+                             squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[panels:]:
+        ax.set_visible(False)
+    return fig, flat
+
+
+def plot_loss(metrics: dict, path: Path) -> None:
+    """The losses, and beside them one panel per question type with its generated scores (--eval_generate)."""
+    curves = skill_curves(metrics)
+    fig, axes = _grid(1 + len(curves))
+    ax = axes[0]
     for key, label, big in (("train_loss", "train loss", 50), ("eval_loss", "eval loss", 30)):
         if metrics[key]:
             ax.plot([e["step"] for e in metrics[key]], [e["loss"] for e in metrics[key]], label=label,
@@ -350,8 +469,19 @@ def plot_loss(metrics: dict, path: Path) -> None:
     ax.set_title("LLaVA fine-tuning")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    _draw_skills(axes[1:], curves)
+    _save_figure(fig, path)
+
+
+def plot_skill_curves(metrics: dict | str | os.PathLike, path: str | os.PathLike) -> bool:
+    """The learning curve of each question type (steps on x), one panel each, from a metrics.json (or its
+    dict) of a run trained with --eval_generate; False (nothing written) when it holds none."""
+    if not isinstance(metrics, dict):
+        metrics = json.loads(Path(metrics).read_text(encoding="utf-8"))
+    curves = skill_curves(metrics)
+    if not curves:
+        return False
+    fig, axes = _grid(len(curves))
+    _draw_skills(axes, curves)
+    _save_figure(fig, Path(path))
+    return True
