@@ -38,7 +38,7 @@ def tiny_world_llava(tmp_path_factory):
     root = tmp_path_factory.mktemp("vision")
     write_world(root / "world", 24, 0, seed=1)
     base = root / "llava_random"
-    subprocess.run([sys.executable, str(ROOT / "models" / "make_world_llava.py"), "--world", str(root / "world"),
+    subprocess.run([sys.executable, str(ROOT / "world" / "make_llava.py"), "--world", str(root / "world"),
                     "--out", str(base), "--vision_width", "32", "--vision_layers", "1", "--text_width", "32",
                     "--text_layers", "1", "--text_intermediate", "64", "--image_size", "32", "--patch", "8"],
                    check=True, capture_output=True, timeout=300)

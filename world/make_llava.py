@@ -35,6 +35,7 @@ if __package__ in (None, ""):  # run as a file: its folder is not an installed p
 from fixtures.tiny_models import LLAVA_CHAT_TEMPLATE  # noqa: E402
 from vlm_core import prompts  # noqa: E402
 from vlm_core.io_utils import write_json_atomic  # noqa: E402
+from vlm_training.conversion import ImageBoxes, render_pair  # noqa: E402
 from world.truth import truth_annotations  # noqa: E402
 
 IMAGE_SIZE, PATCH = 64, 8
@@ -47,12 +48,18 @@ SIZE_HELP = {"vision_width": "CLIP vision tower width (MLP 4x)", "vision_layers"
 
 
 def world_corpus(coco: dict, max_images: int = 1500, seed: int = 42) -> list[str]:
-    """Lines of the world's text: every question and answer of the ground truth, and the turn words."""
+    """Lines of the world's text: every question and answer of the ground truth, and the turn words.
+
+    The Q&A pairs name boxes by placeholder (``<box:3>``); each is rendered as convert renders it for
+    LLaVA-1.5 (``[0.27, 0.20, 0.67, 0.61]``), the text the model reads and writes, so the BPE learns
+    the box numbers rather than the placeholders."""
     coco = dict(coco, images=coco["images"][:max_images])
     lines = ["USER: ASSISTANT:", "USER: <image>\n"]
-    for rec in truth_annotations(coco, seed)["images"]:
-        for qa in rec["qa"]:
-            lines.append(f"USER: {qa['question']} ASSISTANT: {qa['answer']}")
+    for i, rec in enumerate(truth_annotations(coco, seed)["images"]):
+        boxes = ImageBoxes(rec)
+        for j, qa in enumerate(rec["qa"]):
+            question, answer = render_pair(rec, qa, "world ground truth", f"images[{i}].qa[{j}]", boxes)
+            lines.append(f"USER: {question} ASSISTANT: {answer}")
     lines += [prompts.count_answer(n) for n in range(12)]
     return lines
 

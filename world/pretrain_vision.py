@@ -4,7 +4,7 @@
         --base_model world_output/models/llava_random --out world_output/models/llava --minutes 1.25
 
 A real LLaVA starts from a pretrained CLIP tower whose patch features already say what is where; the
-world LLaVA (``make_world_llava.py``) starts from random weights, and trained only through the language
+world LLaVA (``world/make_llava.py``) starts from random weights, and trained only through the language
 model's loss its tower learns the ground's colour but not the objects: the VLM answered every count
 question with one number (0.155 against a majority of 0.16). So the tower is pretrained first, like any
 other upstream model, on the world's training pool (its ground truth, never the held-out scenes), with
@@ -14,14 +14,15 @@ two heads that are thrown away afterwards:
   segmentation; the smaller object wins where boxes overlap), so every image token learns what lies on it;
 * per image: the number of objects, from the mean of the patch features (the pooling a language
   model's attention starts from), or from the CLS token when the model keeps it as an image token
-  (``make_world_llava.py --feature_strategy full``).
+  (``world/make_llava.py --feature_strategy full``).
 
 Images are padded to a square with the processor's mean colour and processed by the model's own
-image processor, exactly as ``train_vlm.py`` feeds them. The result is the whole LLaVA (language
-model and projector unchanged) written to ``--out`` with its processor, loaded by
-``train_vlm.py --base_model OUT`` like any checkpoint; ``OUT/pretrain_info.json`` records the
-arguments, seed, steps, seconds, the loss curve and the per-patch and count accuracy on the last
-10% of the pool (held out from this pretraining).
+image processor, exactly as ``train_vlm.py`` feeds them. The steps run in the loop the world
+trainers share (``world/training.py``), at a constant learning rate, until ``--max_steps`` or
+``--minutes``. The result is the whole LLaVA (language model and projector unchanged) written to
+``--out`` with its processor, loaded by ``train_vlm.py --base_model OUT`` like any checkpoint;
+``OUT/pretrain_info.json`` records the arguments, seed, steps, seconds, the loss curve and the
+per-patch and count accuracy on the last 10% of the pool (held out from this pretraining).
 
 ``world/world.sh`` then keeps the tower frozen while ``train_vlm.py`` teaches the language model and
 projector, as LLaVA-1.5 keeps its CLIP tower frozen. Measured on the world (tuning runs, 4500 annotated
@@ -53,6 +54,7 @@ if __package__ in (None, ""):  # run as a file: its folder is not an installed p
 
 from vlm_core.boxes import pixel_to_square  # noqa: E402
 from vlm_core.io_utils import write_json_atomic  # noqa: E402
+from world.training import train_for  # noqa: E402
 
 MAX_COUNT = 8  # the count head's last class is "8 or more"
 
@@ -106,7 +108,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--coco", required=True, help="COCO json of the images to pretrain on: the world's train.json "
                    "(ground truth), or annotations exported by export_annotations.py --format coco")
     p.add_argument("--image_dir", required=True, help="folder of the COCO file's images")
-    p.add_argument("--base_model", required=True, help="LLaVA folder to start from (make_world_llava.py's output)")
+    p.add_argument("--base_model", required=True, help="LLaVA folder to start from (world/make_llava.py's output)")
     p.add_argument("--out", required=True, help="folder to write the LLaVA with the pretrained tower to")
     p.add_argument("--minutes", type=float, default=1.25, help="wall-clock cap of the whole run, loading included (default 1.25)")
     p.add_argument("--max_steps", type=int, default=2000, help="step cap (default 2000; the minutes usually stop it)")
@@ -125,7 +127,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
-    from tqdm import tqdm
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     start = time.perf_counter()
@@ -159,28 +160,19 @@ def main(argv=None) -> int:
         patches = hidden[:, 1:]
         return patch_head(patches), count_head(hidden[:, 0] if with_cls else patches.mean(1))
 
-    tower.train()
-    generator = torch.Generator().manual_seed(args.seed)
-    curve, running, step, last_loss = [], [], 0, 0.0
-    deadline = start + args.minutes * 60
-    bar = tqdm(total=args.max_steps, desc="vision pretraining", unit="step", mininterval=5)
-    while step < args.max_steps and time.perf_counter() < deadline:
-        batch = torch.randint(n_train, (args.batch_size,), generator=generator)
+    def loss_of(batch):
         patch_logits, count_logits = forward(batch)
-        loss = cross_entropy(patch_logits.flatten(0, 1), maps[batch].flatten()) + cross_entropy(count_logits,
-                                                                                                counts[batch])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        step += 1
-        last_loss = loss.item()
-        running.append(last_loss)
-        if step % 50 == 0:
-            curve.append([step, round(sum(running) / len(running), 4)])
-            running = []
-        bar.update()
-    bar.close()
-    tower.eval()
+        return cross_entropy(patch_logits.flatten(0, 1), maps[batch].flatten()) + cross_entropy(count_logits,
+                                                                                               counts[batch])
+
+    generator = torch.Generator().manual_seed(args.seed)
+    # Batches drawn with replacement, without end (the step cap and the time end the run).
+    batches = iter(lambda: torch.randint(n_train, (args.batch_size,), generator=generator), None)
+    # No schedule (a constant learning rate) and no gradient clipping.
+    run = train_for(tower, loss_of, batches, optimizer, minutes=args.minutes, max_steps=args.max_steps,
+                    start=start, log_every=50, name="vision")
+    step, last_loss = run.steps, run.last_loss
+    curve = [[h["step"], round(h["loss"], 4)] for h in run.history]
     scores = {}
     if n_val:
         with torch.no_grad():

@@ -31,7 +31,7 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file: scripts/ is not an installed package
+if __package__ in (None, ""):  # run as a file: its folder is not an installed package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vlm_annotation.describer import description_surface  # noqa: E402

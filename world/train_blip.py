@@ -10,15 +10,14 @@ word-level vocabulary of the world's words) on exactly those inputs, with target
 ``"a photo of a glass lying on the grass"`` (the surface under the object, from the ground
 truth) and ``"a picture of litter on the grass"``. Boxes are jittered a little, as a
 detector's would be. Only the continuation after the prompt (and the end token) is
-supervised. Seeded; bounded by ``--minutes``. Writes ``OUT`` (model + ``BlipProcessor``),
-which ``data_annotation.py --captioner_model OUT`` loads like any BLIP, and
-``OUT/train_info.json``.
+supervised. Seeded; bounded by ``--epochs`` and ``--minutes`` (the loop of
+``world/training.py``). Writes ``OUT`` (model + ``BlipProcessor``), which
+``data_annotation.py --captioner_model OUT`` loads like any BLIP, and ``OUT/train_info.json``.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -35,6 +34,7 @@ if __package__ in (None, ""):  # run as a file: its folder is not an installed p
 
 from vlm_annotation.describer import DEFAULT_IMAGE_PROMPT, PromptBook, context_crop  # noqa: E402
 from vlm_core.io_utils import write_json_atomic  # noqa: E402
+from world.training import epoch_steps, shuffled_batches, train_for, warmup_cosine  # noqa: E402
 
 INFO_FILE = "train_info.json"
 # Words of the world's captions (anything else still tokenizes, letter by letter).
@@ -156,47 +156,25 @@ def main(argv=None) -> int:
     lengths = {p: len(processor.tokenizer(p)["input_ids"]) for p in {e[1] for e in examples}}
     pixel_values, input_ids, attention_mask, labels = encode(processor, examples, lengths)
     n = len(examples)
-    steps_per_epoch = max(1, math.ceil(n / args.batch_size))
-    planned = full_plan = steps_per_epoch * args.epochs
-    warmup = max(1, planned // 20)
+    steps_per_epoch = epoch_steps(n, args.batch_size, drop_last=False)
+    full_plan = steps_per_epoch * args.epochs
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.01)
-    budget = args.minutes * 60.0
-    model.train()
     torch.manual_seed(args.seed)
-    step, curve, running, t_loop = 0, [], [], time.perf_counter()
-    for epoch in range(args.epochs):
-        order = torch.from_numpy(rng.permutation(n))
-        for b in range(steps_per_epoch):
-            idx = order[b * args.batch_size:(b + 1) * args.batch_size]
-            if step and step % 10 == 0:  # re-plan the cosine schedule to the steps the time allows
-                per_step = (time.perf_counter() - t_loop) / step
-                planned = min(full_plan, step + int((budget - (time.perf_counter() - start)) / per_step))
-            scale = (step + 1) / warmup if step < warmup else \
-                0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, planned - warmup))))
-            for g in optimizer.param_groups:
-                g["lr"] = args.learning_rate * max(scale, 0.02)
-            pv = pixel_values[idx]
-            if rng.random() < 0.5:
-                pv = pv.flip(-1)
-            loss = model(pixel_values=pv, input_ids=input_ids[idx], attention_mask=attention_mask[idx],
-                         labels=labels[idx]).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            running.append(float(loss.detach()))
-            step += 1
-            if step % 20 == 0:
-                curve.append({"step": step, "loss": round(float(np.mean(running)), 4)})
-                print(f"blip step {step}/{planned} epoch {epoch} loss {np.mean(running):.3f} "
-                      f"({time.perf_counter() - start:.0f}s)", flush=True)
-                running = []
-            if step >= planned or time.perf_counter() - start > budget:
-                break
-        else:
-            continue
-        break
-    model.eval()
+
+    def loss_of(idx):  # the batch's images (all flipped, half the time) through the model's own loss
+        idx = torch.from_numpy(idx)
+        pv = pixel_values[idx]
+        if rng.random() < 0.5:
+            pv = pv.flip(-1)
+        return model(pixel_values=pv, input_ids=input_ids[idx], attention_mask=attention_mask[idx],
+                     labels=labels[idx]).loss
+
+    run = train_for(model, loss_of, shuffled_batches(n, args.batch_size, args.epochs, rng, drop_last=False),
+                    optimizer, minutes=args.minutes, max_steps=full_plan, start=start,
+                    schedule=warmup_cosine(max(1, full_plan // 20)), replan_every=10, max_grad_norm=1.0,
+                    log_every=20, epoch_size=steps_per_epoch, name="blip")
+    step = run.steps
+    curve = [{"step": h["step"], "loss": round(h["loss"], 4)} for h in run.history]
     model.save_pretrained(out)
     processor.save_pretrained(out)
     seconds = time.perf_counter() - start

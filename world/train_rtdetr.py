@@ -7,7 +7,8 @@ hybrid encoder, 2 decoder layers, 30 queries, denoising queries on; every batch 
 scale 1, shift 0 rather than transformers' near-zero scales) with the world's classes and trains
 it from scratch on the training pool with AdamW (peak 2e-3, batch 8), the model's own Hungarian-matched loss
 (``labels=[{"class_labels", "boxes"}]``, boxes as normalised ``cx, cy, w, h``), horizontal and
-vertical flips, a cosine schedule over the planned steps and a wall-clock cap (``--minutes``).
+vertical flips, a cosine schedule over the planned steps and a wall-clock cap (``--minutes``), in the
+loop the world trainers share (``world/training.py``).
 Writes ``OUT/m`` (model) and ``OUT/p`` (its ``RTDetrImageProcessor``), which
 ``data_annotation.py --detr_model OUT/m --detr_processor OUT/p`` loads like any RT-DETR, plus
 ``OUT/train_info.json`` with the loss curve, command, seed and seconds.
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -32,6 +32,7 @@ if __package__ in (None, ""):  # run as a file: its folder is not an installed p
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vlm_core.io_utils import write_json_atomic  # noqa: E402
+from world.training import epoch_steps, shuffled_batches, train_for, warmup_cosine  # noqa: E402
 
 
 def build_model(classes: list[str], size: int, seed: int):
@@ -109,64 +110,38 @@ def main(argv=None) -> int:
     world, out = Path(args.world), Path(args.out)
     classes, pixels, targets = load_pool(world, args.size, args.max_images)
     model, processor = build_model(classes, args.size, args.seed)
-    model.train()
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         (no_decay if param.ndim < 2 or "norm" in name or "bias" in name else decay).append(param)
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 1e-4}, {"params": no_decay, "weight_decay": 0.0}],
                                   lr=args.learning_rate)
     n = len(pixels)
-    steps_per_epoch = max(1, n // args.batch_size)
-    planned = full_plan = steps_per_epoch * args.epochs
-    # The schedule is planned for the steps that fit in the time: measured on the first steps.
-    warmup = min(20, planned // 10)
+    steps_per_epoch = epoch_steps(n, args.batch_size)
+    full_plan = steps_per_epoch * args.epochs
     rng = np.random.default_rng(args.seed)
-    budget = args.minutes * 60.0
-    curve, step, t_loop = [], 0, time.perf_counter()
-    running = []
-    done = False
-    for epoch in range(args.epochs):
-        order = rng.permutation(n)
-        for b in range(steps_per_epoch):
-            idx = order[b * args.batch_size:(b + 1) * args.batch_size]
-            batch = torch.from_numpy(pixels[idx]).permute(0, 3, 1, 2).float() / 255.0
-            labels = []
-            for j, i in enumerate(idx):
-                cls, box = targets[i]
-                box = box.copy()
-                if rng.random() < 0.5:
-                    batch[j] = batch[j].flip(-1)
-                    box[:, 0] = 1 - box[:, 0]
-                if rng.random() < 0.5:
-                    batch[j] = batch[j].flip(-2)
-                    box[:, 1] = 1 - box[:, 1]
-                labels.append({"class_labels": torch.from_numpy(cls), "boxes": torch.from_numpy(box)})
-            if step and step % 20 == 0:  # re-plan the cosine schedule to the steps the time allows
-                per_step = (time.perf_counter() - t_loop) / step
-                planned = min(full_plan, step + int((budget - (time.perf_counter() - start)) / per_step))
-            lr_scale = (step + 1) / warmup if step < warmup else \
-                0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, planned - warmup))))
-            for g in optimizer.param_groups:
-                g["lr"] = args.learning_rate * max(lr_scale, 0.02)
-            loss = model(pixel_values=batch, labels=labels).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
-            optimizer.step()
-            running.append(float(loss.detach()))
-            step += 1
-            if step % 25 == 0:
-                curve.append({"step": step, "epoch": epoch, "loss": round(float(np.mean(running)), 4),
-                              "seconds": round(time.perf_counter() - start, 1)})
-                print(f"rtdetr step {step}/{planned} epoch {epoch} loss {np.mean(running):.3f} "
-                      f"({time.perf_counter() - start:.0f}s)", flush=True)
-                running = []
-            if step >= planned or time.perf_counter() - start > budget:
-                done = True
-                break
-        if done:
-            break
-    model.eval()
+
+    def loss_of(idx):  # a batch with random flips (image and boxes together), through the model's own loss
+        batch = torch.from_numpy(pixels[idx]).permute(0, 3, 1, 2).float() / 255.0
+        labels = []
+        for j, i in enumerate(idx):
+            cls, box = targets[i]
+            box = box.copy()
+            if rng.random() < 0.5:
+                batch[j] = batch[j].flip(-1)
+                box[:, 0] = 1 - box[:, 0]
+            if rng.random() < 0.5:
+                batch[j] = batch[j].flip(-2)
+                box[:, 1] = 1 - box[:, 1]
+            labels.append({"class_labels": torch.from_numpy(cls), "boxes": torch.from_numpy(box)})
+        return model(pixel_values=batch, labels=labels).loss
+
+    run = train_for(model, loss_of, shuffled_batches(n, args.batch_size, args.epochs, rng), optimizer,
+                    minutes=args.minutes, max_steps=full_plan, start=start,
+                    schedule=warmup_cosine(min(20, full_plan // 10)), replan_every=20, max_grad_norm=0.1,
+                    log_every=25, epoch_size=steps_per_epoch, name="rtdetr")
+    step = run.steps
+    curve = [{"step": h["step"], "epoch": h["epoch"], "loss": round(h["loss"], 4), "seconds": round(h["seconds"], 1)}
+             for h in run.history]
     model.save_pretrained(out / "m")
     processor.save_pretrained(out / "p")
     seconds = time.perf_counter() - start

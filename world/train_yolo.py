@@ -28,6 +28,7 @@ if __package__ in (None, ""):  # run as a file: its folder is not an installed p
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vlm_core.io_utils import write_json_atomic, write_text_atomic  # noqa: E402
+from world.training import steps_that_fit  # noqa: E402
 
 
 def write_yolo_dataset(coco_file: Path, images_dir: Path, out: Path, val_fraction: float = 0.1) -> Path:
@@ -142,9 +143,8 @@ def main(argv=None) -> int:
         # epochs' own time (the set-up before the first is spent already), never past --epochs.
         # (``time`` itself stretches a run to fill the time: we want a cap.)
         done = trainer.epoch + 1
-        per_epoch = (time.time() - trainer.train_time_start) / done
-        left = budget - (time.perf_counter() - start)
-        fits = min(args.epochs, done + int(max(0.0, left) // per_epoch))
+        fits = steps_that_fit(done, time.time() - trainer.train_time_start, budget - (time.perf_counter() - start),
+                              args.epochs)
         if fits != trainer.epochs:
             trainer.epochs = trainer.args.epochs = max(done, fits)
             trainer._setup_scheduler()

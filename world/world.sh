@@ -12,6 +12,9 @@
 #                  ran train_vlm.py 5x slower than one; 0 keeps torch's default, for a quiet machine)
 #   WORLD_VLM_TOWER frozen (default: the pretrained vision tower stays as it is) or train (--train_vision_tower)
 #   WORLD_README=1 also write the table between the world-results markers of README.md
+#   WORLD_MODELS_FROM=DIR take yolo/, rtdetr/ and blip/ from DIR (WORLD_MODELS_FROM=world/models: the committed ones)
+#   WORLD_SAVE_MODELS=DIR copy the trained models to DIR at the end (world/README.md: reproducing world/models)
+# Each budget can be overridden too (WORLD_TRAIN_SCENES, WORLD_VLM_STEPS, ...: below; world/README.md lists them).
 # Writes WORLD_DIR/results.json, WORLD_DIR/results.md (the README table) and prints the table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -240,6 +243,7 @@ $PY world/report.py results --run_dir "$OUT" ${README_ARGS[@]+"${README_ARGS[@]}
 if [ -n "$SAVE_MODELS" ]; then
     rm -rf "$SAVE_MODELS" && mkdir -p "$SAVE_MODELS/yolo" "$SAVE_MODELS/vlm"
     cp "$M/yolo/yolo.pt" "$M/yolo/train_info.json" "$SAVE_MODELS/yolo/"
+    [ -f "$M/yolo/results.csv" ] && cp "$M/yolo/results.csv" "$SAVE_MODELS/yolo/"  # the per-epoch curve, as committed
     cp -r "$M/rtdetr" "$M/blip" "$SAVE_MODELS/"
     for f in config.json generation_config.json model.safetensors prompt_format.json processor_config.json \
              preprocessor_config.json tokenizer.json tokenizer_config.json chat_template.jinja special_tokens_map.json \
