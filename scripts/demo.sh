@@ -23,11 +23,11 @@ W=world/models
 step "1. annotate: YOLO + RT-DETR ensemble, BLIP descriptions, Q&A pairs"
 $PY vlm_annotation/data_annotation.py --images_dir "$IMAGES" --output_file "$OUT/annotations.json" \
     --yolo_model "$W/yolo/yolo.pt" --detr_model "$W/rtdetr/m" --detr_processor "$W/rtdetr/p" \
-    --captioner_model "$W/blip" --conf_threshold 0.05 --fusion_conf_threshold 0.45 --imgsz 128 --max_det 10 \
-    --batch_size 16 --keep_detector_boxes
+    --captioner_model "$W/blip" --conf_threshold 0.05 --fusion_conf_threshold 0.4 --iou_threshold 0.4 \
+    --agreement_conf_threshold 0.25 --imgsz 128 --max_det 10 --batch_size 16 --keep_detector_boxes
 
-step "1b. the labels against the ground truth: the ensemble versus each detector, and the fusion settings"
-$PY vlm_annotation/evaluate_annotations.py --annotations "$OUT/annotations.json" \
+step "1b. the labels against the ground truth: the ensemble versus each detector, the Q&A true of each scene, and the fusion settings"
+$PY vlm_annotation/evaluate_annotations.py --annotation_file "$OUT/annotations.json" \
     --ground_truth "$OUT/world/heldout.json" --output_file "$OUT/label_metrics.json" --sweep
 
 step "1c. labels in and out: import the ground truth (COCO), export the annotations (COCO, YOLO)"
@@ -52,7 +52,7 @@ step "4. fine-tune the tiny LLaVA with LoRA (a few steps on the CPU)"
 $PY vlm_training/train_vlm.py --train_data "$OUT/train_llava.json" --val_data "$OUT/val_llava.json" \
     --output_dir "$OUT/vlm_model" --base_model "$M/llava" --image_dir "$IMAGES" \
     --use_lora --lora_r 32 --lora_alpha 64 --learning_rate 5e-3 --batch_size 4 --max_steps 150 \
-    --logging_steps 25 --eval_steps 75 --save_steps 75
+    --logging_steps 25 --eval_steps 75 --save_steps 75 --eval_generate --max_new_tokens 32
 
 step "5. infer: batch prediction on the test split"
 $PY vlm_inference/predict.py --model_path "$OUT/vlm_model" --base_model "$M/llava" \
