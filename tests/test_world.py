@@ -102,7 +102,8 @@ def test_ground_truth_annotations_name_the_surface(tmp_path):
 REDUCED = {"WORLD_MINUTES": "5", "WORLD_SEED": "0", "WORLD_TRAIN_SCENES": "800", "WORLD_HELDOUT_SCENES": "800",
            "WORLD_MODELS_FROM": str(ROOT / "world" / "models"), "WORLD_VISION_STEPS": "400", "WORLD_VISION_MIN": "30",
            "WORLD_VLM_STEPS": "300", "WORLD_VLM_BATCH": "16", "WORLD_VLM_LR": "1e-3",
-           "WORLD_QA_TYPES": "count surface location", "WORLD_THREADS": "1", "OMP_NUM_THREADS": "1",
+           "WORLD_QA_TYPES": "count surface location", "WORLD_EVAL_SAMPLES": "48", "WORLD_THREADS": "1",
+           "OMP_NUM_THREADS": "1",
            "MKL_NUM_THREADS": "1"}
 
 
@@ -183,6 +184,8 @@ def test_world_run_trains_every_model(tmp_path):
     assert 0 < results["seconds"] < sum(stages.values())
     assert "some side by side" in proc.stdout and "== rtdetr" in proc.stdout and "== yolo" in proc.stdout
     assert {"count", "surface"} <= set(results["vlm"])
+    # train_vlm.py --eval_generate's per-type learning curves, drawn beside results.md
+    assert (tmp_path / "skill_curves.png").is_file() and "skill_curves.png" in (tmp_path / "results.md").read_text()
     # the pretrained vision tower stays frozen while the VLM trains (WORLD_VLM_TOWER=frozen, the default)
     from safetensors.torch import load_file
     train_args = json.loads((tmp_path / "vlm_model" / "train_args.json").read_text())

@@ -51,6 +51,7 @@ from vlm_core.schema import QA_TYPES  # noqa: E402
 HEADLINE = {"count": "count_exact", "count_class": "count_exact", "grounding": "acc@0.5",
             "region_description": "cider"}
 DETECTORS = ("yolo", "rtdetr", "wbf", "nms", "fusion_sweep", "chance")
+SKILL_CURVES = "skill_curves.png"  # beside results.md
 README_BEGIN, README_END = "<!-- world-results:begin -->", "<!-- world-results:end -->"
 
 
@@ -315,6 +316,11 @@ def main(argv=None) -> int:
         run = Path(args.run_dir)
         results = collect_results(run)
         table = results_table(results)
+        # The learning curve of each question type, from the evaluations train_vlm.py --eval_generate ran.
+        metrics = run / "vlm_model" / "metrics.json"
+        from vlm_training.vlm_trainer import plot_skill_curves  # torch: only for this action
+        if metrics.is_file() and plot_skill_curves(metrics, run / SKILL_CURVES):
+            table += f"\n\nLearning curves of each question type while training (validation answers): {SKILL_CURVES}"
         write_json_atomic(run / "results.json", results)
         write_text_atomic(run / "results.md", table + "\n")
         print(table, flush=True)

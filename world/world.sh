@@ -163,11 +163,17 @@ fi
 # precision-recall curve), the objects are fused from those above 0.45: the VLM learns to count from these
 # annotations, and on 500 held-out scenes of a tuning run (YOLO mAP50 0.85, RT-DETR 0.46) the fused objects'
 # count was right for 58% of the scenes at 0.45 against 33% at 0.25 (more objects found, more false ones).
-OBJECT_CONF=${WORLD_OBJECT_CONF:-0.45}
+# The fusion flags evaluate_annotations.py --sweep recommends on the world by the Q&A true of each scene (the
+# count answers most): boxes above 0.4, or above 0.25 where the other detector agrees.
+OBJECT_CONF=${WORLD_OBJECT_CONF:-0.4}
+# Validation questions the VLM answers at each of its 4 evaluations (train_vlm.py --eval_generate): the learning
+# curve of each type in skill_curves.png.
+EVAL_SAMPLES=${WORLD_EVAL_SAMPLES:-200}
 annotate_shard() {  # annotate_shard K: half of the held-out scenes (the toolkit's own sharding), one core
     $PY vlm_annotation/data_annotation.py --images_dir "$HELD" --output_file "$OUT/annotations.$1.json" \
         --yolo_model "$M/yolo/yolo.pt" --detr_model "$M/rtdetr/m" --detr_processor "$M/rtdetr/p" \
-        --captioner_model "$M/blip" --conf_threshold 0.05 --fusion_conf_threshold "$OBJECT_CONF" --imgsz 128 \
+        --captioner_model "$M/blip" --conf_threshold 0.05 --fusion_conf_threshold "$OBJECT_CONF" --iou_threshold 0.4 \
+        --agreement_conf_threshold 0.25 --imgsz 128 \
         --max_det 10 --batch_size 32 --max_region_qa "$REGION_QA" --keep_detector_boxes --seed "$SEED" \
         --num_shards 2 --shard_index "$1"
 }
@@ -182,7 +188,7 @@ annotate() {
 stage annotate annotate
 
 score_detection() {
-    $PY vlm_annotation/evaluate_annotations.py --annotations "$OUT/annotations.json" --ground_truth "$W/heldout.json" \
+    $PY vlm_annotation/evaluate_annotations.py --annotation_file "$OUT/annotations.json" --ground_truth "$W/heldout.json" \
         --output_file "$OUT/detection.json" --sweep --sweep_metric map50 --sweep_iou 0.55 0.7 --sweep_conf 0.05 0.25 \
         --sweep_weights 1,1 2,1 1,2
     $PY world/report.py surface --annotations "$OUT/annotations.json" --ground_truth "$W/heldout.json" \
@@ -214,8 +220,9 @@ in_background vlm_predict_untrained stage vlm_predict_untrained $PY vlm_inferenc
 stage vlm_train $PY vlm_training/train_vlm.py --train_data "$OUT/train_llava.json" --val_data "$OUT/val_llava.json" \
     --image_dir "$HELD" --output_dir "$OUT/vlm_model" --base_model "$M/llava" "${TOWER_FLAG[@]}" \
     --system_prompt none --learning_rate "$VLM_LR" --weight_decay 0.0 --batch_size "$VLM_BATCH" \
-    --max_steps "$VLM_STEPS" --warmup_ratio 0.03 --max_length 512 --logging_steps 20 --eval_steps "$VLM_STEPS" \
-    --save_steps 0 --seed "$SEED"
+    --max_steps "$VLM_STEPS" --warmup_ratio 0.03 --max_length 512 --logging_steps 20 \
+    --eval_steps "$(( VLM_STEPS / 4 > 0 ? VLM_STEPS / 4 : 1 ))" --eval_generate --eval_generate_samples "$EVAL_SAMPLES" \
+    --max_new_tokens 32 --save_steps 0 --seed "$SEED"
 
 finish score_annotations
 finish vlm_predict_untrained
