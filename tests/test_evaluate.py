@@ -2,10 +2,19 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
+from vlm_core.io_utils import report_is_current
 from vlm_inference import evaluate
+
+REPO = Path(__file__).resolve().parents[1]
 
 REF_BOX = "[0.00, 0.00, 1.00, 1.00]"
 
@@ -177,3 +186,54 @@ def test_runs_as_a_file(tmp_path):
                            str(tmp_path / "m.json")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "scored 6 answers in 4 question types" in done.stdout
+
+
+HOLD_RUNNER = """
+import os, sys, time
+from vlm_core import io_utils
+from vlm_inference import evaluate
+
+def hold(*args, **kwargs):
+    open(os.environ["HOLD_FLAG"], "w").close()
+    time.sleep(120)
+io_utils.write_json_atomic = hold   # metrics.json, written after report.md
+sys.exit(evaluate.main(sys.argv[1:]))
+"""
+
+
+def test_a_kill_between_report_and_metrics_is_visible_and_a_rerun_mends_it(tmp_path):
+    """metrics.json and report.md were written separately: a kill between them left a new metrics.json beside
+    an old report.md (issue 28). Now the report comes first and metrics.json names its hash."""
+    preds, out = tmp_path / "predictions.jsonl", tmp_path / "metrics.json"
+    argv = ["--predictions", str(preds), "--output_file", str(out)]
+    _write(preds, _model_preds())
+    assert evaluate.main(argv) == 0 and report_is_current(out)
+    old_json, old_md = out.read_text(), (tmp_path / "report.md").read_text()
+    assert json.loads(old_json)["report"]["file"] == "report.md"
+    _write(preds, _model_preds()[:3])
+    flag = tmp_path / "held"
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_RUNNER, *argv], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=dict(os.environ, HOLD_FLAG=str(flag)))
+    deadline = time.monotonic() + 120
+    while not flag.exists():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert out.read_text() == old_json and (tmp_path / "report.md").read_text() != old_md
+    assert not report_is_current(out)
+    assert evaluate.main(argv) == 0 and report_is_current(out)
+    assert json.loads(out.read_text())["overall"]["n"] == 3
+
+
+def test_a_closed_stdout_is_no_traceback(tmp_path):
+    """`evaluate.py ... | head` gave a BrokenPipe traceback after writing (issue 28)."""
+    preds, out = _write(tmp_path / "predictions.jsonl", _model_preds()), tmp_path / "metrics.json"
+    proc = subprocess.Popen([sys.executable, "vlm_inference/evaluate.py", "--predictions", str(preds),
+                             "--output_file", str(out)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 0, err
+    assert "Traceback" not in err and report_is_current(out)
+

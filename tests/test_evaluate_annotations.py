@@ -319,11 +319,12 @@ REPO = Path(__file__).resolve().parents[1]
 HOLD_RUNNER = """
 import os, sys, time
 from vlm_annotation import evaluate_annotations
+from vlm_core import io_utils
 
 def hold(*args, **kwargs):
     open(os.environ["HOLD_FLAG"], "w").close()
     time.sleep(120)
-evaluate_annotations.write_json_atomic = hold
+io_utils.write_json_atomic = hold   # the results JSON, written after the report
 sys.exit(evaluate_annotations.main(sys.argv[1:]))
 """
 

@@ -48,7 +48,6 @@ leaves a new report beside the JSON of an earlier run, whose hash then does not 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import itertools
 import sys
 from pathlib import Path
@@ -74,7 +73,14 @@ from vlm_annotation.label_scoring import (
 from vlm_annotation.qa import generate_qa, image_rng
 from vlm_annotation.qa_truth import read_surfaces, score_qa
 from vlm_core.flags import ANNOTATION_FILE, flag_names
-from vlm_core.io_utils import InputError, read_json, write_json_atomic, write_text_atomic
+from vlm_core.io_utils import (  # noqa: F401 (re-exported)
+    InputError,
+    read_json,
+    report_is_current,
+    write_json_atomic,
+    write_results_with_report,
+    write_text_atomic,
+)
 from vlm_core.runtime import report_input_errors, require_output_file, require_path
 from vlm_core.schema import load_annotations
 from vlm_core.streams import survive_closed_stdout
@@ -155,28 +161,10 @@ def fused_objects(record: dict, kept: list[str], method: str, weights, iou: floa
     return fuse_detections(per, kept, record["width"], record["height"], method, weights, iou, None, agnostic)
 
 
-def report_digest(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def report_is_current(output_file: str | Path) -> bool:
-    """Whether the results JSON and the markdown report beside it were written by one run (the JSON names
-    the report's SHA-256); False when either is missing or a run was killed between the two writes."""
-    output_file = Path(output_file)
-    md_path = output_file.with_suffix(".md")
-    try:
-        named = (read_json(output_file).get("report") or {}).get("sha256")
-        return named == report_digest(md_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, InputError, AttributeError):
-        return False
-
-
 def write_results(output_file: str | Path, result: dict) -> Path:
     """The report, then the JSON naming its hash, each atomically (see the module docstring)."""
     md_path = Path(output_file).with_suffix(".md")
-    text = markdown(result)
-    write_text_atomic(md_path, text)
-    write_json_atomic(output_file, {**result, "report": {"file": md_path.name, "sha256": report_digest(text)}})
+    write_results_with_report(output_file, result, md_path, markdown(result))
     return md_path
 
 

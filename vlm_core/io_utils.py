@@ -706,3 +706,43 @@ class RecordWriter:
         elif not self._closed:
             self.close()
 
+
+
+# ----------------------------------------------------------------------------- results and their report
+
+def _digest(text: str) -> str:
+    import hashlib
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _report_name(json_path: Path, report_path: Path) -> str:
+    """How the JSON names its report: relative to the JSON's folder when it lies inside it."""
+    try:
+        return Path(os.path.relpath(report_path.resolve(), json_path.resolve().parent)).as_posix() \
+            if report_path.resolve().is_relative_to(json_path.resolve().parent) else str(report_path.resolve())
+    except ValueError:  # another drive (Windows)
+        return str(report_path.resolve())
+
+
+def write_results_with_report(json_path: str | os.PathLike, result: dict, report_path: str | os.PathLike,
+                              report: str) -> None:
+    """A scoring stage's two outputs as a set: the readable report first, then the results JSON naming the
+    report's SHA-256 under ``"report"``, each written atomically. A run killed between the two writes leaves
+    a JSON that names another report (:func:`report_is_current` says so); the same command again writes both."""
+    json_path, report_path = Path(json_path), Path(report_path)
+    write_text_atomic(report_path, report)
+    write_json_atomic(json_path, {**result, "report": {"file": _report_name(json_path, report_path),
+                                                        "sha256": _digest(report)}})
+
+
+def report_is_current(json_path: str | os.PathLike) -> bool:
+    """Whether a results JSON and the report it names were written by one run; False when either is missing,
+    unreadable, or a run was killed between the two writes."""
+    json_path = Path(json_path)
+    try:
+        named = read_json(json_path).get("report") or {}
+        report = Path(named["file"])
+        report = report if report.is_absolute() else json_path.parent / report
+        return named.get("sha256") == _digest(report.read_text(encoding="utf-8"))
+    except (OSError, ValueError, InputError, AttributeError, KeyError, TypeError):
+        return False

@@ -7,7 +7,9 @@ Reads the ``predictions.jsonl`` that ``predict.py`` writes (one JSON object a li
 ``turn``, ``question``, ``answer``, ``reference``, ``type``) and writes ``metrics.json``
 (overall and per type, with counts) and ``report.md`` (a markdown table; by default beside
 ``metrics.json``), and prints the table. With ``--baseline`` both models are scored and the
-difference (model - baseline) is reported. Metrics: see ``vlm_core/scoring.py``.
+difference (model - baseline) is reported. Metrics: see ``vlm_core/scoring.py``. The report is written
+first, then ``metrics.json`` naming its SHA-256 (``"report"``), each atomically: a run killed between the two
+leaves a pair that ``vlm_core.io_utils.report_is_current`` tells apart, and the same command mends it.
 
 The files are read a line at a time and each answer is scored once; what is kept is running
 sums, the region descriptions' token ids and CIDEr-D's n-gram document frequencies (counts),
@@ -29,10 +31,11 @@ import numpy as np
 if __package__ in (None, ""):  # run as a file: its folder's vlm_inference.py would shadow the vlm_inference package
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from vlm_core.io_utils import InputError, iter_jsonl, write_json_atomic, write_text_atomic
+from vlm_core.io_utils import InputError, iter_jsonl, write_results_with_report
 from vlm_core.predictions import check_prediction
 from vlm_core.runtime import report_input_errors, require_output_file, require_path
 from vlm_core.scoring import UNTYPED, PredictionScorer, difference, is_count_key
+from vlm_core.streams import survive_closed_stdout
 
 # Which count a pooled overall metric is taken over.
 _OVERALL_N = {"accuracy": "n_short_answer", "count_exact": "n_count", "count_mae": "n_count",
@@ -174,6 +177,11 @@ def render_table(result: dict, baseline: dict | None = None) -> str:
 
 @report_input_errors
 def main(argv=None) -> int:
+    with survive_closed_stdout():  # `evaluate.py ... | head`: the results are written whether or not stdout is read
+        return _main(argv)
+
+
+def _main(argv=None) -> int:
     args = parse_args(argv)
     out, report_path = Path(args.output_file), Path(args.report)
     scored = score_file(args.predictions, question_keys=bool(args.baseline))
@@ -206,8 +214,7 @@ def main(argv=None) -> int:
         title += f"  \nBaseline: `{args.baseline}` ({base.n} answers); Δ = model - baseline"
     report = "\n\n".join(["# Evaluation report", title, table, *(f"Note: {n}" for n in notes),
                           f"Metrics: {_LEGEND}"]) + "\n"
-    write_json_atomic(out, result)
-    write_text_atomic(report_path, report)
+    write_results_with_report(out, result, report_path, report)
 
     print(table)
     for note in notes:
