@@ -381,7 +381,10 @@ class BoxFrame:
         if self.kind in ("padded_square", "unit"):
             return [round(min(max(v, 0.0), 1.0), self.decimals) for v in vals]
         fw, fh = self.frame_size(width, height)
-        limits = (fw, fh, fw, fh)
+        # Pixels of the resized image are 0..new_w - 1 (process_bbox.ipynb's convert_to_qwen25vl_format clips
+        # there); the 0..1000 frames clip at 1000 (its convert_to_qwen2vl_format).
+        last = 1 if self.kind == "resized_pixels" else 0
+        limits = (fw - last, fh - last, fw - last, fh - last)
         return [int(min(max(round(v), 0), lim)) for v, lim in zip(vals, limits)]
 
     def from_frame(self, values: Sequence[float], width: float, height: float) -> list[float]:
