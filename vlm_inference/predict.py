@@ -36,8 +36,9 @@ if __package__ in (None, ""):  # run as a file: its folder's vlm_inference.py wo
 
 from vlm_core import families
 from vlm_core.flags import IMAGES_DIR, flag_names
+from vlm_core.generation import record_questions
 from vlm_core.io_utils import InputError, JsonlAppender, stream_jsonl
-from vlm_core.llava_format import IMAGE_TOKEN, iter_llava_records, record_where, resolve_image_path
+from vlm_core.llava_format import iter_llava_records, record_where, resolve_image_path
 from vlm_core.predictions import is_prediction_line, prediction_record
 from vlm_core.runtime import report_input_errors, require_output_file, require_path, single_writer
 from vlm_inference.model_args import add_model_args, check_model_args
@@ -116,15 +117,6 @@ def count_records(data_path: Path, frame: families.BoxFrame | None = None, model
     if not seen:
         raise InputError(f"--data: {data_path} holds no records")
     return len(seen)
-
-
-def record_questions(record: dict) -> list[dict]:
-    """The questions of one (validated) LLaVA record: one dict per human turn."""
-    turns, qa_types = record["conversations"], record.get("qa_types")
-    return [{"id": record["id"], "image": record["image"], "turn": j // 2,
-             "question": turns[j]["value"].replace(IMAGE_TOKEN, "").strip(), "reference": turns[j + 1]["value"],
-             "type": qa_types[j // 2] if qa_types is not None else None}
-            for j in range(0, len(turns), 2)]
 
 
 def shard_questions(data_path: Path, image_dir: Path, lo: int, hi: int, check_images: bool) -> Iterator[dict]:

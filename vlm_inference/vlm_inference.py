@@ -27,6 +27,7 @@ A prompt longer than the model's context (with the new tokens) is refused, never
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -40,7 +41,7 @@ from PIL import Image
 if __package__ in (None, ""):  # run as a file: this file would shadow the vlm_inference package it imports from
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from vlm_core import boxes, families, prompts, runtime
+from vlm_core import boxes, families, generation, prompts, runtime
 from vlm_core.images import ImageLoadError, as_rgb_image
 from vlm_core.io_utils import InputError
 from vlm_core.model_dir import (
@@ -50,10 +51,11 @@ from vlm_core.model_dir import (
 )
 from vlm_core.prompts import PROMPT_FORMAT_FILE, PromptFormat
 from vlm_inference.model_args import (
-    DEFAULT_MAX_NEW_TOKENS,
     InferenceInputError,
     add_model_args,
     check_model_args,
+    refuse_damaged_weights,
+    refuse_family_mismatch,
     refuse_half_written,
 )
 
@@ -142,6 +144,7 @@ class VLMInference:
 
         self.model_path = str(model_path)
         refuse_half_written(model_path)
+        refuse_damaged_weights(model_path)  # a cut-short weights file would fail deep inside safetensors
         local = Path(model_path).expanduser()
         self.local_dir = local if local.is_dir() else None
         self.kind, self.base_model = "model", None  # a merged / full / base model needs no base
@@ -149,6 +152,7 @@ class VLMInference:
             weights = _checked(runtime.require_model, self.model_path, "--model_path")
         elif (local / ADAPTER_CONFIG_FILE).is_file():
             self.kind, self.base_model = "adapter", self._adapter_base(local, base_model)
+            refuse_family_mismatch(local, self.base_model)
             weights = self.base_model
         elif (local / MODEL_CONFIG_FILE).is_file():
             weights = str(local)
@@ -161,12 +165,9 @@ class VLMInference:
         except (ValueError, TypeError, OSError) as e:
             raise InferenceInputError(f"{local / PROMPT_FORMAT_FILE}: {_first_line(e)}") from None
         has_processor = self.local_dir is not None and any((local / f).is_file() for f in PROCESSOR_FILES)
-        self.processor = self._load_processor(str(local) if has_processor else (self.base_model or self.model_path))
+        processor = self._load_processor(str(local) if has_processor else (self.base_model or self.model_path))
+        self.processor = generation.generation_processor(processor)  # left padding: prompts end at the right edge
         self.tokenizer = self.processor.tokenizer
-        # Generation appends after the prompt, so every prompt of a batch must end at the right edge.
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
         # The family decides the prompt layout and the box frame (issue 14): a trained folder saved its frame.
         try:
             saved_frame = self.local_dir is not None and (self.local_dir / FRAME_FILE).is_file()
@@ -176,8 +177,7 @@ class VLMInference:
             self.frame = saved or families.frame_from_processor(self.family, self.processor)
         except families.FamilyError as e:
             raise InferenceInputError(f"--model_path: {e}") from None
-        mean = getattr(self.processor.image_processor, "image_mean", None) or (0.5, 0.5, 0.5)
-        self.pad_fill = tuple(float(v) for v in mean)
+        self.pad_fill = generation.pad_fill(self.processor)
 
         self.model = self._load_model(weights, "--base_model" if self.kind == "adapter" else "--model_path",
                                       load_in_8bit, load_in_4bit)
@@ -209,6 +209,7 @@ class VLMInference:
                                       "here: pass --base_model") from None
 
     def _load_model(self, source: str, flag: str, load_in_8bit: bool, load_in_4bit: bool):
+        from safetensors import SafetensorError
         from transformers import AutoModelForImageTextToText
         kwargs: dict[str, Any] = {"dtype": self.dtype}
         if self.quantized:
@@ -225,18 +226,22 @@ class VLMInference:
             return AutoModelForImageTextToText.from_pretrained(source, **kwargs)
         except ImportError as e:
             raise InferenceInputError(f"cannot load {source}: {_first_line(e)}") from None
+        except SafetensorError as e:  # a base model's files are not checked up front: it may be a hub id
+            raise InferenceInputError(f"{flag}: a weights file of {source} is damaged ({_first_line(e)}): "
+                                      "copy or download the model again") from None
         except (OSError, ValueError, KeyError) as e:
             raise InferenceInputError(f"{flag}: cannot load a vision-language model from {source}: "
                                       f"{_first_line(e)}") from None
 
     def _attach_adapter(self, model, adapter_dir: Path):
         from peft import PeftModel
+        from safetensors import SafetensorError
         with warnings.catch_warnings():
             # peft 0.21 still calls transformers' deprecated is_gradient_checkpointing: noise for users.
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
             try:
                 model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
-            except (OSError, ValueError, KeyError, RuntimeError) as e:
+            except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
                 raise InferenceInputError(f"--model_path: cannot put the adapter {adapter_dir} on "
                                           f"{self.base_model}: {_first_line(e)}") from None
             # Folding LoRA into the weights makes generation as fast as the base model's;
@@ -291,35 +296,22 @@ class VLMInference:
     # ------------------------------------------------------------------ generation
     def _generate(self, questions: list[str], images: list[Image.Image], batch_size: int,
                   generate_kwargs: dict) -> list[str]:
-        """Answer checked ``questions[i]`` about loaded ``images[i]``, in batches."""
-        import torch
+        """Answer checked ``questions[i]`` about loaded ``images[i]``, in batches: the loop training's
+        ``--eval_generate`` runs too (vlm_core/generation.py), so both give the same answers."""
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InferenceInputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        settings = {"max_new_tokens": DEFAULT_MAX_NEW_TOKENS, "do_sample": False, "num_beams": 1}
-        settings.update(generate_kwargs)
-        if getattr(self.model.generation_config, "pad_token_id", None) is None:
-            settings.setdefault("pad_token_id", self.tokenizer.pad_token_id)
-        answers: list[str] = []
-        for start in range(0, len(questions), batch_size):
-            texts = [self.prompt(q) for q in questions[start:start + batch_size]]
-            pixels = [self.model_image(img) for img in images[start:start + batch_size]]
-            inputs = self.processor(images=pixels, text=texts, padding=True, return_tensors="pt")
-            self._check_lengths(inputs["attention_mask"].sum(dim=1).tolist(), settings.get("max_new_tokens"), start)
-            inputs = inputs.to(self.model.device)
-            if "pixel_values" in inputs:
-                inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
-            with torch.inference_mode():
-                output = self.model.generate(**inputs, **settings)
-            # Decoder-only generation returns prompt + answer; with left padding every prompt
-            # ends at the same column, so the answer is everything after it.
-            new_tokens = output[:, inputs["input_ids"].shape[1]:]
-            answers.extend(families.decode_answer(self.tokenizer, self.family, row).strip()
-                           for row in new_tokens.tolist())
-        return answers
+        overrides = dict(generate_kwargs)
+        settings = generation.greedy_settings(
+            self.model, self.tokenizer, overrides.pop("max_new_tokens", generation.DEFAULT_MAX_NEW_TOKENS), **overrides)
+        return generation.generate_answers(
+            self.model, self.processor, self.family, self.prompt_format, self.frame, self.pad_fill, questions,
+            images, batch_size, settings, pixel_dtype=self.dtype,
+            check_lengths=functools.partial(self._check_lengths, max_new_tokens=settings.get("max_new_tokens")))
 
-    def _check_lengths(self, lengths: list[int], max_new_tokens: int | None, offset: int) -> None:
+    def _check_lengths(self, lengths: list[int], offset: int, max_new_tokens: int | None = None) -> None:
         """Refuse a prompt that, with its answer, would run past the model's positions (it would
-        answer garbage, or fail in the position embedding): cutting it would change the question."""
+        answer garbage, or fail in the position embedding): cutting it would change the question.
+        ``offset``: the index of ``lengths[0]`` in the call, so the refusal names the question."""
         for row, length in enumerate(lengths):
             if self.max_length and length + (max_new_tokens or 0) > self.max_length:
                 raise InferenceInputError(
