@@ -186,6 +186,9 @@ def test_world_run_trains_every_model(tmp_path):
     assert {"count", "surface"} <= set(results["vlm"])
     # train_vlm.py --eval_generate's per-type learning curves, drawn beside results.md
     assert (tmp_path / "skill_curves.png").is_file() and "skill_curves.png" in (tmp_path / "results.md").read_text()
+    # what the VLM is taught, scored against the truth: the auto-labels' Q&A and objects labelled twice
+    assert "| auto-label Q&A true of the scene (all types) |" in (tmp_path / "results.md").read_text()
+    assert results["labels_qa"]["true_objects"] > 0 and results["labels_qa"]["labelled_twice"] is not None
     # the pretrained vision tower stays frozen while the VLM trains (WORLD_VLM_TOWER=frozen, the default)
     from safetensors.torch import load_file
     train_args = json.loads((tmp_path / "vlm_model" / "train_args.json").read_text())

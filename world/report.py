@@ -216,8 +216,12 @@ def collect_results(run: Path) -> dict:
         chance = detection_chance(run / "annotations.json", run / "world" / "heldout.json")
         if chance:
             detection["chance"] = chance
+    label_metrics = _load(run / "detection.json") or {}
     results = {
         "detection": detection,
+        # What the VLM is taught: the generated Q&A of the auto-labels, true of each scene or not (qa_truth).
+        "labels_qa": {k: label_metrics.get("qa_truth", {}).get(k)
+                      for k in ("share", "per_type", "labelled_twice", "true_objects")} if label_metrics else {},
         "descriptions": _load(run / "surface.json") or {},
         "vlm": vlm,
         "stages": timings,
@@ -238,6 +242,14 @@ def results_table(results: dict) -> str:
             what = f"fusion at the --sweep setting ({det[name]['flags']})" if name == "fusion_sweep" else \
                 f"chance ({det[name]['what']})" if name == "chance" else name
             lines.append(f"| detection mAP50, {what} | {_f(det[name].get('map50'))} |")
+    qa = results.get("labels_qa") or {}
+    if qa.get("share") is not None:
+        count = (qa.get("per_type") or {}).get("count") or {}
+        lines.append(f"| auto-label Q&A true of the scene (all types) | {_f(qa['share'])} |")
+        if count.get("share") is not None:
+            lines.append(f"| auto-label count answers true of the scene | {_f(count['share'])} |")
+        lines.append(f"| true objects labelled twice (two classes) | {qa.get('labelled_twice')} of "
+                     f"{qa.get('true_objects')} |")
     d = results["descriptions"]
     if d:
         lines.append(f"| descriptions naming the true surface | {_f(d.get('surface_accuracy'))} |")
