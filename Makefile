@@ -8,6 +8,10 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_output
 WORLD_DIR ?= world_output
 WORLD_MINUTES ?= 20
+# The suite's pytest-xdist workers (one torch thread each: tests/conftest.py). loadgroup: the tests that
+# share a module-scoped fixture stay in one worker, the others are spread singly (tests/conftest.py).
+TEST_WORKERS ?= 2
+PYTEST_ARGS ?= -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=15
 
 # Nothing here may reach a model hub or the network.
 export HF_HUB_OFFLINE := 1
@@ -29,7 +33,7 @@ $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests
 
 demo: $(STAMP)
 	DEMO_DIR=$(DEMO_DIR) PYTHON=$(BIN)/python bash scripts/demo.sh

@@ -158,7 +158,7 @@ def test_kill_9_while_a_checkpoint_is_written(toy, tiny_models, reference, tmp_p
     capsys.readouterr()
     assert main(argv + ["--resume_from_checkpoint", "latest"]) == 0
     printed = capsys.readouterr().out
-    assert "skipping and removing the incomplete checkpoint-4" in printed
+    assert "skipping and removing checkpoint-4: no readable trainer_state.json (its save was interrupted)" in printed
     assert f"continuing from {out / 'checkpoint-2'}" in printed
     assert_whole_run_metrics(out)
     assert_same_as(reference, out)
@@ -213,8 +213,8 @@ def test_which_checkpoint_a_run_continues_from(tmp_path):
     # an interrupted run: its newest complete checkpoint; the incomplete one is skipped (the caller removes it)
     _record(out, "training")
     assert resolve_checkpoint(None, out, SETTINGS) == (str(c4), [c6], (
-        f"skipping and removing the incomplete checkpoint-6 (its save was interrupted); continuing from {c4} "
-        "(the newest complete checkpoint)"))
+        f"skipping and removing checkpoint-6: no readable trainer_state.json (its save was interrupted); "
+        f"continuing from {c4} (the newest intact checkpoint)"))
     # 'latest' says the same explicitly; a folder is taken as given
     assert resolve_checkpoint("latest", out, SETTINGS)[:2] == (str(c4), [c6])
     assert resolve_checkpoint(str(c2), out, SETTINGS) == (str(c2), [], f"continuing from {c2}")

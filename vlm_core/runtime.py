@@ -9,7 +9,9 @@ import os
 import random
 import re
 import signal
+import stat
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -121,44 +123,227 @@ def _lock_path(output: str | os.PathLike) -> Path:
     return out.with_name(f"{out.name}.lock")
 
 
+# How long a run that finds the lock taken waits for the holder's line to become readable (the
+# no-hard-link fallback writes it just after taking the lock) or for a dead run's lock, which
+# another starting run is removing, to go away. Longer only on a machine that is badly overloaded.
+_LOCK_SETTLE_S = 5.0
+_HOLDER_LINE = re.compile(r"pid (\d+) on (\S+): ")
+
+
+def _holder_line() -> bytes:
+    """What a lock file says about its holder: ``pid N on HOST: COMMAND``."""
+    return f"pid {os.getpid()} on {os.uname().nodename}: {' '.join(sys.argv)[:300]}".encode()
+
+
+def _names_a_dead_process(line: str) -> bool:
+    """The line names a process of this machine that has ended (its lock is being removed)."""
+    m = _HOLDER_LINE.match(line)
+    if not m or m[2] != os.uname().nodename:
+        return False  # another machine's process: nothing here can tell
+    try:
+        os.kill(int(m[1]), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        pass  # alive, another user's
+    return False
+
+
+def _lock_error(flag: str, lock: Path, problem: str) -> InputError:
+    return InputError(f"{flag}: the lock file {lock} {problem}")
+
+
+def _new_locked_file(lock: Path, flag: str) -> tuple[int, Path]:
+    """A new file beside ``lock`` that already holds this run's line and its flock."""
+    import fcntl
+    import secrets
+    while True:
+        temp = lock.with_name(f".{lock.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        except FileExistsError:
+            continue
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR):
+                raise  # a full disk is reported as one (report_input_errors)
+            raise _lock_error(flag, lock, f"cannot be created: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)  # the lock's holder took it for a dead run's temp file and removes it
+            continue
+        try:
+            os.pwrite(fd, _holder_line(), 0)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+        return fd, temp
+
+
+def _publish(lock: Path, flag: str) -> int | None:
+    """Put a lock file at ``lock`` the way no other run can see it half-written; its descriptor, or
+    None when ``lock`` exists already.
+
+    The file is written and flocked under a temp name, then hard-linked to ``lock`` (which, like
+    O_EXCL, fails when anything is there, a symlink included). A file system without hard links
+    gets ``lock`` made with O_EXCL, locked, then written: a run that finds it empty waits for the
+    line (:func:`_probe`).
+    """
+    import fcntl
+    fd, temp = _new_locked_file(lock, flag)
+    try:
+        try:
+            os.link(temp, lock)
+        except FileExistsError:
+            os.close(fd)
+            return None
+        except FileNotFoundError:
+            os.close(fd)  # a lock holder took our temp file for a dead run's (_remove_dead_temps)
+            return _publish(lock, flag)
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK):
+                os.close(fd)
+                raise
+            os.close(fd)
+            try:
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+            except FileExistsError:
+                return None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                # A starting run may have taken our new, still empty file for a dead run's (and
+                # removed it) before our flock: then it is not ours.
+                mine = _is_at(fd, lock)
+                if mine:
+                    os.pwrite(fd, _holder_line(), 0)
+            except BlockingIOError:
+                mine = False
+            except BaseException:
+                os.close(fd)
+                raise
+            if not mine:
+                os.close(fd)
+                return None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+    return fd
+
+
+def _probe(lock: Path, flag: str) -> str | None:
+    """Look at the lock file another run put at ``lock``: the holder's line while a live run holds
+    it; None when it is gone or was a dead run's (then removed): try again.
+
+    Never follows a symlink and never writes to the file.
+    """
+    import fcntl
+    try:
+        mode = os.lstat(lock).st_mode
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(mode):
+        raise _lock_error(flag, lock, "is a symlink; remove it (a lock is never written through a link)")
+    if stat.S_ISDIR(mode):
+        raise _lock_error(flag, lock, "is a directory; remove it")
+    if not stat.S_ISREG(mode):
+        raise _lock_error(flag, lock, "is not a regular file; remove it")
+    readonly = False
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ELOOP, errno.EISDIR):
+            return None  # replaced since the lstat: look again
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        try:  # another user's lock: reading is enough to see whether its run is alive
+            fd, readonly = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC), True
+        except FileNotFoundError:
+            return None
+        except OSError:
+            raise _lock_error(flag, lock, f"is not writable ({e.strerror}); remove it") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None  # replaced since the lstat: look again
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if readonly else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() if _is_at(fd, lock) else None
+        except OSError as e:  # NFS locks a read-only descriptor only for reading
+            raise _lock_error(flag, lock, f"is not writable ({e.strerror}); remove it") from None
+        # Nobody holds it: its run is dead. Holding its flock, we are the only run that may remove
+        # it (one that would replace it must first hold it too), and only while it is at the path.
+        if not _is_at(fd, lock):
+            return None
+        if readonly:
+            raise _lock_error(flag, lock, "was left by a run that ended and is not writable by this user; remove it")
+        os.unlink(lock)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _is_at(fd: int, path: Path) -> bool:
+    """``fd`` is the file at ``path`` now (not one that was removed or replaced since it was opened)."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False))
+    except FileNotFoundError:
+        return False
+
+
+def _remove_dead_temps(lock: Path) -> None:
+    """Remove the temp files of lock files that runs killed while taking the lock left behind."""
+    import fcntl
+    pattern = _temp_name_pattern(lock)
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(lock.parent):
+            if not (pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False)):
+                continue
+            with contextlib.suppress(OSError):
+                fd = os.open(entry.path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a live run's temp is flocked
+                    if _is_at(fd, Path(entry.path)):
+                        os.unlink(entry.path)
+                finally:
+                    os.close(fd)
+
+
 def acquire_writer_lock(output: str | os.PathLike, flag: str = "output", clean_temps: bool = True,
                         name: str | os.PathLike | None = None) -> int:
     """Take ``<output>.lock`` (fcntl.flock, non-blocking) and return its descriptor.
 
-    Raises :class:`OutputBusy` (one line naming the holder's pid and command) while another live
-    process holds it. The kernel releases a flock when its holder dies (kill -9 included), so a
-    lock left by a dead process never blocks. Release with :func:`release_writer_lock`, which
-    also removes the lock file. With ``clean_temps``, stale temp files of ``output``
-    (:func:`remove_stale_temps`) are removed once the lock is held. ``name``: what the message
-    calls the output, when the lock guards a file that stands for it (a progress file).
+    Raises :class:`OutputBusy` (one line naming the holder: ``pid N on HOST: COMMAND``) while
+    another live process holds it. The lock file is complete before any other run can see it
+    (written under a temp name, then hard-linked into place), so the line is always there. The
+    kernel releases a flock when its holder dies (kill -9 included), so a lock left by a dead
+    process never blocks: the next run removes it. A symlink, a directory or a file this user
+    cannot write at the lock's path is refused (InputError), and nothing is ever written through
+    it. Release with :func:`release_writer_lock`, which also removes the lock file. With
+    ``clean_temps``, stale temp files of ``output`` (:func:`remove_stale_temps`) are removed once
+    the lock is held. ``name``: what the message calls the output, when the lock guards a file
+    that stands for it (a progress file).
     """
-    import fcntl
     lock = _lock_path(output)
     lock.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + _LOCK_SETTLE_S
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
-            os.close(fd)
-            raise OutputBusy(f"{flag}: {name or output} is being written by another run ({holder}); "
-                             "wait for it to finish or stop it") from None
-        except BaseException:
-            os.close(fd)
-            raise
-        # The holder before us may have removed the lock file between our open and our flock:
-        # then we hold a lock on a file nobody else can find. Only the file at the path counts.
-        try:
-            same = os.path.samestat(os.fstat(fd), os.stat(lock))
-        except FileNotFoundError:
-            same = False
-        if same:
+        fd = _publish(lock, flag)
+        if fd is not None:
             break
-        os.close(fd)
+        holder = _probe(lock, flag)
+        if holder is None:
+            continue  # gone, or a dead run's lock that we removed: take it now
+        # Empty: a no-hard-link file system's holder has not written its line yet. A dead process:
+        # another starting run holds that dead run's lock for the moment it takes to remove it.
+        if (not holder or _names_a_dead_process(holder)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+            continue
+        raise OutputBusy(f"{flag}: {name or output} is being written by another run "
+                         f"({holder or 'another process'}); wait for it to finish or stop it")
     try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}: {' '.join(sys.argv)[:300]}".encode(), 0)
+        _remove_dead_temps(lock)
         if clean_temps:
             remove_stale_temps(output)
     except BaseException:
@@ -168,9 +353,12 @@ def acquire_writer_lock(output: str | os.PathLike, flag: str = "output", clean_t
 
 
 def release_writer_lock(output: str | os.PathLike, fd: int) -> None:
-    """Remove ``<output>.lock`` and release the lock (in that order: see :func:`acquire_writer_lock`)."""
+    """Remove ``<output>.lock`` (when it is still the file of ``fd``) and release the lock, in that
+    order: a run that opened the file before it was removed finds it gone (:func:`_probe`)."""
+    lock = _lock_path(output)
     with contextlib.suppress(OSError):
-        os.unlink(_lock_path(output))
+        if _is_at(fd, lock):
+            os.unlink(lock)
     with contextlib.suppress(OSError):
         os.close(fd)
 
