@@ -177,18 +177,22 @@ def test_second_run_refused_then_kill9_then_reruns_lose_nothing(tiny_models, ima
     assert leftovers(out_dir) == []
 
 
+# SIGTERM is what SLURM and Kubernetes send on preemption; SIGHUP what a closed terminal or ssh session sends
+# (it killed the run with nothing said before: issue 28). Exit 128 + the signal, as a shell reports it.
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_is_one_line_exit_143_and_resumes_byte_identical(tiny_models, images_dir, all_images, reference,
-                                                                 tmp_path):
+                                                                 tmp_path, signum):
     out_dir = tmp_path / "out"
     out = out_dir / "annotations.json"
     argv = annotate_argv(tiny_models, images_dir, out)
     proc = start(argv, FAULT_PAUSE_AFTER_LINES=4, FAULT_READY_FILE=tmp_path / "ready")
     wait_for(tmp_path / "ready", proc)
-    os.kill(proc.pid, signal.SIGTERM)  # what SLURM and Kubernetes send on preemption
+    os.kill(proc.pid, signum)
     result = finish(proc)
-    assert result.returncode == 143, result.stderr[-3000:]
-    assert message_lines(result.stderr) == [f"terminated (SIGTERM): {INTERRUPTED}"]
-    assert result.stderr.splitlines()[-1] == f"terminated (SIGTERM): {INTERRUPTED}"
+    name = signal.Signals(signum).name
+    assert result.returncode == 128 + signum, result.stderr[-3000:]
+    assert message_lines(result.stderr) == [f"terminated ({name}): {INTERRUPTED}"]
+    assert result.stderr.splitlines()[-1] == f"terminated ({name}): {INTERRUPTED}"
     done = done_images(progress_path(out))
     assert len(done) == 3 and not out.exists()
     assert leftovers(out_dir) == [progress_path(out).name]  # the lock file went with the run

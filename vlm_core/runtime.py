@@ -24,22 +24,28 @@ EXIT_DISK_FULL = 1
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (what SLURM and Kubernetes send on preemption), raised where Ctrl-C would be.
+    """SIGTERM (what SLURM and Kubernetes send on preemption) or SIGHUP (the terminal or ssh session went
+    away), raised where Ctrl-C would be.
 
     A subclass of KeyboardInterrupt, so every ``except KeyboardInterrupt`` that saves work on
-    Ctrl-C saves it on SIGTERM too.
+    Ctrl-C saves it on SIGTERM and SIGHUP too.
     """
+
+    def __init__(self, signum: int = signal.SIGTERM):
+        super().__init__()
+        self.signum = signum
 
 
 def _raise_terminated(signum, frame):
-    raise Terminated()
+    raise Terminated(signum)
 
 
 def handle_sigterm() -> None:
-    """Turn SIGTERM into :class:`Terminated` in this (main) thread; a no-op elsewhere."""
+    """Turn SIGTERM and SIGHUP into :class:`Terminated` in this (main) thread; a no-op elsewhere."""
     import threading
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_terminated)
+        signal.signal(signal.SIGHUP, _raise_terminated)
 
 
 INTERRUPTED_MESSAGE = "finished work is saved; run the same command again to resume"
@@ -78,9 +84,11 @@ def report_input_errors(main: Callable[..., int]) -> Callable[..., int]:
             _say(f"error: {e}")
             return EXIT_INPUT_ERROR
         except KeyboardInterrupt as e:
-            what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
-            _say(f"{what}: {INTERRUPTED_MESSAGE}")
-            return EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
+            if not isinstance(e, Terminated):
+                _say(f"interrupted: {INTERRUPTED_MESSAGE}")
+                return EXIT_INTERRUPTED
+            _say(f"terminated ({signal.Signals(e.signum).name}): {INTERRUPTED_MESSAGE}")
+            return 128 + e.signum  # the shell's convention: 143 for SIGTERM, 129 for SIGHUP
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
@@ -119,7 +127,7 @@ def remove_stale_temps(output: str | os.PathLike) -> list[Path]:
 
 
 def _lock_path(output: str | os.PathLike) -> Path:
-    out = Path(output)
+    out = Path(os.path.abspath(output))  # "." and "dir/.." name a folder too: its lock sits beside it
     return out.with_name(f"{out.name}.lock")
 
 

@@ -197,7 +197,7 @@ class StopOnSignal(TrainerCallback):
 
     def _handle(self, signum, frame):
         if self.received is not None:
-            raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
+            raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
         self.received = signum
         print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
               "(again to stop at once)", file=sys.stderr, flush=True)
