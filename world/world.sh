@@ -189,8 +189,8 @@ stage annotate annotate
 
 score_detection() {
     $PY vlm_annotation/evaluate_annotations.py --annotation_file "$OUT/annotations.json" --ground_truth "$W/heldout.json" \
-        --output_file "$OUT/detection.json" --sweep --sweep_metric map50 --sweep_iou 0.55 0.7 --sweep_conf 0.05 0.25 \
-        --sweep_weights 1,1 2,1 1,2
+        --output_file "$OUT/detection.json" --sweep --sweep_metric map50 --sweep_fusion wbf --sweep_iou 0.4 0.55 \
+        --sweep_conf 0.05 0.25 --sweep_weights 1,1 2,1 1,2 --sweep_agnostic_iou 0 0.4 --sweep_agree_conf 0 0.25
     $PY world/report.py surface --annotations "$OUT/annotations.json" --ground_truth "$W/heldout.json" \
         --output_file "$OUT/surface.json"
 }
