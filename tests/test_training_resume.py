@@ -170,3 +170,15 @@ def test_sighup_saves_a_checkpoint_like_sigterm_and_the_same_command_continues(r
     done = subprocess.run(argv, capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"continuing from {out / f'checkpoint-{step}'}" in done.stdout and "trained 40 steps" in done.stdout
+
+
+def test_output_dir_dot_trains_into_the_current_folder(toy, tiny_models, tmp_path):
+    """`train_vlm.py --output_dir .` was a ValueError traceback (the lock path of '.'; issue 28)."""
+    here = tmp_path / "run"
+    here.mkdir()
+    json_path, image_dir, _ = toy
+    done = subprocess.run([sys.executable, str(REPO / "vlm_training" / "train_vlm.py"), "--train_data", str(json_path),
+                           "--image_dir", str(image_dir), "--output_dir", ".", "--base_model", str(tiny_models["llava"]),
+                           *RUN, "--max_steps", "2"], cwd=here, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (here / "adapter_model.safetensors").is_file() and not (tmp_path / "run.lock").exists()
