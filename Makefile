@@ -20,7 +20,7 @@ export YOLO_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export MPLBACKEND := Agg
 
-.PHONY: test demo world venv clean browser bench
+.PHONY: test test-world demo world venv clean browser bench
 
 venv: $(STAMP)
 
@@ -33,7 +33,12 @@ $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS) -m "not world_learning" tests
+
+# The reduced synthetic-world run (tests/test_world.py::test_reduced_world_run_learns): one test that needs
+# about 7 minutes of one core on its own, so it has a target of its own; CI runs both (.ci/run).
+test-world: $(STAMP)
+	$(BIN)/python -m pytest -q -m world_learning tests/test_world.py
 
 demo: $(STAMP)
 	DEMO_DIR=$(DEMO_DIR) PYTHON=$(BIN)/python bash scripts/demo.sh

@@ -118,6 +118,7 @@ def reduced_world_run(tmp_path_factory):
     return json.loads((out / "results.json").read_text()), proc.stdout
 
 
+@pytest.mark.world_learning
 @pytest.mark.timeout(1200)
 def test_reduced_world_run_learns(reduced_world_run):
     """The toolkit's stages on 800 held-out scenes: detections, descriptions and the VLM's answers,
