@@ -14,19 +14,18 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from PIL import Image, ImageOps
 
+from tests.subprocesses import finish, wait_for
 from vlm_annotation import data_annotation, engine, import_labels, visualize
 from vlm_annotation.progress import progress_path
 from vlm_core.schema import load_annotations
 
 ROOT = Path(__file__).resolve().parents[1]
 INJECT = str(ROOT / "tests" / "fault_inject.py")
-TIMEOUT = 240
 NAMES = ["bus.jpg", "scenes/scene_0.jpg", "zidane.jpg"]
 
 
@@ -37,23 +36,6 @@ def start(script: str, argv: list[str], **faults) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, errors="backslashreplace", start_new_session=True)
 
 
-def finish(proc: subprocess.Popen) -> subprocess.CompletedProcess:
-    try:
-        out, err = proc.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
-def wait_for(path: Path, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not path.exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"exited {proc.returncode} before the fault point:\n{proc.stderr.read()[-3000:]}")
-        assert time.monotonic() < deadline, "the run never reached the fault point"
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")

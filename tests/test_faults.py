@@ -14,11 +14,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.subprocesses import finish, wait_for
 from vlm_annotation.progress import ProgressLog, progress_path
 from vlm_core.io_utils import InputError
 from vlm_core.runtime import OutputBusy, remove_stale_temps, single_writer
@@ -28,7 +28,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = "vlm_annotation/data_annotation.py"
 INJECT = str(ROOT / "tests" / "fault_inject.py")
 INTERRUPTED = "finished work is saved; run the same command again to resume"
-TIMEOUT = 240
 HOST = os.uname().nodename
 
 
@@ -53,27 +52,10 @@ def start(argv: list[str], script: str = SCRIPT, **faults) -> subprocess.Popen:
                             text=True, errors="backslashreplace", start_new_session=True)
 
 
-def finish(proc: subprocess.Popen) -> subprocess.CompletedProcess:
-    try:
-        out, err = proc.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
 
 def run(argv: list[str], **faults) -> subprocess.CompletedProcess:
     return finish(start(argv, **faults))
 
-
-def wait_for(path: Path, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not path.exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"exited {proc.returncode} before the fault point:\n{proc.stderr.read()[-3000:]}")
-        assert time.monotonic() < deadline, "the run never reached the fault point"
-        time.sleep(0.05)
 
 
 def message_lines(stderr: str) -> list[str]:
