@@ -29,7 +29,7 @@ TOLERANCE = 1e-5   # measured: 2e-7 largest difference between the adapters (wei
 # Runs train_vlm.main under torchrun; records its pid, slows each step when asked (so a kill lands mid-run),
 # and, in every rank but 0, records any file it opens for writing inside the output folder.
 RUNNER = """
-import os, sys, time
+import os, re, sys, time
 rank, work = os.environ["RANK"], os.environ["DDP_WORK"]
 open(os.path.join(work, f"pid.{rank}"), "w").write(str(os.getpid()))
 out = os.path.realpath(sys.argv[sys.argv.index("--output_dir") + 1])
@@ -44,6 +44,10 @@ def audit(event, args):
                                 or (args[1] is None and isinstance(args[2], int) and args[2] & WRITE_FLAGS)):
         return
     paths = [a for a in args[:2] if isinstance(a, (str, bytes, os.PathLike))]
+    # The Trainer makes each checkpoint folder on every process (exist_ok), where each writes its own RNG
+    # state (rng_state_<rank>.pth, by torch's C++ writer, for an exact resume): nothing else is theirs to write.
+    if event == "os.mkdir" and re.fullmatch(r"checkpoint-\\d+", os.path.basename(os.fsdecode(paths[0]))):
+        return
     if any(os.path.realpath(os.fsdecode(a)).startswith(out) for a in paths):
         with open(os.path.join(work, "writes_by_other_ranks"), "a") as f:
             f.write(f"{event} {paths}\\n")

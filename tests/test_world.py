@@ -159,7 +159,8 @@ def test_world_run_trains_every_model(tmp_path):
     Budgets far too small to learn: this checks the plumbing; test_reduced_world_run_learns the learning."""
     env = dict(os.environ, PYTHON=sys.executable, WORLD_DIR=str(tmp_path), WORLD_MINUTES="5", WORLD_SEED="0",
                WORLD_TRAIN_SCENES="24", WORLD_HELDOUT_SCENES="60", WORLD_YOLO_EPOCHS="1", WORLD_DETR_MIN="0.05",
-               WORLD_BLIP_MIN="0.05", WORLD_VISION_STEPS="2", WORLD_VLM_STEPS="2", WORLD_THREADS="1", OMP_NUM_THREADS="1",
+               WORLD_BLIP_MIN="0.05", WORLD_VISION_STEPS="2", WORLD_VLM_STEPS="2", WORLD_EVAL_SAMPLES="8",
+               WORLD_THREADS="1", OMP_NUM_THREADS="1",
                MKL_NUM_THREADS="1")
     env.pop("WORLD_README", None)
     env.pop("WORLD_MODELS_FROM", None)

@@ -363,6 +363,12 @@ class SealCheckpoint(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if args.world_size > 1:
+            # Every process writes its own RNG state into the checkpoint (the Trainer's rng_state_<rank>.pth, for
+            # an exact resume): the manifest is written once all of them are there.
+            import torch.distributed as dist
+            if dist.is_available() and dist.is_initialized():
+                dist.barrier()
         if state.is_world_process_zero and folder.is_dir():
             write_manifest(folder)
 
