@@ -39,6 +39,8 @@ def _random_boxes(width, height, n=25, seed=0):
     ("llava-hf/llava-v1.6-mistral-7b-hf", "llava_next"), ("llava-hf/llava-v1.6-vicuna-7b-hf", "llava_next"),
     ("llava-hf/llama3-llava-next-8b-hf", "llava_next"),
     ("llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "llava_onevision"),
+    ("llava-hf/vip-llava-7b-hf", "vip_llava"), ("llava-hf/vip-llava-13b-hf", "vip_llava"),
+    ("mucai/vip-llava-7b", "vip_llava"), ("mucai/ViP-LLaVA-13b", "vip_llava"),
     ("Qwen/Qwen2-VL-2B-Instruct", "qwen2_vl"), ("Qwen/Qwen2-VL-7B-Instruct", "qwen2_vl"),
     ("Qwen/Qwen2.5-VL-3B-Instruct", "qwen2_5_vl"), ("Qwen/Qwen2.5-VL-72B-Instruct", "qwen2_5_vl"),
     ("Qwen/Qwen3-VL-2B-Instruct", "qwen3_vl"), ("Qwen/Qwen3-VL-8B-Thinking", "qwen3_vl"),
@@ -129,11 +131,13 @@ def _edge_boxes(width, height):
             [width / 3, height / 7, width * 2 / 3, height * 6 / 7]]
 
 
+@pytest.mark.parametrize("name", ["llava", "vip_llava"])
 @pytest.mark.parametrize("width,height", SIZES)
-def test_llava_frame_is_the_shared_box_text(width, height):
+def test_llava_frame_is_the_shared_box_text(name, width, height):
     """LLaVA-1.5's frame is a BoxFrame like the others, and writes exactly boxes.box_to_text's text
-    (what conversion wrote for LLaVA-1.5 before every family went through its frame)."""
-    frame = F.frame_for_family("llava")
+    (what conversion wrote for LLaVA-1.5 before every family went through its frame); ViP-LLaVA, trained on
+    LLaVA-1.5's data mix with its images padded the same way, writes the same numbers."""
+    frame = F.frame_for_family(name)
     for box in _random_boxes(width, height, n=200) + _edge_boxes(width, height):
         assert frame.render_box(box, width, height) == boxes.box_to_text(box, width, height), box
         assert frame.render_answer(box, width, height, "glass") == boxes.box_to_text(box, width, height)
@@ -152,9 +156,11 @@ def test_frames_prepare_the_image_as_the_model_saw_it_in_training():
     mean = (0.5, 0.25, 0.0)
     padded = F.frame_for_family("llava").prepare_image(wide, mean)
     assert padded.size == (60, 60) and padded.tobytes() == boxes.pad_to_square(wide, mean).tobytes()
+    vip = F.frame_for_family("vip_llava").prepare_image(wide, mean)
+    assert vip.size == (60, 60) and vip.tobytes() == padded.tobytes()
     for name in ("llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
         assert F.frame_for_family(name).prepare_image(wide, mean) is wide, name
-    assert [n for n, f in F.FAMILIES.items() if f.pad_to_square] == ["llava"]
+    assert [n for n, f in F.FAMILIES.items() if f.pad_to_square] == ["llava", "vip_llava"]
 
 
 def test_smart_resize_equals_the_processors_own():
@@ -178,6 +184,7 @@ FRAMES = {
     "llava": F.frame_for_family("llava"),
     "llava_next": F.frame_for_family("llava_next"),
     "llava_onevision": F.frame_for_family("llava_onevision"),
+    "vip_llava": F.frame_for_family("vip_llava"),
     "qwen2_vl": F.frame_for_family("qwen2_vl"),
     "qwen2_5_vl": F.frame_for_family("qwen2_5_vl"),
     "qwen2_5_vl_small": F.frame_for_family("qwen2_5_vl", {"factor": 28, "min_pixels": 3136, "max_pixels": 12544}),
@@ -218,6 +225,7 @@ def test_box_text_box_round_trip_within_half_a_step(name, width, height):
 
 @pytest.mark.parametrize("name,width,height", [
     ("llava", 200, 120), ("llava", 90, 160), ("llava_next", 150, 200), ("llava_onevision", 200, 80),
+    ("vip_llava", 200, 120), ("vip_llava", 90, 160),
     ("qwen2_vl", 640, 480), ("qwen2_vl", 1920, 1080), ("qwen3_vl", 1281, 719), ("qwen3_vl", 30, 100),
     ("qwen2_5_vl", 640, 480), ("qwen2_5_vl", 1281, 719), ("qwen2_5_vl", 100, 30), ("qwen2_5_vl", 30, 100),
 ])
@@ -299,7 +307,8 @@ def test_first_box_gives_frame_numbers_whose_iou_is_the_pixel_iou():
             assert boxes.iou(boxes.first_box(ta), boxes.first_box(tb)) == pytest.approx(pixel_iou, abs=1e-9), name
 
 
-@pytest.mark.parametrize("name", ["llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision"])
+@pytest.mark.parametrize("name", ["llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision",
+                                  "vip_llava"])
 def test_image_token_count_is_what_the_processor_does(name, family_dirs):
     from PIL import Image
     from transformers import AutoProcessor
@@ -311,7 +320,7 @@ def test_image_token_count_is_what_the_processor_does(name, family_dirs):
         assert F.image_token_count(processor, width, height) == int((ids == token_id).sum()), (width, height)
 
 
-@pytest.mark.parametrize("name", ["qwen2_vl", "qwen3_vl", "llava_next"])
+@pytest.mark.parametrize("name", ["qwen2_vl", "qwen3_vl", "llava_next", "vip_llava"])
 def test_decode_answer_keeps_the_box_tokens_of_qwen2_vl_only(name, family_dirs):
     from transformers import AutoProcessor
     tok = AutoProcessor.from_pretrained(family_dirs[name]).tokenizer
@@ -332,6 +341,7 @@ def test_frame_dict_round_trips_and_is_validated(tmp_path):
     assert FRAMES["qwen2_5_vl"].to_dict() == {"family": "qwen2_5_vl", "kind": "resized_pixels", "factor": 28,
                                               "min_pixels": 3136, "max_pixels": 12845056}
     assert FRAMES["llava"].to_dict() == {"family": "llava", "kind": "padded_square", "decimals": 2}
+    assert FRAMES["vip_llava"].to_dict() == {"family": "vip_llava", "kind": "padded_square", "decimals": 2}
     bad = [({"family": "qwen2_vl", "kind": "norm1000", "extra": 1}, "unknown field 'extra'"),
            ({"kind": "norm1000"}, "field 'family' is missing"),
            ({"family": "gpt", "kind": "norm1000"}, "unknown model family 'gpt'"),
@@ -361,6 +371,10 @@ def test_mismatched_frames_are_refused_naming_what_to_rerun():
     assert msg.endswith(f"rerun convert_to_llava_format.py --base_model {base}") and "\n" not in msg
     with pytest.raises(F.FamilyError, match=r"max_pixels 12544\)\] but .* max_pixels 12845056\)\]; rerun"):
         F.check_frame(FRAMES["qwen2_5_vl_small"], FRAMES["qwen2_5_vl"], "train.json", base)
+    # ViP-LLaVA writes LLaVA-1.5's numbers, but data converted for one family is still refused by the other.
+    with pytest.raises(F.FamilyError, match=r"rendered for llava \[0..1 of the image padded to a square, 2 decimals\] "
+                                            r"but llava-hf/vip-llava-7b-hf uses vip_llava \[0..1 of the image padded"):
+        F.check_frame(FRAMES["llava"], F.frame_for("llava-hf/vip-llava-7b-hf"), "train.json", "llava-hf/vip-llava-7b-hf")
     # A record without a frame predates families: it was rendered for LLaVA-1.5.
     assert F.frame_of_record({"id": "a"}) == FRAMES["llava"]
     assert F.frame_of_record({"box_frame": FRAMES["qwen3_vl"].to_dict()}) == FRAMES["qwen3_vl"]
@@ -372,6 +386,8 @@ def test_frame_for_reads_the_processor_settings_of_a_folder(family_dirs, tmp_pat
     # A hub id never downloaded: the official checkpoint's settings.
     assert F.frame_for("Qwen/Qwen2.5-VL-7B-Instruct") == FRAMES["qwen2_5_vl"]
     assert F.frame_for("llava-hf/llava-1.5-7b-hf") == FRAMES["llava"]
+    assert F.frame_for("llava-hf/vip-llava-7b-hf") == FRAMES["vip_llava"]
+    assert F.frame_for(family_dirs["vip_llava"]) == FRAMES["vip_llava"]
     # A local folder: its processor's (the tiny one allows at most 112x112 px).
     assert F.frame_for(family_dirs["qwen2_5_vl"]) == FRAMES["qwen2_5_vl_small"]
     assert F.frame_for(family_dirs["qwen3_vl"]) == FRAMES["qwen3_vl"]
@@ -407,6 +423,11 @@ EXPECTED_SEGMENTS = {
                  ("\n<|im_start|>user\nQ2?<|im_end|>\n<|im_start|>assistant\n", False), ("A2.<|im_end|>", True)],
 }
 EXPECTED_SEGMENTS["qwen2_5_vl"] = EXPECTED_SEGMENTS["qwen2_vl"]
+# Its template writes no end of turn and asks with "###Assistant:": the answer's space and EOS are supervised,
+# and the next "###Human: " starts the next prompt.
+EXPECTED_SEGMENTS["vip_llava"] = [
+    ("###Human: <image>\nHow many objects are there?###Assistant:", False),
+    (" There are 2 objects in this image.</s>", True), ("###Human: Q2?###Assistant:", False), (" A2.</s>", True)]
 # Its template writes "assistant \n" before a stored answer but asks with "assistant\n": the
 # answer is trained after the prompt inference sends.
 EXPECTED_SEGMENTS["llava_onevision"] = [
@@ -436,7 +457,25 @@ def test_conversation_segments_supervise_answers_through_the_end_of_turn(name, f
     assert [t for t, s in with_system if s] == [t for t, s in segments if s]
 
 
-@pytest.mark.parametrize("name", ["llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision"])
+def test_vip_llava_asks_as_its_checkpoint_and_model_card_do(family_dirs):
+    """The prompt transformers' tests/models/vipllava/test_processor_vipllava.py expects from llava-hf/vip-llava-7b-hf's
+    chat template, and the model card's recommended prompt: its system prompt as bare text before "###Human: "."""
+    from transformers import AutoProcessor
+    processor = AutoProcessor.from_pretrained(family_dirs["vip_llava"])
+    question = "What is shown in this image?"
+    assert F.generation_prompt(processor, question) == "###Human: <image>\nWhat is shown in this image?###Assistant:"
+    system = ("A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, "
+              "detailed, and polite answers to the human's questions.")
+    assert F.generation_prompt(processor, question, system=system) == \
+        system + "###Human: <image>\nWhat is shown in this image?###Assistant:"
+    # The template writes no end of turn: an answer ends with the tokenizer's EOS, as the checkpoint's (id 2, </s>).
+    family = F.detect_family(family_dirs["vip_llava"])
+    assert family.end_of_turn is None and F.end_of_turn(family, processor.tokenizer) == "</s>"
+    assert not family.uses_prompt_format and family.image_placeholder == "<image>\n"
+
+
+@pytest.mark.parametrize("name", ["llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision",
+                                  "vip_llava"])
 def test_lora_regex_hits_only_the_language_model(name, family_dirs):
     import re
 

@@ -93,12 +93,15 @@ EXPECTED_PROMPTS = {
 EXPECTED_PROMPTS["qwen2_5_vl"] = EXPECTED_PROMPTS["qwen2_vl"]
 EXPECTED_PROMPTS["llava_onevision"] = ("<|im_start|>user <image>\nHow many objects are there?<|im_end|>"
                                       "<|im_start|>assistant\n")
+# llava-hf/vip-llava-7b-hf's template (transformers tests/models/vipllava/test_processor_vipllava.py).
+EXPECTED_PROMPTS["vip_llava"] = "###Human: <image>\nHow many objects are there?###Assistant:"
 
 
 @pytest.mark.parametrize("name", FAMILY_MODELS)
 def test_family_model_loads_runs_and_generates(name, tiny_models):
     """Each family's tiny model loads through its own class and AutoProcessor, takes images of
-    several aspect ratios (as many image tokens as its processor says), runs and generates."""
+    several aspect ratios (as many image tokens as its processor says), runs and generates. ViP-LLaVA
+    sees every image as one square view (padded to it by its frame, centre-cropped here) of a fixed count."""
     import transformers
     from transformers import AutoProcessor
     folder = tiny_models[name]
@@ -120,7 +123,30 @@ def test_family_model_loads_runs_and_generates(name, tiny_models):
         assert logits.shape[:2] == inputs["input_ids"].shape and logits.shape[-1] == len(processor.tokenizer)
         out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
         assert inputs["input_ids"].shape[1] < out.shape[1] <= inputs["input_ids"].shape[1] + 3
-    assert len(counts) > 1, "image tokens should depend on the aspect ratio for these families"
+    if family.pad_to_square:
+        assert counts == {model.config.image_seq_length} == {16}
+    else:
+        assert len(counts) > 1, "image tokens should depend on the aspect ratio for these families"
+
+
+def test_vip_llava_is_the_hub_checkpoint_in_small(tiny_models):
+    """Its config keeps VipLlavaConfig's default feature layers, five distinct layers of the 12-layer tiny tower,
+    concatenated into the projector; its processor counts image tokens as the hub's processor_config.json does
+    (LlavaProcessor, CLS dropped), which is what the model fills: (32 / 8) ** 2."""
+    from transformers import AutoProcessor, VipLlavaConfig, VipLlavaForConditionalGeneration
+    folder = tiny_models["vip_llava"]
+    model = VipLlavaForConditionalGeneration.from_pretrained(folder).eval()
+    config = model.config
+    assert config.model_type == "vipllava" and list(config.vision_feature_layers) == \
+        list(VipLlavaConfig().vision_feature_layers) == [-2, -5, -8, -11, 6]
+    depth = config.vision_config.num_hidden_layers + 1      # hidden states: the embeddings, then every layer
+    assert depth == 13 and len({i % depth for i in config.vision_feature_layers}) == 5 and 0 not in \
+        {i % depth for i in config.vision_feature_layers}
+    assert model.model.multi_modal_projector.linear_1.in_features == 5 * config.vision_config.hidden_size
+    processor = AutoProcessor.from_pretrained(folder)
+    assert (processor.patch_size, processor.num_additional_image_tokens, processor.vision_feature_select_strategy) \
+        == (8, 1, "default")
+    assert families.image_token_count(processor, 640, 480) == config.image_seq_length == 16
 
 
 @pytest.mark.parametrize("name", FAMILY_MODELS)

@@ -8,6 +8,7 @@ back to it here, in the frame the family was trained with:
 family            box text (question / answer)       frame
 ================  =================================  ==========================================================
 llava (1.5)       ``[0.12, 0.34, 0.56, 0.78]``       0..1 of the image padded (centred) to a square, 2 decimals
+vip_llava         ``[0.12, 0.34, 0.56, 0.78]``       0..1 of the image padded (centred) to a square, 2 decimals
 llava_next        ``[0.12, 0.34, 0.56, 0.78]``       0..1 of the original image, 2 decimals
 llava_onevision   ``[0.12, 0.34, 0.56, 0.78]``       0..1 of the original image, 2 decimals
 qwen2_vl          ``<|box_start|>(x1,y1),(x2,y2)``   integers 0..1000 of the original image
@@ -24,6 +25,19 @@ Sources (read with the search tool; the installed transformers is 5.24):
   (haotian-liu/LLaVA issue #606, "[Question] About the bounding box of the VG data"; the training
   code's ``expand2square``); region prompts from its instruction mix. Chat template of
   llava-hf/llava-1.5-7b-hf (``USER: <image>\\nQ ASSISTANT: A``, no EOS after the answer).
+- ViP-LLaVA: LLaVA-1.5's code and data with visual prompts drawn on the image. Its instruction mix is
+  LLaVA-1.5's 665K (whose boxes are the padded square's 0..1) plus region data that marks objects by
+  drawing, never by numbers (WisconsinAIVision/ViP-LLaVA ``README.md``, ``llava/visual_prompt_organizer.py``),
+  and it trains with ``--image_aspect_ratio pad`` (``scripts/finetune_stage2.sh``, ``finetune_stage3.sh``):
+  ``expand2square`` in the image mean (``llava/mm_utils.py``). So its frame is LLaVA-1.5's, recorded as
+  its own family. Its repository trains with LLaVA v1's ``USER: ... ASSISTANT:`` layout
+  (``--version llava_v1``, ``llava/conversation.py``), but the hub checkpoint's chat template and model
+  card write ``###Human: <image>\\nQ###Assistant:`` (a system message as bare text before it), which
+  transformers' own test expects (``tests/models/vipllava/test_processor_vipllava.py``): the toolkit
+  asks through that template (llava-hf/vip-llava-7b-hf ``chat_template.json``), with the tokenizer's
+  ``</s>`` after answers, since the template writes none. Its processor is a LlavaProcessor whose
+  image-token count drops CLS (``num_additional_image_tokens`` 1, strategy ``default``), as
+  ``VipLlavaModel.get_image_features`` takes ``hidden_states[layer][:, 1:]`` of five CLIP layers.
 - LLaVA-NeXT / OneVision: the processor never pads to a square: the base view is the whole image
   resized to a square and the high-resolution grid is un-padded by the model
   (transformers ``models/llava_next/image_processing_llava_next.py`` ``_get_image_patches``,
@@ -129,6 +143,16 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            IMAGE_TOKEN + "\n", None, uses_prompt_format=True,
            vision_prefixes=_LLAVA_VISION[0], projector_prefixes=_LLAVA_VISION[1],
            sources=("haotian-liu/LLaVA issue #606", "llava-hf/llava-1.5-7b-hf chat_template.json")),
+    # ViP-LLaVA: LLaVA-1.5's frame (its data mix and expand2square), asked through its checkpoint's chat
+    # template "###Human: <image>\nQ###Assistant:" (see the module docstring for the sources).
+    Family("vip_llava", "ViP-LLaVA", ("vipllava",), r"vip[-_]?llava", "llava-hf/vip-llava-7b-hf",
+           "VipLlavaForConditionalGeneration", "LlavaProcessor", "padded_square", "list", "list",
+           IMAGE_TOKEN + "\n", None,
+           vision_prefixes=_LLAVA_VISION[0], projector_prefixes=_LLAVA_VISION[1],
+           sources=("WisconsinAIVision/ViP-LLaVA scripts/finetune_stage2.sh (--image_aspect_ratio pad)",
+                    "WisconsinAIVision/ViP-LLaVA llava/mm_utils.py expand2square",
+                    "llava-hf/vip-llava-7b-hf chat_template.json",
+                    "transformers tests/models/vipllava/test_processor_vipllava.py")),
     Family("llava_next", "LLaVA-NeXT", ("llava_next",), r"llava[-_]?v?1[._]6|llava[-_]?next",
            "llava-hf/llava-v1.6-mistral-7b-hf", "LlavaNextForConditionalGeneration", "LlavaNextProcessor",
            "unit", "list", "list", IMAGE_TOKEN + "\n", None,
@@ -168,8 +192,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            sources=("QwenLM/Qwen3-VL cookbooks/2d_grounding.ipynb", "QwenLM/Qwen3-VL issue #1427")),
 )}
 
-# Hub ids are matched most specific first (a "llava-onevision" id also contains "llava").
-_ID_ORDER = ("qwen3_vl", "qwen2_5_vl", "qwen2_vl", "llava_onevision", "llava_next", "llava")
+# Hub ids are matched most specific first (a "llava-onevision" or "vip-llava" id also contains "llava").
+_ID_ORDER = ("qwen3_vl", "qwen2_5_vl", "qwen2_vl", "vip_llava", "llava_onevision", "llava_next", "llava")
 _MODEL_TYPE_TO_FAMILY = {t: f.name for f in FAMILIES.values() for t in f.model_types}
 
 
@@ -423,9 +447,9 @@ class BoxFrame:
 
     # ---- images
     def prepare_image(self, image: Image.Image, fill: Sequence[float]) -> Image.Image:
-        """The image as the model sees it, for training and inference alike: LLaVA-1.5's padded to a
-        square in ``fill`` (the processor's image mean), the frame its boxes are written in; every
-        other family's as it is (its processor takes any aspect ratio)."""
+        """The image as the model sees it, for training and inference alike: LLaVA-1.5's and ViP-LLaVA's
+        padded to a square in ``fill`` (the processor's image mean), the frame their boxes are written
+        in; every other family's as it is (its processor takes any aspect ratio)."""
         return boxes.pad_to_square(image, fill) if self.kind == "padded_square" else image
 
     # ---- persistence

@@ -1,16 +1,16 @@
-"""Training examples for the VLM families beyond LLaVA-1.5 (LLaVA-NeXT/OneVision, Qwen2/2.5/3-VL).
+"""Training examples for the VLM families beyond LLaVA-1.5 (LLaVA-NeXT/OneVision, ViP-LLaVA, Qwen2/2.5/3-VL).
 
 :class:`FamilyLayout` is :class:`vlm_training.llava_data.TokenLayout` for a model whose chat
 template, end-of-turn token and image-token count differ from LLaVA-1.5's:
 
 - the conversation is laid out by the processor's own chat template
   (:func:`vlm_core.families.conversation_segments`): answers are supervised through the
-  family's end-of-turn token (``<|im_end|>`` for Qwen and OneVision, ``</s>`` for LLaVA-NeXT);
+  family's end-of-turn token (``<|im_end|>`` for Qwen and OneVision, ``</s>`` for LLaVA-NeXT and ViP-LLaVA);
 - an image is prepared by the family's frame as inference prepares it (``BoxFrame.prepare_image``:
-  not padded to a square, since the family's processor handles any aspect ratio and its box frame
-  is defined on the original image), and takes as many image tokens as the processor gives an
-  image of its size (:func:`vlm_core.families.image_token_count`), known from the record's width
-  and height before any pixel is read;
+  padded to a square for ViP-LLaVA, whose frame is LLaVA-1.5's; as it is for the others, whose processor
+  handles any aspect ratio and whose box frame is defined on the original image), and takes as many image
+  tokens as the processor gives an image of its size (:func:`vlm_core.families.image_token_count`), known
+  from the record's width and height before any pixel is read;
 - the processor's per-image inputs (Qwen's ``image_grid_thw``, LLaVA-NeXT's ``image_sizes``)
   travel with the pixels; :func:`vlm_training.llava_data.collate_images` batches them.
 """
