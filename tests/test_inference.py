@@ -160,6 +160,24 @@ def test_region_question_uses_the_shared_box_text(vlm):
     assert vlm.clean_question("<image>\nHow many cans are there? ") == "How many cans are there?"
 
 
+def test_box_prompts_on_a_base_model_are_asked_as_told_without_a_warning(tiny_models, recwarn):
+    # A base model was taught nothing of ours (no prompt_format.json): any box_prompt is no conflict.
+    both = VLMInference(tiny_models["llava"], box_prompt="both")
+    assert not [w for w in recwarn if issubclass(w.category, vi.BoxPromptWarning)]
+    assert both.region_question([50, 30, 150, 80], 200, 100) == \
+        "Please provide a short description for the object in the red box [0.25, 0.40, 0.75, 0.65]."
+    assert both.region_boxes([50, 30, 150, 80]) == [{"bbox": [50.0, 30.0, 150.0, 80.0], "colour": "red"}]
+    # What the model sees: the red outline on the original pixels, then the padding to a square.
+    seen = both.model_image(Image.new("RGB", (200, 100), (0, 0, 0)), both.region_boxes([50, 30, 150, 80]))
+    assert seen.size == (200, 200)
+    assert seen.getpixel((50, 80)) == seen.getpixel((149, 129)) == (255, 0, 0)   # corners, 50 px padding above
+    assert seen.getpixel((100, 100)) == (0, 0, 0) and seen.getpixel((0, 0)) == (122, 116, 104)
+    with pytest.raises(InferenceInputError, match=r"^drawn_boxes\[1\]: boxes\[0\]\.colour must be one of red, ") as err:
+        both.answer_questions(["unused.png"] * 2, ["What is in the red box?", "What is in the pink box?"],
+                              drawn_boxes=[None, [{"bbox": [1, 1, 5, 5], "colour": "pink"}]])
+    assert err.value.index == 1
+
+
 def test_model_sees_the_image_padded_to_a_square(vlm):
     padded = vlm.model_image(Image.new("RGB", (40, 20), (255, 0, 0)))
     assert padded.size == (40, 40)

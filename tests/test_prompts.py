@@ -112,6 +112,17 @@ def test_saved_with_the_model_and_old_files_load_without(tmp_path):
             PromptFormat.from_dict({**saved, **bad})
 
 
+def test_box_reference_names_a_box_by_text_colour_or_both():
+    from vlm_core.prompts import REGION_DESCRIPTION_VISUAL, box_reference
+    assert box_reference("text", "red", "[0.12, 0.34, 0.56, 0.78]") == "[0.12, 0.34, 0.56, 0.78]"
+    assert box_reference("visual", "green", "[0.12, 0.34, 0.56, 0.78]") == "the green box"
+    assert REGION_DESCRIPTION_VISUAL.format(box=box_reference("both", "red", "[0.12, 0.34, 0.56, 0.78]")) == \
+        "Please provide a short description for the object in the red box [0.12, 0.34, 0.56, 0.78]."
+    assert PromptFormat().box_prompt == "text" and "box_prompt" not in PromptFormat().to_dict()
+    with pytest.raises(ValueError, match="box_prompt must be one of text, visual, both, got 'red'"):
+        PromptFormat().with_box_prompt("red")
+
+
 @pytest.fixture(scope="module")
 def processor(tmp_path_factory):
     from transformers import AutoProcessor

@@ -3,11 +3,12 @@
 training is the answer the saved model gives afterwards.
 
 - :func:`record_questions`: the questions of one LLaVA record, one per human turn (turn k > 0 asked as a fresh
-  single-turn question about the same image).
+  single-turn question about the same image, with the record's visual box prompts drawn on it).
 - :func:`generation_processor`: the processor as generation needs it (left padding, a pad token).
 - :func:`greedy_settings`: greedy decoding with ``max_new_tokens``, as inference decodes.
-- :func:`generate_answers`: prompts laid out by the family (:func:`vlm_core.families.question_prompt`), images
-  prepared by the box frame, batched ``generate``, answers decoded by :func:`vlm_core.families.decode_answer`.
+- :func:`generate_answers`: prompts laid out by the family (:func:`vlm_core.families.question_prompt`), boxes
+  drawn (:func:`vlm_core.images.draw_box_prompt`) and images prepared by the box frame, batched ``generate``,
+  answers decoded by :func:`vlm_core.families.decode_answer`.
 
 Torch is imported where a model runs, never on import.
 """
@@ -19,7 +20,8 @@ from typing import Any, Callable, Sequence
 from PIL import Image
 
 from vlm_core import families
-from vlm_core.llava_format import IMAGE_TOKEN
+from vlm_core.images import draw_box_prompt
+from vlm_core.llava_format import IMAGE_TOKEN, record_box_prompt
 from vlm_core.prompts import PromptFormat
 
 DEFAULT_PAD_FILL = (0.5, 0.5, 0.5)   # a processor without an image mean: mid grey
@@ -28,11 +30,14 @@ DEFAULT_MAX_NEW_TOKENS = 128        # most tokens per answer, unless asked other
 
 def record_questions(record: dict) -> list[dict]:
     """The questions of one (validated) LLaVA record: ``{"id", "image", "turn", "question", "reference",
-    "type"}`` per human turn, the image token removed from the question."""
+    "type"}`` per human turn, the image token removed from the question; a record with visual box prompts
+    adds ``"drawn_boxes"``, the boxes to draw on its image."""
     turns, qa_types = record["conversations"], record.get("qa_types")
+    mode, drawn = record_box_prompt(record)
+    extra = {} if mode == "text" else {"drawn_boxes": drawn}
     return [{"id": record["id"], "image": record["image"], "turn": j // 2,
              "question": turns[j]["value"].replace(IMAGE_TOKEN, "").strip(), "reference": turns[j + 1]["value"],
-             "type": qa_types[j // 2] if qa_types is not None else None}
+             "type": qa_types[j // 2] if qa_types is not None else None, **extra}
             for j in range(0, len(turns), 2)]
 
 
@@ -64,20 +69,31 @@ def greedy_settings(model, tokenizer, max_new_tokens: int, **overrides) -> dict:
     return settings
 
 
+def model_image(frame: families.BoxFrame, fill: Sequence[float], image: Image.Image,
+                drawn_boxes: list | None = None) -> Image.Image:
+    """What the model sees of ``image`` (RGB, as loaded): its visual box prompts drawn in its own pixels, then
+    prepared by the box frame (LLaVA-1.5: padded to a square), as training's dataset prepares it."""
+    return frame.prepare_image(draw_box_prompt(image, drawn_boxes) if drawn_boxes else image, fill)
+
+
 def generate_answers(model, processor, family: families.Family, fmt: PromptFormat, frame: families.BoxFrame,
                      fill: Sequence[float], questions: Sequence[str], images: Sequence[Image.Image],
                      batch_size: int, settings: dict, pixel_dtype=None,
-                     check_lengths: Callable[[list[int], int], None] | None = None) -> list[str]:
+                     check_lengths: Callable[[list[int], int], None] | None = None,
+                     drawn_boxes: Sequence[list | None] | None = None) -> list[str]:
     """The answers to ``questions[i]`` about ``images[i]`` (RGB, as loaded), ``batch_size`` at a time.
 
     ``processor`` must pad on the left (:func:`generation_processor`); ``pixel_dtype``: the dtype the vision
-    tower takes; ``check_lengths(prompt_lengths, offset)`` may refuse a batch before it is generated.
+    tower takes; ``check_lengths(prompt_lengths, offset)`` may refuse a batch before it is generated;
+    ``drawn_boxes[i]``: the visual box prompts to draw on ``images[i]`` first (None or empty: none).
     """
     import torch
     answers: list[str] = []
+    drawn_boxes = drawn_boxes or [None] * len(images)
     for start in range(0, len(questions), batch_size):
         texts = [families.question_prompt(family, processor, fmt, q) for q in questions[start:start + batch_size]]
-        pixels = [frame.prepare_image(img, fill) for img in images[start:start + batch_size]]
+        pixels = [model_image(frame, fill, img, drawn)
+                  for img, drawn in zip(images[start:start + batch_size], drawn_boxes[start:start + batch_size])]
         inputs = processor(images=pixels, text=texts, padding=True, return_tensors="pt")
         if check_lengths is not None:
             check_lengths(inputs["attention_mask"].sum(dim=1).tolist(), start)

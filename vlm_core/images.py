@@ -1,4 +1,4 @@
-"""Open any image a user may have, the same way in every stage.
+"""Open any image a user may have, the same way in every stage; draw visual box prompts on it.
 
 EXIF orientation is applied (width/height are those of the displayed image), every
 mode (1-bit, grayscale, 16-bit, float, palette, alpha, CMYK) becomes RGB, and
@@ -12,15 +12,21 @@ followed again); what the toolkit writes are paths relative to the folder, never
 and never with ``..``. A file name that is not valid UTF-8 cannot be written into a JSON
 file: it is listed, refused by :func:`load_image` with that reason, and reported under its
 escaped :func:`printable_name`.
+
+Visual box prompts (ViP-LLaVA: a box drawn on the image works better than its coordinates in
+text) are drawn here too, by one function that training and inference both call
+(:func:`draw_box_prompt`), before the family's own resize or padding.
 """
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
 from vlm_core.io_utils import InputError
 
@@ -145,3 +151,45 @@ def as_rgb_image(image) -> Image.Image:
     if isinstance(image, Image.Image):
         return to_rgb(ImageOps.exif_transpose(image) or image)
     return load_image(image)
+
+
+# ----------------------------------------------------------------------------- visual box prompts
+
+# The colour of each box a question names, by its place in the question (slot 0 is red, 1 green, ...):
+# fixed, so that "the red box" always means the first box. Names are what the questions say.
+BOX_PROMPT_COLOURS = {
+    "red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0),
+    "purple": (128, 0, 255), "orange": (255, 128, 0), "cyan": (0, 255, 255), "white": (255, 255, 255),
+}
+BOX_PROMPT_SLOTS = tuple(BOX_PROMPT_COLOURS)
+
+
+def box_prompt_line_width(width: int, height: int) -> int:
+    """Pixels of a drawn box's outline: 1% of the shorter side, at least 2, so that it survives the
+    family's downscaling (LLaVA-1.5 sees 336 pixels) on any image size."""
+    return max(2, round(min(width, height) / 100))
+
+
+def _pixel(v: float) -> int:
+    return math.floor(v + 0.5)  # halves up, unlike round()'s to-even
+
+
+def draw_box_prompt(image: Image.Image, boxes: Iterable[dict]) -> Image.Image:
+    """A copy of ``image`` (RGB, as loaded) with each box's outline drawn in its colour.
+
+    ``boxes``: ``{"bbox": [x1, y1, x2, y2], "colour": "red"}`` each (pixels of ``image``; colour a name of
+    :data:`BOX_PROMPT_COLOURS`), the form a LLaVA record's ``box_prompt`` holds them in. The outline covers
+    the pixels from the box edge inwards, :func:`box_prompt_line_width` wide, clipped to the image; the
+    inside and the rest of the image are left as they are.
+    """
+    out = image.copy()
+    width, height = out.size
+    line = box_prompt_line_width(width, height)
+    draw = ImageDraw.Draw(out)
+    for box in boxes:
+        x1, y1, x2, y2 = box["bbox"]
+        # Pixel columns round(x1) .. round(x2) - 1 lie inside the box (PIL's corners are inclusive).
+        left, top = min(max(_pixel(x1), 0), width - 1), min(max(_pixel(y1), 0), height - 1)
+        right, bottom = max(min(_pixel(x2), width) - 1, left), max(min(_pixel(y2), height) - 1, top)
+        draw.rectangle((left, top, right, bottom), outline=BOX_PROMPT_COLOURS[box["colour"]], width=line)
+    return out

@@ -11,6 +11,14 @@ A record::
 ``<image>`` appears once, at the start of the first human turn (as original LLaVA writes it);
 ``qa_types`` (one per turn pair) is ignored by LLaVA loaders and used here to score by type.
 
+A record converted with visual box prompts (``--box_prompt visual`` or ``both``) also says which boxes
+are drawn on its image before the model sees it, in pixels of the displayed image, each in the colour
+its questions name it by (every turn of the record is asked about that one drawn image)::
+
+    "box_prompt": {"mode": "visual", "boxes": [{"bbox": [12.5, 200.0, 96.0, 340.25], "colour": "red"}]}
+
+(``boxes`` is empty for a record of image-level questions). A record without it names its boxes in text.
+
 The file is a JSON list (what LLaVA and LLaMA-Factory read), or JSONL (one record a line) when
 its name ends in ``.jsonl``. :func:`iter_llava_records` streams either, validating each record
 once; :class:`LlavaWriter` writes either, record by record.
@@ -22,16 +30,19 @@ which listed the folder, followed them. See :func:`resolve_image_path`.
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Iterator
 
 from vlm_core.families import FRAME_KEY, BoxFrame, FamilyError
+from vlm_core.images import BOX_PROMPT_COLOURS
 from vlm_core.io_utils import InputError, RecordWriter, is_jsonl, stream_json, stream_jsonl
-from vlm_core.prompts import IMAGE_TOKEN
+from vlm_core.prompts import BOX_PROMPTS, IMAGE_TOKEN
 from vlm_core.schema import QA_TYPES
 
 IMAGE_PLACEHOLDER = IMAGE_TOKEN + "\n"  # how the first human turn starts
+BOX_PROMPT_KEY = "box_prompt"           # the boxes drawn on a record's image (visual box prompts)
 
 
 def record_where(path: Path, index: int, record) -> str:
@@ -77,12 +88,50 @@ def validate_llava_record(rec: Any, where: str) -> dict:
     for j, qtype in enumerate(qa_types or []):
         if qtype is not None and qtype not in QA_TYPES:
             raise InputError(f"{where}: qa_types[{j}]: {qtype!r} is not one of {', '.join(QA_TYPES)}")
+    if BOX_PROMPT_KEY in rec:
+        check_box_prompt_field(rec[BOX_PROMPT_KEY], f"{where}: field {BOX_PROMPT_KEY!r}")
     if FRAME_KEY in rec:  # the box frame the record was rendered for (absent: LLaVA-1.5's)
         try:
             BoxFrame.from_dict(rec[FRAME_KEY], where=f"{where}: {FRAME_KEY}")
         except FamilyError as e:
             raise InputError(str(e)) from None
     return rec
+
+
+def check_drawn_boxes(boxes: Any, where: str) -> list:
+    """Boxes to draw on an image: a list of ``{"bbox": [x1, y1, x2, y2], "colour": NAME}`` (pixels, corners in
+    order; a colour of vlm_core.images.BOX_PROMPT_COLOURS); InputError naming ``where`` and the entry."""
+    if not isinstance(boxes, list):
+        raise InputError(f"{where}: boxes must be a list of {{'bbox', 'colour'}} objects")
+    for k, box in enumerate(boxes):
+        if not isinstance(box, dict):
+            raise InputError(f"{where}: boxes[{k}] must be an object with 'bbox' and 'colour'")
+        bbox = box.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)
+                and bbox[0] < bbox[2] and bbox[1] < bbox[3]):
+            raise InputError(f"{where}: boxes[{k}].bbox must be [x1, y1, x2, y2] in pixels with x1 < x2 and "
+                             f"y1 < y2, got {bbox!r}")
+        if box.get("colour") not in BOX_PROMPT_COLOURS:
+            raise InputError(f"{where}: boxes[{k}].colour must be one of {', '.join(BOX_PROMPT_COLOURS)}, "
+                             f"got {box.get('colour')!r}")
+    return boxes
+
+
+def check_box_prompt_field(value: Any, where: str) -> None:
+    """A record's ``box_prompt``: ``{"mode": "visual"|"both", "boxes": [...]}`` (see the module docstring)."""
+    if not isinstance(value, dict):
+        raise InputError(f"{where}: expected an object with 'mode' and 'boxes'")
+    if value.get("mode") not in BOX_PROMPTS[1:]:
+        raise InputError(f"{where}: mode must be one of {', '.join(BOX_PROMPTS[1:])} (a text record has no "
+                         f"{BOX_PROMPT_KEY}), got {value.get('mode')!r}")
+    check_drawn_boxes(value.get("boxes"), where)
+
+
+def record_box_prompt(record: dict) -> tuple[str, list]:
+    """``(mode, boxes to draw)`` of a (validated) record: ``("text", [])`` for a record without the field."""
+    field = record.get(BOX_PROMPT_KEY)
+    return ("text", []) if field is None else (field["mode"], field["boxes"])
 
 
 def _raw_llava(path: Path) -> Iterator[Any]:

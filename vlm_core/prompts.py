@@ -33,6 +33,44 @@ RELATION = "Where is the {label_a} {box_a} relative to the {label_b} {box_b}?"
 SURFACE = "What is the {label} lying on?"
 SURFACE_BOXED = "What is the {label} at {box} lying on?"
 
+# Visual box prompts (ViP-LLaVA; issue 24): the box is drawn on the image (vlm_core.images.draw_box_prompt)
+# and the question names it by its colour, "the red box" (--box_prompt visual), or by its colour and its
+# coordinates, "the red box [0.12, 0.34, 0.56, 0.78]" (--box_prompt both): {box} is that reference.
+BOX_PROMPTS = ("text", "visual", "both")
+BOX_PROMPT_HELP = (
+    "how a question names a box: 'text' (its coordinates in the question, as LLaVA-1.5 was taught), 'visual' "
+    "(the box drawn on the image in a colour per box, the question says \"the object in the red box\", as "
+    "ViP-LLaVA), or 'both' (drawn, and the question keeps the coordinates: \"the red box [0.12, ...]\")")
+VISUAL_BOX = "the {colour} box"
+REGION_DESCRIPTION_VISUAL = "Please provide a short description for the object in {box}."
+REGION_DESCRIPTION_LABELED_VISUAL = "Please provide a short description for the {label} in {box}."
+REGION_LABEL_VISUAL = "What is the object in {box}? Answer with one word."
+LOCATION_VISUAL = "Where is the {label} in {box}?"
+RELATION_VISUAL = "Where is the {label_a} in {box_a} relative to the {label_b} in {box_b}?"
+SURFACE_VISUAL = "What is the {label} in {box} lying on?"
+# The visual wordings a model folder's prompt format keeps beside the text ones (see PromptFormat.templates).
+VISUAL_TEMPLATES = {
+    "region_description_visual": REGION_DESCRIPTION_VISUAL,
+    "region_description_labeled_visual": REGION_DESCRIPTION_LABELED_VISUAL,
+    "region_label_visual": REGION_LABEL_VISUAL,
+}
+
+
+def box_reference(box_prompt: str, colour: str, box_text: str) -> str:
+    """How a question names a box: its text in the model's frame (``text``), "the red box" (``visual``),
+    or "the red box [0.12, 0.34, 0.56, 0.78]" (``both``)."""
+    if box_prompt == "text":
+        return box_text
+    named = VISUAL_BOX.format(colour=colour)
+    return named if box_prompt == "visual" else f"{named} {box_text}"
+
+
+def check_box_prompt(value: str) -> str:
+    """``value`` when it names a way of putting boxes to the model; ValueError otherwise."""
+    if value not in BOX_PROMPTS:
+        raise ValueError(f"box_prompt must be one of {', '.join(BOX_PROMPTS)}, got {value!r}")
+    return value
+
 _IRREGULAR_PLURALS = {"person": "people", "man": "men", "woman": "women", "child": "children",
                       "mouse": "mice", "knife": "knives", "leaf": "leaves", "sheep": "sheep",
                       "glasses": "glasses", "scissors": "scissors"}
@@ -131,6 +169,8 @@ class PromptFormat:
     ``system_prompt`` (text, "" for none; see :func:`resolve_system_prompt`) goes before the
     first turn as ``system_template`` lays it out ("{system} ": LLaVA v1's "<system> USER: ...").
     Files saved before these two fields existed load with no system prompt, as they were trained.
+    ``box_prompt`` (:data:`BOX_PROMPTS`) says how a region question names its box; it is saved only when it
+    is not ``text``, so a text model's file is what it was before the field existed, and loads as ``text``.
     """
     first_turn: str = LLAVA_15_FIRST_TURN
     next_turn: str = "USER: {question} ASSISTANT:"
@@ -140,6 +180,7 @@ class PromptFormat:
     pad_to_square: bool = True
     system_prompt: str = ""
     system_template: str = "{system} "
+    box_prompt: str = "text"
     templates: dict = field(default_factory=lambda: {
         "region_description": REGION_DESCRIPTION,
         "region_description_labeled": REGION_DESCRIPTION_LABELED,
@@ -162,8 +203,18 @@ class PromptFormat:
         """A copy with the system prompt that ``value`` names (see :func:`resolve_system_prompt`)."""
         return replace(self, system_prompt=resolve_system_prompt(value, self))
 
+    def with_box_prompt(self, value: str) -> "PromptFormat":
+        """A copy that names boxes as ``value`` says, its visual wordings kept beside the text ones."""
+        check_box_prompt(value)
+        if value == "text":
+            return replace(self, box_prompt=value)
+        return replace(self, box_prompt=value, templates={**VISUAL_TEMPLATES, **self.templates})
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if self.box_prompt == "text":  # absent means text: a text model's file stays as it was
+            del data["box_prompt"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "PromptFormat":
@@ -181,6 +232,9 @@ class PromptFormat:
             raise ValueError("prompt format: system_template has no {system} placeholder")
         if fmt.image_token in fmt.system_prompt:
             raise ValueError("prompt format: system_prompt holds the image token")
+        if fmt.box_prompt not in BOX_PROMPTS:
+            raise ValueError(f"prompt format: box_prompt must be one of {', '.join(BOX_PROMPTS)}, "
+                             f"got {fmt.box_prompt!r}")
         return fmt
 
     def save(self, directory: str | os.PathLike) -> Path:

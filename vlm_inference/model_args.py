@@ -19,6 +19,7 @@ from vlm_core.model_dir import (
     TRAIN_ARGS_FILE,
     half_written,
 )
+from vlm_core.prompts import BOX_PROMPT_HELP, BOX_PROMPTS
 from vlm_core.runtime import add_precision_flag, require_model, resolve_device
 
 
@@ -118,6 +119,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                         help=f"most tokens per answer (default {DEFAULT_MAX_NEW_TOKENS})")
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
     add_precision_flag(parser, "auto = bf16 (fp16 where the GPU lacks bf16) on a GPU, fp32 on the CPU")
+    parser.add_argument("--box_prompt", choices=BOX_PROMPTS, default=None,
+                        help=BOX_PROMPT_HELP + " (default: as the model was trained, from its prompt_format.json; "
+                             "text for a base model; another value asks it that way, with a warning)")
     quant = parser.add_mutually_exclusive_group()
     quant.add_argument("--load_in_8bit", action="store_true", help="load the weights in 8 bits (CUDA only)")
     quant.add_argument("--load_in_4bit", action="store_true", help="load the weights in 4 bits (CUDA only)")

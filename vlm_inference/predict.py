@@ -20,6 +20,10 @@ a second refuses, naming the first. A question whose image cannot be read, or wh
 does not fit the model's context, is reported and skipped. Large files can be split over
 several processes or GPUs with ``--num_shards N --shard_index K`` (contiguous shards; one
 ``--output_file`` each; ``cat`` them together in shard order afterwards).
+
+Records converted with visual box prompts have their boxes drawn on the image for every question. The
+data must be converted the way the model is asked (``--box_prompt``, by default as it was trained):
+other data is refused before the model loads.
 """
 from __future__ import annotations
 
@@ -38,8 +42,9 @@ from vlm_core import families
 from vlm_core.flags import IMAGES_DIR, flag_names
 from vlm_core.generation import record_questions
 from vlm_core.io_utils import InputError, JsonlAppender, stream_jsonl
-from vlm_core.llava_format import iter_llava_records, record_where, resolve_image_path
+from vlm_core.llava_format import iter_llava_records, record_box_prompt, record_where, resolve_image_path
 from vlm_core.predictions import is_prediction_line, prediction_record
+from vlm_core.prompts import PromptFormat
 from vlm_core.runtime import report_input_errors, require_output_file, require_path, single_writer
 from vlm_inference.model_args import add_model_args, check_model_args
 from vlm_inference.vlm_inference import InferenceInputError, load_model
@@ -97,13 +102,38 @@ def model_frame(model_path: str, base_model: str | None) -> families.BoxFrame:
     raise InputError(f"--model_path: {error}")
 
 
-def count_records(data_path: Path, frame: families.BoxFrame | None = None, model: str = "") -> int:
+def model_box_prompt(model_path: str) -> str:
+    """How the model was taught to name boxes (its prompt_format.json), known without loading it."""
+    local = Path(model_path).expanduser()
+    try:
+        return PromptFormat.load(local).box_prompt if local.is_dir() else "text"
+    except (ValueError, TypeError, OSError):
+        return "text"  # a damaged file is reported, in one line, when the model loads
+
+
+def check_box_prompt(record: dict, where: str, asked: str, told: bool) -> None:
+    """Refuse a record converted for another way of naming boxes than the model is asked with (``told``: by
+    --box_prompt, else as it was trained): its questions would name boxes that are not drawn, or not named."""
+    mode = record_box_prompt(record)[0]
+    if mode == asked:
+        return
+    how = "--box_prompt" if told else "--box_prompt (as it was trained)"
+    also = "" if told else f", or pass --box_prompt {mode} to ask it that way anyway"
+    raise InputError(f"{where}: converted with --box_prompt {mode}, but the model is asked with {how} {asked}; "
+                     f"convert the data again with --box_prompt {asked}{also}")
+
+
+def count_records(data_path: Path, frame: families.BoxFrame | None = None, model: str = "",
+                  box_prompt: tuple[str, bool] | None = None) -> int:
     """The number of records; ids must be unique, since answers are matched to questions by ``(id, turn)``.
 
     With ``frame``, a record whose boxes were rendered for another family or resize setting is refused:
-    the model would read its boxes in the wrong frame."""
+    the model would read its boxes in the wrong frame. With ``box_prompt`` (the way the model is asked, and
+    whether --box_prompt said so), a record converted for another way (:func:`check_box_prompt`)."""
     seen: dict[str, int] = {}
     for i, record in read_records(data_path):
+        if box_prompt is not None:
+            check_box_prompt(record, record_where(data_path, i, record), *box_prompt)
         if frame is not None:
             where = record_where(data_path, i, record)
             try:
@@ -169,7 +199,8 @@ def ask(vlm, batch: list[dict], image_dir: Path, data_path: Path, max_new_tokens
     while batch:
         try:
             answers = vlm.answer_questions([image_dir / q["image"] for q in batch], [q["question"] for q in batch],
-                                           batch_size=batch_size, max_new_tokens=max_new_tokens)
+                                           batch_size=batch_size, drawn_boxes=[q.get("drawn_boxes") for q in batch],
+                                           max_new_tokens=max_new_tokens)
             return list(zip(batch, answers))
         except InferenceInputError as e:
             if e.index is None:
@@ -183,8 +214,9 @@ def ask(vlm, batch: list[dict], image_dir: Path, data_path: Path, max_new_tokens
 def main(argv=None) -> int:
     args = parse_args(argv)
     data_path, image_dir, output_file = args.data, args.image_dir, args.output_file
+    asked = (args.box_prompt, True) if args.box_prompt else (model_box_prompt(args.model_path), False)
     n_total = count_records(data_path, model_frame(args.model_path, args.base_model),
-                            args.base_model or args.model_path)
+                            args.base_model or args.model_path, asked)
     lo, hi = shard_bounds(n_total, args.num_shards, args.shard_index)
     shard = f"shard {args.shard_index + 1}/{args.num_shards}"
     model = model_identity(args.model_path, args.base_model)

@@ -33,6 +33,12 @@ The toolkit's own training reads either folder the same way.
 Any size: records are read, converted and written one at a time. A ``.jsonl`` input is read as
 JSONL; a ``.jsonl`` output is written as JSONL (the toolkit's training reads both; LLaVA and
 LLaMA-Factory want the default JSON list).
+
+Visual box prompts (``--box_prompt visual``, or ``both`` to keep the coordinates too): the region
+questions name their boxes by colour ("Please provide a short description for the object in the red
+box."), and each record carries the pixel boxes and colours that training and prediction draw on its
+image (``box_prompt``); an image's pairs are grouped into records by the boxes they name. Train and ask
+with the same ``--box_prompt``.
 """
 from __future__ import annotations
 
@@ -44,7 +50,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from vlm_core import families
+from vlm_core import families, prompts
 from vlm_core.flags import ANNOTATION_FILE, IMAGES_DIR, flag_names
 from vlm_core.images import ImageLoadError, load_image
 from vlm_core.io_utils import InputError, atomic_output
@@ -81,6 +87,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="shuffle each image's Q&A pairs (seeded by --seed and the image path), so that every question "
                         "type is sometimes the first turn: predict.py asks every question as a fresh first turn")
     p.add_argument("--seed", type=int, default=0, help="seed of --shuffle_turns (default 0)")
+    p.add_argument("--box_prompt", choices=prompts.BOX_PROMPTS, default="text",
+                   help=prompts.BOX_PROMPT_HELP + "; with visual or both each record also holds the boxes to draw, "
+                        "and the pairs of an image go to one record per set of boxes their questions name "
+                        "(default text; give train_vlm.py the same value)")
     p.add_argument(*flag_names("--image_dir", IMAGES_DIR), default=None,
                    help="folder the records' image paths are relative to; when given, images that a plain "
                         "Image.open().convert('RGB') reads differently (EXIF-rotated, transparent, 16-bit) "
@@ -254,7 +264,7 @@ def main(argv=None) -> int:
         reader = AnnotationReader(args.annotation_file)
         for i, rec in enumerate(tqdm(reader, desc="convert", unit=" images", mininterval=1.0, disable=None)):
             recs = image_records(rec, i, args.annotation_file, args.max_turns, qa_types, left_out, args.frame,
-                                 args.seed if args.shuffle_turns else None)
+                                 args.seed if args.shuffle_turns else None, args.box_prompt)
             writer.write_many(recs)
             stats.add(recs)
             if images is not None and recs:

@@ -6,7 +6,7 @@ model answers a fixed sample of ``--val_data`` questions, and the answers are sc
   others), kept in file order. Its ``(id, turn)`` list is saved in the output folder and in every checkpoint
   (:data:`SAMPLES_FILE`), so a resumed run asks the same questions (:func:`sample_questions`).
 - Questions are asked exactly as ``predict.py`` asks them (:mod:`vlm_core.generation`: the family's prompt, the
-  box frame's image, greedy decoding, ``--max_new_tokens``) and scored by evaluate.py's scorer
+  record's visual box prompts drawn, the box frame's image, greedy decoding, ``--max_new_tokens``) and scored by evaluate.py's scorer
   (:mod:`vlm_core.scoring`), so the numbers equal ``predict.py`` + ``evaluate.py`` on the checkpoint.
 - Under torchrun every rank answers a contiguous share; the answers are gathered once, scored on rank 0 and the
   metrics broadcast, so every rank takes the same best-model and early-stopping decisions.
@@ -231,7 +231,8 @@ class GenerationEvaluator:
             answers = generate_answers(model, self.processor, self.family, self.fmt, self.frame, self.fill,
                                        [self.questions[i]["question"] for i in share],
                                        self._images([self.image_paths[i] for i in share]),
-                                       self.batch_size, settings, pixel_dtype=pixel_dtype)
+                                       self.batch_size, settings, pixel_dtype=pixel_dtype,
+                                       drawn_boxes=[self.questions[i].get("drawn_boxes") for i in share])
         return answers[:hi - lo]
 
     def evaluate(self, model, args, step: int, autocast, synced_gpus: bool = False,

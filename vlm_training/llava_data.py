@@ -23,6 +23,10 @@ exactly as inference tokenizes ``fmt.prompt(question, first=True)``.
 Other families (LLaVA-NeXT/OneVision, Qwen2/2.5/3-VL) use the same machinery through
 :class:`vlm_training.family_data.FamilyLayout`: their chat template lays the turns out, their
 end-of-turn token plays EOS's part, and an image takes as many tokens as its size gives.
+
+A record converted with visual box prompts (its ``box_prompt`` field) has its boxes drawn on the image
+(:func:`vlm_core.images.draw_box_prompt`, the function inference draws with) before the family prepares it;
+training refuses records converted otherwise than the run's ``--box_prompt``.
 """
 from __future__ import annotations
 
@@ -36,9 +40,15 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from vlm_core import families
-from vlm_core.images import ImageLoadError, load_image
+from vlm_core.images import ImageLoadError, draw_box_prompt, load_image
 from vlm_core.io_utils import InputError
-from vlm_core.llava_format import IMAGE_PLACEHOLDER, iter_llava_records, record_where, resolve_image_path
+from vlm_core.llava_format import (
+    IMAGE_PLACEHOLDER,
+    iter_llava_records,
+    record_box_prompt,
+    record_where,
+    resolve_image_path,
+)
 from vlm_core.prompts import PromptFormat
 
 IGNORE_INDEX = -100
@@ -107,6 +117,7 @@ class Example:
     labels: list[int]
     length: int                 # after image-token expansion
     image_tokens: int = 0       # what the one image token expands to (its image's size decides, for some families)
+    drawn_boxes: list = field(default_factory=list)  # visual box prompts drawn on the image ({"bbox", "colour"})
 
 
 @dataclass
@@ -137,7 +148,13 @@ class TokenLayout:
         return self.frame or families.frame_for_family(self.family_name)
 
     def check_record(self, record: dict, where: str) -> None:
-        """Refuse a record whose boxes were rendered for another family or resize setting."""
+        """Refuse a record whose boxes were rendered for another family or resize setting, or put to the model
+        otherwise than ``fmt.box_prompt`` (drawn or in text)."""
+        mode = record_box_prompt(record)[0]
+        if mode != self.fmt.box_prompt:
+            raise InputError(f"{where}: converted with --box_prompt {mode}, but this run trains with --box_prompt "
+                             f"{self.fmt.box_prompt}; rerun convert_to_llava_format.py --box_prompt "
+                             f"{self.fmt.box_prompt} or train with --box_prompt {mode}")
         if self.frame is None:
             return
         try:
@@ -239,13 +256,14 @@ def build_examples(records: Iterable[dict], path: str | os.PathLike, image_dir: 
             stats.shortened += 1
             stats.turns_dropped += pairs - pairs_kept
         stats.supervised_tokens += sum(1 for t in labels if t != IGNORE_INDEX)
-        examples.append(Example(i, rec["id"], image_path, input_ids, labels, len(input_ids) + extra, image_tokens))
+        examples.append(Example(i, rec["id"], image_path, input_ids, labels, len(input_ids) + extra, image_tokens,
+                                record_box_prompt(rec)[1]))
     stats.examples = len(examples)
     return examples, stats
 
 
 class LlavaDataset(torch.utils.data.Dataset):
-    """Tokenized examples; images are read, padded to a square and processed on access."""
+    """Tokenized examples; images are read, their box prompts drawn, padded to a square and processed on access."""
 
     def __init__(self, examples: list[Example], layout: TokenLayout, source: str | os.PathLike = ""):
         self.examples = examples
@@ -264,6 +282,8 @@ class LlavaDataset(torch.utils.data.Dataset):
         except ImageLoadError as e:
             raise InputError(f"{self.source}: record {ex.record_index} (id {ex.record_id!r}): "
                              f"image {ex.image_path}: {e}") from None
+        if ex.drawn_boxes:
+            image = draw_box_prompt(image, ex.drawn_boxes)
         n = ex.image_tokens - 1
         i = ex.input_ids.index(self.layout.image_token_id)
         where = f"{self.source}: record {ex.record_index} (id {ex.record_id!r})"

@@ -29,6 +29,10 @@ train_args.json, metrics.json, loss.png and checkpoint-N/ folders; ``--merge_lor
 Ctrl-C or SIGTERM saves a checkpoint at the current step; running the same command again continues
 an interrupted run from its newest complete checkpoint (``--resume_from_checkpoint latest`` or a
 checkpoint folder says so explicitly).
+
+``--box_prompt visual`` (or ``both``) trains on data converted with the same flag: each record's boxes are
+drawn on its image (vlm_core/images.py, as inference draws them) and the questions name them by colour;
+prompt_format.json records it, so VLMInference asks that model with drawn boxes without being told.
 """
 from __future__ import annotations
 
@@ -65,7 +69,7 @@ from vlm_core.model_dir import (
     move_into,
     remove_stale_model_files,
 )
-from vlm_core.prompts import SYSTEM_PROMPT_HELP, PromptFormat, resolve_system_prompt
+from vlm_core.prompts import BOX_PROMPT_HELP, BOX_PROMPTS, SYSTEM_PROMPT_HELP, PromptFormat, resolve_system_prompt
 from vlm_core.runtime import (
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
@@ -145,6 +149,10 @@ class ModelArguments:
     merge_lora: bool = field(default=False, metadata={
         "help": "after training also save the base model with the adapter merged into OUTPUT_DIR/merged"})
     system_prompt: str = field(default="auto", metadata={"help": SYSTEM_PROMPT_HELP})
+    box_prompt: str = field(default="text", metadata={
+        "choices": list(BOX_PROMPTS),
+        "help": BOX_PROMPT_HELP + "; the data must be converted with the same value (its drawn boxes travel in "
+                "each record), and it is saved in prompt_format.json so inference asks the same way"})
 
     def __post_init__(self):
         self.base_model = require_model(self.base_model, "--base_model")
@@ -499,14 +507,15 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: VLMTrainin
         raise InputError(f"--base_model {model_args.base_model}: cannot load its processor: "
                          f"{str(e).splitlines()[0]}") from None
     family = model_args.family
-    fmt = PromptFormat.from_chat_template(processor)
+    fmt = PromptFormat.from_chat_template(processor).with_box_prompt(model_args.box_prompt)
     if family.uses_prompt_format:  # LLaVA-1.5: the layout PromptFormat derives from its chat template
         fmt = fmt.with_system_prompt(model_args.system_prompt)
         layout = TokenLayout(processor, fmt)
-    else:  # the chat template lays every turn out (families.conversation_segments); no square padding
+    else:  # the chat template lays every turn out (families.conversation_segments)
         from vlm_training.family_data import FamilyLayout
         system = "" if model_args.system_prompt == "auto" else resolve_system_prompt(model_args.system_prompt, fmt)
-        fmt = dataclasses.replace(fmt, pad_to_square=False, system_prompt=system)  # a record: the frame pads
+        # pad_to_square is a record of what the frame does (BoxFrame.prepare_image pads; ViP-LLaVA's frame does)
+        fmt = dataclasses.replace(fmt, pad_to_square=family.pad_to_square, system_prompt=system)
         layout = FamilyLayout(processor, fmt, family)
     # Data rendered for another family or resize setting is refused (issue 14): the frame travels in every record.
     try:

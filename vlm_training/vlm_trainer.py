@@ -37,7 +37,8 @@ from vlm_core.model_dir import ADAPTER_WEIGHT_FILES, MODEL_CONFIG_FILE, MODEL_WE
 from vlm_core.runtime import Terminated
 
 # Settings a checkpoint must share with the run that resumes it (else its weights do not fit).
-RESUME_KEYS = ("base_model", "use_lora", "lora_r", "lora_alpha", "train_projector", "train_vision_tower")
+RESUME_KEYS = ("base_model", "use_lora", "lora_r", "lora_alpha", "train_projector", "train_vision_tower",
+               "box_prompt")
 
 
 MANIFEST_FILE = "checkpoint_manifest.json"   # sha256 of every file of a checkpoint, written last
