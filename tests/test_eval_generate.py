@@ -230,14 +230,15 @@ def test_other_families_answer_in_training_as_predict_answers(name, tiny_models,
     from vlm_inference import predict
     images = write_toy_images(tmp_path / "images")
     data = tmp_path / "data.json"
-    data.write_text(json.dumps(family_records(families.frame_for(tiny_models[name]))))
+    records = family_records(families.frame_for(tiny_models[name]))
+    data.write_text(json.dumps(records))
     out = tmp_path / "model"
     assert main(["--train_data", str(data), "--val_data", str(data), "--image_dir", str(images), "--output_dir",
                  str(out), "--base_model", str(tiny_models[name]), "--learning_rate", "1e-2", "--max_steps", "2",
                  "--batch_size", "5", "--save_steps", "0", "--eval_generate", "--max_new_tokens", "16",
                  "--disable_tqdm"]) == 0
     generated = json.loads((out / "metrics.json").read_text())["eval_generate"]
-    assert generated and generated[-1]["eval_generate_samples"] == 5
+    assert generated and generated[-1]["eval_generate_samples"] == len(records)
     preds = tmp_path / "predictions.jsonl"
     assert predict.main(["--model_path", str(out), "--data", str(data), "--image_dir", str(images), "--output_file",
                          str(preds), "--batch_size", "5", "--max_new_tokens", "16"]) == 0

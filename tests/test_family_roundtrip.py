@@ -1,6 +1,6 @@
 """Issue 14: for every model family, train_vlm.py makes its tiny model memorise a few records whose
 boxes are written in the family's own frame, and VLMInference gives the answers back exactly
-(answer_question, describe_object) and the box back in pixels of the original image (locate).
+(answer_question, describe_object, label_object) and the box back in pixels of the original image (locate).
 Records rendered for another frame are refused in one line."""
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ def family_records(frame: families.BoxFrame) -> list[dict]:
          frame.render_answer(white, 64, 24, "paper"), "grounding"),
         ("scenes/blue.jpg", 40, 40, prompts.REGION_DESCRIPTION_LABELED.format(
             label="glass", box=frame.render_box(blue, 40, 40)), "a yellow glass on the table", "region_description"),
+        ("scenes/red.png", 48, 32, prompts.REGION_LABEL.format(box=frame.render_box(shape_box(48, 32), 48, 32)),
+         "can", "region_label"),
     ]
     return [{"id": f"{image}#{i}", "image": image, "width": w, "height": h,
              "conversations": [{"from": "human", "value": IMAGE_PLACEHOLDER + q}, {"from": "gpt", "value": a}],
@@ -41,7 +43,7 @@ def _train(base, data, images, out, extra=()):
     return train_vlm.main(["--train_data", str(data), "--image_dir", str(images), "--output_dir", str(out),
                            "--base_model", str(base), "--use_lora", "--lora_r", "16", "--lora_alpha", "32",
                            "--lora_dropout", "0", "--learning_rate", "1e-2", "--max_steps", "60",
-                           "--batch_size", "5", "--warmup_ratio", "0", "--save_steps", "0", "--logging_steps", "20",
+                           "--batch_size", "6", "--warmup_ratio", "0", "--save_steps", "0", "--logging_steps", "20",
                            "--seed", "0", *extra])
 
 
@@ -69,6 +71,9 @@ def test_family_memorises_and_answers_in_its_own_frame(name, tiny_models, tmp_pa
     assert vlm.describe_object(images / "scenes/green.png", shape_box(32, 48)) == answer[1]
     assert vlm.describe_object(images / "scenes/blue.jpg", [10, 10, 30, 30], label="glass") == answer[4]
     assert vlm.answer_question(images / "scenes/sub/white.png", question[3]) == answer[3]
+    assert vlm.label_object(images / "scenes/red.png", shape_box(48, 32)) == answer[5] == "can"
+    assert vlm.label_objects([(images / "scenes/red.png", shape_box(48, 32)), {
+        "image": images / "scenes/red.png", "bbox": shape_box(48, 32), "label": "ignored"}]) == ["can", "can"]
     box = vlm.locate(images / "scenes/sub/white.png", "the black paper")
     assert box == frame.parse_box(answer[3], 64, 24)
     assert max(abs(a - b) for a, b in zip(box, shape_box(64, 24))) <= 1.0
@@ -98,3 +103,26 @@ def test_predict_refuses_records_rendered_for_another_frame(tiny_models, tmp_pat
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "rendered for qwen3_vl" in err and "uses llava_next" in err
     assert not out.exists()
+
+
+def test_vip_llava_trains_on_the_padded_square_that_inference_shows_it(tiny_models):
+    """ViP-LLaVA's frame is the padded square (its --image_aspect_ratio pad): training feeds the image padded in
+    the processor's mean, exactly as VLMInference does, not the centre crop its CLIP processor alone would make."""
+    import torch
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from vlm_core import boxes, generation
+    from vlm_core.prompts import PromptFormat
+    from vlm_training.family_data import FamilyLayout
+    base = tiny_models["vip_llava"]
+    processor = AutoProcessor.from_pretrained(base)
+    family = families.detect_family(base)
+    layout = FamilyLayout(processor, PromptFormat(pad_to_square=False), family)
+    layout.frame = families.frame_from_processor(family, processor)
+    image = Image.new("RGB", (64, 24), (200, 30, 30))
+    trained = layout.image_inputs(image, 16, "scenes/wide.png")["pixel_values"]
+    square = boxes.pad_to_square(image, processor.image_processor.image_mean)
+    assert layout.frame.prepare_image(image, generation.pad_fill(processor)).tobytes() == square.tobytes()
+    assert torch.equal(trained, processor.image_processor(images=square, return_tensors="pt")["pixel_values"][0])
+    assert not torch.equal(trained, processor.image_processor(images=image, return_tensors="pt")["pixel_values"][0])

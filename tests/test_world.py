@@ -160,6 +160,7 @@ def test_world_run_trains_every_model(tmp_path):
     env = dict(os.environ, PYTHON=sys.executable, WORLD_DIR=str(tmp_path), WORLD_MINUTES="5", WORLD_SEED="0",
                WORLD_TRAIN_SCENES="24", WORLD_HELDOUT_SCENES="60", WORLD_YOLO_EPOCHS="1", WORLD_DETR_MIN="0.05",
                WORLD_BLIP_MIN="0.05", WORLD_VISION_STEPS="2", WORLD_VLM_STEPS="2", WORLD_EVAL_SAMPLES="8",
+               WORLD_API_OBJECTS="8",
                WORLD_THREADS="1", OMP_NUM_THREADS="1",
                MKL_NUM_THREADS="1")
     env.pop("WORLD_README", None)
@@ -181,11 +182,17 @@ def test_world_run_trains_every_model(tmp_path):
     stages = results["stages"]
     assert json.loads((models / "llava" / "pretrain_info.json").read_text())["steps"] == 2
     assert set(stages) >= {"world", "yolo", "rtdetr", "blip", "vlm_vision", "annotate", "score_annotations", "vlm_train",
-                           "vlm_predict", "vlm_predict_untrained"}
+                           "vlm_predict", "vlm_predict_untrained", "vlm_api"}
     # YOLO trained beside RT-DETR and the captioner: the run took less than the sum of its stages
     assert 0 < results["seconds"] < sum(stages.values())
     assert "some side by side" in proc.stdout and "== rtdetr" in proc.stdout and "== yolo" in proc.stdout
-    assert {"count", "surface"} <= set(results["vlm"])
+    assert {"count", "surface", "describe_object", "region_label", "grounding"} <= set(results["vlm"])
+    # the guide's API (world/api_eval.py) on the test scenes' true objects, beside every baseline
+    described = results["vlm"]["describe_object"]
+    assert set(described) == {"label", "surface", "position", "size", "relation"}
+    assert all(described[f]["n"] <= 8 and set(described[f]) == {"model", "majority", "untrained", "chance", "n"}
+               and described[f]["untrained"] is not None and described[f]["majority"] is not None for f in described)
+    assert "| describe_object(image, bbox, label): field right |" in (tmp_path / "results.md").read_text()
     # train_vlm.py --eval_generate's per-type learning curves, drawn beside results.md
     assert (tmp_path / "skill_curves.png").is_file() and "skill_curves.png" in (tmp_path / "results.md").read_text()
     # what the VLM is taught, scored against the truth: the auto-labels' Q&A and objects labelled twice

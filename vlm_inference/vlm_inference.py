@@ -21,7 +21,9 @@ the image is prepared and boxes are written and read by the model's box frame (b
 saved with it; else its family's, vlm_core/families.py): LLaVA-1.5's pads the image to a square
 with the processor's mean colour, the other families' (LLaVA-NeXT/OneVision, Qwen2/2.5/3-VL,
 asked through their chat template) leave it as it is. Decoding is greedy unless generation
-settings say otherwise.
+settings say otherwise. A model trained with visual box prompts (``box_prompt`` in prompt_format.json) is
+asked about a box with the box drawn on the image in red ("the object in the red box"); ``box_prompt=``
+(``--box_prompt``) asks otherwise, with a warning when the model was taught another way.
 A prompt longer than the model's context (with the new tokens) is refused, never cut.
 """
 from __future__ import annotations
@@ -42,8 +44,9 @@ if __package__ in (None, ""):  # run as a file: this file would shadow the vlm_i
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from vlm_core import boxes, families, generation, prompts, runtime
-from vlm_core.images import ImageLoadError, as_rgb_image
+from vlm_core.images import BOX_PROMPT_SLOTS, ImageLoadError, as_rgb_image
 from vlm_core.io_utils import InputError
+from vlm_core.llava_format import check_drawn_boxes
 from vlm_core.model_dir import (
     ADAPTER_CONFIG_FILE,
     FRAME_FILE,
@@ -64,6 +67,10 @@ PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokeniz
 DEFAULT_BATCH_SIZE = 8
 
 
+class BoxPromptWarning(UserWarning):
+    """A model asked with other box prompts than it was trained with (``box_prompt=``)."""
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
@@ -75,6 +82,14 @@ def _checked(check, *args):
         return check(*args)
     except (InputError, argparse.ArgumentTypeError) as e:
         raise InferenceInputError(str(e)) from None
+
+
+def _checked_item(check, index: int, *args):
+    """:func:`_checked` for item ``index`` of a batched call (the error names it)."""
+    try:
+        return check(*args)
+    except InputError as e:
+        raise InferenceInputError(str(e), index) from None
 
 
 def validate_bbox(bbox: Any, width: int, height: int) -> list[float]:
@@ -123,13 +138,15 @@ class VLMInference:
     question and read back from an answer (the frame a trained model saved in box_frame.json).
 
     ``precision`` is ``auto`` (bf16/fp16 on a GPU, fp32 on the CPU), ``fp32``, ``bf16``,
-    ``fp16`` or a torch dtype; ``dtype`` is its old name.
+    ``fp16`` or a torch dtype; ``dtype`` is its old name. ``box_prompt`` (``text``, ``visual``, ``both``):
+    how a region question names its box; None asks as the model was trained (its prompt_format.json).
     """
 
     load_image = staticmethod(load_image)
 
     def __init__(self, model_path: str | os.PathLike, base_model: str | None = None, device: str | None = None,
-                 precision: Any = None, load_in_8bit: bool = False, load_in_4bit: bool = False, dtype: Any = None):
+                 precision: Any = None, load_in_8bit: bool = False, load_in_4bit: bool = False, dtype: Any = None,
+                 box_prompt: str | None = None):
         if precision is not None and dtype is not None:
             raise InferenceInputError("give precision or its old name dtype, not both")
         self.device = _checked(runtime.resolve_device, device or "auto")
@@ -164,6 +181,7 @@ class VLMInference:
             self.prompt_format = PromptFormat.load(local) if self.local_dir else PromptFormat()
         except (ValueError, TypeError, OSError) as e:
             raise InferenceInputError(f"{local / PROMPT_FORMAT_FILE}: {_first_line(e)}") from None
+        self.prompt_format = self.prompt_format.with_box_prompt(self._box_prompt(box_prompt, local))
         has_processor = self.local_dir is not None and any((local / f).is_file() for f in PROCESSOR_FILES)
         processor = self._load_processor(str(local) if has_processor else (self.base_model or self.model_path))
         self.processor = generation.generation_processor(processor)  # left padding: prompts end at the right edge
@@ -190,6 +208,21 @@ class VLMInference:
         self.max_length = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
 
     # ------------------------------------------------------------------ loading
+    def _box_prompt(self, requested: str | None, local: Path) -> str:
+        """The way boxes are put to the model: ``requested``, else what training saved. Asking a trained model
+        another way than it was taught is allowed (an experiment), with a warning: its answers may be poor."""
+        trained = self.prompt_format.box_prompt
+        if requested is None:
+            return trained
+        try:
+            prompts.check_box_prompt(requested)
+        except ValueError as e:
+            raise InferenceInputError(str(e)) from None
+        if requested != trained and self.local_dir is not None and (local / PROMPT_FORMAT_FILE).is_file():
+            warnings.warn(f"box_prompt {requested}: {local} was trained with box_prompt {trained} "
+                          f"({PROMPT_FORMAT_FILE}); asking with {requested} as told", BoxPromptWarning, stacklevel=3)
+        return requested
+
     @staticmethod
     def _adapter_base(adapter_dir: Path, base_model: str | None) -> str:
         if base_model:
@@ -273,21 +306,33 @@ class VLMInference:
         return text
 
     def region_question(self, bbox: Sequence[float], width: int, height: int, label: str | None = None) -> str:
-        """The question that asks for a description of ``bbox`` (pixels of a ``width`` x ``height`` image)."""
-        box_text = self.frame.render_box(bbox, width, height)
-        templates = self.prompt_format.templates
+        """The question that asks for a description of ``bbox`` (pixels of a ``width`` x ``height`` image); with
+        visual box prompts it names the box drawn by :meth:`region_boxes` ("the object in the red box")."""
+        mode, templates = self.prompt_format.box_prompt, self.prompt_format.templates
+        box = prompts.box_reference(mode, BOX_PROMPT_SLOTS[0], self.frame.render_box(bbox, width, height))
+        visual = mode != "text"
         if label is not None and str(label).strip():
-            template = templates.get("region_description_labeled", prompts.REGION_DESCRIPTION_LABELED)
-            return template.format(label=str(label).strip(), box=box_text)
-        return templates.get("region_description", prompts.REGION_DESCRIPTION).format(box=box_text)
+            template = (templates.get("region_description_labeled_visual", prompts.REGION_DESCRIPTION_LABELED_VISUAL)
+                        if visual else templates.get("region_description_labeled", prompts.REGION_DESCRIPTION_LABELED))
+            return template.format(label=str(label).strip(), box=box)
+        template = (templates.get("region_description_visual", prompts.REGION_DESCRIPTION_VISUAL) if visual
+                    else templates.get("region_description", prompts.REGION_DESCRIPTION))
+        return template.format(box=box)
+
+    def region_boxes(self, bbox: Sequence[float]) -> list[dict]:
+        """The visual box prompt drawn for a question about ``bbox`` (the first slot's colour), none with text prompts."""
+        if self.prompt_format.box_prompt == "text":
+            return []
+        return [{"bbox": [float(v) for v in bbox], "colour": BOX_PROMPT_SLOTS[0]}]
 
     def grounding_question(self, description: str) -> str:
         text = self.clean_question(description)
         return self.prompt_format.templates.get("grounding", prompts.GROUNDING).format(text=text)
 
-    def model_image(self, image: Image.Image) -> Image.Image:
-        """What the model sees, as training prepared it (LLaVA-1.5: padded to a square in the processor's mean)."""
-        return self.frame.prepare_image(image, self.pad_fill)
+    def model_image(self, image: Image.Image, drawn_boxes: list | None = None) -> Image.Image:
+        """What the model sees, as training prepared it: ``drawn_boxes`` (visual box prompts) drawn, then LLaVA-1.5's
+        padded to a square in the processor's mean."""
+        return generation.model_image(self.frame, self.pad_fill, image, drawn_boxes)
 
     def prompt(self, question: str) -> str:
         """The text the model is asked with, laid out as training laid it out."""
@@ -295,7 +340,7 @@ class VLMInference:
 
     # ------------------------------------------------------------------ generation
     def _generate(self, questions: list[str], images: list[Image.Image], batch_size: int,
-                  generate_kwargs: dict) -> list[str]:
+                  generate_kwargs: dict, drawn_boxes: list | None = None) -> list[str]:
         """Answer checked ``questions[i]`` about loaded ``images[i]``, in batches: the loop training's
         ``--eval_generate`` runs too (vlm_core/generation.py), so both give the same answers."""
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -306,7 +351,8 @@ class VLMInference:
         return generation.generate_answers(
             self.model, self.processor, self.family, self.prompt_format, self.frame, self.pad_fill, questions,
             images, batch_size, settings, pixel_dtype=self.dtype,
-            check_lengths=functools.partial(self._check_lengths, max_new_tokens=settings.get("max_new_tokens")))
+            check_lengths=functools.partial(self._check_lengths, max_new_tokens=settings.get("max_new_tokens")),
+            drawn_boxes=drawn_boxes)
 
     def _check_lengths(self, lengths: list[int], offset: int, max_new_tokens: int | None = None) -> None:
         """Refuse a prompt that, with its answer, would run past the model's positions (it would
@@ -336,12 +382,8 @@ class VLMInference:
         return out
 
     # ------------------------------------------------------------------ public API
-    def describe_objects(self, items: Iterable[Any], batch_size: int = DEFAULT_BATCH_SIZE,
-                         **generate_kwargs) -> list[str]:
-        """Describe many boxes at once; each item is ``(image, bbox[, label])`` or a dict with those keys.
-
-        Gives the same answers as :meth:`describe_object` called on each item.
-        """
+    def _region_items(self, items: Iterable[Any]) -> tuple[list[Image.Image], list[tuple[list[float], str | None]]]:
+        """Each item's loaded image and checked box (and label): ``(image, bbox[, label])`` or a dict."""
         parsed = []
         for i, item in enumerate(items):
             if isinstance(item, dict) and "image" in item and "bbox" in item:
@@ -352,23 +394,58 @@ class VLMInference:
                 raise InferenceInputError(f"item {i}: expected (image, bbox[, label]) or a dict with 'image' "
                                           f"and 'bbox', got {item!r}", i)
         images = self._images(image for image, _, _ in parsed)
-        questions = []
+        boxes_labels = []
         for i, (img, (_, bbox, label)) in enumerate(zip(images, parsed)):
             try:
-                questions.append(self.region_question(validate_bbox(bbox, *img.size), *img.size, label))
+                boxes_labels.append((validate_bbox(bbox, *img.size), label))
             except InferenceInputError as e:
                 raise InferenceInputError(str(e), i) from None
-        return self._generate(questions, images, batch_size, generate_kwargs)
+        return images, boxes_labels
+
+    def describe_objects(self, items: Iterable[Any], batch_size: int = DEFAULT_BATCH_SIZE,
+                         **generate_kwargs) -> list[str]:
+        """Describe many boxes at once; each item is ``(image, bbox[, label])`` or a dict with those keys.
+
+        Gives the same answers as :meth:`describe_object` called on each item.
+        """
+        images, boxes_labels = self._region_items(items)
+        questions = [self.region_question(bbox, *img.size, label) for img, (bbox, label) in zip(images, boxes_labels)]
+        drawn = [self.region_boxes(bbox) for bbox, _ in boxes_labels]
+        return self._generate(questions, images, batch_size, generate_kwargs, drawn)
 
     def describe_object(self, image: Any, bbox: Sequence[float], label: str | None = None,
                         **generate_kwargs) -> str:
         """A short description of the object in ``bbox`` (pixels ``[x1, y1, x2, y2]`` of the displayed image)."""
         return self.describe_objects([(image, bbox, label)], batch_size=1, **generate_kwargs)[0]
 
+    def label_question(self, bbox: Sequence[float], width: int, height: int) -> str:
+        """"What is the object in this region: <box>? Answer with one word." (the region_label question), with
+        visual box prompts "What is the object in the red box? ..."."""
+        mode, templates = self.prompt_format.box_prompt, self.prompt_format.templates
+        box = prompts.box_reference(mode, BOX_PROMPT_SLOTS[0], self.frame.render_box(bbox, width, height))
+        template = (templates.get("region_label_visual", prompts.REGION_LABEL_VISUAL) if mode != "text"
+                    else templates.get("region_label", prompts.REGION_LABEL))
+        return template.format(box=box)
+
+    def label_objects(self, items: Iterable[Any], batch_size: int = DEFAULT_BATCH_SIZE,
+                      **generate_kwargs) -> list[str]:
+        """What is in each box, in one word ("what is in this box?"); items as :meth:`describe_objects` takes
+        them (a label, if given, is not used). Same answers as :meth:`label_object` on each item."""
+        images, boxes_labels = self._region_items(items)
+        questions = [self.label_question(bbox, *img.size) for img, (bbox, _) in zip(images, boxes_labels)]
+        drawn = [self.region_boxes(bbox) for bbox, _ in boxes_labels]
+        return self._generate(questions, images, batch_size, generate_kwargs, drawn)
+
+    def label_object(self, image: Any, bbox: Sequence[float], **generate_kwargs) -> str:
+        """The one-word name of the object in ``bbox`` (pixels ``[x1, y1, x2, y2]``): "what is in this box?"."""
+        return self.label_objects([(image, bbox)], batch_size=1, **generate_kwargs)[0]
+
     def answer_questions(self, images: Any, questions: Sequence[str], batch_size: int = DEFAULT_BATCH_SIZE,
-                         **generate_kwargs) -> list[str]:
+                         drawn_boxes: Sequence[list | None] | None = None, **generate_kwargs) -> list[str]:
         """Answer ``questions[i]`` about ``images[i]`` (or every question about one image), in batches.
 
+        ``drawn_boxes[i]``: visual box prompts drawn on ``images[i]`` first (``[{"bbox": [x1, y1, x2, y2],
+        "colour": "red"}]``, as a LLaVA record's ``box_prompt`` holds them; None: nothing drawn).
         Gives the same answers as :meth:`answer_question` called on each pair.
         """
         if isinstance(questions, str):
@@ -379,11 +456,19 @@ class VLMInference:
         images = list(images)
         if len(images) != len(questions):
             raise InferenceInputError(f"{len(images)} images for {len(questions)} questions")
-        return self._generate(questions, self._images(images), batch_size, generate_kwargs)
+        if drawn_boxes is not None:
+            drawn_boxes = list(drawn_boxes)
+            if len(drawn_boxes) != len(questions):
+                raise InferenceInputError(f"{len(drawn_boxes)} drawn_boxes entries for {len(questions)} questions")
+            for i, drawn in enumerate(drawn_boxes):
+                if drawn is not None:
+                    _checked_item(check_drawn_boxes, i, drawn, f"drawn_boxes[{i}]")
+        return self._generate(questions, self._images(images), batch_size, generate_kwargs, drawn_boxes)
 
-    def answer_question(self, image: Any, question: str, **generate_kwargs) -> str:
-        """The model's answer to ``question`` about ``image`` (a path or a PIL image)."""
-        return self.answer_questions([image], [question], batch_size=1, **generate_kwargs)[0]
+    def answer_question(self, image: Any, question: str, drawn_boxes: list | None = None, **generate_kwargs) -> str:
+        """The model's answer to ``question`` about ``image`` (a path or a PIL image), ``drawn_boxes`` drawn on it."""
+        return self.answer_questions([image], [question], batch_size=1,
+                                     drawn_boxes=None if drawn_boxes is None else [drawn_boxes], **generate_kwargs)[0]
 
     def locate(self, image: Any, description: str, **generate_kwargs) -> list[float] | None:
         """The box (pixels of the displayed image) the model gives for ``description``, or None."""
@@ -414,9 +499,18 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def load_model(args: argparse.Namespace) -> VLMInference:
-    """The model that :func:`add_model_args`' flags name."""
-    return VLMInference(args.model_path, base_model=args.base_model, device=args.device, precision=args.precision,
-                        load_in_8bit=args.load_in_8bit, load_in_4bit=args.load_in_4bit)
+    """The model that :func:`add_model_args`' flags name; a warning (asked another way than taught) is one line
+    on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", BoxPromptWarning)
+        vlm = VLMInference(args.model_path, base_model=args.base_model, device=args.device, precision=args.precision,
+                           load_in_8bit=args.load_in_8bit, load_in_4bit=args.load_in_4bit, box_prompt=args.box_prompt)
+    for w in caught:
+        if issubclass(w.category, BoxPromptWarning):
+            print(f"warning: {w.message}", file=sys.stderr, flush=True)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return vlm
 
 
 @runtime.report_input_errors

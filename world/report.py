@@ -188,6 +188,39 @@ def detection_chance(annotations: Path, ground_truth: Path, detector: str = "yol
                                                                 ("map50", "map", "precision", "recall")}}
 
 
+API_FIELDS = {"label": "the given label named", "surface": "surface", "position": "position (3x3 cell)",
+              "size": "size word", "relation": "relation to a neighbour"}
+
+
+def api_results(api_dir: Path) -> dict:
+    """The guide's API scored by world/api_eval.py: ``describe_object`` per field, ``region_label`` and
+    ``grounding`` (Acc@0.5, mean IoU, unparsed share), each as model / majority / untrained / chance."""
+    model, untrained = _load(api_dir / "model.json"), _load(api_dir / "untrained.json")
+    baselines = _load(api_dir / "baselines.json") or {}
+    if not model:
+        return {}
+    who = {"model": model, "majority": baselines.get("majority"), "untrained": untrained,
+           "chance": baselines.get("chance")}
+
+    def pick(*keys):
+        out = {}
+        for name, scores in who.items():
+            value = scores
+            for k in keys:
+                value = (value or {}).get(k)
+            out[name] = value
+        return out
+
+    described = {f: {**pick("describe_object", f, "accuracy"), "n": model["describe_object"][f]["n"]}
+                 for f in API_FIELDS}
+    grounding = {"metric": "acc50", **pick("grounding", "acc50"), "n": model["grounding"]["n"],
+                 **{k: pick("grounding", k) for k in ("acc50", "mean_iou", "unparsed")}}
+    return {"describe_object": described,
+            "region_label": {"metric": "accuracy", **pick("region_label", "accuracy"),
+                             "n": model["region_label"]["n"], "via": "answer_question"},
+            "grounding": dict(grounding, via="locate")}
+
+
 def collect_results(run: Path) -> dict:
     model, untrained = _load(run / "eval" / "model.json"), _load(run / "eval" / "untrained.json")
     majority, chance = _load(run / "eval" / "majority.json"), _load(run / "eval" / "chance.json")
@@ -199,6 +232,7 @@ def collect_results(run: Path) -> dict:
             continue
         row["n"] = (model or {}).get("per_type", {}).get(qtype, {}).get("n")
         vlm[qtype] = row
+    vlm.update(api_results(run / "api"))
     timings, wall = {}, None
     if (run / "timings.tsv").is_file():  # "stage<TAB>seconds" lines written by world/world.sh
         for line in (run / "timings.tsv").read_text(encoding="utf-8").splitlines():
@@ -256,8 +290,25 @@ def results_table(results: dict) -> str:
     lines += ["", "| question type | n | metric | model | majority | untrained | chance |",
               "|---|---|---|---|---|---|---|"]
     for qtype, row in results["vlm"].items():
-        lines.append(f"| {qtype} | {_f(row.get('n'))} | {row['metric']} | {_f(row['model'])} | {_f(row['majority'])} "
+        if qtype == "describe_object":
+            continue
+        name = f"{qtype} ({row['via']})" if row.get("via") else qtype
+        lines.append(f"| {name} | {_f(row.get('n'))} | {row['metric']} | {_f(row['model'])} | {_f(row['majority'])} "
                      f"| {_f(row['untrained'])} | {_f(row['chance'])} |")
+    described = results["vlm"].get("describe_object")
+    if described:  # the guide's API on the test scenes' true objects (world/api_eval.py)
+        lines += ["", "| describe_object(image, bbox, label): field right | n | model | majority | untrained | chance |",
+                  "|---|---|---|---|---|---|"]
+        for field, what in API_FIELDS.items():
+            row = described[field]
+            lines.append(f"| {what} | {_f(row.get('n'))} | {_f(row['model'])} | {_f(row['majority'])} "
+                         f"| {_f(row['untrained'])} | {_f(row['chance'])} |")
+        ground = results["vlm"].get("grounding") or {}
+        for key, what in (("mean_iou", "locate: mean IoU"), ("unparsed", "locate: answers that are not a box")):
+            if key in ground:
+                r = ground[key]
+                lines.append(f"| {what} | {_f(ground.get('n'))} | {_f(r['model'])} | {_f(r['majority'])} "
+                             f"| {_f(r['untrained'])} | {_f(r['chance'])} |")
     if results.get("seconds") is not None:
         stages = ", ".join(f"{k} {v:.0f}s" for k, v in results["stages"].items())
         overlapped = sum(results["stages"].values()) > results["seconds"] + 1

@@ -78,13 +78,17 @@ QA_TYPES=${WORLD_QA_TYPES:-$QA_TYPES}
 SAVE_MODELS=${WORLD_SAVE_MODELS:-}
 # WORLD_MODELS_FROM=DIR: take yolo/, rtdetr/ and blip/ from DIR (e.g. world/models) instead of training them.
 MODELS_FROM=${WORLD_MODELS_FROM:-}
-REGION_QA=1
+# Objects per image that get the per-object questions (location, surface, the region types); the rest are
+# asked about the scene. WORLD_BOX_PROMPT=visual|both: region questions name their box drawn on the image
+# (convert/train_vlm.py --box_prompt; the untrained model is asked the same way).
+REGION_QA=${WORLD_REGION_QA:-1}
+BOX_PROMPT=${WORLD_BOX_PROMPT:-text}
 
 W="$OUT/world"
 M="$OUT/models"
 HELD="$W/heldout_images"
 find "$OUT" -mindepth 1 -maxdepth 1 ! -name world -exec rm -rf {} + 2>/dev/null || true
-mkdir -p "$OUT" "$M" "$OUT/eval" "$OUT/logs"
+mkdir -p "$OUT" "$M" "$OUT/eval" "$OUT/api" "$OUT/logs"
 TIMES="$OUT/timings.tsv"
 : > "$TIMES"
 start=$(date +%s)
@@ -203,31 +207,45 @@ prepare_vlm_data() {
     # (in a fixed order "what is it lying on?" always followed the count, and was answered with one).
     for split in train val; do
         $PY vlm_training/convert_to_llava_format.py --annotation_file "$OUT/$split.json" \
-            --output_file "$OUT/${split}_llava.json" --qa_types $QA_TYPES --shuffle_turns --seed "$SEED"
+            --output_file "$OUT/${split}_llava.json" --qa_types $QA_TYPES --shuffle_turns --seed "$SEED" \
+            --box_prompt "$BOX_PROMPT"
     done
     # The test questions are asked about the held-out test images with the ground truth's answers.
     $PY world/make_truth.py --coco "$W/heldout.json" --only "$OUT/test.json" --output_file "$OUT/test_truth.json" \
         --seed "$SEED" --max_region_qa "$REGION_QA"
     $PY vlm_training/convert_to_llava_format.py --annotation_file "$OUT/test_truth.json" \
-        --output_file "$OUT/test_llava.json" --qa_types $QA_TYPES
+        --output_file "$OUT/test_llava.json" --qa_types $QA_TYPES --box_prompt "$BOX_PROMPT"
 }
 stage vlm_data prepare_vlm_data
-# The same LLaVA before training answers the test questions (a baseline), beside the training.
-in_background vlm_predict_untrained stage vlm_predict_untrained $PY vlm_inference/predict.py --model_path "$M/llava" \
-    --data "$OUT/test_llava.json" --image_dir "$HELD" --output_file "$OUT/eval/untrained.jsonl" --batch_size 64 \
-    --max_new_tokens 20
+# The guide's own API (describe_object, "what is in this box?", locate) on the test scenes' true objects,
+# scored field by field against the truth (world/api_eval.py): API_OBJECTS of them, seeded.
+API_OBJECTS=${WORLD_API_OBJECTS:-300}
+api_ask() {  # api_ask MODEL_DIR NAME
+    $PY world/api_eval.py ask --model_path "$1" --truth "$OUT/test_truth.json" --images_dir "$HELD" \
+        --output_file "$OUT/api/$2.json" --max_objects "$API_OBJECTS" --seed "$SEED" --box_prompt "$BOX_PROMPT"
+}
+# The same LLaVA before training answers the test questions and the API's (a baseline), beside the training.
+predict_untrained() {
+    $PY vlm_inference/predict.py --model_path "$M/llava" --data "$OUT/test_llava.json" --image_dir "$HELD" \
+        --output_file "$OUT/eval/untrained.jsonl" --batch_size 64 --max_new_tokens 20 --box_prompt "$BOX_PROMPT"
+    api_ask "$M/llava" untrained
+    $PY world/api_eval.py baselines --train "$OUT/train.json" --truth "$OUT/test_truth.json" \
+        --output_file "$OUT/api/baselines.json" --max_objects "$API_OBJECTS" --seed "$SEED"
+}
+in_background vlm_predict_untrained stage vlm_predict_untrained predict_untrained
 
 stage vlm_train $PY vlm_training/train_vlm.py --train_data "$OUT/train_llava.json" --val_data "$OUT/val_llava.json" \
     --image_dir "$HELD" --output_dir "$OUT/vlm_model" --base_model "$M/llava" "${TOWER_FLAG[@]}" \
     --system_prompt none --learning_rate "$VLM_LR" --weight_decay 0.0 --batch_size "$VLM_BATCH" \
     --max_steps "$VLM_STEPS" --warmup_ratio 0.03 --max_length 512 --logging_steps 20 \
     --eval_steps "$(( VLM_STEPS / 4 > 0 ? VLM_STEPS / 4 : 1 ))" --eval_generate --eval_generate_samples "$EVAL_SAMPLES" \
-    --max_new_tokens 32 --save_steps 0 --seed "$SEED"
+    --max_new_tokens 32 --save_steps 0 --seed "$SEED" --box_prompt "$BOX_PROMPT"
 
 finish score_annotations
 finish vlm_predict_untrained
 stage vlm_predict $PY vlm_inference/predict.py --model_path "$OUT/vlm_model" --data "$OUT/test_llava.json" \
     --image_dir "$HELD" --output_file "$OUT/eval/model.jsonl" --batch_size 64 --max_new_tokens 24
+stage vlm_api api_ask "$OUT/vlm_model" model
 
 evaluate_all() {
     $PY world/report.py baselines --train "$OUT/train_llava.json" --questions "$OUT/eval/model.jsonl" \
