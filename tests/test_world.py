@@ -149,7 +149,13 @@ def test_reduced_world_run_learns(reduced_world_run):
     # the issue's bar for a type that beats its baselines
     assert location["model"] >= location["majority"] + 0.05 and location["model"] >= location["untrained"] + 0.05, \
         location
-    assert results["seconds"] > 0 and set(results["stages"]) >= {"world", "annotate", "vlm_train", "vlm_predict"}
+    # the guide's API asked about the test scenes' true objects (world/api_eval.py), every field beside its baselines
+    described = vlm["describe_object"]
+    assert all(described[f]["n"] >= 150 and None not in (described[f]["majority"], described[f]["untrained"])
+               for f in ("label", "surface", "position", "size")), described
+    assert vlm["grounding"]["n"] >= 150 and vlm["region_label"]["n"] >= 150, vlm
+    assert results["seconds"] > 0 and set(results["stages"]) >= {"world", "annotate", "vlm_train", "vlm_predict",
+                                                                 "vlm_api"}
 
 
 @pytest.mark.timeout(600)
