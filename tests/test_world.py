@@ -118,7 +118,7 @@ def reduced_world_run(tmp_path_factory):
     return json.loads((out / "results.json").read_text()), proc.stdout
 
 
-@pytest.mark.world_learning
+@pytest.mark.world_run
 @pytest.mark.timeout(1200)
 def test_reduced_world_run_learns(reduced_world_run):
     """The toolkit's stages on 800 held-out scenes: detections, descriptions and the VLM's answers,
@@ -158,6 +158,7 @@ def test_reduced_world_run_learns(reduced_world_run):
                                                                  "vlm_api"}
 
 
+@pytest.mark.world_run
 @pytest.mark.timeout(600)
 def test_world_run_trains_every_model(tmp_path):
     """world/world.sh's training path on a tiny world: YOLO (Ultralytics' trainer), RT-DETR and BLIP
