@@ -658,11 +658,24 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: VLMTrainin
 @report_input_errors
 def main(argv=None) -> int:
     model_args, data_args, training_args = parse_args(argv)
-    with survive_closed_stdout():  # `train_vlm.py ... | head`: the run goes on when the reader goes
-        if int(os.environ.get("RANK", "0")) != 0:  # one lock per run, held by its first process
-            return train(model_args, data_args, training_args)
-        with single_writer(training_args.output_dir, "--output_dir"):
-            return train(model_args, data_args, training_args)
+    try:
+        with survive_closed_stdout():  # `train_vlm.py ... | head`: the run goes on when the reader goes
+            if int(os.environ.get("RANK", "0")) != 0:  # one lock per run, held by its first process
+                return train(model_args, data_args, training_args)
+            with single_writer(training_args.output_dir, "--output_dir"):
+                return train(model_args, data_args, training_args)
+    finally:
+        _end_process_group()
+
+
+def _end_process_group() -> None:
+    """Under torchrun, close the process group the Trainer opened before the interpreter exits: left open,
+    gloo's background threads met interpreter shutdown now and then ("terminate called without an active
+    exception", SIGABRT of a rank whose run had finished)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
