@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 OUT=${DEMO_DIR:-demo_output}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 YOLO_OFFLINE=1 TOKENIZERS_PARALLELISM=false MPLBACKEND=Agg
+# One thread per process unless the caller set it: on a busy CPU more threads per process only contend.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
 start=$(date +%s)
 step() { printf '\n== %s\n' "$*"; }
 
@@ -43,10 +45,9 @@ $PY vlm_training/split_data.py --input_file "$OUT/annotations.json" \
     --train_file "$OUT/train.json" --val_file "$OUT/val.json" --train_ratio 0.8 --val_ratio 0.1
 
 step "3. convert to the LLaVA conversation format"
-for split in train val test; do
-    $PY vlm_training/convert_to_llava_format.py --annotation_file "$OUT/$split.json" \
-        --output_file "$OUT/${split}_llava.json" --max_turns 8
-done
+# The three splits in one run: the note on images other trainers read differently is printed once.
+$PY vlm_training/convert_to_llava_format.py --annotation_file "$OUT/train.json" "$OUT/val.json" "$OUT/test.json" \
+    --output_file "$OUT/train_llava.json" "$OUT/val_llava.json" "$OUT/test_llava.json" --max_turns 8
 
 step "4. fine-tune the tiny LLaVA with LoRA (a few steps on the CPU)"
 $PY vlm_training/train_vlm.py --train_data "$OUT/train_llava.json" --val_data "$OUT/val_llava.json" \
@@ -84,6 +85,9 @@ $PY vlm_annotation/visualize.py --annotation_file "$OUT/annotations.json" --imag
 
 step "7. evaluate the predictions"
 $PY vlm_inference/evaluate.py --predictions "$OUT/predictions.jsonl" --output_file "$OUT/metrics.json"
+$PY vlm_inference/visualize_predictions.py --predictions "$OUT/predictions.jsonl" --image_dir "$IMAGES" \
+    --output_dir "$OUT/prediction_review"
 
-printf '\ndemo finished in %ss: metrics in %s, report %s, label metrics %s, review gallery %s\n' \
-    "$(( $(date +%s) - start ))" "$OUT/metrics.json" "$OUT/report.md" "$OUT/label_metrics.md" "$OUT/review/index.html"
+printf '\ndemo finished in %ss: metrics in %s, report %s, label metrics %s, review gallery %s, predictions gallery %s\n' \
+    "$(( $(date +%s) - start ))" "$OUT/metrics.json" "$OUT/report.md" "$OUT/label_metrics.md" "$OUT/review/index.html" \
+    "$OUT/prediction_review/index.html"

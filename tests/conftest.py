@@ -43,6 +43,7 @@ LONG_FIRST = (
     "tests/test_world_training.py",
     "tests/test_world_vision.py",
     "tests/test_training_ddp.py",
+    "tests/test_app.py",
     "tests/test_eval_generate.py",
     "tests/test_training_resume.py",
     "tests/test_training_faults.py",

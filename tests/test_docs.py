@@ -23,6 +23,11 @@ RUNNER = re.compile(r"^(?:\S*/)?(?:python(?:\d+(?:\.\d+)?)?|torchrun|accelerate)
 FENCE = re.compile(r"^\s*(```|~~~)")
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 INLINE_CODE = re.compile(r"`([^`]+)`")  # a span may wrap onto the next line
+# The console commands (pyproject.toml's [project.scripts]: vlm-train = "vlm_training.train_vlm:main"), each
+# checked as the script it runs.
+CONSOLE_COMMANDS = {name: module.replace(".", "/") + ".py" for name, module in re.findall(
+    r'^([\w-]+) = "([\w.]+):\w+"$', (ROOT / "pyproject.toml").read_text().split("[project.scripts]\n")[-1]
+    .split("\n[")[0], re.M)}
 # argparse prints each option's invocation ("  -h, --help", "  --lora_r LORA_R, --lora-r LORA_R") on a line
 # indented by two spaces, then its help after a gap of two or more spaces; wrapped help lines are indented
 # further, so flags that the help text merely mentions are not taken for accepted ones.
@@ -73,6 +78,10 @@ def commands(text: str) -> list[tuple[str, list[str]]]:
             for part in re.split(r"&&|\|\||;|\|", line):
                 tokens = _tokens(part)
                 starts = [i for i, t in enumerate(tokens) if RUNNER.match(t)]
+                console = [i for i, t in enumerate(tokens) if t.rsplit("/", 1)[-1] in CONSOLE_COMMANDS]
+                if console and (not starts or console[0] < starts[0]):
+                    found.append((CONSOLE_COMMANDS[tokens[console[0]].rsplit("/", 1)[-1]], tokens[console[0] + 1:]))
+                    continue
                 if not starts:
                     continue
                 rest = tokens[starts[0] + 1:]
@@ -133,7 +142,8 @@ def run_help(script: str) -> str:
     argv = ["-m", script[3:]] if script.startswith("-m ") else [script]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", YOLO_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false", MPLBACKEND="Agg")
-    proc = subprocess.run([sys.executable, *argv, "--help"], cwd=ROOT, env=env, capture_output=True, text=True,
+    full_help = "--help_all" if script.endswith("train_vlm.py") else "--help"  # its --help is the short one
+    proc = subprocess.run([sys.executable, *argv, full_help], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, f"{script} --help failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}"
     return proc.stdout

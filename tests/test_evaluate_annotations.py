@@ -7,7 +7,10 @@ import sys
 import time
 from pathlib import Path
 
-from vlm_annotation import evaluate_annotations
+import numpy as np
+from PIL import Image
+
+from vlm_annotation import evaluate_annotations, label_scoring
 from vlm_annotation.engine import fuse_detections
 from vlm_annotation.qa_truth import labelled_twice, score_qa
 
@@ -86,6 +89,97 @@ def test_shifted_boxes_hand_computed(tmp_path):
     dets = {"a.jpg": [("glass", [0, 0, 100, 100], 0.5), ("glass", [200, 0, 260, 50], 0.8)]}
     m, _ = run(tmp_path, annotation_file(dets, size=(300, 300)), coco_gt(gt, size=(300, 300)))
     assert m["map"] == m["map50"] == round(0.5 * 51 / 101, 4)
+
+
+def test_confusion_matrix_hand_made_and_written_beside_the_metrics(tmp_path):
+    """a.jpg: a glass found, the can called a bottle, a can where nothing is; b.jpg: its glass missed."""
+    dets = {"a.jpg": [("glass", [0, 0, 100, 100], 0.9), ("bottle", [100, 100, 150, 180], 0.8),
+                      ("can", [0, 150, 40, 190], 0.6)],
+            "b.jpg": []}
+    m, md = run(tmp_path, annotation_file(dets), coco_gt(GT))
+    plots = {k: tmp_path / f"metrics.{k.replace('_json', '')}.{'json' if k.endswith('json') else 'png'}"
+             for k in ("pr_curves", "confusion_matrix", "confusion_matrix_json")}
+    assert m["plots"] == {k: str(v) for k, v in plots.items()}
+    cm = json.loads(plots["confusion_matrix_json"].read_text())
+    names = cm["classes"]
+    assert sorted(names) == ["background", "bottle", "can", "glass"] and names[-1] == "background"
+    assert (cm["rows"], cm["columns"], cm["iou"]) == ("truth", "predicted", 0.5)
+    cells = {(names[i], names[j]): v for i, row in enumerate(cm["matrix"]) for j, v in enumerate(row) if v}
+    assert cells == {("glass", "glass"): 1, ("can", "bottle"): 1, ("background", "can"): 1,
+                     ("glass", "background"): 1}
+    for key in ("pr_curves", "confusion_matrix"):
+        with Image.open(plots[key]) as im:
+            assert im.format == "PNG" and min(im.size) > 100
+    assert "![precision-recall curves per class, IoU 0.5](metrics.pr_curves.png)" in md
+    assert "![confusion matrix, IoU >= 0.5](metrics.confusion_matrix.png)" in md
+    # --plots_dir: the pictures go there instead, the report links them relatively.
+    other = tmp_path / "plots"
+    m, md = run(tmp_path, annotation_file(dets), coco_gt(GT), "--plots_dir", str(other))
+    assert m["plots"]["confusion_matrix"] == str(other / "metrics.confusion_matrix.png")
+    assert (other / "metrics.pr_curves.png").is_file() and "](plots/metrics.pr_curves.png)" in md
+
+
+def test_confusion_matrix_counts_wrong_labels_once_and_ignores_crowd_regions():
+    truth = {"a.jpg": {"width": 200, "height": 200, "objects": [
+        {"label": "glass", "bbox": [0, 0, 100, 100]}, {"label": "glass", "bbox": [0, 0, 100, 90]}],
+        "crowd": [{"label": "can", "bbox": [150, 150, 200, 200]}]}}
+    preds = {"a.jpg": [
+        {"label": "can", "bbox": [0, 0, 100, 100], "score": 0.9},     # the glass's box: a wrong label
+        {"label": "glass", "bbox": [0, 0, 100, 95], "score": 0.5},    # the other glass (own class first)
+        {"label": "can", "bbox": [160, 160, 190, 190], "score": 0.7},  # in the crowd region: not counted
+        {"label": "can", "bbox": [120, 0, 140, 20], "score": 0.3}]}   # nothing there: background
+    cm = label_scoring.confusion_matrix(truth, preds, ["glass", "can", "unused"])
+    assert cm["classes"] == ["glass", "can", "background"]
+    assert cm["matrix"] == [[1, 1, 0], [0, 0, 0], [0, 1, 0]]
+
+
+def _cocoeval_precision_at_50(gt: dict, dets: dict, categories: list[str]):
+    """pycocotools' own precision array (IoU 0.5, all areas, maxDets 100), built here independently."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+    cat = {c["name"]: c["id"] for c in gt["categories"]}
+    image = {im["file_name"]: im["id"] for im in gt["images"]}
+    results = [{"image_id": image[name], "category_id": cat[label], "bbox": [x1, y1, x2 - x1, y2 - y1], "score": s}
+               for name, objs in dets.items() for label, (x1, y1, x2, y2), s in objs]
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = {**gt, "annotations": [{**a, "area": a["bbox"][2] * a["bbox"][3]} for a in gt["annotations"]]}
+        coco.createIndex()
+        ev = COCOeval(coco, coco.loadRes(results), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+    order = [c["id"] for c in gt["categories"]]  # pycocotools sorts its category ids
+    return {name: ev.eval["precision"][0, :, sorted(order).index(cat[name]), 0, -1] for name in categories}
+
+
+def test_pr_curves_are_pycocotools_own_arrays(tmp_path):
+    gt = {"a.jpg": [("glass", [0, 0, 100, 100]), ("glass", [100, 100, 100, 100]), ("can", [200, 0, 50, 50])]}
+    # The false glass scores above a true one; the can is found: glass precision 0.5 up to recall 0.5, then 0.
+    dets = {"a.jpg": [("glass", [0, 0, 100, 100], 0.5), ("glass", [200, 200, 260, 250], 0.8),
+                      ("can", [200, 0, 250, 50], 0.7)]}
+    coco = coco_gt(gt, size=(300, 300))
+    m, _ = run(tmp_path, annotation_file(dets, size=(300, 300)), coco)
+    truth = label_scoring.read_coco(tmp_path / "gt.json").images
+    preds = {"a.jpg": [{"label": lab, "bbox": box, "score": s} for lab, box, s in dets["a.jpg"]]}
+    curves: dict = {}
+    label_scoring.coco_evaluate(truth, preds, ["can", "glass"], curves)
+    reference = _cocoeval_precision_at_50(coco, dets, ["can", "glass"])
+    assert sorted(curves) == ["can", "glass"]
+    for name, c in curves.items():
+        assert c["recall"] == np.linspace(0.0, 1.0, 101).tolist()  # pycocotools' recThrs
+        assert c["precision"] == [float(v) for v in reference[name]]
+    # pycocotools' cumulative sums leave 1 - 2e-16 where the hand value is 1: equal to the last bits.
+    assert np.allclose(curves["glass"]["precision"], [0.5] * 51 + [0.0] * 50, rtol=0, atol=1e-12)
+    assert np.allclose(curves["can"]["precision"], [1.0] * 101, rtol=0, atol=1e-12)
+    # Their mean is the AP50 the metrics report.
+    assert round(sum(curves["glass"]["precision"]) / 101, 4) == m["per_class"]["glass"]["map50"]
+    # No detections at all: a flat 0 for each class with true boxes.
+    empty: dict = {}
+    label_scoring.coco_evaluate(truth, {}, ["can", "glass", "bottle"], empty)
+    assert sorted(empty) == ["can", "glass"] and empty["can"]["precision"] == [0.0] * 101
 
 
 def test_images_in_one_file_only_are_reported_and_paths_match_by_suffix(tmp_path, capsys):
@@ -176,7 +270,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys):
     other.write_text(json.dumps(coco_gt({"z.jpg": []})))
     cases = [(base + ["--sweep"], "has no detector_boxes"),
              (base[:2] + ["--ground_truth", str(bad_gt)] + base[4:], "bad.json: categories: missing"),
-             (base[:2] + ["--ground_truth", str(other)] + base[4:], "none of the 1 images"),
+             (base[:2] + ["--ground_truth", str(other)] + base[4:], f"the one image of {a} is not in {other}"),
              (base[:4] + ["--output_file", str(a)], "is the same file as --annotation_file")]
     for argv, needle in cases:
         assert evaluate_annotations.main(argv) == 2
@@ -318,7 +412,10 @@ REPO = Path(__file__).resolve().parents[1]
 # lands between the report and the JSON; HOLD_FLAG is created when it is there.
 HOLD_RUNNER = """
 import os, sys, time
-from vlm_annotation import evaluate_annotations
+import numpy as np
+from PIL import Image
+
+from vlm_annotation import evaluate_annotations, label_scoring
 from vlm_core import io_utils
 
 def hold(*args, **kwargs):

@@ -224,7 +224,7 @@ def test_which_checkpoint_a_run_continues_from(tmp_path):
     # a finished run: a plain rerun starts afresh and its checkpoints go (a later resume must not pick one)
     _record(out, "complete")
     assert resolve_checkpoint(None, out, SETTINGS) == (
-        None, [c6, c4, c2], "starting afresh: removing the 3 checkpoint(s) of the earlier finished run")
+        None, [c6, c4, c2], "starting afresh: removing the 3 checkpoints of the earlier finished run")
     assert c6.is_dir() and c2.is_dir()                    # nothing is removed before the inputs are checked
     # a folder with no record of this script: nothing is removed
     other = tmp_path / "other"

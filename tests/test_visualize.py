@@ -126,6 +126,7 @@ def test_gallery_draws_images_and_lists_everything(dataset, tmp_path, capsys):
     assert _run(dataset, out, "--min_side", "0") == 0  # drawn at the images' own size: pixels checked below
     stdout = capsys.readouterr().out
     assert "2 images drawn" in stdout and "1 missing or unreadable" in stdout
+    assert "visualize: 2 images drawn, 3 objects, 4 Q&A pairs; " in stdout, stdout
     assert "1 skipped by the annotator" in stdout and str(out / "index.html") in stdout
 
     drawn_a = _drawn(out, "00000_a")
@@ -193,7 +194,7 @@ def test_split_file_pages_and_max_images(dataset, tmp_path, capsys):
     assert main(["--annotation_file", str(split_file), "--images_dir", str(images),
                  "--output_dir", str(out), "--max_images", "2", "--per_page", "1",
                  "--max_side", "400", "--line_width", "3"]) == 0
-    assert "2 images drawn (first 2 of 3)" in capsys.readouterr().out
+    assert "2 images drawn (first 2 of 3), 2 objects, 1 Q&A pair; " in capsys.readouterr().out
     pages = _pages(out)
     assert sorted(pages) == [1, 2] and pages[2].is_file()
     assert sorted(p.name for p in out.glob("page_*.html")) == [pages[2].name]
@@ -299,6 +300,31 @@ def test_missing_inputs_exit_2(dataset, tmp_path, capsys):
     assert "ann_bad.json" in capsys.readouterr().err and not out.exists()
 
 
+def test_a_wrong_images_folder_is_one_line_exit_2_before_anything_is_written(dataset, tmp_path, capsys):
+    """Before: an empty gallery of 'image not available' entries, exit 0. Now: refused, nothing written."""
+    wrong = tmp_path / "other_images"
+    wrong.mkdir()
+    Image.new("RGB", (10, 10)).save(wrong / "unrelated.jpg")
+    out = tmp_path / "review"
+    assert main(["--annotation_file", str(dataset["file"]), "--images_dir", str(wrong),
+                 "--output_dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"--images_dir: {wrong}: none of the 3 images of {dataset['file']} is there (3 not found" in err
+    assert not out.exists()
+    # With --max_images only the shown records are looked for, and counted.
+    assert main(["--annotation_file", str(dataset["file"]), "--images_dir", str(wrong),
+                 "--output_dir", str(out), "--max_images", "2"]) == 2
+    assert "none of the 2 images" in capsys.readouterr().err and not out.exists()
+    assert main(["--annotation_file", str(dataset["file"]), "--images_dir", str(wrong),
+                 "--output_dir", str(out), "--max_images", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"--images_dir: {wrong}: the one image of {dataset['file']}, " in err and " is not there; " in err
+    assert "1 images" not in err and not out.exists()
+    # One file of three present (the right folder, a file lost): the gallery is drawn and lists the others.
+    assert _run(dataset, out) == 0 and (out / "index.html").is_file()
+
+
 def test_runs_as_a_script(dataset, tmp_path):
     out = tmp_path / "review"
     script = Path(visualize.__file__)
@@ -399,7 +425,7 @@ def test_ground_truth_beside_the_annotation_errors_only_worst_first(tmp_path, ca
     assert re.findall(r'data-image="([^"]+)"', page) == ["a.jpg", "c.jpg", "sub/b.png"]  # the file's order
     assert "3 errors: 1 false positives, 1 wrong labels, 1 misses" in page
     assert "wrong label: the truth says bottle" in page and "false positive" in page
-    assert "missed: paper [150.0, 5.0, 195.0, 30.0]" in page and "no errors against the 1 true objects" in page
+    assert "missed: paper [150.0, 5.0, 195.0, 30.0]" in page and "no errors against the 1 true object<" in page
     # The annotation (left) beside the truth (right), at the image's size each.
     assert Image.open(_drawn(out, "00000_a")).size[0] == 200 + visualize.PANEL_GAP + 200
 

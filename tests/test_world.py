@@ -100,7 +100,8 @@ def test_ground_truth_annotations_name_the_surface(tmp_path):
 # One torch thread: the results do not depend on the machine's cores, and a busy CPU does not stall torch's
 # thread pool (two threads on a loaded 2-core machine ran train_vlm.py 5x slower than one).
 REDUCED = {"WORLD_MINUTES": "5", "WORLD_SEED": "0", "WORLD_TRAIN_SCENES": "800", "WORLD_HELDOUT_SCENES": "800",
-           "WORLD_MODELS_FROM": str(ROOT / "world" / "models"), "WORLD_VISION_STEPS": "400", "WORLD_VISION_MIN": "30",
+           "WORLD_MODELS_FROM": str(ROOT / "world" / "models"), "WORLD_VISION_STEPS": "800", "WORLD_VISION_MIN": "30",
+           "WORLD_TOWER_SCENES": "3000",
            "WORLD_VLM_STEPS": "300", "WORLD_VLM_BATCH": "16", "WORLD_VLM_LR": "1e-3",
            "WORLD_QA_TYPES": "count surface location", "WORLD_EVAL_SAMPLES": "48", "WORLD_THREADS": "1",
            "OMP_NUM_THREADS": "1",

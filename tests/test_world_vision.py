@@ -10,7 +10,15 @@ import pytest
 import torch
 
 from world.make_world import write_world
-from world.pretrain_vision import patch_targets
+from world.pretrain_vision import (
+    CELLS,
+    SIZES,
+    box_digits,
+    covering_objects,
+    load_pool,
+    object_facts,
+    patch_targets,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,6 +39,37 @@ def test_patch_targets_paint_boxes_of_the_padded_square_smallest_on_top():
     assert patch_targets([], [], width=8, height=8, grid=2) == [0, 0, 0, 0]
     # a square image: no padding, a box over the right half
     assert patch_targets([[4, 0, 8, 8]], [1], width=8, height=8, grid=2) == [0, 2, 0, 2]
+
+
+def test_covering_objects_name_the_box_on_each_patch():
+    # the same two boxes as above: index 1 is the big one, 0 the small one on top of it
+    assert covering_objects([[2, 1, 4, 3], [0, 0, 4, 4]], width=8, height=4, grid=4) == [-1, -1, -1, -1,
+                                                                                          1, 0, -1, -1,
+                                                                                          1, 0, -1, -1,
+                                                                                          -1, -1, -1, -1]
+
+
+def test_box_digits_are_the_digits_of_the_box_text_convert_writes():
+    from vlm_core.boxes import box_to_text
+
+    # 100 x 50 pads to 100 x 100 with 25 rows above: [10, 0, 57, 50] -> [0.10, 0.25, 0.57, 0.75]
+    assert box_to_text([10, 0, 57, 50], 100, 50) == "[0.10, 0.25, 0.57, 0.75]"
+    assert box_digits([10, 0, 57, 50], 100, 50) == [1, 0, 2, 5, 5, 7, 7, 5]
+    # the right edge is 1.00: tenths class 10, as "1.00" starts with 1 before the point
+    assert box_digits([0, 0, 100, 100], 100, 100) == [0, 0, 0, 0, 10, 0, 10, 0]
+    # rounded as format_box rounds (0.666... -> 0.67), never truncated
+    assert box_digits([0, 0, 200, 300], 300, 300) == [0, 0, 0, 0, 6, 7, 10, 0]
+
+
+def test_object_facts_are_the_describer_s_cell_and_size():
+    # a 20 x 20 box in the bottom right of a 100 x 100 image: 4% of it, medium-sized
+    cell, size, digits = object_facts([75, 75, 95, 95], 100, 100)
+    assert (CELLS[cell], SIZES[size]) == ("bottom right", "medium-sized")
+    assert digits == [7, 5, 7, 5, 9, 5, 9, 5]
+    cell, size, _ = object_facts([0, 0, 10, 10], 100, 50)  # 2% of a 100 x 50 image: medium; the cell of the image
+    assert (CELLS[cell], SIZES[size]) == ("top left", "medium-sized")
+    assert SIZES[object_facts([40, 20, 50, 25], 100, 50)[1]] == "small"  # 50 px of 5000: 1%
+    assert SIZES[object_facts([0, 0, 80, 50], 100, 50)[1]] == "large"
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +125,24 @@ def test_out_must_differ_from_the_base(tiny_world_llava, capsys):
         main([*pool_args(root), "--base_model", str(base), "--out", str(base)])
     assert stop.value.code == 2
     assert "--out must differ from --base_model" in capsys.readouterr().err
+
+
+def test_the_pool_outlines_one_object_per_boxed_view_with_its_facts(tiny_world_llava):
+    from transformers import AutoProcessor
+
+    root, base = tiny_world_llava
+    coco = json.loads((root / "world" / "train.json").read_text())
+    processor = AutoProcessor.from_pretrained(base)
+    pool = load_pool(coco, root / "world" / "train_images", processor.image_processor, grid=4, boxed_views=2, seed=0)
+    with_objects = sum(1 for img in coco["images"] if any(a["image_id"] == img["id"] for a in coco["annotations"]))
+    assert len(pool["image"]) == len(coco["images"]) + 2 * with_objects  # the image, and 2 outlined views of each
+    plain = pool["boxed_class"] == 0
+    assert int(plain.sum()) == len(coco["images"])
+    assert bool((pool["boxed_cell"][plain] == 0).all()) and bool((pool["boxed_cell"][~plain] > 0).all())
+    # the outline changes the pixels and nothing else: the class map and the count are the image's own
+    for row in torch.nonzero(~plain).flatten().tolist()[:3]:
+        first = int(torch.nonzero(pool["image"] == pool["image"][row]).flatten()[0])
+        assert not torch.equal(pool["pixels"][row], pool["pixels"][first])
+        assert torch.equal(pool["maps"][row], pool["maps"][first]) and pool["counts"][row] == pool["counts"][first]
+    # the per-patch facts are scored on object patches only
+    assert bool(((pool["cells"] == -100) == (pool["maps"] == 0)).all())

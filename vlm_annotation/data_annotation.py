@@ -77,6 +77,7 @@ from vlm_core.io_utils import InputError
 from vlm_core.runtime import (
     report_input_errors,
     require_model,
+    require_output_file,
     require_path,
     require_yolo_weights,
 )
@@ -199,6 +200,8 @@ def main(argv=None) -> int:
     names = list_images(images_dir)
     if not names:
         raise InputError(f"--images_dir: no images found in {images_dir}")
+    # Outputs never land among the images (the README's rule), checked once there is something to annotate.
+    require_output_file(args.output_file, "--output_file", {"--images_dir": images_dir})
     meta = {"tool": "vlm_annotation/data_annotation.py", "version": TOOL_VERSION, "images_dir": str(args.images_dir)}
     return run_annotation(args, images_dir, names, lambda device: Annotator(args, device, class_map, prompt_book),
                           run_settings(args, class_map, prompt_book), meta, start)

@@ -30,6 +30,8 @@ from vlm_core.io_utils import InputError
 from vlm_core.runtime import (
     add_precision_flag,
     check_seed,
+    plural,
+    progress_bar,
     require_model,
     require_output_file,
     resolve_device,
@@ -357,13 +359,12 @@ def run_annotation(args, images_dir: Path, names: list[str], make_annotator, set
     except BaseException:
         release_locks(args.output_file, own)
         raise
-    from tqdm import tqdm
     log.open()
     try:
         batches = [todo[i:i + args.batch_size] for i in range(0, len(todo), args.batch_size)]
         desc = "annotate" + (f" [shard {args.shard_index + 1}/{args.num_shards}]" if args.num_shards > 1 else "") \
             + (f" [rank {rank}/{world}]" if world > 1 else "")
-        bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="img", desc=desc)
+        bar = progress_bar(total=len(mine), initial=len(mine) - len(todo), unit="img", desc=desc)
         # Read the next batch of images from disk while the models work on this one.
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = pool.submit(_load, images_dir, batches[0], skip) if batches else None
@@ -397,11 +398,13 @@ def run_annotation(args, images_dir: Path, names: list[str], make_annotator, set
     for part in parts:
         part.unlink(missing_ok=True)
     seconds = time.perf_counter() - start
-    print(f"annotated {counts['images']} images: {counts['objects']} objects, {counts['qa']} Q&A pairs, "
-          f"{counts['skipped']} skipped, {seconds:.1f}s -> {args.output_file}{summary_tail}", flush=True)
+    print(f"annotated {plural(counts['images'], 'image')}: {plural(counts['objects'], 'object')}, "
+          f"{plural(counts['qa'], 'Q&A pair')}, {counts['skipped']} skipped, {seconds:.1f}s -> "
+          f"{args.output_file}{summary_tail}", flush=True)
     if counts["images"] == 0:
-        print(f"error: none of the {counts['skipped']} images could be read; reasons are under "
-              f"'skipped' in {args.output_file}", file=sys.stderr, flush=True)
+        unread = "the one image could not be read" if counts["skipped"] == 1 else \
+            f"none of the {counts['skipped']} images could be read"
+        print(f"error: {unread}; reasons are under 'skipped' in {args.output_file}", file=sys.stderr, flush=True)
         return 1
     return 0
 

@@ -40,6 +40,13 @@ cross-class merge) as further detections of its box at their own scores, as COCO
 gives a box several labels; precision, recall and F1 count the objects only (see
 :func:`vlm_annotation.label_scoring.coco_evaluate`).
 
+Pictures of the file's own objects, beside the metrics (or in ``--plots_dir``), named after ``--output_file``:
+``label_metrics.pr_curves.png`` (each class's precision-recall curve at IoU 0.5, from pycocotools' own
+precision array, the one its AP50 averages) and ``label_metrics.confusion_matrix.png`` with its counts in
+``label_metrics.confusion_matrix.json`` (rows the true class, columns the predicted one: each object matched to
+the true object it overlaps most at IoU >= 0.5, its own class first; ``background`` counts the false positives
+in its row and the misses in its column). The metrics JSON names them (``plots``).
+
 Writes ``--output_file`` (JSON) and a markdown table beside it (``.md``), as a set: the report first, then the
 JSON, each atomically, the JSON naming the report's SHA-256 (``report.sha256``). A run killed between the two
 leaves a new report beside the JSON of an earlier run, whose hash then does not match it: a reader can tell
@@ -55,6 +62,7 @@ from pathlib import Path
 from vlm_annotation.detectors import ClassMap
 from vlm_annotation.engine import fuse_detections
 from vlm_annotation.fusion import DEFAULT_AGNOSTIC_IOU, FUSION_METHODS, select_boxes
+from vlm_annotation.label_plots import plot_paths, write_label_plots
 from vlm_annotation.label_scoring import (
     PR_IOU,
     SWEEP_METRICS,
@@ -66,6 +74,7 @@ from vlm_annotation.label_scoring import (
     check_label_candidates,
     coco_evaluate,
     comparison_rows,
+    confusion_matrix,
     load_ground_truth,
     markdown,
     match_images,
@@ -81,7 +90,14 @@ from vlm_core.io_utils import (  # noqa: F401 (re-exported)
     write_results_with_report,
     write_text_atomic,
 )
-from vlm_core.runtime import report_input_errors, require_output_file, require_path
+from vlm_core.runtime import (
+    plural,
+    progress_bar,
+    report_input_errors,
+    require_output_dir,
+    require_output_file,
+    require_path,
+)
 from vlm_core.schema import load_annotations
 from vlm_core.streams import survive_closed_stdout
 
@@ -92,6 +108,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="annotation file to measure (JSON of this toolkit)")
     p.add_argument("--ground_truth", required=True, help="ground truth: COCO json, or an Ultralytics data.yaml")
     p.add_argument("--output_file", required=True, help="metrics JSON to write (a markdown table goes beside it, .md)")
+    p.add_argument("--plots_dir", default=None,
+                   help="folder for the precision-recall curves and the confusion matrix (<stem>.pr_curves.png, "
+                        "<stem>.confusion_matrix.png / .json, <stem> the --output_file's name); default: beside "
+                        "--output_file")
     p.add_argument("--images_dir", default=None,
                    help="with a YOLO --ground_truth: the folder its image names count from (default its path)")
     p.add_argument("--class_map", default=None,
@@ -149,6 +169,11 @@ def parse_args(argv=None) -> argparse.Namespace:
               "--class_map": args.class_map}
     require_output_file(args.output_file, "--output_file", inputs)
     require_output_file(Path(args.output_file).with_suffix(".md"), "--output_file (its .md)", inputs)
+    if args.plots_dir is None:
+        args.plots_dir = str(Path(args.output_file).parent)
+    require_output_dir(args.plots_dir, "--plots_dir")
+    for key, path in plot_paths(args.plots_dir, Path(args.output_file).stem).items():
+        require_output_file(path, f"--plots_dir (its {path.name})", inputs)
     return args
 
 
@@ -164,7 +189,7 @@ def fused_objects(record: dict, kept: list[str], method: str, weights, iou: floa
 def write_results(output_file: str | Path, result: dict) -> Path:
     """The report, then the JSON naming its hash, each atomically (see the module docstring)."""
     md_path = Path(output_file).with_suffix(".md")
-    write_results_with_report(output_file, result, md_path, markdown(result))
+    write_results_with_report(output_file, result, md_path, markdown(result, md_path.parent))
     return md_path
 
 
@@ -181,7 +206,7 @@ def evaluate(args) -> int:
     kept = check_detector_boxes(data, source)  # the detectors' names, [] when the boxes were not kept
     check_label_candidates(data, source)
     if args.sweep and args.sweep_weights and any(len(w) != len(kept) for w in args.sweep_weights):
-        raise InputError(f"--sweep_weights: give {len(kept)} weights each, one per detector of {source} "
+        raise InputError(f"--sweep_weights: give {plural(len(kept), 'weight')} each, one per detector of {source} "
                          f"({', '.join(kept)})")
     if args.sweep and not kept:
         raise InputError(f"--sweep: {source} has no detector_boxes in every image record; annotate with "
@@ -197,6 +222,8 @@ def evaluate(args) -> int:
                            != (truth.images[t]["width"], truth.images[t]["height"]))
     pairs = {p: t for p, t in matched.items() if p not in size_mismatch}
     if not pairs:
+        if len(records) == 1:
+            raise InputError(f"--ground_truth: the one image of {source} is not in {gt_path}")
         raise InputError(f"--ground_truth: none of the {len(records)} images of {source} is in {gt_path}")
     skipped = {s["image"] for s in data.get("skipped", [])}
     matched_skips = match_images(sorted(skipped), sorted(set(truth.images) - set(matched.values())))
@@ -218,10 +245,18 @@ def evaluate(args) -> int:
     surfaces = read_surfaces(gt_path)
     qa_seed, max_region_qa = meta.get("seed", 42), meta.get("max_region_qa", 10)
 
+    def predictions_of(objects_of, threshold: float | None = args.conf_threshold) -> dict:
+        return {pairs[p]: [o for o in objects_of(records[p]) if threshold is None or o["score"] > threshold]
+                for p in pairs}
+
     def score(objects_of, threshold: float | None = args.conf_threshold) -> dict:
-        preds = {pairs[p]: [o for o in objects_of(records[p]) if threshold is None or o["score"] > threshold]
-                 for p in pairs}
-        return coco_evaluate(scored_truth, preds, categories)
+        return coco_evaluate(scored_truth, predictions_of(objects_of, threshold), categories)
+
+    # The file's own objects, scored once: their figures, and the curves and matrix of the pictures.
+    curves: dict = {}
+    own_predictions = predictions_of(lambda r: r["objects"])
+    own = coco_evaluate(scored_truth, own_predictions, categories, curves)
+    confusion = confusion_matrix(scored_truth, own_predictions, categories)
 
     def score_generated_qa(objects_of) -> dict:
         """The Q&A a setting's objects would get, scored against the truth (no captions: no surface answers)."""
@@ -241,7 +276,7 @@ def evaluate(args) -> int:
               "labels_not_in_ground_truth": sorted(labels - set(truth.vocabulary)),
               # What reading the ground truth clipped or dropped (as import_labels.py reports it).
               "ground_truth_report": {k: v for k, v in sorted(truth.counts.items()) if v},
-              **score(lambda r: r["objects"]),
+              **own,
               # The Q&A of the file as written (with its captions' surfaces), judged against the truth.
               "qa_truth": score_qa({pairs[p]: records[p] for p in pairs}, scored_truth, surfaces, categories)}
     if kept:
@@ -282,9 +317,8 @@ def evaluate(args) -> int:
                meta.get("fusion_conf_threshold", file_conf), meta.get("agnostic_iou") or None,
                meta.get("agreement_conf_threshold"))
         grid.sort(key=lambda g: g != own)  # the file's own setting first: it wins ties
-        from tqdm import tqdm
         sweep = []
-        for method, w, iou, c, ag, agree in tqdm(grid, desc="sweep", unit="setting"):
+        for method, w, iou, c, ag, agree in progress_bar(grid, desc="sweep", unit="setting"):
             def objects_of(r, method=method, w=w, iou=iou, c=c, ag=ag, agree=agree):
                 return fused_objects(r, kept, method, list(w), iou, c, ag, agree)
             m = score(objects_of, None)
@@ -307,6 +341,9 @@ def evaluate(args) -> int:
                                                       "conf_threshold", "agnostic_iou", "agreement_conf_threshold",
                                                       "flags")}
         result["recommended"].update(metric=args.sweep_metric, value=best[args.sweep_metric])
+    # The pictures before the metrics that name them: a run killed in between leaves the old metrics.
+    result["plots"] = write_label_plots(curves, confusion, args.plots_dir, Path(args.output_file).stem,
+                                        f"{source.name} vs {gt_path.name}")
     md_path = write_results(args.output_file, result)
     if "detectors" in result:
         print("\n".join(_table(comparison_rows(result), "boxes")), flush=True)
@@ -314,13 +351,14 @@ def evaluate(args) -> int:
         r = result["recommended"]
         print(f"recommended: {r['flags']} ({r['metric']} {_fmt(r['value'])})", flush=True)
     q = result["qa_truth"]
-    print(f"evaluated {images['evaluated']} images: map {_fmt(result['map'])}, map50 {_fmt(result['map50'])}, "
+    print(f"evaluated {plural(images['evaluated'], 'image')}: map {_fmt(result['map'])}, map50 {_fmt(result['map50'])}, "
           f"precision {_fmt(result['precision'])}, recall {_fmt(result['recall'])}; Q&A true of the scene "
           f"{_fmt(q['share'])} (count {_fmt(q['per_type'].get('count', {}).get('share'))}), "
-          f"{q['labelled_twice']} of {q['true_objects']} true objects labelled twice; "
+          f"{q['labelled_twice']} of {plural(q['true_objects'], 'true object')} labelled twice; "
           f"{len(images['only_in_annotations'])} only in the annotations, "
           f"{len(images['only_in_ground_truth'])} only in the ground truth, "
-          f"{len(images['skipped_in_annotations'])} skipped by the annotation run -> {args.output_file}, {md_path}",
+          f"{len(images['skipped_in_annotations'])} skipped by the annotation run -> {args.output_file}, {md_path}; "
+          f"plots: {result['plots']['pr_curves']}, {result['plots']['confusion_matrix']}",
           flush=True)
     return 0
 

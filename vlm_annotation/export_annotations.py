@@ -41,7 +41,14 @@ from pathlib import Path
 from vlm_core.boxes import pixel_to_yolo
 from vlm_core.flags import ANNOTATION_FILE, IMAGES_DIR, flag_names
 from vlm_core.io_utils import InputError, write_json_atomic
-from vlm_core.runtime import report_input_errors, require_output_dir, require_output_file, require_path, single_writer
+from vlm_core.runtime import (
+    plural,
+    report_input_errors,
+    require_output_dir,
+    require_output_file,
+    require_path,
+    single_writer,
+)
 from vlm_core.schema import load_annotations
 
 BOX_DECIMALS = 2      # the annotation file's own precision (data_annotation.BOX_DECIMALS)
@@ -229,7 +236,8 @@ def main(argv=None) -> int:
                   "classes": len(coco["categories"])}
     else:
         where, counts = _export_yolo(args, data)
-    print(f"exported {counts['images']} images, {counts['objects']} objects, {counts['classes']} classes "
+    print(f"exported {plural(counts['images'], 'image')}, {plural(counts['objects'], 'object')}, "
+          f"{plural(counts['classes'], 'class', 'classes')} "
           f"as {args.format.upper()} -> {where}", flush=True)
     return 0
 

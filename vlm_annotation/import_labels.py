@@ -119,7 +119,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     require_path(labels_file, flag, "file")
     if args.images_dir:
         require_path(args.images_dir, "--images_dir", "dir")
-    check_describe_paths(args, {flag: labels_file})
+    check_describe_paths(args, {flag: labels_file, "--images_dir": args.images_dir})
     return args
 
 

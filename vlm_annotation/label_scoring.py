@@ -1,18 +1,25 @@
 """Scoring auto-labels against ground truth: COCO mAP through pycocotools (:func:`coco_evaluate`),
-precision / recall / F1 at IoU 0.5, each detector alone against the fusions, and the fusion sweep.
+precision / recall / F1 at IoU 0.5, each detector alone against the fusions, and the fusion sweep;
+the pictures of those figures: per-class precision-recall curves (pycocotools' own arrays, IoU 0.5) and
+a confusion matrix (objects matched to true objects at IoU >= 0.5, with a background row and column).
 The engine of evaluate_annotations.py; world/report.py scores the world's labels with it too.
 """
 from __future__ import annotations
 
 import contextlib
 import io
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from vlm_annotation.detectors import DETECTOR_NAMES, ClassMap
 from vlm_annotation.label_readers import LabelSet, read_coco, read_yolo
+from vlm_core.boxes import iou
 from vlm_core.schema import AnnotationError, validate_bbox
 
 PR_IOU = 0.5  # the IoU at which precision and recall count a match
+MATCH_IOU = PR_IOU  # an object matches a true object at this IoU (the gallery's verdicts, the confusion matrix)
+BACKGROUND = "background"  # the confusion matrix's row of false positives and column of misses
 
 
 SWEEP_METRICS = ("qa_true", "count_true", "f1", "map", "map50")
@@ -93,9 +100,11 @@ def match_images(predicted: list[str], truth: list[str]) -> dict[str, str]:
     return matched
 
 
-def coco_evaluate(truth: dict[str, dict], predictions: dict[str, list[dict]], categories: list[str]) -> dict:
+def coco_evaluate(truth: dict[str, dict], predictions: dict[str, list[dict]], categories: list[str],
+                  curves: dict | None = None) -> dict:
     """pycocotools' bbox evaluation of ``predictions`` (image -> [{label, bbox, score}]) against ``truth``
     (image -> {width, height, objects, crowd}): overall and per-class map, map50, precision, recall.
+    ``curves``, when given, is filled with each class's precision-recall curve (:func:`pr_curves`).
 
     An object's ``label_candidates`` (the runner-up labels that the cross-class merge of
     :func:`vlm_annotation.fusion.merge_across_classes` kept, each with its fused score) are class
@@ -182,7 +191,119 @@ def coco_evaluate(truth: dict[str, dict], predictions: dict[str, list[dict]], ca
 
     # Classes with neither boxes nor detections (a category nobody used) say nothing: left out.
     per_class = {n: figures([counts[i]], i - 1) for n, i in cat_id.items() if counts[i]["gt"] or counts[i]["det"]}
+    if curves is not None:
+        curves.update(pr_curves(ev, categories, {n: counts[i]["gt"] for n, i in cat_id.items()}))
     return {**figures(list(counts.values()), None), "per_class": per_class}
+
+
+def pr_curves(ev, categories: list[str], n_truth: dict[str, int]) -> dict[str, dict]:
+    """Each class's precision-recall curve at IoU 0.5, as pycocotools interpolates it for its AP: precision
+    at its 101 recall thresholds (all areas, maxDets 100). Classes without true boxes have no curve (their
+    recall is undefined); ``ev`` None (no detections at all): precision 0 at every recall."""
+    import numpy as np
+    from pycocotools.cocoeval import Params
+
+    recalls = (ev.params.recThrs if ev is not None else Params(iouType="bbox").recThrs).tolist()
+    out = {}
+    for k, name in enumerate(categories):
+        if not n_truth.get(name):
+            continue
+        if ev is None:
+            precision = [0.0] * len(recalls)
+        else:
+            t = int(np.argmin(np.abs(ev.params.iouThrs - PR_IOU)))
+            # pycocotools writes -1 past the highest recall reached; a curve shows 0 there.
+            precision = [max(0.0, float(v)) for v in ev.eval["precision"][t, :, k, 0, -1]]
+        out[name] = {"recall": recalls, "precision": precision}
+    return out
+
+
+@dataclass
+class Verdict:
+    """How one image's objects compare with its true objects."""
+    status: dict[int, str]                    # object id -> "ok" | "false positive" | "wrong label"
+    truth_label: dict[int, str]               # object id -> the true class (wrong labels)
+    missed: list[int]                         # indices of the true objects no object matches
+
+    @property
+    def counts(self) -> dict[str, int]:
+        values = list(self.status.values())
+        return {"false positives": values.count("false positive"), "wrong labels": values.count("wrong label"),
+                "misses": len(self.missed)}
+
+    @property
+    def errors(self) -> int:
+        return sum(self.counts.values())
+
+
+def compare_to_truth(objects: list[dict], truth: list[dict], iou_thr: float = MATCH_IOU) -> Verdict:
+    """Match objects to true objects, one to one, greedily by score: each object takes the free true object
+    it overlaps most at IoU >= ``iou_thr``, of its own class first (ok), then of any class (wrong label);
+    objects left are false positives, true objects left are misses."""
+    order = sorted(objects, key=lambda o: (-o["score"], o["id"]))
+    taken: set[int] = set()
+    status: dict[int, str] = {}
+    truth_label: dict[int, str] = {}
+    for same_class in (True, False):
+        for o in order:
+            if o["id"] in status:
+                continue
+            best, best_iou = None, iou_thr
+            for k, t in enumerate(truth):
+                if k in taken or (same_class and t["label"] != o["label"]):
+                    continue
+                value = iou(o["bbox"], t["bbox"])
+                if value >= best_iou:
+                    best, best_iou = k, value
+            if best is not None:
+                taken.add(best)
+                status[o["id"]] = "ok" if same_class else "wrong label"
+                if not same_class:
+                    truth_label[o["id"]] = truth[best]["label"]
+    for o in objects:
+        status.setdefault(o["id"], "false positive")
+    return Verdict(status, truth_label, [k for k in range(len(truth)) if k not in taken])
+
+
+def _in_crowd(box, crowd: list[dict]) -> bool:
+    """Whether a box lies mostly (half its area or more) inside a crowd region, which COCO ignores."""
+    area = max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
+    for c in crowd:
+        cx1, cy1, cx2, cy2 = c["bbox"]
+        inter = max(0.0, min(box[2], cx2) - max(box[0], cx1)) * max(0.0, min(box[3], cy2) - max(box[1], cy1))
+        if area and inter / area >= 0.5:
+            return True
+    return False
+
+
+def confusion_matrix(truth: dict[str, dict], predictions: dict[str, list[dict]], categories: list[str],
+                     iou_thr: float = MATCH_IOU) -> dict:
+    """Rows: the true class; columns: the predicted class; both end with ``background``. Each image's objects
+    are matched to its true objects by :func:`compare_to_truth` (IoU >= ``iou_thr``, own class first, one to
+    one); an object matching nothing counts in the background row (a false positive), a true object nothing
+    matches in the background column (a miss). Objects lying in a crowd region (COCO's ignore regions) that
+    match nothing are not counted, as COCO does not count them. Classes nobody used are left out."""
+    classes = [c for c in categories if any(o["label"] == c for e in truth.values() for o in e["objects"])
+               or any(o["label"] == c for objs in predictions.values() for o in objs)]
+    names = classes + [BACKGROUND]
+    index = {c: k for k, c in enumerate(names)}
+    matrix = [[0] * len(names) for _ in names]
+    bg = index[BACKGROUND]
+    for name, entry in truth.items():
+        true = entry["objects"]
+        objects = [{**o, "id": k} for k, o in enumerate(predictions.get(name, []))]
+        verdict = compare_to_truth(objects, true, iou_thr)
+        for o in objects:
+            status = verdict.status[o["id"]]
+            if status == "ok":
+                matrix[index[o["label"]]][index[o["label"]]] += 1
+            elif status == "wrong label":
+                matrix[index[verdict.truth_label[o["id"]]]][index[o["label"]]] += 1
+            elif not _in_crowd(o["bbox"], entry.get("crowd", [])):
+                matrix[bg][index[o["label"]]] += 1
+        for k in verdict.missed:
+            matrix[index[true[k]["label"]]][bg] += 1
+    return {"iou": iou_thr, "rows": "truth", "columns": "predicted", "classes": names, "matrix": matrix}
 
 
 def _or(v: float | None, default: float = -1.0) -> float:
@@ -216,11 +337,19 @@ def comparison_rows(result: dict) -> list[tuple[str, dict]]:
     return [(f"annotation file ({result['fusion'] or 'its objects'})", own), *result["detectors"].items()]
 
 
-def markdown(result: dict) -> str:
+def markdown(result: dict, report_dir: str | Path | None = None) -> str:
+    """The report; ``report_dir``: the report's folder, which its picture links are relative to."""
     lines = [f"# Annotations vs ground truth: {result['annotations']} vs {result['ground_truth']}", "",
              f"{result['images']['evaluated']} images; precision/recall at IoU {PR_IOU}, "
              f"conf_threshold {_fmt(result['conf_threshold'])}.", ""]
     lines += _table([("all", result)] + list(result["per_class"].items()), "class") + [""]
+    if "plots" in result:
+        def link(path: str) -> str:
+            return Path(os.path.relpath(path, report_dir)).as_posix() if report_dir is not None else path
+        plots = result["plots"]
+        lines += [f"![precision-recall curves per class, IoU 0.5]({link(plots['pr_curves'])})",
+                  f"![confusion matrix, IoU >= {MATCH_IOU:g}]({link(plots['confusion_matrix'])}) "
+                  f"(counts: `{link(plots['confusion_matrix_json'])}`)", ""]
     if "detectors" in result:
         lines += ["## Ensemble versus each detector", ""]
         lines += _table(comparison_rows(result), "boxes") + [""]

@@ -23,11 +23,17 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from tqdm import tqdm
+from tqdm import tqdm  # disable=None: no bar at all when stderr is not a terminal
 
 from vlm_annotation.progress import DIGEST_KEY, RecordsDigest
 from vlm_core.io_utils import InputError, dumps_line
-from vlm_core.runtime import report_input_errors, require_output_file, require_path, single_writer
+from vlm_core.runtime import (
+    plural,
+    report_input_errors,
+    require_output_file,
+    require_path,
+    single_writer,
+)
 from vlm_core.schema import AnnotationReader, AnnotationWriter, path_digest
 
 # Meta keys that may differ between shards (machines mount the images in different places; each shard's
@@ -141,7 +147,8 @@ def check_shards(readers: list[AnnotationReader], image_digests: bytearray) -> t
     if shard_counts:
         missing = sorted(set(range(shard_counts.pop())) - shard_ids)
         if missing:
-            raise InputError(f"shard(s) {', '.join(map(str, missing))} missing from --input_files")
+            raise InputError(f"{'shard' if len(missing) == 1 else 'shards'} {', '.join(map(str, missing))} missing from "
+                             "--input_files")
     merged_meta = {k: v for k, v in (meta or {}).items() if k not in ("shard", DIGEST_KEY)}
     return [skipped[k] for k in sorted(skipped)], merged_meta
 
@@ -174,8 +181,8 @@ def main(argv=None) -> int:
                 counts = _merge_into(writer, readers, _merged_by_spool(readers, out.parent))
                 skipped, meta = check_shards(readers, counts["digests"])
                 writer.finish(skipped, _with_digest(meta, readers, counts, skipped))
-    print(f"merged {len(paths)} files: {counts['images']} images, {counts['objects']} objects, "
-          f"{counts['qa']} Q&A pairs, {len(skipped)} skipped, {time.perf_counter() - start:.1f}s "
+    print(f"merged {plural(len(paths), 'file')}: {plural(counts['images'], 'image')}, "
+          f"{plural(counts['objects'], 'object')}, {plural(counts['qa'], 'Q&A pair')}, {len(skipped)} skipped, {time.perf_counter() - start:.1f}s "
           f"-> {args.output_file}", flush=True)
     return 0
 

@@ -76,7 +76,10 @@ def generate_qa(objects: Sequence[dict], width: int, height: int, vocabulary: Se
             question = prompts.LOCATION_BOXED.format(label=label, box=boxes[oid])
         qa.append(_qa(question, f"The {label} is {place}.", "location", [oid]))
 
-    labelled = set(rng.sample([o["id"] for o in focus], len(focus) // 2))
+    # Half of the descriptions are asked with the label given, as describe_object(label=...) asks; an odd one
+    # out goes either way (with one object per image asked about, none was ever labelled).
+    n_labelled = len(focus) // 2 + (len(focus) % 2 == 1 and rng.random() < 0.5)
+    labelled = set(rng.sample([o["id"] for o in focus], n_labelled))
     for obj in focus:
         if not obj.get("description"):
             continue

@@ -14,7 +14,9 @@ entries) shows beside each image its caption, the object table (id, label, score
 other labels the detectors voted for, description) and the Q&A pairs, where a box placeholder
 ``<box:ID>`` is shown as the object and its pixel box. Links are relative, so the folder can be
 moved or zipped. An image that cannot be opened is listed in the page and the summary, with the
-reason, not drawn; the files the annotator skipped are listed with their reasons too.
+reason, not drawn; the files the annotator skipped are listed with their reasons too. A wrong
+``--images_dir`` (none of the shown records' images in it) stops with one line naming the folder and how
+many images were not found, before anything is written.
 
 Labels never hide each other: each label goes beside its box where no other label is (above, inside,
 below, then the nearest free place), and when an image is too crowded for that, the rest are stacked
@@ -46,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import html
 import math
 import os
 import re
@@ -56,22 +57,43 @@ import tempfile
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote
 
-from PIL import Image, ImageDraw, ImageFont
-from tqdm import tqdm
+from PIL import Image, ImageDraw
 
-from vlm_core.boxes import iou
+# The verdicts are the label scoring's own matching, so the gallery and the confusion matrix agree.
+from vlm_annotation.label_scoring import MATCH_IOU, Verdict, compare_to_truth  # noqa: F401 (MATCH_IOU re-exported)
 from vlm_core.flags import ANNOTATION_FILE, IMAGES_DIR, flag_names
+from vlm_core.gallery import (  # noqa: F401 (re-exported: the tests and older callers name them here)
+    CSS,
+    INDEX_NAME,
+    LOAD_SCRIPT,
+    NAV_WINDOW,
+    auto_line_width,
+    downscale_factor,
+    page_name,
+    page_numbers,
+    pages_index_name,
+    render_nav,
+    render_pages_index,
+    text_colour,
+    upscale_factor,
+)
+from vlm_core.gallery import esc as _e
+from vlm_core.gallery import font_for as _font
+from vlm_core.gallery import url as _url
 from vlm_core.images import ImageLoadError, load_image
 from vlm_core.io_utils import InputError, atomic_output, write_text_atomic
-from vlm_core.runtime import report_input_errors, require_output_dir, require_path, single_writer
+from vlm_core.runtime import (
+    plural,
+    progress_bar,
+    report_input_errors,
+    require_output_dir,
+    require_path,
+    single_writer,
+)
 from vlm_core.schema import AnnotationReader
 
 IMAGES_SUBDIR = "images"
-INDEX_NAME = "index.html"
-NAV_WINDOW = 5  # a page links to the pages this far before and after it
-MATCH_IOU = 0.5  # an object matches a true object at this IoU, as the label scoring counts a match
 # Bumped when drawings change for the same inputs, so a re-render never keeps a drawing of the old code.
 DRAWING_VERSION = "2"
 # 20 colours chosen to be told apart (Sasha Trubetskoy's list); classes get them in sorted
@@ -152,36 +174,14 @@ def class_colours(labels) -> dict[str, tuple[int, int, int]]:
     return {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(sorted(set(labels)))}
 
 
-def text_colour(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
-    """Black on light colours, white on dark ones (ITU-R BT.601 luma)."""
-    r, g, b = rgb
-    return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 140 else (255, 255, 255)
 
 
-def downscale_factor(width: int, height: int, max_side: int) -> float:
-    if max_side <= 0 or max(width, height) <= max_side:
-        return 1.0
-    return max_side / max(width, height)
 
 
-def upscale_factor(width: int, height: int, min_side: int) -> float:
-    """A whole factor that brings a small image's longer side to ``min_side`` or more (1 for larger ones)."""
-    longer = max(width, height)
-    if min_side <= 0 or longer >= min_side:
-        return 1.0
-    return float(-(-min_side // longer))
 
 
-def auto_line_width(width: int, height: int) -> int:
-    return max(2, round(max(width, height) / 320))
 
 
-def _font(image_w: int, image_h: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    size = min(32, max(11, round(max(image_w, image_h) / 55)))
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: only the fixed-size bitmap font
-        return ImageFont.load_default()
 
 
 def object_caption(obj: dict) -> str:
@@ -298,53 +298,6 @@ def draw_objects(image: Image.Image, objects: list[dict], scale_x: float, scale_
 
 # ----------------------------------------------------------------------------- the truth
 
-@dataclass
-class Verdict:
-    """How one image's objects compare with its true objects."""
-    status: dict[int, str]                    # object id -> "ok" | "false positive" | "wrong label"
-    truth_label: dict[int, str]               # object id -> the true class (wrong labels)
-    missed: list[int]                         # indices of the true objects no object matches
-
-    @property
-    def counts(self) -> dict[str, int]:
-        values = list(self.status.values())
-        return {"false positives": values.count("false positive"), "wrong labels": values.count("wrong label"),
-                "misses": len(self.missed)}
-
-    @property
-    def errors(self) -> int:
-        return sum(self.counts.values())
-
-
-def compare_to_truth(objects: list[dict], truth: list[dict], iou_thr: float = MATCH_IOU) -> Verdict:
-    """Match objects to true objects, one to one, greedily by score: each object takes the free true object
-    it overlaps most at IoU >= ``iou_thr``, of its own class first (ok), then of any class (wrong label);
-    objects left are false positives, true objects left are misses."""
-    order = sorted(objects, key=lambda o: (-o["score"], o["id"]))
-    taken: set[int] = set()
-    status: dict[int, str] = {}
-    truth_label: dict[int, str] = {}
-    for same_class in (True, False):
-        for o in order:
-            if o["id"] in status:
-                continue
-            best, best_iou = None, iou_thr
-            for k, t in enumerate(truth):
-                if k in taken or (same_class and t["label"] != o["label"]):
-                    continue
-                value = iou(o["bbox"], t["bbox"])
-                if value >= best_iou:
-                    best, best_iou = k, value
-            if best is not None:
-                taken.add(best)
-                status[o["id"]] = "ok" if same_class else "wrong label"
-                if not same_class:
-                    truth_label[o["id"]] = truth[best]["label"]
-    for o in objects:
-        status.setdefault(o["id"], "false positive")
-    return Verdict(status, truth_label, [k for k in range(len(truth)) if k not in taken])
-
-
 def disagreements(objects: list[dict], several_detectors: bool) -> int:
     """Objects the detectors disagree on: found by one detector of several, or with other labels voted for."""
     return sum(1 for o in objects
@@ -380,15 +333,8 @@ def drawn_name(index: int, image_path: str, digest: str = "") -> str:
     return f"{index:05d}_{safe[-100:]}" + (f".{digest}" if digest else "") + ".jpg"
 
 
-def page_name(page: int, token: str = "") -> str:
-    """``index.html`` for page 1; ``page_2.<token>.html`` ...: a render's pages are named by its token."""
-    if page == 1:
-        return INDEX_NAME
-    return f"page_{page}.{token}.html" if token else f"page_{page}.html"
 
 
-def pages_index_name(token: str = "") -> str:
-    return f"pages.{token}.html" if token else "pages.html"
 
 
 def drawing_digest(rec: dict, truth: list[dict] | None, colours: dict, image_path: Path, settings: tuple) -> str:
@@ -455,12 +401,8 @@ class Entry:
     no_truth: bool = False            # a ground truth was given but does not list this image
 
 
-def _e(value) -> str:
-    return html.escape(str(value), quote=True)
 
 
-def _url(rel_path: str) -> str:
-    return _e(quote(rel_path))
 
 
 def _fmt_box(bbox) -> str:
@@ -484,45 +426,7 @@ def _swatch(colour) -> str:
     return f'<span class="swatch" style="background:rgb{tuple(colour)}"></span>'
 
 
-CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5em;color:#222;background:#fafafa}
-h1{font-size:1.4em;margin:0 0 .3em} h2{font-size:1.05em;margin:0 0 .3em;word-break:break-all}
-.summary{margin:.2em 0 .8em} nav a,nav span{margin-right:.6em}
-.legend span.item{display:inline-block;margin:0 1em .3em 0}
-.swatch{display:inline-block;width:.9em;height:.9em;border:1px solid #555;vertical-align:middle;margin-right:.3em}
-.entry{display:flex;flex-wrap:wrap;gap:1.2em;background:#fff;border:1px solid #ddd;border-radius:6px;padding:1em;margin:1em 0}
-.picture{flex:0 1 auto;max-width:min(100%,720px)} .picture img{max-width:100%;height:auto;display:block}
-.picture.missing{background:#fee;border:1px dashed #c00;padding:1em;color:#900;min-width:240px}
-.details{flex:1 1 380px;min-width:300px} .meta,.note{color:#666;font-size:.9em} .note{color:#a60}
-.caption{font-style:italic;margin:.4em 0 .8em}
-table{border-collapse:collapse;margin:.3em 0 1em;font-size:.9em;width:100%}
-th,td{border:1px solid #ddd;padding:.25em .45em;text-align:left;vertical-align:top}
-th{background:#f0f0f0} td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-#problems{background:#fff8e6;border:1px solid #e0c060;border-radius:6px;padding:.6em 1em}
-#load-status{color:#666;font-size:.9em;margin-top:2em}
-.box{font-family:ui-monospace,monospace;background:#eef;border-radius:3px;padding:0 .2em}
-.errors{color:#b00;font-weight:bold} td.error{color:#b00;font-weight:bold} .ok{color:#070}
-#load-status.failed{color:#c00;font-weight:bold}
-"""
 
-# Counts the images the browser really decoded, for a human (a warning when the folder lost its
-# images/ subfolder) and for the headless-browser test, which reads the data attributes.
-LOAD_SCRIPT = """
-<script>
-(function () {
-  function report() {
-    var imgs = Array.prototype.slice.call(document.images);
-    var loaded = imgs.filter(function (im) { return im.complete && im.naturalWidth > 0; }).length;
-    var status = document.getElementById("load-status");
-    status.setAttribute("data-images-loaded", String(loaded));
-    status.setAttribute("data-images-total", String(imgs.length));
-    status.textContent = loaded + " of " + imgs.length + " images loaded";
-    if (loaded < imgs.length) { status.className = "failed"; }
-  }
-  if (document.readyState === "complete") { report(); } else { window.addEventListener("load", report); }
-})();
-</script>
-"""
 
 
 def render_entry(entry: Entry, colours: dict) -> str:
@@ -541,23 +445,22 @@ def render_entry(entry: Entry, colours: dict) -> str:
     parts.append('<div class="details">')
     parts.append(f"<h2>{_e(image)}</h2>")
     parts.append(f'<p class="meta">images[{entry.index}] &middot; {rec["width"]}&times;{rec["height"]} px'
-                 f' &middot; {len(objects)} object{"" if len(objects) == 1 else "s"}'
+                 f' &middot; {plural(len(objects), "object")}'
                  f' &middot; {len(qas)} Q&amp;A</p>')
     for note in entry.notes:
         parts.append(f'<p class="note">{_e(note)}</p>')
     if entry.verdict is not None:
         counts = entry.verdict.counts
         if entry.verdict.errors:
-            parts.append(f'<p class="errors">{entry.verdict.errors} error{"" if entry.verdict.errors == 1 else "s"}: '
+            parts.append(f'<p class="errors">{plural(entry.verdict.errors, "error")}: '
                          + ", ".join(f"{n} {k}" for k, n in counts.items()) + "</p>")
         else:
-            parts.append(f'<p class="ok">no errors against the {len(entry.truth)} true objects</p>')
+            parts.append(f'<p class="ok">no errors against the {plural(len(entry.truth), "true object")}</p>')
         parts.append('<p class="meta">left: the annotation; right: the truth</p>')
     elif entry.no_truth:
         parts.append('<p class="note">no ground truth for this image</p>')
     if entry.disagreement:
-        parts.append(f'<p class="note">the detectors disagree on {entry.disagreement} object'
-                     f'{"" if entry.disagreement == 1 else "s"}</p>')
+        parts.append(f'<p class="note">the detectors disagree on {plural(entry.disagreement, "object")}</p>')
     caption = rec.get("caption", "")
     parts.append(f'<p class="caption">{_e(caption) if caption else "(no caption)"}</p>')
     verdict = entry.verdict
@@ -621,48 +524,10 @@ def render_problems(skipped: list[dict], missing: list[tuple[int, Entry]], per_p
             + "\n</tbody></table></section>")
 
 
-def page_numbers(page: int, n_pages: int, window: int = NAV_WINDOW) -> list[int | None]:
-    """The pages a page links to: the first, ``window`` either side of it, the last; None for a gap."""
-    shown = sorted({1, n_pages, *range(max(1, page - window), min(n_pages, page + window) + 1)})
-    out: list[int | None] = []
-    for p in shown:
-        if out and p - out[-1] > 1:
-            out.append(None)
-        out.append(p)
-    return out
 
 
-def render_nav(page: int, n_pages: int, token: str = "") -> str:
-    if n_pages <= 1:
-        return ""
-    links = [f"<span>page {page} of {n_pages}:</span>"]
-    for p in page_numbers(page, n_pages):
-        if p is None:
-            links.append("<span>&hellip;</span>")
-        else:
-            links.append(f"<span><b>{p}</b></span>" if p == page else f'<a href="{_url(page_name(p, token))}">{p}</a>')
-    links.append(f'<a href="{_url(pages_index_name(token))}">all pages</a>')
-    return "<nav>" + "".join(links) + "</nav>"
 
 
-def render_pages_index(title: str, n_pages: int, n_entries: int, per_page: int, token: str = "") -> str:
-    rows = "\n".join(f'<li><a href="{_url(page_name(p, token))}">page {p}</a>: entries {(p - 1) * per_page + 1} '
-                     f'to {min(n_entries, p * per_page)}</li>' for p in range(1, n_pages + 1))
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>{_e(title)}: all pages</title>
-<style>{CSS}</style>
-</head>
-<body>
-<h1>{_e(title)}: all {n_pages} pages</h1>
-<ol>
-{rows}
-</ol>
-</body>
-</html>
-"""
 
 
 def render_page(*, title: str, summary: str, page: int, n_pages: int, entries: list[Entry] | None = None,
@@ -814,6 +679,20 @@ def survey(annotation_file: Path, max_images: int | None, truth=None) -> _Survey
     return info
 
 
+def check_images_found(names: list[str], images_dir: Path, annotation_file: Path) -> None:
+    """Refuse a gallery none of whose images is in ``images_dir`` (a wrong folder), before anything is
+    written: it would be a page of 'image not available' entries. Some files missing are listed in the
+    gallery instead. Stops at the first file found, so a right folder costs one look-up."""
+    if not names or any((images_dir / name).is_file() for name in names):
+        return
+    hint = "give the folder its 'image' paths are relative to"
+    if len(names) == 1:
+        raise InputError(f"--images_dir: {images_dir}: the one image of {annotation_file}, {names[0]}, is not there; "
+                         + hint)
+    raise InputError(f"--images_dir: {images_dir}: none of the {len(names)} images of {annotation_file} is there "
+                     f"({len(names)} not found, e.g. {names[0]}); {hint}")
+
+
 def gallery_order(score: array, errors_only: bool, worst_first: bool) -> list[int]:
     """The shown records' indices in the order of the gallery."""
     order = [i for i in range(len(score)) if not errors_only or score[i] > 0]
@@ -835,6 +714,7 @@ def main(argv=None) -> int:
         require_path(args.ground_truth, "--ground_truth", "file")
         truth = load_ground_truth(args.ground_truth, images_dir, ClassMap.from_file(args.class_map))
     info = survey(annotation_file, args.max_images, truth)  # AnnotationError names file and field
+    check_images_found(info.names, images_dir, annotation_file)
     output_dir = Path(args.output_dir)
     colours = class_colours(info.labels)
     order = gallery_order(info.score, args.errors_only, args.worst_first)
@@ -850,9 +730,10 @@ def main(argv=None) -> int:
         (f", most {what} first" if args.worst_first else "")
     against = ""
     if truth is not None:
-        against = (f"; against the truth ({info.n_compared} of {info.n_shown} images listed in it): "
+        against = (f"; against the truth ({info.n_compared} of {plural(info.n_shown, 'image')} listed in it): "
                    + ", ".join(f"{n} {k}" for k, n in info.totals.items()))
-    known = (f"{info.n_shown} image records{limited}{chosen}, {info.n_objects} objects, {info.n_qa} Q&A pairs"
+    known = (f"{plural(info.n_shown, 'image record')}{limited}{chosen}, {plural(info.n_objects, 'object')}, "
+             f"{plural(info.n_qa, 'Q&A pair')}"
              f"{against}; {len(info.skipped)} skipped by the annotator")
 
     token = secrets.token_hex(4)
@@ -863,7 +744,7 @@ def main(argv=None) -> int:
     with single_writer(output_dir / INDEX_NAME, "--output_dir"), \
             tempfile.TemporaryFile(dir=output_dir, prefix=".entries.") as spool:
         starts, lengths = array("q", [0]) * n_entries, array("q", [0]) * n_entries  # each entry's HTML in spool
-        progress = tqdm(total=n_entries, desc="drawing", unit="img")
+        progress = progress_bar(total=n_entries, desc="drawing", unit="img")
         for index, rec in enumerate(AnnotationReader(annotation_file, validate=False)):
             if index >= info.n_shown:
                 break
@@ -879,7 +760,7 @@ def main(argv=None) -> int:
                        args.min_side)
             progress.update()
             if entry.problem:
-                tqdm.write(f"warning: {rec['image']}: {entry.problem}", file=sys.stderr)
+                progress.write(f"warning: {rec['image']}: {entry.problem}", file=sys.stderr)
                 missing.append((position[index], Entry(index, {"image": rec["image"]}, problem=entry.problem)))
             else:
                 n_drawn += 1
@@ -902,7 +783,8 @@ def main(argv=None) -> int:
             write_text_atomic(output_dir / page_name(number, token), render_page(
                 title=title, summary=known, page=number, n_pages=n_pages, colours=colours, token=token,
                 problems_html="(page 1)" if problems else "", body=page_body(number)))
-        summary = (f"{n_drawn} images drawn{limited}{chosen}, {info.n_objects} objects, {info.n_qa} Q&A pairs"
+        summary = (f"{plural(n_drawn, 'image')} drawn{limited}{chosen}, {plural(info.n_objects, 'object')}, "
+                   f"{plural(info.n_qa, 'Q&A pair')}"
                    f"{against}; {len(missing)} missing or unreadable; {len(info.skipped)} skipped by the annotator")
         if n_pages > 1:
             write_text_atomic(output_dir / pages_index_name(token),

@@ -61,6 +61,10 @@ Sources (read with the search tool; the installed transformers is 5.24):
   in a question is written ``[x1, y1, x2, y2]`` (QwenLM/Qwen3-VL issue #1427, the Qwen team's
   answer). Its processor resizes to multiples of 32 (patch 16, merge 2), which does not move a
   relative frame.
+- Back to pixels, Qwen's own evaluation (QwenLM/Qwen3-VL ``evaluation/ODinW-13/run_odinw.py``):
+  ``v / 1000 * img_w`` (relative frames), ``v / resized_w * img_w`` (Qwen2.5-VL). Conversion and parsing
+  compute in the official order, so their numbers equal the official ones exactly, rounding ties included
+  (``tests/test_frames_official.py`` names each source and commit).
 - Qwen chat layout: ``<|im_start|>role\\n...<|im_end|>\\n``; the official fine-tuning code supervises
   the answer through ``<|im_end|>`` (``qwen-vl-finetune/qwenvl/data/data_processor.py``).
 
@@ -401,7 +405,15 @@ class BoxFrame:
         else:
             box = boxes.clip_box(box, width, height)
             fw, fh = self.frame_size(width, height)
-            vals = boxes.pixel_to_normalized(box, width, height, (fw, fh))
+            if self.kind == "resized_pixels":
+                # The scale first, as convert_to_qwen25vl_format computes it: round(x * (new_w / w)). The
+                # other order lands on the other side of a .5 for some sizes (x 85 of 136 -> 140: 87.5 -> 88,
+                # where the notebook writes 87), so data converted here would differ from the official tool's.
+                sx, sy = fw / width, fh / height
+                vals = [box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy]
+            else:
+                # x / w first, then the extent: convert_to_qwen2vl_format's round(x / w * 1000), lmms-eval's x / w.
+                vals = [v * e for v, e in zip(boxes.pixel_to_normalized(box, width, height), (fw, fh, fw, fh))]
         if self.kind in ("padded_square", "unit"):
             return [round(min(max(v, 0.0), 1.0), self.decimals) for v in vals]
         fw, fh = self.frame_size(width, height)
@@ -416,7 +428,25 @@ class BoxFrame:
         if self.kind == "padded_square":
             return boxes.square_to_pixel(values, width, height)
         fw, fh = self.frame_size(width, height)
-        return boxes.clip_box(boxes.normalized_to_pixel(values, width, height, (fw, fh)), width, height)
+        # v / extent * w, in the order of the official evaluation (QwenLM/Qwen3-VL evaluation/ODinW-13/run_odinw.py:
+        # bbox / 1000 * img_w, bbox / resized_w * img_w), so a parsed box equals theirs to the last bit.
+        x1, y1, x2, y2 = (float(v) for v in values)
+        return boxes.clip_box([x1 / fw * width, y1 / fh * height, x2 / fw * width, y2 / fh * height], width, height)
+
+    def image_bounds(self, width: float, height: float) -> list[float]:
+        """Where the image lies in the frame's numbers, ``[x_lo, y_lo, x_hi, y_hi]``: a box beyond it is
+        outside the image. Only the padded square holds more than the image (its padding)."""
+        if self.kind == "padded_square":
+            return boxes.pixel_to_square([0, 0, width, height], width, height)
+        fw, fh = self.frame_size(width, height)
+        # The resized image's last pixel is new_w - 1: the official conversion never writes new_w.
+        last = 1 if self.kind == "resized_pixels" else 0
+        return [0.0, 0.0, fw - last, fh - last]
+
+    @property
+    def step(self) -> float:
+        """The smallest difference the frame writes: 0.01 with 2 decimals, 1 for integer frames."""
+        return 10.0 ** -self.decimals if self.kind in ("padded_square", "unit") else 1.0
 
     # ---- text
     def _format(self, vals: Sequence, style: str, label: str | None = None) -> str:

@@ -35,6 +35,15 @@ class InputError(Exception):
     """Bad user input (a file, a flag, a field): reported as one line, exit code 2."""
 
 
+class NotAJsonList(InputError):
+    """A file read as a top-level JSON list starts with something else (``found``: its first character,
+    '' when empty): the module that owns the expected format says which file it is instead."""
+
+    def __init__(self, message: str, found: str):
+        super().__init__(message)
+        self.found = found
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -478,8 +487,8 @@ def stream_json(path: str | os.PathLike, list_key: str | None = None) -> Iterato
     with _open_input(path) as f:
         sc = _Scanner(f, path)
         if list_key is None:
-            if sc.skip_ws() != "[":
-                raise InputError(f"{path}: expected a JSON list (a file starting with '[')")
+            if (found := sc.skip_ws()) != "[":
+                raise NotAJsonList(f"{path}: expected a JSON list (a file starting with '[')", found)
             for item in _items(sc, ""):
                 yield None, item
         else:

@@ -37,7 +37,7 @@ from typing import Any, Iterator
 
 from vlm_core.families import FRAME_KEY, BoxFrame, FamilyError
 from vlm_core.images import BOX_PROMPT_COLOURS
-from vlm_core.io_utils import InputError, RecordWriter, is_jsonl, stream_json, stream_jsonl
+from vlm_core.io_utils import InputError, NotAJsonList, RecordWriter, is_jsonl, stream_json, stream_jsonl
 from vlm_core.prompts import BOX_PROMPTS, IMAGE_TOKEN
 from vlm_core.schema import QA_TYPES
 
@@ -134,20 +134,90 @@ def record_box_prompt(record: dict) -> tuple[str, list]:
     return ("text", []) if field is None else (field["mode"], field["boxes"])
 
 
+def _convert_command(path: Path) -> str:
+    out = path.with_name(f"{path.stem}_llava.json")
+    return f"python vlm_training/convert_to_llava_format.py --annotation_file {path} --output_file {out}"
+
+
+def annotation_file_error(path: Path) -> InputError:
+    """An annotation file given where a LLaVA file is expected: the message names the conversion."""
+    return InputError(f"{path}: expected a JSON list of LLaVA conversations, found an annotation file "
+                      f"(data_annotation.py's output); convert it first: {_convert_command(path)}")
+
+
+def _holds_annotation_images(path: Path) -> bool:
+    """Whether a JSON object file has the annotation file's top-level ``images`` list (read up to its first
+    record, never the whole list)."""
+    try:
+        for key, _ in stream_json(path, "images"):
+            if key in (None, "images"):
+                return True
+    except InputError:
+        return False
+    return False
+
+
+def _is_annotation_line(rec: Any) -> bool:
+    """A line of an annotation file's JSONL layout: an image record, or its ``meta`` / ``skipped`` line."""
+    if not isinstance(rec, dict) or "conversations" in rec:
+        return False
+    return "objects" in rec or (len(rec) == 1 and ("meta" in rec or "skipped" in rec))
+
+
+def _foreign_record_error(path: Path, rec: Any) -> InputError | None:
+    """The first record of a file of another stage (annotation, predictions) named as such, or None."""
+    if _is_annotation_line(rec):
+        return annotation_file_error(path)
+    if isinstance(rec, dict) and "conversations" not in rec and "answer" in rec and "reference" in rec:
+        return InputError(f"{path}: expected LLaVA conversations, found a predictions file (predict.py's output); "
+                          "give the LLaVA file the predictions were made from (convert_to_llava_format.py writes it)")
+    return None
+
+
 def _raw_llava(path: Path) -> Iterator[Any]:
     if is_jsonl(path):
         for _, rec in stream_jsonl(path):
             yield rec
         return
-    for key, rec in stream_json(path, None):
-        if key is None:
-            yield rec
+    try:
+        for key, rec in stream_json(path, None):
+            if key is None:
+                yield rec
+    except NotAJsonList as e:
+        # Checked where the reader refuses, so every stage that reads a LLaVA file says the same.
+        if e.found == "{" and _holds_annotation_images(path):
+            raise annotation_file_error(path) from None
+        raise
+
+
+def refuse_other_stage_file(path: str | os.PathLike) -> None:
+    """Read a LLaVA file's first record only, so that another stage's file (an annotation file, predictions)
+    is refused, naming what to run, before anything slow (a model) loads."""
+    records = iter_llava_records(path, validate=False)
+    try:
+        next(records, None)
+    finally:
+        records.close()
+
+
+def is_llava_file(path: str | os.PathLike) -> bool:
+    """Whether a file holds LLaVA conversation records (its first record has ``conversations``); reads one
+    record, and says False for anything unreadable (for messages about a file given in the wrong place)."""
+    try:
+        for rec in _raw_llava(Path(path)):
+            return isinstance(rec, dict) and "conversations" in rec
+    except InputError:
+        return False
+    return False
 
 
 def iter_llava_records(path: str | os.PathLike, validate: bool = True) -> Iterator[dict]:
-    """Stream a LLaVA file (JSON list, or JSONL by name), one validated record at a time."""
+    """Stream a LLaVA file (JSON list, or JSONL by name), one validated record at a time. The file of
+    another stage (an annotation file, predictions) is refused naming what it is and what to run."""
     path = Path(path)
     for i, rec in enumerate(_raw_llava(path)):
+        if i == 0 and (foreign := _foreign_record_error(path, rec)) is not None:
+            raise foreign
         yield validate_llava_record(rec, record_where(path, i, rec)) if validate else rec
 
 

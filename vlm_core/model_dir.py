@@ -2,7 +2,8 @@
 check a folder with it before loading any model library.
 
 A finished folder holds the adapter (``adapter_config.json`` + ``adapter_model.safetensors``) or a full model
-(``config.json`` + ``model.safetensors``), the processor, ``prompt_format.json`` (named in vlm_core.prompts),
+(``config.json`` + ``model.safetensors``), the processor (LLaVA-1.5: with a chat template that renders what training
+used, vlm_core.prompts.PromptFormat.chat_template), ``prompt_format.json`` (named in vlm_core.prompts),
 ``box_frame.json`` (the box frame of the model's family), ``train_args.json`` (the run's settings; ``"status":
 "complete"``), ``metrics.json``, ``loss.png``, optionally
 ``merged/`` and ``checkpoint-N/`` folders. While training runs, ``train_args.json`` says ``"status":

@@ -7,7 +7,9 @@
 ``id`` and ``turn`` name the question (the LLaVA record and its human turn); ``type`` is one of
 ``schema.QA_TYPES`` or null; ``model`` says which model answered, so a resumed file never mixes two.
 Evaluation needs only ``answer`` and ``reference`` (plus ``type`` to score by type): files written by
-other tools in that shape are scored too.
+other tools in that shape are scored too. A grounding line also carries ``box_frame`` (the frame it was asked
+in) and ``image_size`` (``[w, h]``, as displayed), written by predict.py and read by evaluate.py
+(:func:`vlm_core.frame_check.read_frame_fields`); both optional.
 """
 from __future__ import annotations
 

@@ -237,6 +237,37 @@ class PromptFormat:
                              f"got {fmt.box_prompt!r}")
         return fmt
 
+    def chat_template(self, eos_token: str) -> str:
+        """A Jinja chat template that renders a conversation exactly as training laid it out: the system prompt
+        (this format's, unless the messages start with a system message), each turn, ``answer_prefix``, each
+        answer followed by ``eos_token`` (the llava-1.5-hf template writes a space there instead). Without BOS,
+        which the tokenizer adds, as with every llava-hf template. Saved with a trained model so that other tools
+        (vLLM, LLaMA-Factory, ``apply_chat_template``) ask it the way it was taught. ``default_system=""`` passed
+        to ``apply_chat_template`` renders no system prompt when the messages have none."""
+        def lit(text: str) -> str:  # a Jinja string literal (json's escapes are Jinja's)
+            return json.dumps(text)
+        first_head, first_tail = self.first_turn.split("{question}", 1)
+        next_head, next_tail = self.next_turn.split("{question}", 1)
+        sys_head, sys_tail = self.system_template.split("{system}", 1)
+        text_of = ("{%- if message['content'] is string -%}{%- set text = message['content'] -%}{%- else -%}"
+                   "{%- set text = message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text')"
+                   " | join('') -%}{%- endif -%}")
+        return (
+            "{%- set ns = namespace(first=true, tail='') -%}"
+            f"{{%- set system = default_system if default_system is defined else {lit(self.system_prompt)} -%}}"
+            "{%- if messages and messages[0]['role'] == 'system' -%}{%- set message = messages[0] -%}"
+            + text_of + "{%- set system = text -%}{%- endif -%}"
+            f"{{%- if system -%}}{{{{ {lit(sys_head)} ~ system ~ {lit(sys_tail)} }}}}{{%- endif -%}}"
+            "{%- for message in messages -%}" + text_of +
+            "{%- if message['role'] == 'user' and ns.first -%}"
+            f"{{{{ {lit(first_head)} ~ text }}}}{{%- set ns.tail = {lit(first_tail)} -%}}{{%- set ns.first = false -%}}"
+            "{%- elif message['role'] == 'user' -%}"
+            f"{{{{ {lit(next_head)} ~ text }}}}{{%- set ns.tail = {lit(next_tail)} -%}}"
+            "{%- elif message['role'] == 'assistant' -%}"
+            f"{{{{ ns.tail ~ {lit(self.answer_prefix)} ~ text ~ {lit(eos_token)} }}}}{{%- set ns.tail = '' -%}}"
+            "{%- endif -%}{%- endfor -%}"
+            "{%- if add_generation_prompt -%}{{ ns.tail }}{%- endif -%}")
+
     def save(self, directory: str | os.PathLike) -> Path:
         from vlm_core.io_utils import write_json_atomic
         path = Path(directory) / PROMPT_FORMAT_FILE
@@ -264,15 +295,17 @@ class PromptFormat:
         if not template:
             return default
         q, a = "QQQQ", "AAAA"
+        # A template saved by chat_template() below puts its system prompt in by default: probe the turns without it.
+        no_default_system = {"default_system": ""} if "default_system" in template else {}
         try:
             first = processor.apply_chat_template(
                 [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
-                add_generation_prompt=True, tokenize=False)
+                add_generation_prompt=True, tokenize=False, **no_default_system)
             two = processor.apply_chat_template(
                 [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]},
                  {"role": "assistant", "content": [{"type": "text", "text": a}]},
                  {"role": "user", "content": [{"type": "text", "text": q}]}],
-                add_generation_prompt=True, tokenize=False)
+                add_generation_prompt=True, tokenize=False, **no_default_system)
         except Exception:
             return default
         image_token = getattr(processor, "image_token", default.image_token)
@@ -282,8 +315,10 @@ class PromptFormat:
         if a not in rest:
             return default
         answer_prefix, after = rest.split(a, 1)
-        # The template's separator after an answer (a space for llava-1.5) is replaced by EOS.
-        next_turn = after.lstrip()
+        # The template's separator after an answer (a space for llava-1.5) is replaced by EOS; a template that
+        # writes EOS there itself (the one PromptFormat.chat_template saves with a trained model) has it removed.
+        eos = getattr(getattr(processor, "tokenizer", None), "eos_token", None)
+        next_turn = after[len(eos):] if eos and after.startswith(eos) else after.lstrip()
         if next_turn.count(q) != 1:
             return default
         bos = getattr(getattr(processor, "tokenizer", None), "bos_token", None)

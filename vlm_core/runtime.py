@@ -61,6 +61,55 @@ def _end_progress_bars() -> None:
             bar.close()
 
 
+def plural(n: int, word: str, many: str | None = None, width: int = 0) -> str:
+    """``n`` and ``word`` in the number ``n`` asks for: ``plural(1, "image")`` is "1 image", ``plural(2, "image")``
+    "2 images"; ``many``: an irregular plural (``plural(n, "class", "classes")``); ``width``: the number
+    right-aligned in that many characters (a table's column)."""
+    return f"{n:{width}d} {word if n == 1 else many or word + 's'}"
+
+
+# How often a progress bar writing to a log (stderr not a terminal) prints its line.
+LOG_PROGRESS_INTERVAL_S = 30.0
+_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_BAR = re.compile(r"\|[^|]*\|")
+
+
+class _PlainLines:
+    """A stream for tqdm that turns its redraws (``\\r`` + text, cursor moves) into whole plain lines, so a
+    log holds one line per update and no escape codes."""
+
+    def __init__(self, stream):
+        self.stream, self._last = stream, None
+
+    def write(self, text: str) -> None:
+        for line in _ESCAPE.sub("", text).replace("\r", "\n").split("\n"):
+            line = line.strip()
+            # The count without the bar and the timings (whose widths vary): a redraw at the end adds nothing.
+            progress = _BAR.sub("|", line).split(" [")[0]
+            if line and progress != self._last:
+                self.stream.write(line + "\n")
+                self._last = progress
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def progress_bar(iterable=None, **kwargs):
+    """A tqdm bar on stderr: live on a terminal; when stderr is a log file or a pipe, a plain line when it
+    starts, every :data:`LOG_PROGRESS_INTERVAL_S` seconds and when it ends (no ``\\r``, no escape codes).
+    ``position`` is dropped: stacked bars are debris in a log and garble a terminal that another bar scrolls;
+    in a log, a bar that would not be left on screen (``leave=False``, an inner loop's) prints nothing."""
+    from tqdm import tqdm
+    kwargs.pop("position", None)
+    if not sys.stderr.isatty():
+        if not kwargs.get("leave", True):
+            kwargs["disable"] = True
+        kwargs.update(file=_PlainLines(sys.stderr), mininterval=max(kwargs.get("mininterval", 0),
+                                                                    LOG_PROGRESS_INTERVAL_S),
+                      ascii=True, ncols=80)
+    return tqdm(iterable, **kwargs)
+
+
 def _say(line: str) -> None:
     _end_progress_bars()
     print(line, file=sys.stderr, flush=True)
@@ -424,7 +473,10 @@ def require_output_file(path: str | os.PathLike, flag: str,
     """An output file path that can be written: checked up front, not after hours of work.
 
     ``inputs`` maps the flags of the stage's input files to their paths: an output that is
-    one of them is refused, so a typo can never overwrite what the stage reads.
+    one of them is refused, so a typo can never overwrite what the stage reads. An input that is
+    a folder (``--images_dir``, a model folder) is read-only to the stage: an output inside it is
+    refused, as :func:`require_output_dir` refuses an output folder there (outputs never land
+    among the images, where the next run would list them).
     """
     p = Path(path)
     if p.is_dir():
@@ -434,8 +486,14 @@ def require_output_file(path: str | os.PathLike, flag: str,
     for in_flag, in_path in (inputs or {}).items():
         if in_path is not None and _same_path(p, Path(in_path)):
             raise InputError(f"{flag}: {p} is the same file as {in_flag}")
+        _refuse_inside(p, flag, in_flag, in_path)
     _writable_parent(p, flag)
     return p
+
+
+def _refuse_inside(p: Path, flag: str, in_flag: str, in_path: str | os.PathLike | None) -> None:
+    if in_path is not None and Path(in_path).is_dir() and is_within(p, Path(in_path)):
+        raise InputError(f"{flag}: {p} is inside {in_flag} ({in_path}); write outputs elsewhere")
 
 
 def require_output_dir(path: str | os.PathLike, flag: str,
@@ -445,8 +503,7 @@ def require_output_dir(path: str | os.PathLike, flag: str,
     if p.exists() and not p.is_dir():
         raise InputError(f"{flag}: {p} exists and is not a directory")
     for in_flag, in_path in (inputs or {}).items():
-        if in_path is not None and Path(in_path).is_dir() and is_within(p, Path(in_path)):
-            raise InputError(f"{flag}: {p} is inside {in_flag} ({in_path}); write outputs elsewhere")
+        _refuse_inside(p, flag, in_flag, in_path)
     if p.is_dir():
         if not os.access(p, os.W_OK | os.X_OK):
             raise InputError(f"{flag}: cannot write into {p}")

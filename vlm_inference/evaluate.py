@@ -7,7 +7,9 @@ Reads the ``predictions.jsonl`` that ``predict.py`` writes (one JSON object a li
 ``turn``, ``question``, ``answer``, ``reference``, ``type``) and writes ``metrics.json``
 (overall and per type, with counts) and ``report.md`` (a markdown table; by default beside
 ``metrics.json``), and prints the table. With ``--baseline`` both models are scored and the
-difference (model - baseline) is reported. Metrics: see ``vlm_core/scoring.py``. The report is written
+difference (model - baseline) is reported. Metrics: see ``vlm_core/scoring.py``; ``grounding``: the share of
+grounding answers with no box or a box outside the image, per family (``vlm_core/frame_check.py``), warned
+about on stderr above 5%. The report is written
 first, then ``metrics.json`` naming its SHA-256 (``"report"``), each atomically: a run killed between the two
 leaves a pair that ``vlm_core.io_utils.report_is_current`` tells apart, and the same command mends it.
 
@@ -31,9 +33,12 @@ import numpy as np
 if __package__ in (None, ""):  # run as a file: its folder's vlm_inference.py would shadow the vlm_inference package
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from vlm_core.frame_check import FrameCheck, read_frame_fields
 from vlm_core.io_utils import InputError, iter_jsonl, write_results_with_report
+from vlm_core.llava_format import is_llava_file
 from vlm_core.predictions import check_prediction
-from vlm_core.runtime import report_input_errors, require_output_file, require_path
+from vlm_core.runtime import plural, report_input_errors, require_output_file, require_path
+from vlm_core.schema import GROUNDING_TYPES
 from vlm_core.scoring import UNTYPED, PredictionScorer, difference, is_count_key
 from vlm_core.streams import survive_closed_stdout
 
@@ -65,6 +70,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     inputs = {"--predictions": require_path(args.predictions, "--predictions", "file")}
     if args.baseline is not None:
         inputs["--baseline"] = require_path(args.baseline, "--baseline", "file")
+    for flag, path in inputs.items():
+        if is_llava_file(path):
+            raise InputError(f"{flag}: {path} is a LLaVA conversation file (the questions), not predictions; "
+                             "predict.py writes the predictions evaluate.py scores: python vlm_inference/predict.py "
+                             f"--model_path MODEL --data {path} --image_dir IMAGES --output_file predictions.jsonl")
     out = require_output_file(args.output_file, "--output_file", inputs)
     report = require_output_file(args.report, "--report", inputs)
     if out.resolve() == report.resolve():
@@ -88,6 +98,7 @@ class ScoredFile:
     n: int
     untyped: bool
     question_keys: np.ndarray | None      # unique hashes of (id, turn, question), when asked for
+    frames: FrameCheck | None = None      # where the grounding answers fall (vlm_core/frame_check.py)
 
 
 def score_file(path: str | os.PathLike, question_keys: bool = False) -> ScoredFile:
@@ -100,8 +111,14 @@ def score_file(path: str | os.PathLike, question_keys: bool = False) -> ScoredFi
     id_keys = array("q")                  # hash((id, turn)) of each record with an id
     qkeys = array("q") if question_keys else None
     untyped = False
+    frames = FrameCheck()
     for line_no, rec in iter_jsonl(path, skip_partial_last=False):
         check_prediction(rec, f"{path}: line {line_no}")
+        if rec.get("type") in GROUNDING_TYPES:
+            try:  # predict.py records the frame and image size; other tools' lines count "no box" only
+                frames.add(rec["answer"], *read_frame_fields(rec, f"{path}: line {line_no}"))
+            except ValueError as e:
+                raise InputError(str(e)) from None
         if "id" in rec:
             id_keys.append(hash((rec["id"], rec.get("turn", 0))))
         if qkeys is not None:
@@ -113,7 +130,7 @@ def score_file(path: str | os.PathLike, question_keys: bool = False) -> ScoredFi
         raise InputError(f"{path}: no predictions in the file")
     _check_duplicates(path, id_keys)
     keys = np.unique(np.frombuffer(qkeys, dtype=np.int64)) if qkeys is not None else None
-    return ScoredFile(str(path), scorer.result(), scorer.n, untyped, keys)
+    return ScoredFile(str(path), scorer.result(), scorer.n, untyped, keys, frames)
 
 
 def _check_duplicates(path, id_keys: array) -> None:
@@ -188,6 +205,8 @@ def _main(argv=None) -> int:
     base = score_file(args.baseline, question_keys=True) if args.baseline else None
 
     result = {"predictions": str(args.predictions), **scored.result}
+    if scored.frames.counts:  # the share of grounding answers with no box or outside the image, per family
+        result["grounding"] = scored.frames.result()
     notes = []
     if scored.untyped:
         notes.append("some predictions carry no type: they are scored as short answers under 'untyped'")
@@ -209,9 +228,9 @@ def _main(argv=None) -> int:
         result["notes"] = notes
 
     table = render_table(result, baseline)
-    title = f"Predictions: `{args.predictions}` ({scored.n} answers)"
+    title = f"Predictions: `{args.predictions}` ({plural(scored.n, 'answer')})"
     if baseline:
-        title += f"  \nBaseline: `{args.baseline}` ({base.n} answers); Δ = model - baseline"
+        title += f"  \nBaseline: `{args.baseline}` ({plural(base.n, 'answer')}); Δ = model - baseline"
     report = "\n\n".join(["# Evaluation report", title, table, *(f"Note: {n}" for n in notes),
                           f"Metrics: {_LEGEND}"]) + "\n"
     write_results_with_report(out, result, report_path, report)
@@ -219,7 +238,12 @@ def _main(argv=None) -> int:
     print(table)
     for note in notes:
         print(f"note: {note}")
-    print(f"scored {scored.n} answers in {len(result['per_type'])} question types -> {out}, {report_path}")
+    if scored.frames.counts:
+        print(scored.frames.summary())
+    for line in scored.frames.warnings("evaluate"):
+        print(line, file=sys.stderr)
+    print(f"scored {plural(scored.n, 'answer')} in {plural(len(result['per_type']), 'question type')} -> {out}, "
+          f"{report_path}")
     return 0
 
 

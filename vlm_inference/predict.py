@@ -10,8 +10,11 @@ image, and the model's own earlier answers never leak into the next question.
 
 One JSON line per question, flushed as it is written:
 ``{"id", "image", "turn", "question", "answer", "reference", "type", "model"}`` (see the
-contracts in the evaluation stage). ``--data`` (a JSON array or ``.jsonl``) is read a record
-at a time and the answers are written a line at a time, so memory does not grow with the file.
+contracts in the evaluation stage); a grounding line adds the box frame it was asked in and the image's
+size (``box_frame``, ``image_size``), and the summary line ends with the share of grounding answers that
+hold no box or fall outside the image, warned about above 5% (a wrong frame: docs/families.md).
+``--data`` (a JSON array or ``.jsonl``) is read a record at a time and the answers are written a line
+at a time, so memory does not grow with the file.
 
 A stopped run (Ctrl-C, SIGTERM, kill -9) is resumed by the same command: the answers already
 in ``--output_file`` are kept and the questions after them asked (a file another model wrote,
@@ -40,12 +43,21 @@ if __package__ in (None, ""):  # run as a file: its folder's vlm_inference.py wo
 
 from vlm_core import families
 from vlm_core.flags import IMAGES_DIR, flag_names
+from vlm_core.frame_check import FrameCheck, displayed_size, frame_fields
 from vlm_core.generation import record_questions
 from vlm_core.io_utils import InputError, JsonlAppender, stream_jsonl
 from vlm_core.llava_format import iter_llava_records, record_box_prompt, record_where, resolve_image_path
 from vlm_core.predictions import is_prediction_line, prediction_record
 from vlm_core.prompts import PromptFormat
-from vlm_core.runtime import report_input_errors, require_output_file, require_path, single_writer
+from vlm_core.runtime import (
+    plural,
+    progress_bar,
+    report_input_errors,
+    require_output_file,
+    require_path,
+    single_writer,
+)
+from vlm_core.schema import GROUNDING_TYPES
 from vlm_inference.model_args import add_model_args, check_model_args
 from vlm_inference.vlm_inference import InferenceInputError, load_model
 
@@ -75,7 +87,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     check_model_args(args)
     args.data = require_path(args.data, "--data", "file")
     args.image_dir = require_path(args.image_dir, "--image_dir", "dir")
-    args.output_file = require_output_file(args.output_file, "--output_file", {"--data": args.data})
+    args.output_file = require_output_file(args.output_file, "--output_file",
+                                           {"--data": args.data, "--image_dir": args.image_dir})
     return args
 
 
@@ -224,26 +237,36 @@ def main(argv=None) -> int:
         kept, position, total = resume_point(
             output_file, shard_questions(data_path, image_dir, lo, hi, check_images=True), model)
         if total == position:
-            print(f"predict: nothing to do: all {total} questions of {hi - lo} records ({shard}) are answered "
-                  f"in {output_file}" + (f" or skipped ({position - kept})" if position > kept else ""), flush=True)
+            print(f"predict: nothing to do: {plural(total, 'question')} of {plural(hi - lo, 'record')} ({shard}), "
+                  f"all answered in {output_file}" + (f" or skipped ({position - kept})" if position > kept else ""),
+                  flush=True)
             return 0
         vlm = load_model(args)
         start, written, skipped = time.perf_counter(), 0, 0
+        frames = FrameCheck()  # where this run's grounding answers fall: a wrong frame shows there
         pending = shard_questions(data_path, image_dir, lo, hi, check_images=False)
         for _ in range(position):
             next(pending)
-        with JsonlAppender(output_file) as out, tqdm(total=total - position, desc="predict", unit="q") as bar:
+        with JsonlAppender(output_file) as out, progress_bar(total=total - position, desc="predict", unit="q") as bar:
             while batch := [q for _, q in zip(range(args.batch_size), pending)]:
                 answered = ask(vlm, batch, image_dir, data_path, args.max_new_tokens, args.batch_size)
                 for q, answer in answered:
-                    out.write(prediction_record(q, answer, model))
+                    rec = prediction_record(q, answer, model)
+                    if q["type"] in GROUNDING_TYPES:  # the frame and size evaluate.py needs to place the box
+                        width, height = displayed_size(image_dir / q["image"])
+                        rec.update(frame_fields(vlm.frame, width, height))
+                        frames.add(answer, vlm.frame, width, height)
+                    out.write(rec)
                 written += len(answered)
                 skipped += len(batch) - len(answered)
                 bar.update(len(batch))
     elapsed = time.perf_counter() - start
-    print(f"predict: {written} answers written to {output_file} ({kept} already there"
-          + (f", {skipped} skipped" if skipped else "") + f") for {hi - lo} records ({shard}) "
-          f"in {elapsed:.1f}s, {written / max(elapsed, 1e-9):.2f} answers/s", flush=True)
+    print(f"predict: {plural(written, 'answer')} written to {output_file} ({kept} already there"
+          + (f", {skipped} skipped" if skipped else "") + f") for {plural(hi - lo, 'record')} ({shard}) "
+          f"in {elapsed:.1f}s, {written / max(elapsed, 1e-9):.2f} answers/s"
+          + (f"; {frames.summary()}" if frames.counts else ""), flush=True)
+    for line in frames.warnings("predict"):
+        print(line, file=sys.stderr, flush=True)
     return 0
 
 

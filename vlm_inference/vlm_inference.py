@@ -92,15 +92,32 @@ def _checked_item(check, index: int, *args):
         raise InferenceInputError(str(e), index) from None
 
 
-def validate_bbox(bbox: Any, width: int, height: int) -> list[float]:
+def _normalised_box_error(values: list[float], width: int, height: int, hint: str) -> InferenceInputError:
+    pixels = [round(v * (width if k % 2 == 0 else height), 1) for k, v in enumerate(values)]
+    return InferenceInputError(
+        f"bbox {[float(v) for v in values]}: every value is <= 1, so it looks normalised (0-1); boxes are pixels "
+        f"x1 y1 x2 y2 of the displayed image ({width}x{height}): multiply x by the width and y by the height, "
+        f"here {[int(v) if v == int(v) else v for v in pixels]}{hint}")
+
+
+def validate_bbox(bbox: Any, width: int, height: int, normalised: bool = False, hint: str = "") -> list[float]:
     """A pixel box ``[x1, y1, x2, y2]`` clipped to the image (with a warning when it had to be); refused
-    unless it is four finite numbers, corners in order, with some area inside the image."""
+    unless it is four finite numbers, corners in order, with some area inside the image.
+
+    A box whose values are all <= 1 is refused as a normalised box taken for pixels (the message gives the
+    pixel box): a real box that small covers at most one pixel, too little to describe. ``normalised``:
+    the box is in 0-1 fractions of the width and height, converted to pixels here. ``hint``: appended to
+    that message (the command line's flag)."""
     try:
         values = [float(v) for v in bbox]
     except (TypeError, ValueError):
         raise InferenceInputError(f"bbox must be four numbers [x1, y1, x2, y2], got {bbox!r}") from None
     if len(values) != 4 or not all(math.isfinite(v) for v in values):
         raise InferenceInputError(f"bbox must be four finite numbers [x1, y1, x2, y2], got {bbox!r}")
+    if normalised:
+        values = [v * (width if k % 2 == 0 else height) for k, v in enumerate(values)]
+    elif max(values) <= 1:
+        raise _normalised_box_error(values, width, height, hint)
     x1, y1, x2, y2 = values
     for lo, hi, a, b in ((x1, x2, "x1", "x2"), (y1, y2, "y1", "y2")):
         if hi < lo:
@@ -115,11 +132,20 @@ def validate_bbox(bbox: Any, width: int, height: int) -> list[float]:
     return clipped
 
 
+def folder_as_image_message(folder: Any, flag: str = "image") -> str:
+    """A folder given where one image file is asked for: the message names the stage that asks about many."""
+    return (f"{flag}: {os.fspath(folder)} is a folder, not an image file; to ask about every image of a folder "
+            f"use predict.py: python vlm_inference/predict.py --model_path MODEL --data QUESTIONS_llava.json "
+            f"--image_dir {os.fspath(folder)} (convert_to_llava_format.py writes the questions)")
+
+
 def load_image(image: Any) -> Image.Image:
     """A path or a PIL image -> RGB PIL in displayed orientation; InferenceInputError otherwise."""
     if isinstance(image, (str, os.PathLike)):
         if "\0" in os.fspath(image):  # the OS cannot name such a file; Python would say "embedded null byte"
             raise InferenceInputError(f"image path {os.fspath(image)!r} holds a NUL byte")
+        if Path(image).is_dir():
+            raise InferenceInputError(folder_as_image_message(image))
         if not Path(image).is_file():
             raise InferenceInputError(f"image not found: {image}")
     elif not isinstance(image, Image.Image):
@@ -488,9 +514,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help="describe the object in this box (pixels of the displayed image)")
     ask.add_argument("--locate", metavar="TEXT", help="print the box (pixels) of the region TEXT describes")
     parser.add_argument("--label", default=None, help="class name of the object in --bbox (optional)")
+    parser.add_argument("--bbox_normalized", action="store_true",
+                        help="--bbox is in 0-1 fractions of the image's width and height, not pixels "
+                             "(converted to pixels); without it a box whose values are all <= 1 is refused")
     args = parser.parse_args(argv)
     # Cheap checks first, so a typo does not wait for the model to load.
     check_model_args(args)
+    if args.bbox_normalized and args.bbox is None:
+        raise InputError("--bbox_normalized says how to read --bbox: give --bbox too")
+    if Path(args.image).is_dir():
+        raise InputError(folder_as_image_message(args.image, "--image"))
     runtime.require_path(args.image, "--image", "file")
     for flag in ("question", "locate"):
         if getattr(args, flag) is not None and not getattr(args, flag).strip():
@@ -520,7 +553,8 @@ def main(argv=None) -> int:
     if args.bbox is not None:  # needs the image's size; checked before the model loads all the same
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
-            args.bbox = validate_bbox(args.bbox, *image.size)
+            args.bbox = validate_bbox(args.bbox, *image.size, normalised=args.bbox_normalized,
+                                      hint=", or pass --bbox_normalized")
         for w in caught:
             print(f"warning: {w.message}", file=sys.stderr, flush=True)
     vlm = load_model(args)

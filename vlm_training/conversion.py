@@ -93,6 +93,17 @@ class ImageBoxes:
         return self.frame.render_answer(obj["bbox"], self.rec["width"], self.rec["height"], label=obj["label"])
 
 
+class MarkedBoxes(ImageBoxes):
+    """Every box left as its placeholder (``<box:ID>``), question and answer alike: for exporters that put the
+    boxes elsewhere (ms-swift's ``objects``, :mod:`vlm_training.trainer_export`)."""
+
+    def box_text(self, oid: int) -> str:
+        return box_placeholder(oid)
+
+    def answer_box(self, oid: int) -> str:
+        return box_placeholder(oid)
+
+
 def _visual_question(qa: dict, boxes: ImageBoxes, drawn: list[int], box_prompt: str) -> str:
     """The question of a pair whose ``drawn`` objects are drawn in the colours of their slots."""
     refs = {oid: prompts.box_reference(box_prompt, BOX_PROMPT_SLOTS[slot], boxes.box_text(oid))
@@ -146,7 +157,7 @@ def render_pair(rec: dict, qa: dict, file, path: str, boxes: ImageBoxes | None =
 
 def image_records(rec: dict, index: int, file, max_turns: int, qa_types=None, left_out: Counter | None = None,
                   frame: families.BoxFrame | None = None, shuffle_seed: int | None = None,
-                  box_prompt: str = "text") -> list[dict]:
+                  box_prompt: str = "text", mark_boxes: bool = False) -> list[dict]:
     """The LLaVA records of one (validated) image record: its Q&A pairs as turns, ``max_turns`` per record.
 
     ``qa_types``: keep only pairs of these types (the others are counted in ``left_out``).
@@ -155,9 +166,10 @@ def image_records(rec: dict, index: int, file, max_turns: int, qa_types=None, le
     ``shuffle_seed``: put the pairs in an order seeded by it and the image path (``--shuffle_turns``).
     ``box_prompt``: ``visual``/``both`` groups the pairs by the boxes drawn for them (module docstring),
     each group in records of its own that carry those boxes.
+    ``mark_boxes``: leave every box as its placeholder (:class:`MarkedBoxes`); the records are otherwise the same.
     """
     frame = frame or _DEFAULT_FRAME
-    boxes = ImageBoxes(rec, frame)
+    boxes = (MarkedBoxes if mark_boxes else ImageBoxes)(rec, frame)
     pairs = []
     for k, qa in enumerate(rec.get("qa", [])):
         if qa_types is not None and qa["type"] not in qa_types:

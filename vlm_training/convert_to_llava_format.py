@@ -30,6 +30,16 @@ The toolkit's own training reads either folder the same way.
     python vlm_training/convert_to_llava_format.py --annotation_file train.json \
         --output_file train_llava.json --image_dir images --upright_images_dir images_upright
 
+Several splits in one run (one summary each; the note on the images once)::
+
+    python vlm_training/convert_to_llava_format.py --annotation_file train.json val.json \
+        --output_file train_llava.json val_llava.json
+
+Other trainers (docs/interop.md): ``--llamafactory_dir DIR`` writes each output as a LLaMA-Factory dataset
+(ShareGPT file + ``dataset_info.json``), ``--swift_dir DIR`` as an ms-swift one (its grounding format), and
+``--square_images_dir DIR`` the images padded to a square as our training pads them, for trainers that resize
+and centre-crop (vlm_training/trainer_export.py).
+
 Any size: records are read, converted and written one at a time. A ``.jsonl`` input is read as
 JSONL; a ``.jsonl`` output is written as JSONL (the toolkit's training reads both; LLaVA and
 LLaMA-Factory want the default JSON list).
@@ -43,6 +53,7 @@ with the same ``--box_prompt``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections import Counter
@@ -64,15 +75,19 @@ from vlm_core.runtime import (
     single_writer,
 )
 from vlm_core.schema import QA_TYPES, AnnotationReader, check_not_pending
+from vlm_training import trainer_export
 from vlm_training.conversion import image_records
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(*flag_names("--annotation_file", ANNOTATION_FILE), required=True,
-                   help="annotation file to convert (e.g. train.json)")
-    p.add_argument("--output_file", required=True, help="where to write the LLaVA records (e.g. train_llava.json)")
+    p.add_argument(*flag_names("--annotation_file", ANNOTATION_FILE), required=True, nargs="+", metavar="FILE",
+                   help="annotation file(s) to convert (e.g. train.json, or train.json val.json test.json: "
+                        "one run, one summary and one note for all of them)")
+    p.add_argument("--output_file", required=True, nargs="+", metavar="FILE",
+                   help="where to write the LLaVA records (e.g. train_llava.json), one per --annotation_file, "
+                        "in the same order")
     p.add_argument("--max_turns", type=int, default=0,
                    help="most Q&A pairs in one record; extra pairs of an image go to further records "
                         "of the same image (ids <image>#1, #2, ...). 0 = no cap")
@@ -99,7 +114,33 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="with --image_dir: write here an upright RGB copy of each such image and a symlink to "
                         "every other one (same relative paths), for trainers that ignore EXIF orientation "
                         "and transparency: give them this folder instead of --image_dir")
+    p.add_argument("--square_images_dir", default=None,
+                   help="with --image_dir (LLaVA-1.5 / ViP-LLaVA frame): write here each image upright and padded "
+                        "to a square in the processor's mean colour, as this toolkit's training feeds it (same "
+                        "relative paths), for trainers that resize and centre-crop (LLaMA-Factory, ms-swift): "
+                        "their pixels then match the boxes. docs/interop.md")
+    p.add_argument("--llamafactory_dir", default=None,
+                   help="also write each output as a LLaMA-Factory dataset here: <output name>.json (ShareGPT "
+                        "messages/images/system) and its entry in dataset_info.json (docs/interop.md)")
+    p.add_argument("--swift_dir", default=None,
+                   help="also write each output as an ms-swift dataset here: <output name>.jsonl, its grounding "
+                        "format (messages, images, objects with pixel boxes, bbox_type real; docs/interop.md)")
+    p.add_argument("--swift_boxes", choices=("objects", "text"), default="objects",
+                   help="how --swift_dir records carry boxes: 'objects' (ms-swift's grounding format: <bbox> tags "
+                        "and pixel boxes; ms-swift writes them in its template's notation, for llava1_5_hf "
+                        "[(x1,y1),(x2,y2)] in 0..1000, not LLaVA-1.5's) or 'text' (the boxes as this toolkit "
+                        "writes them, the same targets as our training; default objects)")
+    p.add_argument("--system_prompt", default="auto",
+                   help="system prompt of the --llamafactory_dir / --swift_dir records: 'auto' (what train_vlm.py "
+                        "trains with by default: LLaVA-1.5's own for the llava family, none otherwise), 'none', "
+                        "'llava_v1', or any other text")
     args = p.parse_args(argv)
+    if len(args.annotation_file) != len(args.output_file):
+        raise InputError(f"--output_file: {len(args.output_file)} file(s) for {len(args.annotation_file)} "
+                         "--annotation_file(s); give one output per input, in the same order")
+    # Every pair in the lists; the single names (the first pair) as every other stage has them.
+    args.annotation_files, args.output_files = args.annotation_file, args.output_file
+    args.annotation_file, args.output_file = args.annotation_files[0], args.output_files[0]
     if args.max_turns < 0:
         raise InputError(f"--max_turns must be >= 0, got {args.max_turns}")
     try:
@@ -108,8 +149,34 @@ def parse_args(argv=None) -> argparse.Namespace:
         raise InputError(f"--base_model: {e}") from None
     if args.upright_images_dir is not None and args.image_dir is None:
         raise InputError("--upright_images_dir needs --image_dir (the folder to read the images from)")
+    if args.square_images_dir is not None:
+        if args.image_dir is None:
+            raise InputError("--square_images_dir needs --image_dir (the folder to read the images from)")
+        if args.frame.kind != "padded_square":
+            raise InputError(f"--square_images_dir: {args.base_model}'s boxes are in {args.frame.describe()}, not "
+                             "in the padded square; its images need no padding")
+    exporting = args.llamafactory_dir is not None or args.swift_dir is not None
+    if exporting and args.box_prompt != "text":
+        raise InputError(f"--box_prompt {args.box_prompt}: other trainers do not draw the boxes on the images; "
+                         "export with --box_prompt text")
+    try:
+        fmt = prompts.PromptFormat() if args.frame.spec.uses_prompt_format else None
+        args.system_text = ("" if fmt is None and args.system_prompt == "auto"
+                            else prompts.resolve_system_prompt(args.system_prompt, fmt))
+    except ValueError as e:
+        raise InputError(f"--system_prompt: {e}") from None
+    names = [Path(o).name.removesuffix(".jsonl").removesuffix(".json") for o in args.output_files]
+    if exporting and len(set(names)) != len(names):
+        raise InputError("--output_file: two outputs have the same name; --llamafactory_dir and --swift_dir name "
+                         "their files after them")
+    args.dataset_names = names
     if args.image_dir is not None:
         image_dir = require_path(args.image_dir, "--image_dir", "dir")
+        if args.square_images_dir is not None:
+            square = require_output_dir(args.square_images_dir, "--square_images_dir", {"--image_dir": image_dir})
+            if square.exists() and is_within(image_dir, square):
+                raise InputError(f"--square_images_dir: {square} holds --image_dir ({image_dir}); "
+                                 "write the images elsewhere")
         if args.upright_images_dir is not None:
             upright = require_output_dir(args.upright_images_dir, "--upright_images_dir", {"--image_dir": image_dir})
             if upright.exists() and is_within(image_dir, upright):
@@ -248,27 +315,102 @@ class Stats:
                 "skipped_empty": self.empty, "types": dict(sorted(self.types.items()))}
 
 
-@report_input_errors
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    out = require_output_file(args.output_file, "--output_file")
-    if out.resolve() == Path(args.annotation_file).resolve():
+class Exports:
+    """The same records for other trainers (vlm_training/trainer_export.py): LLaMA-Factory, ms-swift, square
+    images; each file written atomically, like the LLaVA file."""
+
+    def __init__(self, args):
+        self.args = args
+        self.stack: contextlib.ExitStack | None = None   # the open output's: its files commit or abort with it
+        self.squares = None if args.square_images_dir is None else trainer_export.SquareImages(
+            Path(args.image_dir), Path(args.square_images_dir), args.frame,
+            trainer_export.image_mean(args.base_model))
+        # the folder the exported records' images are in: what ms-swift opens by path
+        self.swift_images = next((Path(d) for d in (args.square_images_dir, args.upright_images_dir, args.image_dir)
+                                  if d is not None), None)
+        self.lf = self.swift = None
+        self.written: list[str] = []
+
+    def open(self, name: str) -> None:
+        """Start the exports of one output file (named ``name``)."""
+        self.name = name
+        if self.args.llamafactory_dir is not None:
+            path = Path(self.args.llamafactory_dir) / f"{name}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.lf = self.stack.enter_context(LlavaWriter(path))
+        if self.args.swift_dir is not None:
+            path = Path(self.args.swift_dir) / f"{name}.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.swift = self.stack.enter_context(LlavaWriter(path))
+
+    def add(self, rec: dict, recs: list[dict], index: int, file: str) -> None:
+        """Export one annotation record's LLaVA records ``recs``."""
+        args = self.args
+        if not recs:
+            return
+        if self.squares is not None:
+            self.squares.add(recs[0]["image"], f"{file}: images[{index}]")
+        if self.lf is not None:
+            self.lf.write_many(trainer_export.llamafactory_record(r, args.system_text) for r in recs)
+        if self.swift is not None and args.swift_boxes == "text":
+            image = trainer_export.swift_image_path(recs[0]["image"], self.swift_images)
+            self.swift.write_many(trainer_export.swift_record(r, {}, args.system_text, image, (0.0, 0.0))
+                                  for r in recs)
+        elif self.swift is not None:
+            marked = image_records(rec, index, file, args.max_turns, None if args.qa_types is None
+                                   else set(args.qa_types), None, args.frame,
+                                   args.seed if args.shuffle_turns else None, args.box_prompt, mark_boxes=True)
+            objects = {o["id"]: o for o in rec["objects"]}
+            offset = trainer_export.swift_offset(rec, self.squares is not None)
+            image = trainer_export.swift_image_path(recs[0]["image"], self.swift_images)
+            self.swift.write_many(trainer_export.swift_record(m, objects, args.system_text, image, offset)
+                                  for m in marked)
+
+    def close(self) -> None:
+        """Commit the files of the current output; register the LLaMA-Factory one."""
+        for writer in (self.lf, self.swift):
+            if writer is not None:
+                writer.close()
+                self.written.append(str(writer.path))
+        if self.lf is not None:
+            info = trainer_export.write_llamafactory_info(Path(self.args.llamafactory_dir), self.name,
+                                                          f"{self.name}.json", bool(self.args.system_text))
+            if str(info) not in self.written:
+                self.written.append(str(info))
+        self.lf = self.swift = None
+
+    def report(self) -> list[str]:
+        lines = [] if self.squares is None else [self.squares.report()]
+        if self.written:
+            lines.append("for other trainers: " + ", ".join(self.written) + " (docs/interop.md)")
+        return lines
+
+
+def convert_one(args, annotation_file: str, output_file: str, name: str, images: UprightImages | None,
+                exports: Exports) -> None:
+    """Convert one annotation file; print its summary."""
+    out = require_output_file(output_file, "--output_file")
+    if out.resolve() == Path(annotation_file).resolve():
         raise InputError(f"--output_file: {out} is the same file as --annotation_file")
-    check_not_pending(args.annotation_file, "--annotation_file")
+    check_not_pending(annotation_file, "--annotation_file")
     stats = Stats()
     left_out: Counter = Counter()
     qa_types = None if args.qa_types is None else set(args.qa_types)
-    images = None if args.image_dir is None else UprightImages(
-        Path(args.image_dir), None if args.upright_images_dir is None else Path(args.upright_images_dir))
-    with single_writer(out, "--output_file"), LlavaWriter(out) as writer:
-        reader = AnnotationReader(args.annotation_file)
+    with single_writer(out, "--output_file"), contextlib.ExitStack() as stack:
+        writer = stack.enter_context(LlavaWriter(out))
+        exports.stack = stack
+        exports.open(name)
+        reader = AnnotationReader(annotation_file)
         for i, rec in enumerate(tqdm(reader, desc="convert", unit=" images", mininterval=1.0, disable=None)):
-            recs = image_records(rec, i, args.annotation_file, args.max_turns, qa_types, left_out, args.frame,
+            recs = image_records(rec, i, annotation_file, args.max_turns, qa_types, left_out, args.frame,
                                  args.seed if args.shuffle_turns else None, args.box_prompt)
             writer.write_many(recs)
             stats.add(recs)
+            exports.add(rec, recs, i, annotation_file)
             if images is not None and recs:
-                images.add(recs[0]["image"], f"{args.annotation_file}: images[{i}]")
+                images.add(recs[0]["image"], f"{annotation_file}: images[{i}]")
+        writer.close()
+        exports.close()
     s = stats.as_dict()
     if left_out:
         print(f"left out {sum(left_out.values())} Q&A pairs of other types (--qa_types): "
@@ -278,12 +420,25 @@ def main(argv=None) -> int:
         print(f"skipped {s['skipped_empty']} image(s) without Q&A pairs{kind} (no record to write)")
     per_type = ", ".join(f"{t} {n}" for t, n in s["types"].items()) or "none"
     print(f"turns by type: {per_type}")
+    print(f"wrote {s['records']} records ({s['images']} images, {s['turns']} Q&A turns) -> {out}")
+
+
+@report_input_errors
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    images = None if args.image_dir is None else UprightImages(
+        Path(args.image_dir), None if args.upright_images_dir is None else Path(args.upright_images_dir))
+    exports = Exports(args)
+    for annotation_file, output_file, name in zip(args.annotation_files, args.output_files, args.dataset_names):
+        convert_one(args, annotation_file, output_file, name, images, exports)
+    # Once for all the files converted: what the images look like to other trainers.
     if images is not None:
         for line in images.report():
             print(line)
     else:
         print("note: images not checked for EXIF rotation or transparency (pass --image_dir to check them)")
-    print(f"wrote {s['records']} records ({s['images']} images, {s['turns']} Q&A turns) -> {out}")
+    for line in exports.report():
+        print(line)
     return 0
 
 

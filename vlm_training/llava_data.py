@@ -37,7 +37,6 @@ from typing import Iterable
 
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from vlm_core import families
 from vlm_core.images import ImageLoadError, draw_box_prompt, load_image
@@ -50,6 +49,7 @@ from vlm_core.llava_format import (
     resolve_image_path,
 )
 from vlm_core.prompts import PromptFormat
+from vlm_core.runtime import plural, progress_bar
 
 IGNORE_INDEX = -100
 
@@ -131,8 +131,8 @@ class DatasetStats:
     dropped_ids: list = field(default_factory=list)
 
     def summary(self, name: str) -> str:
-        return (f"{name}: {self.examples} examples from {self.records} records, "
-                f"{self.shortened} shortened ({self.turns_dropped} turns dropped), "
+        return (f"{name}: {plural(self.examples, 'example')} from {plural(self.records, 'record')}, "
+                f"{self.shortened} shortened ({plural(self.turns_dropped, 'turn')} dropped), "
                 f"{self.dropped} dropped as too long")
 
 
@@ -225,7 +225,7 @@ def build_examples(records: Iterable[dict], path: str | os.PathLike, image_dir: 
     stats = DatasetStats()
     examples = []
     budget = layout.char_budget(max_length)
-    for i, rec in enumerate(tqdm(records, desc=f"tokenizing {path.name}", unit="record", delay=2)):
+    for i, rec in enumerate(progress_bar(records, desc=f"tokenizing {path.name}", unit="record", delay=2)):
         stats.records += 1
         where = record_where(path, i, rec)
         layout.check_record(rec, where)

@@ -35,11 +35,17 @@ import sys
 from array import array
 from pathlib import Path
 
-from tqdm import tqdm
+from tqdm import tqdm  # disable=None: no bar at all when stderr is not a terminal
 
 from vlm_core.flags import ANNOTATION_FILE, flag_names
 from vlm_core.io_utils import InputError, fsync_dir, write_json_atomic
-from vlm_core.runtime import remove_stale_temps, report_input_errors, require_output_file, single_writer
+from vlm_core.runtime import (
+    plural,
+    remove_stale_temps,
+    report_input_errors,
+    require_output_file,
+    single_writer,
+)
 from vlm_core.schema import AnnotationReader, AnnotationWriter, pending_marker
 
 SPLITS = ("train", "val", "test")
@@ -122,9 +128,9 @@ def split_counts(n: int, train_ratio: float, val_ratio: float) -> tuple[tuple[in
             continue
         donor = max((s for s in SPLITS if counts[s] > 1), key=lambda s: counts[s], default=None)
         if donor is None:
-            notes.append(f"only {n} image(s): the {name} split is empty although --{name}_ratio > 0"
+            notes.append(f"only {plural(n, 'image')}: the {name} split is empty although --{name}_ratio > 0"
                          if name != "test" else
-                         f"only {n} image(s): the test split is empty although the ratios leave {test_ratio:g} for it")
+                         f"only {plural(n, 'image')}: the test split is empty although the ratios leave {test_ratio:g} for it")
             continue
         counts[donor] -= 1
         counts[name] += 1
@@ -296,8 +302,9 @@ def main(argv=None) -> int:
     for note in notes:
         print(f"note: {note}")
     for name in SPLITS:
-        print(f"{name:5s}: {counts[name]:6d} images, {n_qa[name]:7d} Q&A pairs -> {outputs[name]}")
-    print(f"split {n} images (seed {args.seed}, ratios "
+        print(f"{name:5s}: {plural(counts[name], 'image', width=6)}, {plural(n_qa[name], 'Q&A pair', width=7)} "
+              f"-> {outputs[name]}")
+    print(f"split {plural(n, 'image')} (seed {args.seed}, ratios "
           f"{args.train_ratio:g}/{args.val_ratio:g}/{test_ratio:g})")
     return 0
 

@@ -11,6 +11,10 @@ train.py: every TrainingArguments option is a flag (--report_to tensorboard, --l
 ``accelerate launch vlm_training/train_vlm.py ...`` or ``torchrun --nproc_per_node N ...``. QLoRA:
 ``--load_in_4bit`` (CUDA + bitsandbytes). Training files may be JSON arrays or JSONL.
 
+A config file may come first, as in transformers' examples and LLaMA-Factory: ``train_vlm.py train.yaml
+--learning_rate 1e-4`` (JSON or YAML, keys = flag names; flags after it override it). ``--help`` shows the
+toolkit's flags and the Trainer's common ones (vlm_training/train_help.py), ``--help_all`` every flag.
+
 Defaults follow LLaVA-1.5's LoRA recipe: r 128, alpha 256, lr 2e-4 (projector 2e-5), cosine
 schedule, 3% warmup, bf16 where the GPU supports it, LLaVA v1's system prompt. LoRA goes on the
 language model's linear layers only; ``--train_projector`` trains the projector fully;
@@ -50,14 +54,21 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# --help answers before torch and transformers load (~10 s): run as a script, or as the vlm-train command (whose
+# wrapper imports this module, then calls main).
+if __name__ == "__main__" or Path(sys.argv[0]).stem == "vlm-train":
+    from vlm_training.train_help import answer_brief_help
+    answer_brief_help(sys.argv[1:])
+
 import torch
 from transformers import HfArgumentParser, TrainerState, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy, SchedulerType
 
-from vlm_core import families
+from vlm_core import cli, families
 from vlm_core.generation import DEFAULT_MAX_NEW_TOKENS
 from vlm_core.io_utils import InputError, write_json_atomic
+from vlm_core.llava_format import refuse_other_stage_file
 from vlm_core.model_dir import (
     ADAPTER_FILES,
     FULL_MODEL_FILES,
@@ -75,6 +86,7 @@ from vlm_core.runtime import (
     EXIT_TERMINATED,
     check_seed,
     is_within,
+    plural,
     precision_name,
     report_input_errors,
     require_model,
@@ -91,6 +103,7 @@ from vlm_training.generation_eval import (
     sample_questions,
     save_samples,
 )
+from vlm_training.train_help import answer_brief_help
 from vlm_training.vlm_trainer import (
     ResumableEarlyStopping,
     RunTotals,
@@ -114,10 +127,6 @@ _FULL_DISK_FREE = 1 << 20   # below this many free bytes after a failed write, t
 
 
 # --------------------------------------------------------------------------- arguments
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The docstring as written, and each flag's default."""
-
-
 LORA_PROJECTOR_LR = 2e-5  # LLaVA-1.5's scripts/v1_5/finetune_lora.sh: --mm_projector_lr 2e-5
 
 
@@ -201,6 +210,8 @@ class DataArguments:
             path = getattr(self, flag)
             if path is not None and not Path(path).is_file():
                 raise InputError(f"--{flag}: file not found: {path}")
+            if path is not None:
+                refuse_other_stage_file(path)  # an annotation file: the message names the conversion
         if not Path(self.image_dir).is_dir():
             raise InputError(f"--image_dir: directory not found: {self.image_dir}")
         if self.max_length < 1:
@@ -249,7 +260,9 @@ class VLMTrainingArguments(TrainingArguments):
     ddp_find_unused_parameters: bool | None = field(default=False, metadata={
         "help": "DistributedDataParallel's find_unused_parameters (off: every trainable weight takes part in every "
                 "forward pass)"})
-    disable_tqdm: bool | None = field(default=False, metadata={"help": "turn the progress bars off"})
+    disable_tqdm: bool | None = field(default=None, metadata={
+        "help": "turn the progress bars off (default: off when stderr is not a terminal, e.g. redirected to a log "
+                "file, where each log is printed as one plain line instead)"})
     eval_generate: bool = field(default=False, metadata={
         "help": "at every evaluation also generate answers to a sample of --val_data (as predict.py asks them) and "
                 "log evaluate.py's scores per question type: eval_<type>_<metric> (eval_grounding_acc50, "
@@ -325,16 +338,40 @@ class VLMTrainingArguments(TrainingArguments):
         if (self.gradient_checkpointing or self.activation_checkpointing) and not (
                 self.gradient_checkpointing_kwargs or self.activation_checkpointing_kwargs):
             self.activation_checkpointing_kwargs = {"use_reentrant": False}
+        if self.disable_tqdm is None:  # a bar redrawn with \r (and the eval bar nested in it) is debris in a log
+            self.disable_tqdm = not sys.stderr.isatty()
         try:
             super().__post_init__()
         except ValueError as e:
             raise InputError(str(e).splitlines()[0]) from None
 
 
-def parse_args(argv=None) -> tuple[ModelArguments, DataArguments, VLMTrainingArguments]:
-    """Parse and check every flag; cross-flag checks that need no model happen here, once."""
+def build_parser() -> HfArgumentParser:
+    """Every flag: the dataclasses' fields, TrainingArguments' included; its help is ``--help_all``."""
     parser = HfArgumentParser((ModelArguments, DataArguments, VLMTrainingArguments), description=__doc__,
-                              formatter_class=HelpFormatter)
+                              formatter_class=cli.HelpFormatter)
+    parser.add_argument(cli.HELP_ALL_FLAG, action="help", help="show every flag (this help) and exit")
+    # --disable_tqdm defaults to None (decided by whether stderr is a terminal), and HfArgumentParser then wants a
+    # value; the Trainer's users write it as a bare switch, so it stays one.
+    tqdm_flag = parser._option_string_actions["--disable_tqdm"]
+    tqdm_flag.nargs, tqdm_flag.const = "?", True
+    return cli.raise_input_errors(parser)
+
+
+def parse_args(argv=None) -> tuple[ModelArguments, DataArguments, VLMTrainingArguments]:
+    """Parse and check every flag; cross-flag checks that need no model happen here, once.
+
+    ``argv`` may start with a config file (``train.yaml``/``.json``, keys = flag names): its flags come first, so
+    the command line's override them. ``--help`` is the short help (train_help.py), ``--help_all`` every flag."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    answer_brief_help(argv)
+    parser = build_parser()
+    config, argv = cli.split_config_file(argv)
+    if config is not None:
+        argv = cli.config_to_argv(config, parser) + argv  # argparse keeps a flag's last value: the command line's
+    unknown = parser.parse_known_args(argv)[1]  # before the dataclasses check the flags they know
+    if unknown:
+        raise InputError(f"unrecognized arguments: {' '.join(unknown)} (see --help_all)")
     model, data, train = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
     out = require_output_dir(train.output_dir, "--output_dir", {"--image_dir": data.image_dir})
     base = Path(model.base_model)
@@ -440,6 +477,8 @@ def save_final(trainer, out: Path, processor, fmt: PromptFormat, model_args: Mod
     trainer.save_model(str(tmp))  # on every process: DeepSpeed gathers the weights
     if not trainer.is_world_process_zero():
         return
+    if model_args.family.uses_prompt_format:  # its chat template renders what training used (EOS after answers)
+        processor.chat_template = fmt.chat_template(processor.tokenizer.eos_token)
     processor.save_pretrained(tmp)
     fmt.save(tmp)
     families.frame_from_processor(model_args.family, processor).save(tmp)
@@ -649,8 +688,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: VLMTrainin
                                                                                           EXIT_INTERRUPTED)
     if main_process:
         eval_part = f", eval loss {metrics['final_eval_loss']:.4f}" if metrics["final_eval_loss"] is not None else ""
-        print(f"trained {metrics['global_step']} steps ({metrics['epochs']:.2f} epochs) on {train_stats.examples} "
-              f"examples in {totals.seconds:.1f}s ({metrics['train_samples_per_second'] or 0:.2f} samples/s); "
+        print(f"trained {plural(metrics['global_step'], 'step')} ({metrics['epochs']:.2f} epochs) on "
+              f"{plural(train_stats.examples, 'example')} in {totals.seconds:.1f}s ({metrics['train_samples_per_second'] or 0:.2f} samples/s); "
               f"final train loss {metrics['final_train_loss']:.4f}{eval_part} -> {out}", flush=True)
     return 0
 

@@ -34,7 +34,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from vlm_core import families
 from vlm_core.io_utils import InputError, write_json_atomic
 from vlm_core.model_dir import ADAPTER_WEIGHT_FILES, MODEL_CONFIG_FILE, MODEL_WEIGHT_FILES, TRAIN_ARGS_FILE
-from vlm_core.runtime import Terminated
+from vlm_core.runtime import Terminated, plural
 
 # Settings a checkpoint must share with the run that resumes it (else its weights do not fit).
 RESUME_KEYS = ("base_model", "use_lora", "lora_r", "lora_alpha", "train_projector", "train_vision_tower",
@@ -133,7 +133,7 @@ def resolve_checkpoint(requested: str | None, out: Path, settings: dict) -> tupl
     record = read_run_record(out)
     if requested is None and (record or {}).get("status") != "training":
         old = list_checkpoints(out) if record is not None else []
-        return None, old, f"starting afresh: removing the {len(old)} checkpoint(s) of the earlier finished run" \
+        return None, old, f"starting afresh: removing the {plural(len(old), 'checkpoint')} of the earlier finished run" \
             if old else ""
     if requested not in (None, "latest"):
         return requested, [], f"continuing from {requested}"

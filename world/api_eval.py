@@ -36,7 +36,7 @@ from vlm_annotation.describer import description_surface  # noqa: E402
 from vlm_annotation.spatial import position_phrase, position_word  # noqa: E402
 from vlm_core.boxes import iou  # noqa: E402
 from vlm_core.io_utils import InputError, read_json, write_json_atomic, write_text_atomic  # noqa: E402
-from vlm_core.runtime import report_input_errors  # noqa: E402
+from vlm_core.runtime import plural, report_input_errors  # noqa: E402
 
 FIELDS = ("label", "surface", "position", "size", "relation")
 _ARTICLE = r"(?:a|an|the)"
@@ -249,7 +249,7 @@ def main(argv=None) -> int:
     write_json_atomic(out, result)
     scores = result if args.action == "ask" else result["majority"]
     d = scores["describe_object"]
-    print(f"{args.action}: {len(items)} objects; describe_object " +
+    print(f"{args.action}: {plural(len(items), 'object')}; describe_object " +
           ", ".join(f"{f} {_fmt(d[f]['accuracy'])}" for f in FIELDS) +
           f"; region_label {_fmt(scores['region_label']['accuracy'])}; grounding Acc@0.5 "
           f"{_fmt(scores['grounding']['acc50'])} -> {out}", flush=True)

@@ -52,14 +52,16 @@ def world_corpus(coco: dict, max_images: int = 1500, seed: int = 42) -> list[str
 
     The Q&A pairs name boxes by placeholder (``<box:3>``); each is rendered as convert renders it for
     LLaVA-1.5 (``[0.27, 0.20, 0.67, 0.61]``), the text the model reads and writes, so the BPE learns
-    the box numbers rather than the placeholders."""
+    the box numbers rather than the placeholders; and each question as visual box prompts word it too
+    ("... the can in the red box")."""
     coco = dict(coco, images=coco["images"][:max_images])
     lines = ["USER: ASSISTANT:", "USER: <image>\n"]
     for i, rec in enumerate(truth_annotations(coco, seed)["images"]):
         boxes = ImageBoxes(rec)
         for j, qa in enumerate(rec["qa"]):
-            question, answer = render_pair(rec, qa, "world ground truth", f"images[{i}].qa[{j}]", boxes)
-            lines.append(f"USER: {question} ASSISTANT: {answer}")
+            for box_prompt in ("text", "visual"):  # the question as each --box_prompt words it
+                question, answer = render_pair(rec, qa, "world ground truth", f"images[{i}].qa[{j}]", boxes, box_prompt)
+                lines.append(f"USER: {question} ASSISTANT: {answer}")
     lines += [prompts.count_answer(n) for n in range(12)]
     return lines
 
@@ -70,7 +72,10 @@ def build_tokenizer(lines: list[str], vocab_size: int = 512):
 
     specials = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
     tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # Every digit a token of its own, as Llama's tokenizer splits numbers: the BPE merged some box numbers
+    # ("27") and not others ("6", "7"), so the same value had two spellings and grounding had to learn both.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())

@@ -24,6 +24,7 @@ if __package__ in (None, ""):  # run as a file: world/ is not an installed packa
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vlm_core.io_utils import write_json_atomic  # noqa: E402
+from vlm_core.runtime import plural  # noqa: E402
 from world.truth import truth_annotations  # noqa: E402
 
 
@@ -46,8 +47,9 @@ def main(argv=None) -> int:
         only = {r["image"] for r in json.loads(Path(args.only).read_text(encoding="utf-8"))["images"]}
     data = truth_annotations(coco, args.seed, only, args.max_region_qa)
     write_json_atomic(args.output_file, data)
-    print(f"ground truth: {len(data['images'])} images, {sum(len(r['objects']) for r in data['images'])} objects, "
-          f"{sum(len(r['qa']) for r in data['images'])} Q&A pairs -> {args.output_file}", flush=True)
+    n_objects, n_qa = sum(len(r["objects"]) for r in data["images"]), sum(len(r["qa"]) for r in data["images"])
+    print(f"ground truth: {plural(len(data['images']), 'image')}, {plural(n_objects, 'object')}, "
+          f"{plural(n_qa, 'Q&A pair')} -> {args.output_file}", flush=True)
     return 0
 
 

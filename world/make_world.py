@@ -34,6 +34,7 @@ if __package__ in (None, ""):  # run as a file: world/ is not an installed packa
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vlm_core.io_utils import write_json_atomic  # noqa: E402
+from vlm_core.runtime import plural  # noqa: E402
 
 CLASSES = ("glass", "plastic", "can", "paper", "bag")
 # What each class is, in words (the COCO categories carry it as "supercategory"-like text).
@@ -361,8 +362,8 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     world = write_world(args.out, args.train_images, args.heldout_images, args.seed, args.workers)
     n_obj = {k: len(v["annotations"]) for k, v in world.items()}
-    print(f"world: {args.train_images} training scenes ({n_obj['train']} objects), {args.heldout_images} held-out "
-          f"scenes ({n_obj['heldout']} objects), seed {args.seed}, {time.perf_counter() - start:.1f}s -> {args.out}",
+    print(f"world: {plural(args.train_images, 'training scene')} ({plural(n_obj['train'], 'object')}), "
+          f"{plural(args.heldout_images, 'held-out scene')} ({plural(n_obj['heldout'], 'object')}), seed {args.seed}, {time.perf_counter() - start:.1f}s -> {args.out}",
           flush=True)
     return 0
 

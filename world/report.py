@@ -44,7 +44,7 @@ from vlm_core.io_utils import (  # noqa: E402
     write_text_atomic,
 )
 from vlm_core.prompts import IMAGE_TOKEN  # noqa: E402
-from vlm_core.runtime import report_input_errors  # noqa: E402
+from vlm_core.runtime import plural, report_input_errors  # noqa: E402
 from vlm_core.schema import QA_TYPES  # noqa: E402
 
 # The figure each question type is judged by (metrics.json of vlm_inference/evaluate.py).
@@ -373,8 +373,8 @@ def main(argv=None) -> int:
     elif args.action == "surface":
         result = surface_accuracy(Path(args.annotations), Path(args.ground_truth))
         write_json_atomic(args.output_file, result)
-        print(f"descriptions name the true surface for {_f(result['surface_accuracy'])} of {result['objects']} "
-              f"objects -> {args.output_file}", flush=True)
+        print(f"descriptions name the true surface for {_f(result['surface_accuracy'])} of "
+              f"{plural(result['objects'], 'object')} -> {args.output_file}", flush=True)
     else:
         run = Path(args.run_dir)
         results = collect_results(run)

@@ -34,6 +34,7 @@ if __package__ in (None, ""):  # run as a file: its folder is not an installed p
 
 from vlm_annotation.describer import DEFAULT_IMAGE_PROMPT, PromptBook, context_crop  # noqa: E402
 from vlm_core.io_utils import write_json_atomic  # noqa: E402
+from vlm_core.runtime import plural  # noqa: E402
 from world.training import epoch_steps, shuffled_batches, train_for, warmup_cosine  # noqa: E402
 
 INFO_FILE = "train_info.json"
@@ -182,7 +183,8 @@ def main(argv=None) -> int:
         "model": "BlipForConditionalGeneration (tiny)", "trainer": "AdamW loop on the model's own loss",
         "command": " ".join([sys.argv[0]] + (argv or sys.argv[1:])), "seed": args.seed, "steps": step,
         "examples": n, "seconds": round(seconds, 1), "loss_curve": curve})
-    print(f"trained BLIP for {step} steps on {n} crops and images in {seconds:.1f}s -> {out}", flush=True)
+    print(f"trained BLIP for {plural(step, 'step')} on {plural(n, 'crop or image', 'crops and images')} "
+          f"in {seconds:.1f}s -> {out}", flush=True)
     return 0
 
 

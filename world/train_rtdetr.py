@@ -32,6 +32,7 @@ if __package__ in (None, ""):  # run as a file: its folder is not an installed p
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vlm_core.io_utils import write_json_atomic  # noqa: E402
+from vlm_core.runtime import plural  # noqa: E402
 from world.training import epoch_steps, shuffled_batches, train_for, warmup_cosine  # noqa: E402
 
 
@@ -149,7 +150,7 @@ def main(argv=None) -> int:
         "model": "RTDetrForObjectDetection (tiny)", "trainer": "transformers loss, AdamW loop",
         "command": " ".join([sys.argv[0]] + (argv or sys.argv[1:])), "seed": args.seed, "steps": step,
         "images": n, "seconds": round(seconds, 1), "loss_curve": curve})
-    print(f"trained RT-DETR for {step} steps on {n} scenes in {seconds:.1f}s -> {out / 'm'}", flush=True)
+    print(f"trained RT-DETR for {plural(step, 'step')} on {plural(n, 'scene')} in {seconds:.1f}s -> {out / 'm'}", flush=True)
     return 0
 
 
