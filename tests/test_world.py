@@ -125,14 +125,14 @@ def test_reduced_world_run_learns(reduced_world_run):
     """The toolkit's stages on 800 held-out scenes: detections, descriptions and the VLM's answers,
     scored against the ground truth, beat their baselines by a clear margin.
 
-    Measured (seed 0, the world/models of an earlier make world run): YOLO mAP50 0.805, RT-DETR 0.707, the
-    two fused at the setting --sweep recommends 0.846, against 0.000 for YOLO's boxes moved to another
-    image; descriptions naming the true surface 1.000. The VLM (its vision tower pretrained for 400 steps
-    on 800 training scenes and then frozen, 300 steps of 16 on count, surface and location questions about
-    the 720 training scenes), on the 64 test scenes: "how many objects are there?" 0.391 against 0.172 for
-    the majority answer and 0.000 untrained; "what is it lying on?" 0.946 against 0.232 and 0.000; "where
-    is the can?" 0.107 against 0.000 and 0.000 (its surface right, its position mostly not in this budget).
-    (Measured on the tree of 2026-12-04; the tree of the earlier run above gave 0.438, 0.964 and 0.089.)
+    Measured (seed 0, the world/models of an earlier make world run): YOLO mAP50 0.804, RT-DETR 0.707, the
+    two fused at the setting --sweep recommends 0.829, against 0.000 for YOLO's boxes moved to another
+    image; descriptions naming the true surface 1.000. The VLM (its vision tower pretrained box-aware for 800
+    steps on 3000 training-pool scenes and then frozen, 300 steps of 16 on count, surface and location
+    questions about the 720 training scenes), on the 64 test scenes: "how many objects are there?" 0.375
+    against 0.172 for the majority answer and 0.000 untrained; "what is it lying on?" 1.000 against 0.250 and
+    0.000; "where is the can?" 0.250 against 0.000 and 0.000 (fresh clone of 2026-12-04, 14:00 UTC; with the
+    tower of before, pretrained for 400 steps on the 800 scenes, 0.391, 0.946 and 0.107).
     """
     results, stdout = reduced_world_run
     assert "| surface |" in stdout and "| detection mAP50, yolo |" in stdout  # the table is printed
