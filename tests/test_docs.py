@@ -17,9 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
         ROOT / "data" / "README.md", ROOT / "models" / "README.md", ROOT / "fixtures" / "README.md"]
-# One page: what a newcomer reads before the manual in docs/. 265 since the world table (written by `make world`)
-# gained the guide's API rows (describe_object field by field, region_label, locate).
-README_MAX_LINES = 265
+README_MAX_LINES = 250
 # What runs a script: the interpreter (any spelling of its path), or a launcher that takes one.
 RUNNER = re.compile(r"^(?:\S*/)?(?:python(?:\d+(?:\.\d+)?)?|torchrun|accelerate)$")
 FENCE = re.compile(r"^\s*(```|~~~)")
