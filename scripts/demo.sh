@@ -13,14 +13,14 @@ step() { printf '\n== %s\n' "$*"; }
 
 rm -rf "$OUT"
 mkdir -p "$OUT"
-step "0. scenes of the synthetic world, and a tiny LLaVA to fine-tune (no download)"
-# The detectors and the captioner are the small world-trained models committed in world/models/
-# (see world/models/README.md for the commands that reproduce them); the LLaVA is built here.
-$PY fixtures/make_tiny_models.py --out "$OUT/models"
-$PY world/make_world.py --out "$OUT/world" --train_images 0 --heldout_images 12 --seed 1 --workers 1
+step "0. scenes of the synthetic world (no download)"
+# The detectors, the captioner and the VLM are the small world-trained models committed in world/models/ (see
+# world/models/README.md for the commands that reproduce them): the demo annotates scenes they never saw.
+$PY world/make_world.py --out "$OUT/world" --train_images 0 --heldout_images "${DEMO_SCENES:-40}" --seed 1 --workers 1
 IMAGES="$OUT/world/heldout_images"
-M="$OUT/models"
 W=world/models
+# The question types the world VLM was taught (world/models/vlm/train_args.json).
+QA_TYPES="count surface location region_description region_label grounding"
 
 step "1. annotate: YOLO + RT-DETR ensemble, BLIP descriptions, Q&A pairs"
 $PY vlm_annotation/data_annotation.py --images_dir "$IMAGES" --output_file "$OUT/annotations.json" \
@@ -42,51 +42,46 @@ $PY vlm_annotation/export_annotations.py --annotation_file "$OUT/annotations.jso
 
 step "2. split by image"
 $PY vlm_training/split_data.py --input_file "$OUT/annotations.json" \
-    --train_file "$OUT/train.json" --val_file "$OUT/val.json" --train_ratio 0.8 --val_ratio 0.1
+    --train_file "$OUT/train.json" --val_file "$OUT/val.json" --train_ratio 0.7 --val_ratio 0.1
 
 step "3. convert to the LLaVA conversation format"
 # The three splits in one run: the note on images other trainers read differently is printed once.
 $PY vlm_training/convert_to_llava_format.py --annotation_file "$OUT/train.json" "$OUT/val.json" "$OUT/test.json" \
-    --output_file "$OUT/train_llava.json" "$OUT/val_llava.json" "$OUT/test_llava.json" --max_turns 8
+    --output_file "$OUT/train_llava.json" "$OUT/val_llava.json" "$OUT/test_llava.json" --qa_types $QA_TYPES \
+    --shuffle_turns
+# The test scenes' questions again, with the answers of the world's ground truth (not the detectors'): what the
+# predictions are scored against.
+$PY world/make_truth.py --coco "$OUT/world/heldout.json" --only "$OUT/test.json" --output_file "$OUT/test_truth.json"
+$PY vlm_training/convert_to_llava_format.py --annotation_file "$OUT/test_truth.json" \
+    --output_file "$OUT/test_truth_llava.json" --qa_types $QA_TYPES
 
-step "4. fine-tune the tiny LLaVA with LoRA (a few steps on the CPU)"
+step "4. fine-tune the world LLaVA with LoRA on the demo's scenes (a minute on the CPU)"
 $PY vlm_training/train_vlm.py --train_data "$OUT/train_llava.json" --val_data "$OUT/val_llava.json" \
-    --output_dir "$OUT/vlm_model" --base_model "$M/llava" --image_dir "$IMAGES" \
-    --use_lora --lora_r 32 --lora_alpha 64 --learning_rate 5e-3 --batch_size 4 --max_steps 150 \
-    --logging_steps 25 --eval_steps 75 --save_steps 75 --eval_generate --max_new_tokens 32
+    --output_dir "$OUT/vlm_model" --base_model "$W/vlm" --image_dir "$IMAGES" --system_prompt none \
+    --use_lora --lora_r 16 --lora_alpha 32 --learning_rate 2e-4 --batch_size 8 --max_steps 40 --max_length 512 \
+    --logging_steps 10 --eval_steps 20 --save_steps 20 --eval_generate --max_new_tokens 64
 
 step "5. infer: batch prediction on the test split"
-$PY vlm_inference/predict.py --model_path "$OUT/vlm_model" --base_model "$M/llava" \
-    --data "$OUT/test_llava.json" --image_dir "$IMAGES" --output_file "$OUT/predictions.jsonl" \
-    --batch_size 8 --max_new_tokens 32
-
-step "5. infer: VLMInference.describe_object and answer_question"
-$PY - "$OUT" "$M/llava" "$IMAGES" <<'PYEOF'
-import json, sys
-from vlm_inference.vlm_inference import VLMInference
-
-out, base, images = sys.argv[1:4]
-# An object of the test split (never trained on), or of any split when the test image has none.
-records = json.load(open(f"{out}/test.json"))["images"] + json.load(open(f"{out}/annotations.json"))["images"]
-record = next(r for r in records if r["objects"])
-obj = record["objects"][0]
-vlm = VLMInference(model_path=f"{out}/vlm_model", base_model=base)
-image = f"{images}/{record['image']}"
-print(f"image: {record['image']}, object {obj['id']} ({obj['label']}) at {obj['bbox']}")
-print("describe_object ->", vlm.describe_object(image, bbox=obj["bbox"], label=obj["label"], max_new_tokens=60))
-print("answer_question('How many objects are there?') ->", vlm.answer_question(image, "How many objects are there?", max_new_tokens=20))
-print(f"(reference: {len(record['objects'])} objects; annotation: {obj['description']!r})")
-print("(the tiny LLaVA trained for a minute on 10 scenes: expect noise; `make world` shows what training buys)")
-PYEOF
+$PY vlm_inference/predict.py --model_path "$OUT/vlm_model" --base_model "$W/vlm" \
+    --data "$OUT/test_truth_llava.json" --image_dir "$IMAGES" --output_file "$OUT/predictions.jsonl" \
+    --batch_size 16 --max_new_tokens 64
 
 step "6. review gallery of the annotations"
 $PY vlm_annotation/visualize.py --annotation_file "$OUT/annotations.json" --images_dir "$IMAGES" \
     --output_dir "$OUT/review"
 
-step "7. evaluate the predictions"
+step "7. evaluate the predictions, beside the majority answer of the training split"
 $PY vlm_inference/evaluate.py --predictions "$OUT/predictions.jsonl" --output_file "$OUT/metrics.json"
+$PY world/report.py baselines --train "$OUT/train_llava.json" --questions "$OUT/predictions.jsonl" \
+    --out_dir "$OUT/baselines"
+$PY vlm_inference/evaluate.py --predictions "$OUT/baselines/majority.jsonl" --output_file "$OUT/majority.json" \
+    --report "$OUT/baselines/majority.md" > /dev/null
 $PY vlm_inference/visualize_predictions.py --predictions "$OUT/predictions.jsonl" --image_dir "$IMAGES" \
     --output_dir "$OUT/prediction_review"
+
+step "8. the guide's API on a held-out scene, next to the truth"
+$PY scripts/demo_answers.py --model_path "$OUT/vlm_model" --base_model "$W/vlm" --truth "$OUT/test_truth.json" \
+    --images_dir "$IMAGES" --model_metrics "$OUT/metrics.json" --majority_metrics "$OUT/majority.json"
 
 printf '\ndemo finished in %ss: metrics in %s, report %s, label metrics %s, review gallery %s, predictions gallery %s\n' \
     "$(( $(date +%s) - start ))" "$OUT/metrics.json" "$OUT/report.md" "$OUT/label_metrics.md" "$OUT/review/index.html" \

@@ -17,6 +17,7 @@ from world.pretrain_vision import (
     covering_objects,
     load_pool,
     object_facts,
+    patch_places,
     patch_targets,
 )
 
@@ -146,3 +147,54 @@ def test_the_pool_outlines_one_object_per_boxed_view_with_its_facts(tiny_world_l
         assert torch.equal(pool["maps"][row], pool["maps"][first]) and pool["counts"][row] == pool["counts"][first]
     # the per-patch facts are scored on object patches only
     assert bool(((pool["cells"] == -100) == (pool["maps"] == 0)).all())
+
+
+def test_patch_places_are_the_tenths_digits_of_each_patch_centre():
+    # 8 patches a side: centres at 0.0625, 0.1875, ... 0.9375 of the padded square -> tenths 0, 1, 3, 4, 5, 6, 8, 9
+    places = patch_places(8)
+    assert len(places) == 64
+    assert [p[0] for p in places[:8]] == [0, 1, 3, 4, 5, 6, 8, 9] and {p[1] for p in places[:8]} == {0}
+    assert places[8] == [0, 1] and places[63] == [9, 9]  # row-major: the second row starts at y 0.1875
+    assert patch_places(2) == [[2, 2], [7, 2], [2, 7], [7, 7]]
+
+
+def test_tower_out_is_the_tower_make_llava_starts_from(tiny_world_llava, capsys):
+    """pretrain_vision.py --tower_out writes the tower alone; make_llava.py --vision_tower_from puts it, bit for bit,
+    into a new LLaVA of the same sizes (its language model random, as built) and refuses a tower of other sizes."""
+    from world.make_llava import main as make_llava
+    from world.pretrain_vision import main
+    root, base = tiny_world_llava
+    tower = root / "tower"
+    assert main([*pool_args(root), "--base_model", str(base), "--out", str(root / "llava_cos"), "--max_steps", "3",
+                 "--batch_size", "4", "--minutes", "5", "--seed", "0", "--schedule", "cosine",
+                 "--tower_out", str(tower)]) == 0
+    info = json.loads((tower / "pretrain_info.json").read_text())
+    assert (info["steps"], info["schedule"]) == (3, "cosine") and 0 <= info["place_accuracy"] <= 1
+    assert not (root / "tower.tmp").exists()
+    sizes = ["--vision_width", "32", "--vision_layers", "1", "--text_width", "32", "--text_layers", "1",
+             "--text_intermediate", "64", "--image_size", "32", "--patch", "8"]
+    built = root / "llava_from_tower"
+    assert make_llava(["--world", str(root / "world"), "--out", str(built), *sizes,
+                       "--vision_tower_from", str(tower)]) == 0
+    assert "the vision tower of" in capsys.readouterr().out
+    pretrained, new, random = _state(root / "llava_cos"), _state(built), _state(base)
+    towers = [k for k in new if "vision_tower" in k]
+    assert towers and all(torch.equal(new[k], pretrained[k]) for k in towers)
+    assert all(torch.equal(new[k], random[k]) for k in new if "vision_tower" not in k)  # the rest as built (seed 0)
+    build_info = json.loads((built / "build_info.json").read_text())
+    assert build_info["vision_tower_from"] == str(tower) and build_info["vision_tower_pretraining"]["steps"] == 3
+    # a whole world LLaVA (pretrain_vision.py's --out) gives the same tower
+    assert make_llava(["--world", str(root / "world"), "--out", str(root / "b2"), *sizes,
+                       "--vision_tower_from", str(root / "llava_cos")]) == 0
+    assert all(torch.equal(_state(root / "b2")[k], pretrained[k]) for k in towers)
+    # another size, or a folder with no model: one line, exit 2
+    capsys.readouterr()
+    wider = [v if v != "32" or k != 1 else "64" for k, v in enumerate(sizes)]
+    assert make_llava(["--world", str(root / "world"), "--out", str(root / "b3"), *wider,
+                       "--vision_tower_from", str(tower)]) == 2
+    err = capsys.readouterr().err.splitlines()[-1]  # after transformers' own "Loading weights" bar
+    assert err.startswith("error: --vision_tower_from: the tower in") and "'hidden_size': 32" in err
+    assert not (root / "b3").exists()
+    assert make_llava(["--world", str(root / "world"), "--out", str(root / "b4"), *sizes,
+                       "--vision_tower_from", str(root / "nothing")]) == 2
+    assert "no config.json there" in capsys.readouterr().err

@@ -88,12 +88,35 @@ def build_tokenizer(lines: list[str], vocab_size: int = 512):
                                    padding_side="left", model_max_length=1024)
 
 
+def load_tower_weights(model, tower_dir: Path) -> dict:
+    """Copy the pretrained vision tower of ``tower_dir`` (``pretrain_vision.py --tower_out``: a CLIPVisionModel,
+    or a whole world LLaVA) into ``model``; ValueError when its sizes are not the model's. Returns what is
+    known of its pretraining (``pretrain_info.json``, without the loss curve)."""
+    from transformers import CLIPVisionModel, LlavaForConditionalGeneration
+
+    config = json.loads((tower_dir / "config.json").read_text(encoding="utf-8"))
+    if config.get("model_type") == "llava":
+        source = LlavaForConditionalGeneration.from_pretrained(tower_dir).model.vision_tower
+    else:
+        source = CLIPVisionModel.from_pretrained(tower_dir)
+    keys = ("hidden_size", "num_hidden_layers", "intermediate_size", "image_size", "patch_size")
+    have = {k: getattr(source.config, k) for k in keys}
+    want = {k: getattr(model.model.vision_tower.config, k) for k in keys}
+    if have != want:
+        raise ValueError(f"the tower in {tower_dir} is {have}, the model asks for {want}")
+    model.model.vision_tower.load_state_dict(source.state_dict())
+    info_file = tower_dir / "pretrain_info.json"
+    info = json.loads(info_file.read_text(encoding="utf-8")) if info_file.is_file() else {}
+    return {k: v for k, v in info.items() if k != "loss_curve"}
+
+
 def build_llava(out: Path, coco: dict, seed: int = 0, vocab_size: int = 512, feature_strategy: str = "default",
-                **sizes) -> Path:
+                vision_tower_from: Path | None = None, **sizes) -> Path:
     """Write the model and processor to ``out``; ``sizes`` overrides entries of :data:`SIZES`.
 
     ``feature_strategy`` is LLaVA's ``vision_feature_select_strategy``: "default" drops the tower's CLS
-    token (LLaVA-1.5), "full" keeps it as one more image token."""
+    token (LLaVA-1.5), "full" keeps it as one more image token. ``vision_tower_from``: a pretrained tower
+    to start from (the language model and projector stay random)."""
     import torch
     from transformers import (
         CLIPImageProcessor,
@@ -126,6 +149,7 @@ def build_llava(out: Path, coco: dict, seed: int = 0, vocab_size: int = 512, fea
                          vision_feature_select_strategy=feature_strategy,
                          vision_feature_layer=-1)
     model = LlavaForConditionalGeneration(config).eval()
+    tower_info = load_tower_weights(model, Path(vision_tower_from)) if vision_tower_from else None
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
@@ -139,7 +163,9 @@ def build_llava(out: Path, coco: dict, seed: int = 0, vocab_size: int = 512, fea
     n_params = sum(p.numel() for p in model.parameters())
     write_json_atomic(out / "build_info.json", {"builder": "world/make_llava.py", "seed": seed,
                                                 "parameters": n_params, "vocab_size": len(tokenizer), "sizes": z,
-                                                "feature_strategy": feature_strategy})
+                                                "feature_strategy": feature_strategy,
+                                                "vision_tower_from": str(vision_tower_from) if vision_tower_from
+                                                else None, "vision_tower_pretraining": tower_info})
     return out
 
 
@@ -151,6 +177,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     p.add_argument("--feature_strategy", choices=("default", "full"), default="default",
                    help="vision_feature_select_strategy: default drops the CLS token (LLaVA-1.5), full keeps it")
+    p.add_argument("--vision_tower_from", default=None,
+                   help="start from this pretrained vision tower (world/models/tower, or pretrain_vision.py's --out or "
+                   "--tower_out) instead of random weights; its sizes must be the model's (default: random)")
     for name, default in SIZES.items():
         p.add_argument(f"--{name}", type=int, default=default, help=f"{SIZE_HELP[name]} (default {default})")
     args = p.parse_args(argv)
@@ -170,10 +199,19 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
     coco = json.loads((Path(args.world) / "train.json").read_text(encoding="utf-8"))
-    out = build_llava(Path(args.out), coco, args.seed, args.vocab_size, args.feature_strategy,
-                      **{k: getattr(args, k) for k in SIZES})
+    if args.vision_tower_from and not (Path(args.vision_tower_from) / "config.json").is_file():
+        print(f"error: --vision_tower_from {args.vision_tower_from}: no config.json there (a tower written by "
+              "world/pretrain_vision.py --tower_out, e.g. world/models/tower)", file=sys.stderr)
+        return 2
+    try:
+        out = build_llava(Path(args.out), coco, args.seed, args.vocab_size, args.feature_strategy,
+                          args.vision_tower_from, **{k: getattr(args, k) for k in SIZES})
+    except ValueError as e:
+        print(f"error: --vision_tower_from: {e}", file=sys.stderr)
+        return 2
     info = json.loads((out / "build_info.json").read_text(encoding="utf-8"))
-    print(f"built the world LLaVA ({info['parameters']:,} parameters, {info['vocab_size']}-token BPE) in "
+    tower = f", the vision tower of {args.vision_tower_from}" if args.vision_tower_from else ""
+    print(f"built the world LLaVA ({info['parameters']:,} parameters, {info['vocab_size']}-token BPE{tower}) in "
           f"{time.perf_counter() - start:.1f}s -> {out}", flush=True)
     return 0
 

@@ -21,6 +21,8 @@ With ``--box_aware 1`` (the default) it also learns what the guide's region ques
 * per patch on an object: that object's 3x3 cell of the image and size word (the describer's words,
   ``vlm_annotation/spatial.py``) and the digits its box text starts with in LLaVA-1.5's frame
   (``[0.27, ...]``: 2 and 7 for each coordinate), so an image token says where the object it lies on is;
+* per patch: the tenths digit of its own centre's x and y in that frame (:func:`patch_places`), so an image
+  token says where it lies in the digits of a box question;
 * per image: the surface, and, on ``--boxed_views`` extra views of each image with one object outlined
   by the visual box prompt (``vlm_core.images.draw_box_prompt``, what ``--box_prompt visual`` draws),
   the outlined object's class, cell and size.
@@ -70,7 +72,7 @@ if __package__ in (None, ""):  # run as a file: its folder is not an installed p
 from vlm_annotation.spatial import position_word, size_word  # noqa: E402
 from vlm_core.boxes import pixel_to_square  # noqa: E402
 from vlm_core.io_utils import write_json_atomic  # noqa: E402
-from world.training import train_for  # noqa: E402
+from world.training import train_for, warmup_cosine  # noqa: E402
 
 MAX_COUNT = 8  # the count head's last class is "8 or more"
 # The describer's words for where an object is and how big (vlm_annotation/spatial.py), as class indices.
@@ -113,6 +115,14 @@ def box_digits(box: list[float], width: float, height: float) -> list[int]:
         hundredths = int(f"{min(max(v, 0.0), 1.0):.2f}".replace(".", ""))  # the rounding format_box does
         digits += [hundredths // 10, hundredths % 10]
     return digits
+
+
+def patch_places(grid: int) -> list[list[int]]:
+    """Row-major, per patch of the padded square: the tenths digit of its centre's x and of its y, the first digit a
+    box's text gives in LLaVA-1.5's frame (``[0.27, ...]``). Taught so that every image token says where it lies in the
+    words a box question uses: the language model can then match a box's digits to the tokens under it."""
+    tenths = [min(9, int(10 * (k + 0.5) / grid)) for k in range(grid)]
+    return [[tenths[col], tenths[row]] for row in range(grid) for col in range(grid)]
 
 
 def object_facts(box: list[float], width: float, height: float) -> tuple[int, int, list[int]]:
@@ -192,7 +202,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--minutes", type=float, default=1.25, help="wall-clock cap of the whole run, loading included (default 1.25)")
     p.add_argument("--max_steps", type=int, default=2000, help="step cap (default 2000; the minutes usually stop it)")
     p.add_argument("--batch_size", type=int, default=32, help="images per step (default 32)")
-    p.add_argument("--learning_rate", type=float, default=1e-3, help="AdamW learning rate, constant (default 1e-3)")
+    p.add_argument("--learning_rate", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    p.add_argument("--schedule", choices=("constant", "cosine"), default="constant",
+                   help="learning rate schedule: constant (default) or cosine to 2%% over --max_steps after a 2%% warm-up "
+                   "(the long pretraining of the committed tower, world/models/tower)")
+    p.add_argument("--tower_out", default=None,
+                   help="also write the tower alone (a CLIPVisionModel with pretrain_info.json) to this folder: what "
+                   "world/models/tower holds and world/make_llava.py --vision_tower_from reads")
     p.add_argument("--max_images", type=int, default=0, help="use the first N images of the pool (default 0: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the heads, the outlined objects and the batches "
                    "(default 0)")
@@ -243,7 +259,9 @@ def main(argv=None) -> int:
                       "boxed_class": torch.nn.Linear(width, 1 + n_classes),
                       "boxed_cell": torch.nn.Linear(width, 1 + len(CELLS)),
                       "boxed_size": torch.nn.Linear(width, 1 + len(SIZES)),
-                      "surface": torch.nn.Linear(width, pool["n_surfaces"])})
+                      "surface": torch.nn.Linear(width, pool["n_surfaces"]),
+                      "place": torch.nn.Linear(width, 2 * 10)})
+        place = torch.tensor(patch_places(grid))  # the same for every view: (patches, 2)
     params = list(tower.parameters()) + list(heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=0.0)
     cross_entropy = torch.nn.functional.cross_entropy
@@ -261,6 +279,7 @@ def main(argv=None) -> int:
         if args.box_aware:
             out.update({k: heads[k](patches) for k in ("cell", "size")})
             out["digits"] = heads["digits"](patches).unflatten(-1, (8, 11))
+            out["place"] = heads["place"](patches).unflatten(-1, (2, 10))
             out.update({k: heads[k](pooled) for k in ("boxed_class", "boxed_cell", "boxed_size", "surface")})
         return out
 
@@ -272,6 +291,7 @@ def main(argv=None) -> int:
             yield "cell", out["cell"].flatten(0, 1), pool["cells"][rows].flatten()
             yield "size", out["size"].flatten(0, 1), pool["sizes"][rows].flatten()
             yield "digits", out["digits"].flatten(0, 2), pool["digits"][rows].flatten()
+            yield "place", out["place"].flatten(0, 2), place.expand(len(rows), -1, -1).flatten()
             for k in ("boxed_class", "boxed_cell", "boxed_size", "surface"):
                 yield k, out[k], pool[k][rows]
 
@@ -281,9 +301,10 @@ def main(argv=None) -> int:
     generator = torch.Generator().manual_seed(args.seed)
     # Batches drawn with replacement, without end (the step cap and the time end the run).
     batches = iter(lambda: train_rows[torch.randint(len(train_rows), (args.batch_size,), generator=generator)], None)
-    # No schedule (a constant learning rate) and no gradient clipping.
+    # No gradient clipping; a constant learning rate unless --schedule cosine (planned over --max_steps).
+    schedule = warmup_cosine(max(1, args.max_steps // 50)) if args.schedule == "cosine" else None
     run = train_for(tower, loss_of, batches, optimizer, minutes=args.minutes, max_steps=args.max_steps,
-                    start=start, log_every=50, name="vision")
+                    start=start, schedule=schedule, log_every=50, name="vision")
     step, last_loss = run.steps, run.last_loss
     curve = [[h["step"], round(h["loss"], 4)] for h in run.history]
     scores = {}
@@ -308,15 +329,23 @@ def main(argv=None) -> int:
     shutil.copytree(base, tmp)
     model.save_pretrained(tmp)
     seconds = time.perf_counter() - start
-    write_json_atomic(tmp / "pretrain_info.json", {
-        "script": "world/pretrain_vision.py", "argv": list(sys.argv[1:] if argv is None else argv),
-        "seed": args.seed,
-        "base_model": str(base), "images": n_images, "train_images": n_images - n_val, "views": len(pool["image"]),
-        "box_aware": args.box_aware, "boxed_views": args.boxed_views, "steps": step,
-        "batch_size": args.batch_size, "learning_rate": args.learning_rate, "seconds": round(seconds, 1),
-        "loss_curve": curve, **scores})
+    info = {"script": "world/pretrain_vision.py", "argv": list(sys.argv[1:] if argv is None else argv),
+            "seed": args.seed,
+            "base_model": str(base), "images": n_images, "train_images": n_images - n_val, "views": len(pool["image"]),
+            "box_aware": args.box_aware, "boxed_views": args.boxed_views, "steps": step,
+            "batch_size": args.batch_size, "learning_rate": args.learning_rate, "schedule": args.schedule,
+            "seconds": round(seconds, 1), "loss_curve": curve, **scores}
+    write_json_atomic(tmp / "pretrain_info.json", info)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
+    if args.tower_out:  # the tower alone, in the same write-then-rename way
+        tower_out = Path(args.tower_out)
+        tmp = tower_out.with_name(tower_out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tower.save_pretrained(tmp)
+        write_json_atomic(tmp / "pretrain_info.json", info)
+        shutil.rmtree(tower_out, ignore_errors=True)
+        os.replace(tmp, tower_out)
     accuracy = (f"; held-out patch accuracy {scores['patch_accuracy']:.3f}, count {scores['count_accuracy']:.3f}"
                 if scores else "")
     print(f"pretrained the vision tower for {step} steps on {n_images - n_val} scenes in {seconds:.1f}s (last loss "

@@ -1,0 +1,125 @@
+"""The end of `make demo`: the fine-tuned world VLM asked through the guide's API about a held-out scene, each answer
+next to the truth, then the test split's per-type table against the majority answer of the training split.
+
+    python scripts/demo_answers.py --model_path demo_output/vlm_model --base_model world/models/vlm \\
+        --truth demo_output/test_truth.json --images_dir demo_output/world/heldout_images \\
+        --model_metrics demo_output/metrics.json --majority_metrics demo_output/majority.json
+
+The scene is the first image of the test split (never trained on) that has an object "the <label> <where>"
+picks out alone, so that every call has one right answer: ``answer_question("How many objects are there?")``,
+``describe_object(image, bbox=..., label=...)`` (its fields read back and checked one by one),
+``label_object(image, bbox)`` ("what is in this box?") and ``locate(image, "the can at the top of the image")``
+(right when its IoU with the true box is 0.5 or more). The truth is the world's own ground truth
+(world/make_truth.py), never the detectors' output.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: its folder is not an installed package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vlm_core.boxes import iou  # noqa: E402
+from vlm_core.io_utils import InputError, read_json  # noqa: E402
+from vlm_core.prompts import COUNT as COUNT_QUESTION  # noqa: E402
+from vlm_core.prompts import count_answer  # noqa: E402
+from vlm_core.runtime import plural  # noqa: E402
+from world.api_eval import FIELDS, description_fields, field_right, scored_items  # noqa: E402
+from world.report import headline  # noqa: E402
+
+
+def pick_scene(truth: dict, items: list[dict]) -> tuple[dict, dict] | None:
+    """The first test image with an object that a grounding phrase picks out alone, and that object."""
+    for record in truth["images"]:
+        for item in items:
+            if item["image"] == record["image"] and item["phrase"]:
+                return record, item
+    return None
+
+
+def mark(right: bool | None) -> str:
+    return "–" if right is None else "right" if right else "wrong"
+
+
+def ask_scene(vlm, image: Path, record: dict, item: dict) -> list[tuple[str, str, str, bool | None]]:
+    """(call, answer, truth, right) of each call of the guide's API on the scene."""
+    rows = []
+    said = vlm.answer_question(str(image), COUNT_QUESTION, max_new_tokens=16).strip()
+    truth = count_answer(len(record["objects"]))
+    rows.append((f'answer_question("{COUNT_QUESTION}")', said, truth, said == truth))
+    bbox = [round(v) for v in item["bbox"]]
+    described = vlm.describe_object(str(image), bbox=item["bbox"], label=item["label"], max_new_tokens=64).strip()
+    fields = description_fields(described, item["label"])
+    checks = [(f, field_right(f, fields, item["truth"], item["label"])) for f in FIELDS]
+    judged = [(f, r) for f, r in checks if r is not None]
+    summary = ", ".join(f"{f} {mark(r)}" for f, r in judged)
+    truth_text = next(o["description"] for o in record["objects"] if o["id"] == item["id"])
+    rows.append((f'describe_object(image, bbox={bbox}, label="{item["label"]}")', described,
+                 f"{truth_text} [{summary}]", all(r for _, r in judged)))
+    label = vlm.label_object(str(image), item["bbox"], max_new_tokens=8).strip()
+    rows.append((f"label_object(image, bbox={bbox})", label, item["label"],
+                 label.lower().strip(" .") == item["label"]))
+    box = vlm.locate(str(image), item["phrase"], max_new_tokens=32)
+    overlap = iou(box, item["bbox"]) if box is not None else 0.0
+    rows.append((f'locate(image, "{item["phrase"]}")', "not a box" if box is None else
+                 f"[{', '.join(f'{v:.0f}' for v in box)}]",
+                 f"[{', '.join(f'{v:.0f}' for v in item['bbox'])}] (IoU {overlap:.2f})", overlap >= 0.5))
+    return rows
+
+
+def per_type_table(model: dict, majority: dict) -> list[str]:
+    lines = ["| question type | n | metric | model | majority of the training split |", "|---|---|---|---|---|"]
+    for qtype, scores in model.get("per_type", {}).items():
+        metric = headline(qtype)
+        theirs = majority.get("per_type", {}).get(qtype, {}).get(metric)
+        mine = scores.get(metric)
+        lines.append(f"| {qtype} | {scores.get('n', '–')} | {metric} | "
+                     f"{'–' if mine is None else f'{mine:.3f}'} | {'–' if theirs is None else f'{theirs:.3f}'} |")
+    return lines
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model_path", required=True, help="the fine-tuned model (a LoRA adapter or a whole model)")
+    p.add_argument("--base_model", default=None, help="the model the adapter was trained on (with a LoRA adapter)")
+    p.add_argument("--truth", required=True, help="the test split's ground truth (world/make_truth.py --only)")
+    p.add_argument("--images_dir", required=True, help="folder of the test images")
+    p.add_argument("--model_metrics", required=True, help="evaluate.py's output for the model's test answers")
+    p.add_argument("--majority_metrics", required=True,
+                   help="evaluate.py's output for the majority answers (world/report.py baselines)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        truth = read_json(Path(args.truth))
+        model_metrics, majority_metrics = read_json(Path(args.model_metrics)), read_json(Path(args.majority_metrics))
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    items = scored_items(Path(args.truth), max_objects=10 ** 9, seed=0)
+    picked = pick_scene(truth, items)
+    if picked is None:
+        print("error: no test image has an object that a grounding phrase picks out alone", file=sys.stderr)
+        return 2
+    record, item = picked
+    from vlm_inference.vlm_inference import VLMInference
+
+    vlm = VLMInference(model_path=args.model_path, base_model=args.base_model, device="cpu")
+    image = Path(args.images_dir) / record["image"]
+    print(f"held-out scene {record['image']} (test split, never trained on): {plural(len(record['objects']), 'object')} on the "
+          f"{record.get('surface') or 'ground'}; asked about its {item['label']} at {[round(v) for v in item['bbox']]}")
+    rows = ask_scene(vlm, image, record, item)
+    for call, answer, truth_text, right in rows:
+        print(f"\nvlm.{call}\n  -> {answer}\n  truth: {truth_text}  ({mark(right)})")
+    print(f"\n{sum(bool(r[3]) for r in rows)} of {len(rows)} answers right on this scene. The test split, every "
+          "question against the ground truth:\n")
+    print("\n".join(per_type_table(model_metrics, majority_metrics)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
