@@ -69,8 +69,8 @@ VISION_STEPS=${WORLD_VISION_STEPS:-3000}
 # and size of an object outlined by a visual box prompt, and the surface (world/pretrain_vision.py --box_aware 1);
 # WORLD_TOWER_BOX_AWARE=0: the class map and count only, the tower of before.
 TOWER_BOX_AWARE=${WORLD_TOWER_BOX_AWARE:-1}
-# The VLM starts from the committed pretrained tower (world/models/tower: 9000 steps on 20000 scenes of the training
-# pool, half an hour on one core, world/README.md has the command), as a real LLaVA starts from a pretrained CLIP that
+# The VLM starts from the committed pretrained tower (world/models/tower: 3000 steps on 10000 scenes of the training
+# pool, 9 minutes on one core; its COMMAND beside it), as a real LLaVA starts from a pretrained CLIP that
 # nobody retrains; WORLD_TOWER_FROM= (empty) pretrains one in the run instead, on WORLD_TOWER_SCENES scenes for
 # WORLD_VISION_MIN minutes (2 in the 20-minute run: a weaker tower, see docs/world.md).
 TOWER_FROM=${WORLD_TOWER_FROM-world/models/tower}
