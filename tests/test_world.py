@@ -126,6 +126,15 @@ def test_reduced_world_run_learns(reduced_world_run):
     """The toolkit's stages on 800 held-out scenes: detections, descriptions and the VLM's answers,
     scored against the ground truth, beat their baselines by a clear margin.
 
+    Measured on 2026-12-04 (the committed world/models, the VLM from the committed tower, 400 steps of 16 on the six
+    question types), seed 0 / seed 1 (``WORLD_TEST_SEED=1``), model against majority: count 0.500 / 0.516 against
+    0.172 / 0.156; location 0.268 / 0.185 against 0.000 / 0.037; surface 1.000 / 1.000 against 0.250 / 0.296;
+    describe_object naming the given label 1.000 / 0.641 against 0.193 / 0.247, the surface 1.000 / 0.641 against
+    0.278 / 0.303, the cell 0.182 / 0.202 against 0.219 / 0.222 (not learnt); region_label 0.364 / 0.258 against
+    0.193 / 0.247 (not asserted: seed 1 is at its majority); locate Acc@0.5 0.083 / 0.054 against 0.011 / 0.032 for
+    the mean training box, mean IoU 0.163 / 0.152 against 0.086 / 0.093, answers not a box 0.116 / 0.043.
+
+    Before (session 7):
     Measured (seed 0, the world/models of an earlier make world run): YOLO mAP50 0.804, RT-DETR 0.707, the
     two fused at the setting --sweep recommends 0.829, against 0.000 for YOLO's boxes moved to another
     image; descriptions naming the true surface 1.000. The VLM (its vision tower pretrained box-aware for 800
@@ -156,6 +165,14 @@ def test_reduced_world_run_learns(reduced_world_run):
     assert all(described[f]["n"] >= 150 and None not in (described[f]["majority"], described[f]["untrained"])
                for f in ("label", "surface", "position", "size")), described
     assert vlm["grounding"]["n"] >= 150 and vlm["region_label"]["n"] >= 150, vlm
+    # the region types taught (issue 24): describe_object names the label it is given and the surface, and locate
+    # answers boxes nearer the truth than the mean training box, with margins that held for seeds 0 and 1
+    for field, margin in (("label", 0.3), ("surface", 0.25)):
+        row = described[field]
+        assert row["model"] >= row["majority"] + margin and row["model"] >= row["untrained"] + margin, (field, row)
+    grounding = vlm["grounding"]
+    assert grounding["mean_iou"]["model"] >= grounding["mean_iou"]["majority"] + 0.04, grounding
+    assert grounding["unparsed"]["model"] <= 0.15, grounding
     assert results["seconds"] > 0 and set(results["stages"]) >= {"world", "annotate", "vlm_train", "vlm_predict",
                                                                  "vlm_api"}
 
