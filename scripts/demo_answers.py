@@ -56,8 +56,10 @@ def ask_scene(vlm, image: Path, record: dict, item: dict) -> list[tuple[str, str
     judged = [(f, r) for f, r in checks if r is not None]
     summary = ", ".join(f"{f} {mark(r)}" for f, r in judged)
     truth_text = next(o["description"] for o in record["objects"] if o["id"] == item["id"])
+    # Right when every field the truth states is; the line names each field, so a half-right description shows.
     rows.append((f'describe_object(image, bbox={bbox}, label="{item["label"]}")', described,
-                 f"{truth_text} [{summary}]", all(r for _, r in judged)))
+                 f"{truth_text}\n  fields: {summary} ({sum(r for _, r in judged)} of {len(judged)})",
+                 all(r for _, r in judged)))
     label = vlm.label_object(str(image), item["bbox"], max_new_tokens=8).strip()
     rows.append((f"label_object(image, bbox={bbox})", label, item["label"],
                  label.lower().strip(" .") == item["label"]))

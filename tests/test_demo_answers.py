@@ -62,6 +62,7 @@ def test_the_committed_world_vlm_answers_a_held_out_scene_through_the_api(world_
                  "vlm.label_object(image, bbox=[", 'vlm.locate(image, "the '):
         assert call in out
     assert out.count("\n  truth: ") == 4 and "answers right on this scene" in out
+    assert "  fields: label right, surface right" in out  # each field of the description checked on its own
     assert "| count | 6 | count_exact | 0.500 | 0.500 |" in out
     # the world VLM names the label it is given and the surface the scene lies on
     described = out.split("vlm.describe_object(")[1].split("\n")[1]
