@@ -204,8 +204,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=32, help="images per step (default 32)")
     p.add_argument("--learning_rate", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
     p.add_argument("--schedule", choices=("constant", "cosine"), default="constant",
-                   help="learning rate schedule: constant (default) or cosine to 2%% over --max_steps after a 2%% warm-up "
-                   "(the long pretraining of the committed tower, world/models/tower)")
+                   help="learning rate schedule: constant (default; the committed world/models/tower) or cosine down to "
+                   "2%% of the rate over --max_steps after a warm-up of 2%% of them")
     p.add_argument("--tower_out", default=None,
                    help="also write the tower alone (a CLIPVisionModel with pretrain_info.json) to this folder: what "
                    "world/models/tower holds and world/make_llava.py --vision_tower_from reads")
