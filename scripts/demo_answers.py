@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    items = scored_items(Path(args.truth), max_objects=10 ** 9, seed=0)
+    items = scored_items(truth, max_objects=None, seed=0)
     picked = pick_scene(truth, items)
     if picked is None:
         print("error: no test image has an object that a grounding phrase picks out alone", file=sys.stderr)

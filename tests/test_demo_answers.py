@@ -32,7 +32,8 @@ def world_truth(tmp_path_factory):
 def test_the_scene_is_the_first_with_an_object_a_phrase_picks_out_alone(world_truth):
     root, truth_file = world_truth
     truth = json.loads(truth_file.read_text())
-    items = scored_items(truth_file, 10 ** 9, 0)
+    items = scored_items(truth, None, 0)
+    assert items == scored_items(truth_file, None, 0)  # the file, or its contents already read
     record, item = pick_scene(truth, items)
     first = next(r for r in truth["images"] if any(it["image"] == r["image"] and it["phrase"] for it in items))
     assert record is first and item["image"] == record["image"] and item["phrase"].startswith(f"the {item['label']} ")

@@ -80,12 +80,12 @@ def field_right(field: str, said: dict, truth: dict, label: str) -> bool | None:
 
 
 # --------------------------------------------------------------------------- the test items
-def scored_items(truth_file: Path, max_objects: int, seed: int) -> list[dict]:
-    """Every object of the truth file (a seeded sample of ``max_objects`` when there are more), each with
-    its image, box, label, true description fields and, where "the <label> <place>" picks it out alone,
-    the grounding phrase."""
+def scored_items(truth: Path | dict, max_objects: int | None, seed: int) -> list[dict]:
+    """Every object of the truth file (or of its contents, already read), a seeded sample of ``max_objects``
+    when there are more (None: all), each with its image, box, label, true description fields and, where
+    "the <label> <place>" picks it out alone, the grounding phrase."""
     items = []
-    for rec in read_json(truth_file)["images"]:
+    for rec in (truth if isinstance(truth, dict) else read_json(truth))["images"]:
         w, h = rec["width"], rec["height"]
         cells = Counter((o["label"], position_word(o["bbox"], w, h)) for o in rec["objects"])
         for obj in rec["objects"]:
@@ -93,7 +93,7 @@ def scored_items(truth_file: Path, max_objects: int, seed: int) -> list[dict]:
             items.append({"image": rec["image"], "width": w, "height": h, "id": obj["id"], "label": obj["label"],
                           "bbox": obj["bbox"], "truth": description_fields(obj.get("description", ""), obj["label"]),
                           "phrase": f"the {obj['label']} {position_phrase(obj['bbox'], w, h)}" if unique else None})
-    if len(items) > max_objects:
+    if max_objects is not None and len(items) > max_objects:
         keep = set(random.Random(seed).sample(range(len(items)), max_objects))
         items = [it for k, it in enumerate(items) if k in keep]
     return items

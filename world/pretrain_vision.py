@@ -192,6 +192,17 @@ def load_pool(coco: dict, image_dir: Path, image_processor, grid: int, boxed_vie
     return pool
 
 
+def write_folder(out: Path, write, info: dict) -> None:
+    """``write(tmp)`` a model into a temporary folder beside ``out``, add ``pretrain_info.json``, then rename it onto
+    ``out``: a killed run leaves no half model there."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write(tmp)
+    write_json_atomic(tmp / "pretrain_info.json", info)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--coco", required=True, help="COCO json of the images to pretrain on: the world's train.json "
@@ -323,11 +334,6 @@ def main(argv=None) -> int:
                 scores["object_patch_accuracy"] = (round(float((logits.argmax(-1)[objects] == target[objects])
                                                                .float().mean()), 4) if objects.any() else None)
 
-    # Written whole to a temporary folder, then renamed: a killed run leaves no half model at --out.
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(base, tmp)
-    model.save_pretrained(tmp)
     seconds = time.perf_counter() - start
     info = {"script": "world/pretrain_vision.py", "argv": list(sys.argv[1:] if argv is None else argv),
             "seed": args.seed,
@@ -335,17 +341,14 @@ def main(argv=None) -> int:
             "box_aware": args.box_aware, "boxed_views": args.boxed_views, "steps": step,
             "batch_size": args.batch_size, "learning_rate": args.learning_rate, "schedule": args.schedule,
             "seconds": round(seconds, 1), "loss_curve": curve, **scores}
-    write_json_atomic(tmp / "pretrain_info.json", info)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    if args.tower_out:  # the tower alone, in the same write-then-rename way
-        tower_out = Path(args.tower_out)
-        tmp = tower_out.with_name(tower_out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tower.save_pretrained(tmp)
-        write_json_atomic(tmp / "pretrain_info.json", info)
-        shutil.rmtree(tower_out, ignore_errors=True)
-        os.replace(tmp, tower_out)
+
+    def whole_llava(tmp: Path) -> None:  # the base's files (its processor) with the pretrained weights
+        shutil.copytree(base, tmp)
+        model.save_pretrained(tmp)
+
+    write_folder(out, whole_llava, info)
+    if args.tower_out:
+        write_folder(Path(args.tower_out), tower.save_pretrained, info)
     accuracy = (f"; held-out patch accuracy {scores['patch_accuracy']:.3f}, count {scores['count_accuracy']:.3f}"
                 if scores else "")
     print(f"pretrained the vision tower for {step} steps on {n_images - n_val} scenes in {seconds:.1f}s (last loss "
