@@ -110,13 +110,35 @@ def load_tower_weights(model, tower_dir: Path) -> dict:
     return {k: v for k, v in info.items() if k != "loss_curve"}
 
 
+def load_language_model(lm_dir: Path):
+    """The pretrained language model of ``lm_dir`` (``pretrain_lm.py --lm_out``: a LlamaForCausalLM with its
+    tokenizer, or a whole world LLaVA): (its config, its tokenizer, a function copying it into a LLaVA)."""
+    from transformers import AutoTokenizer, LlamaForCausalLM, LlavaForConditionalGeneration
+
+    config = json.loads((lm_dir / "config.json").read_text(encoding="utf-8"))
+    if config.get("model_type") == "llava":
+        source = LlavaForConditionalGeneration.from_pretrained(lm_dir)
+        decoder, head, text_config = source.model.language_model, source.lm_head, source.config.text_config
+    else:
+        source = LlamaForCausalLM.from_pretrained(lm_dir)
+        decoder, head, text_config = source.model, source.lm_head, source.config
+    tokenizer = AutoTokenizer.from_pretrained(lm_dir)
+
+    def copy_into(model) -> None:
+        model.model.language_model.load_state_dict(decoder.state_dict())
+        model.lm_head.load_state_dict(head.state_dict())
+
+    return text_config, tokenizer, copy_into
+
+
 def build_llava(out: Path, coco: dict, seed: int = 0, vocab_size: int = 512, feature_strategy: str = "default",
-                vision_tower_from: Path | None = None, **sizes) -> Path:
+                vision_tower_from: Path | None = None, language_model_from: Path | None = None, **sizes) -> Path:
     """Write the model and processor to ``out``; ``sizes`` overrides entries of :data:`SIZES`.
 
     ``feature_strategy`` is LLaVA's ``vision_feature_select_strategy``: "default" drops the tower's CLS
     token (LLaVA-1.5), "full" keeps it as one more image token. ``vision_tower_from``: a pretrained tower
-    to start from (the language model and projector stay random)."""
+    to start from; ``language_model_from``: a pretrained language model with its tokenizer (the world's
+    BPE is then that one, not built again; the text sizes must match). What is not given stays random."""
     import torch
     from transformers import (
         CLIPImageProcessor,
@@ -132,7 +154,8 @@ def build_llava(out: Path, coco: dict, seed: int = 0, vocab_size: int = 512, fea
         raise ValueError(f"unknown sizes: {sorted(unknown)}")
     z = SIZES | sizes
     image_size, patch = z["image_size"], z["patch"]
-    tokenizer = build_tokenizer(world_corpus(coco), vocab_size)
+    language_model = load_language_model(Path(language_model_from)) if language_model_from else None
+    tokenizer = language_model[1] if language_model else build_tokenizer(world_corpus(coco), vocab_size)
     torch.manual_seed(seed)
     vw, tw = z["vision_width"], z["text_width"]
     vision = CLIPVisionConfig(hidden_size=vw, intermediate_size=4 * vw, projection_dim=vw,
@@ -150,6 +173,17 @@ def build_llava(out: Path, coco: dict, seed: int = 0, vocab_size: int = 512, fea
                          vision_feature_layer=-1)
     model = LlavaForConditionalGeneration(config).eval()
     tower_info = load_tower_weights(model, Path(vision_tower_from)) if vision_tower_from else None
+    lm_info = None
+    if language_model:
+        keys = ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads")
+        have = {k: getattr(language_model[0], k) for k in keys}
+        want = {k: getattr(model.config.text_config, k) for k in keys}
+        if have != want:
+            raise ValueError(f"the language model in {language_model_from} is {have}, the model asks for {want}")
+        language_model[2](model)
+        info_file = Path(language_model_from) / "pretrain_info.json"
+        info = json.loads(info_file.read_text(encoding="utf-8")) if info_file.is_file() else {}
+        lm_info = {k: v for k, v in info.items() if k != "loss_curve"}
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
@@ -165,7 +199,9 @@ def build_llava(out: Path, coco: dict, seed: int = 0, vocab_size: int = 512, fea
                                                 "parameters": n_params, "vocab_size": len(tokenizer), "sizes": z,
                                                 "feature_strategy": feature_strategy,
                                                 "vision_tower_from": str(vision_tower_from) if vision_tower_from
-                                                else None, "vision_tower_pretraining": tower_info})
+                                                else None, "vision_tower_pretraining": tower_info,
+                                                "language_model_from": str(language_model_from) if language_model_from
+                                                else None, "language_model_pretraining": lm_info})
     return out
 
 
@@ -180,6 +216,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vision_tower_from", default=None,
                    help="start from this pretrained vision tower (world/models/tower, or pretrain_vision.py's --out or "
                    "--tower_out) instead of random weights; its sizes must be the model's (default: random)")
+    p.add_argument("--language_model_from", default=None,
+                   help="start from this pretrained language model and its tokenizer (world/models/lm, or "
+                   "pretrain_lm.py's --out or --lm_out) instead of random weights and a BPE built here; its sizes "
+                   "must be the model's (default: random)")
     for name, default in SIZES.items():
         p.add_argument(f"--{name}", type=int, default=default, help=f"{SIZE_HELP[name]} (default {default})")
     args = p.parse_args(argv)
@@ -203,14 +243,20 @@ def main(argv=None) -> int:
         print(f"error: --vision_tower_from {args.vision_tower_from}: no config.json there (a tower written by "
               "world/pretrain_vision.py --tower_out, e.g. world/models/tower)", file=sys.stderr)
         return 2
+    if args.language_model_from and not (Path(args.language_model_from) / "config.json").is_file():
+        print(f"error: --language_model_from {args.language_model_from}: no config.json there (a language model "
+              "written by world/pretrain_lm.py --lm_out, e.g. world/models/lm)", file=sys.stderr)
+        return 2
     try:
         out = build_llava(Path(args.out), coco, args.seed, args.vocab_size, args.feature_strategy,
-                          args.vision_tower_from, **{k: getattr(args, k) for k in SIZES})
+                          args.vision_tower_from, args.language_model_from, **{k: getattr(args, k) for k in SIZES})
     except ValueError as e:
-        print(f"error: --vision_tower_from: {e}", file=sys.stderr)
+        flag = "--language_model_from" if "language model" in str(e) else "--vision_tower_from"
+        print(f"error: {flag}: {e}", file=sys.stderr)
         return 2
     info = json.loads((out / "build_info.json").read_text(encoding="utf-8"))
     tower = f", the vision tower of {args.vision_tower_from}" if args.vision_tower_from else ""
+    tower += f", the language model of {args.language_model_from}" if args.language_model_from else ""
     print(f"built the world LLaVA ({info['parameters']:,} parameters, {info['vocab_size']}-token BPE{tower}) in "
           f"{time.perf_counter() - start:.1f}s -> {out}", flush=True)
     return 0

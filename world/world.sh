@@ -13,6 +13,8 @@
 #   WORLD_VLM_TOWER frozen (default: the pretrained vision tower stays as it is) or train (--train_vision_tower)
 #   WORLD_TOWER_FROM=DIR the pretrained vision tower the VLM starts from (default world/models/tower, committed);
 #                  empty: pretrain one in the run (world/pretrain_vision.py, WORLD_VISION_MIN minutes)
+#   WORLD_LM_FROM=DIR the pretrained language model (and its tokenizer) the VLM starts from (default world/models/lm,
+#                  committed: world/pretrain_lm.py on the training pool's text); empty: a random one
 #   WORLD_README=1 also write the table between the world-results markers of README.md
 #   WORLD_MODELS_FROM=DIR take yolo/, rtdetr/ and blip/ from DIR (WORLD_MODELS_FROM=world/models: the committed ones)
 #   WORLD_SAVE_MODELS=DIR copy the trained models to DIR at the end (world/README.md: reproducing world/models)
@@ -74,6 +76,12 @@ TOWER_BOX_AWARE=${WORLD_TOWER_BOX_AWARE:-1}
 # nobody retrains; WORLD_TOWER_FROM= (empty) pretrains one in the run instead, on WORLD_TOWER_SCENES scenes for
 # WORLD_VISION_MIN minutes (2 in the 20-minute run: a weaker tower, see docs/world.md).
 TOWER_FROM=${WORLD_TOWER_FROM-world/models/tower}
+# Its language model starts from the committed one (world/models/lm: world/pretrain_lm.py on the text of the training
+# pool's ground-truth Q&A, no image), as a real LLaVA starts from Vicuna, which reads a box's numbers before it sees
+# an image; WORLD_LM_FROM= (empty) starts from random weights and a tokenizer built in the run.
+LM_FROM=${WORLD_LM_FROM-world/models/lm}
+LM_FLAG=()
+if [ -n "$LM_FROM" ]; then LM_FLAG=(--language_model_from "$LM_FROM"); fi
 TOWER_SCENES=${WORLD_TOWER_SCENES:-$(( MINUTES >= 20 ? (TRAIN_SCENES > 3000 ? TRAIN_SCENES : 3000) : TRAIN_SCENES ))}
 VLM_BATCH=${WORLD_VLM_BATCH:-16}
 VLM_LR=${WORLD_VLM_LR:-1e-3}
@@ -157,12 +165,13 @@ train_yolo() {
 # it learnt the ground's colour but not the objects, and answered every count question with one number.
 build_vlm() {
     if [ -n "$TOWER_FROM" ]; then
-        $PY world/make_llava.py --world "$W" --out "$M/llava" --seed "$SEED" --vision_tower_from "$TOWER_FROM"
+        $PY world/make_llava.py --world "$W" --out "$M/llava" --seed "$SEED" --vision_tower_from "$TOWER_FROM" \
+            "${LM_FLAG[@]}"
         return
     fi
     $PY world/make_world.py --out "$W/tower" --train_images "$TOWER_SCENES" --heldout_images 0 --seed "$SEED" \
         --workers 1
-    $PY world/make_llava.py --world "$W" --out "$M/llava_random" --seed "$SEED"
+    $PY world/make_llava.py --world "$W" --out "$M/llava_random" --seed "$SEED" "${LM_FLAG[@]}"
     $PY world/pretrain_vision.py --coco "$W/tower/train.json" --image_dir "$W/tower/train_images" \
         --base_model "$M/llava_random" --out "$M/llava" --minutes "$VISION_MIN" --max_steps "$VISION_STEPS" \
         --seed "$SEED" --box_aware "$TOWER_BOX_AWARE"
