@@ -48,8 +48,7 @@ if __package__ in (None, ""):  # run as a file: its folder is not an installed p
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vlm_training.conversion import ImageBoxes, render_pair  # noqa: E402
-from world.pretrain_vision import write_folder  # noqa: E402
-from world.training import train_for, warmup_cosine  # noqa: E402
+from world.training import train_for, warmup_cosine, write_folder  # noqa: E402
 from world.truth import truth_annotations  # noqa: E402
 
 # The describer's position phrase and size word in a region description (vlm_annotation/spatial.py).

@@ -71,8 +71,7 @@ if __package__ in (None, ""):  # run as a file: its folder is not an installed p
 
 from vlm_annotation.spatial import position_word, size_word  # noqa: E402
 from vlm_core.boxes import pixel_to_square  # noqa: E402
-from vlm_core.io_utils import write_json_atomic  # noqa: E402
-from world.training import train_for, warmup_cosine  # noqa: E402
+from world.training import train_for, warmup_cosine, write_folder  # noqa: E402
 
 MAX_COUNT = 8  # the count head's last class is "8 or more"
 # The describer's words for where an object is and how big (vlm_annotation/spatial.py), as class indices.
@@ -190,17 +189,6 @@ def load_pool(coco: dict, image_dir: Path, image_processor, grid: int, boxed_vie
     pool["pixels"] = torch.stack(rows["pixels"])
     pool["n_surfaces"] = len(surfaces)
     return pool
-
-
-def write_folder(out: Path, write, info: dict) -> None:
-    """``write(tmp)`` a model into a temporary folder beside ``out``, add ``pretrain_info.json``, then rename it onto
-    ``out``: a killed run leaves no half model there."""
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp)
-    write_json_atomic(tmp / "pretrain_info.json", info)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -1,9 +1,10 @@
 """The training loop every world trainer shares: capped by steps and by wall-clock time.
 
-``world/train_rtdetr.py``, ``world/train_blip.py`` and ``world/pretrain_vision.py`` each keep their own
-data, model and loss, and hand them to :func:`train_for`, which runs the steps (forward, backward,
-optional gradient clipping, optimizer step), sets the learning rate from a schedule, stops at the step
-cap or when the time is spent, and returns the loss history. ``world/train_yolo.py`` trains through
+``world/train_rtdetr.py``, ``world/train_blip.py``, ``world/pretrain_vision.py`` and ``world/pretrain_lm.py``
+each keep their own data, model and loss, and hand them to :func:`train_for`, which runs the steps (forward,
+backward, optional gradient clipping, optimizer step), sets the learning rate from a schedule, stops at the
+step cap or when the time is spent, and returns the loss history; the two pretrainings write their models
+with :func:`write_folder` (a temporary folder renamed into place). ``world/train_yolo.py`` trains through
 Ultralytics' own loop and shares :func:`steps_that_fit`, the re-plan to what fits in the time.
 
 A world model is trained for minutes on a CPU, so the time, not the step count, usually ends a run.
@@ -15,11 +16,16 @@ out of reach the cap alone ends a run, and a seeded run is then the same on any 
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+
+from vlm_core.io_utils import write_json_atomic
 
 _END = object()  # what next() returns when the batches run out (a batch may be anything, None too)
 
@@ -126,3 +132,14 @@ def train_for(model, loss_fn: Callable, batches: Iterable, optimizer, *, minutes
     model.eval()
     return TrainResult(steps=step, seconds=time.perf_counter() - start, planned=planned, last_loss=last_loss,
                        history=history)
+
+
+def write_folder(out: Path, write, info: dict) -> None:
+    """``write(tmp)`` a model into a temporary folder beside ``out``, add ``pretrain_info.json``, then rename it onto
+    ``out``: a killed run leaves no half model there."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write(tmp)
+    write_json_atomic(tmp / "pretrain_info.json", info)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
