@@ -79,7 +79,7 @@ $PY vlm_inference/evaluate.py --predictions "$OUT/baselines/majority.jsonl" --ou
 $PY vlm_inference/visualize_predictions.py --predictions "$OUT/predictions.jsonl" --image_dir "$IMAGES" \
     --output_dir "$OUT/prediction_review"
 
-step "8. the guide's API on a held-out scene, next to the truth"
+step "8. the guide's API on the first three held-out scenes, next to the truth"
 $PY scripts/demo_answers.py --model_path "$OUT/vlm_model" --base_model "$W/vlm" --truth "$OUT/test_truth.json" \
     --images_dir "$IMAGES" --model_metrics "$OUT/metrics.json" --majority_metrics "$OUT/majority.json"
 

@@ -5,8 +5,9 @@ next to the truth, then the test split's per-type table against the majority ans
         --truth demo_output/test_truth.json --images_dir demo_output/world/heldout_images \\
         --model_metrics demo_output/metrics.json --majority_metrics demo_output/majority.json
 
-The scene is the first image of the test split (never trained on) that has an object "the <label> <where>"
-picks out alone, so that every call has one right answer: ``answer_question("How many objects are there?")``,
+The scenes are the first ``--scenes`` images of the test split (never trained on, taken in the file's order, not
+chosen by the answers) that have an object "the <label> <where>" picks out alone, so that every call has one right
+answer: ``answer_question("How many objects are there?")``,
 ``describe_object(image, bbox=..., label=...)`` (its fields read back and checked one by one),
 ``label_object(image, bbox)`` ("what is in this box?") and ``locate(image, "the can at the top of the image")``
 (right when its IoU with the true box is 0.5 or more). The truth is the world's own ground truth
@@ -30,13 +31,17 @@ from world.api_eval import FIELDS, description_fields, field_right, scored_items
 from world.report import headline  # noqa: E402
 
 
-def pick_scene(truth: dict, items: list[dict]) -> tuple[dict, dict] | None:
-    """The first test image with an object that a grounding phrase picks out alone, and that object."""
+def pick_scenes(truth: dict, items: list[dict], n: int = 1) -> list[tuple[dict, dict]]:
+    """The first ``n`` test images, in the file's order, with an object that a grounding phrase picks out alone,
+    each with that object (the first such object of the image)."""
+    picked = []
     for record in truth["images"]:
-        for item in items:
-            if item["image"] == record["image"] and item["phrase"]:
-                return record, item
-    return None
+        item = next((it for it in items if it["image"] == record["image"] and it["phrase"]), None)
+        if item is not None:
+            picked.append((record, item))
+            if len(picked) == n:
+                break
+    return picked
 
 
 def mark(right: bool | None) -> str:
@@ -91,7 +96,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model_metrics", required=True, help="evaluate.py's output for the model's test answers")
     p.add_argument("--majority_metrics", required=True,
                    help="evaluate.py's output for the majority answers (world/report.py baselines)")
-    return p.parse_args(argv)
+    p.add_argument("--scenes", type=int, default=3, help="held-out scenes to ask about, the first of the test split "
+                   "(default 3)")
+    args = p.parse_args(argv)
+    if args.scenes < 1:
+        p.error("--scenes must be >= 1")
+    return args
 
 
 def main(argv=None) -> int:
@@ -103,22 +113,26 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     items = scored_items(truth, max_objects=None, seed=0)
-    picked = pick_scene(truth, items)
-    if picked is None:
+    picked = pick_scenes(truth, items, args.scenes)
+    if not picked:
         print("error: no test image has an object that a grounding phrase picks out alone", file=sys.stderr)
         return 2
-    record, item = picked
     from vlm_inference.vlm_inference import VLMInference
 
     vlm = VLMInference(model_path=args.model_path, base_model=args.base_model, device="cpu")
-    image = Path(args.images_dir) / record["image"]
-    print(f"held-out scene {record['image']} (test split, never trained on): {plural(len(record['objects']), 'object')} on the "
-          f"{record.get('surface') or 'ground'}; asked about its {item['label']} at {[round(v) for v in item['bbox']]}")
-    rows = ask_scene(vlm, image, record, item)
-    for call, answer, truth_text, right in rows:
-        print(f"\nvlm.{call}\n  -> {answer}\n  truth: {truth_text}  ({mark(right)})")
-    print(f"\n{sum(bool(r[3]) for r in rows)} of {len(rows)} answers right on this scene. The test split, every "
-          "question against the ground truth:\n")
+    right = asked = 0
+    for record, item in picked:
+        image = Path(args.images_dir) / record["image"]
+        print(f"held-out scene {record['image']} (test split, never trained on): "
+              f"{plural(len(record['objects']), 'object')} on the {record.get('surface') or 'ground'}; asked about its "
+              f"{item['label']} at {[round(v) for v in item['bbox']]}")
+        rows = ask_scene(vlm, image, record, item)
+        for call, answer, truth_text, ok in rows:
+            print(f"\nvlm.{call}\n  -> {answer}\n  truth: {truth_text}  ({mark(ok)})")
+        print(f"\n{sum(bool(r[3]) for r in rows)} of {len(rows)} answers right on this scene.\n")
+        right, asked = right + sum(bool(r[3]) for r in rows), asked + len(rows)
+    print(f"{right} of {asked} answers right on {plural(len(picked), 'held-out scene')}. The test split, every question "
+          "against the ground truth:\n")
     print("\n".join(per_type_table(model_metrics, majority_metrics)))
     return 0
 

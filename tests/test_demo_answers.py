@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from demo_answers import main, per_type_table, pick_scene  # noqa: E402
+from demo_answers import main, per_type_table, pick_scenes  # noqa: E402
 
 from world.api_eval import scored_items  # noqa: E402
 from world.make_world import write_world  # noqa: E402
@@ -34,10 +34,16 @@ def test_the_scene_is_the_first_with_an_object_a_phrase_picks_out_alone(world_tr
     truth = json.loads(truth_file.read_text())
     items = scored_items(truth, None, 0)
     assert items == scored_items(truth_file, None, 0)  # the file, or its contents already read
-    record, item = pick_scene(truth, items)
-    first = next(r for r in truth["images"] if any(it["image"] == r["image"] and it["phrase"] for it in items))
-    assert record is first and item["image"] == record["image"] and item["phrase"].startswith(f"the {item['label']} ")
-    assert pick_scene({"images": [{"image": "x.jpg", "objects": []}]}, items) is None
+    (record, item), = pick_scenes(truth, items)
+    with_phrase = [r for r in truth["images"] if any(it["image"] == r["image"] and it["phrase"] for it in items)]
+    assert len(with_phrase) >= 3
+    assert record is with_phrase[0] and item["image"] == record["image"]
+    assert item["phrase"].startswith(f"the {item['label']} ")
+    three = pick_scenes(truth, items, 3)
+    assert [r for r, _ in three] == with_phrase[:3]  # the first three, in the file's order
+    assert all(it["image"] == r["image"] and it["phrase"] for r, it in three)
+    assert pick_scenes(truth, items, 100) == pick_scenes(truth, items, len(with_phrase))
+    assert pick_scenes({"images": [{"image": "x.jpg", "objects": []}]}, items, 3) == []
 
 
 def test_per_type_table_puts_each_type_beside_its_majority():
@@ -57,12 +63,13 @@ def test_the_committed_world_vlm_answers_a_held_out_scene_through_the_api(world_
     metrics.write_text(json.dumps({"per_type": {"count": {"n": 6, "count_exact": 0.5}}}))
     assert main(["--model_path", str(VLM), "--truth", str(truth_file), "--images_dir",
                  str(root / "world" / "heldout_images"), "--model_metrics", str(metrics),
-                 "--majority_metrics", str(metrics)]) == 0
+                 "--majority_metrics", str(metrics), "--scenes", "1"]) == 0
     out = capsys.readouterr().out
     for call in ('vlm.answer_question("How many objects are there?")', "vlm.describe_object(image, bbox=[",
                  "vlm.label_object(image, bbox=[", 'vlm.locate(image, "the '):
         assert call in out
     assert out.count("\n  truth: ") == 4 and "answers right on this scene" in out
+    assert "answers right on 1 held-out scene. The test split" in out
     assert "  fields: label right, surface right" in out  # each field of the description checked on its own
     assert "| count | 6 | count_exact | 0.500 | 0.500 |" in out
     # the world VLM names the label it is given and the surface the scene lies on

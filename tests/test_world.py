@@ -127,13 +127,18 @@ def test_reduced_world_run_learns(reduced_world_run):
     """The toolkit's stages on 800 held-out scenes: detections, descriptions and the VLM's answers,
     scored against the ground truth, beat their baselines by a clear margin.
 
-    Measured on 2026-12-04 (the committed world/models, the VLM from the committed tower, 400 steps of 16 on the six
-    question types), seed 0 / seed 1 (``WORLD_TEST_SEED=1``), model against majority: count 0.500 / 0.516 against
-    0.172 / 0.156; location 0.268 / 0.185 against 0.000 / 0.037; surface 1.000 / 1.000 against 0.250 / 0.296;
-    describe_object naming the given label 1.000 / 0.641 against 0.193 / 0.247, the surface 1.000 / 0.641 against
-    0.278 / 0.303, the cell 0.182 / 0.202 against 0.219 / 0.222 (not learnt); region_label 0.364 / 0.258 against
-    0.193 / 0.247 (not asserted: seed 1 is at its majority); locate Acc@0.5 0.083 / 0.054 against 0.011 / 0.032 for
-    the mean training box, mean IoU 0.163 / 0.152 against 0.086 / 0.093, answers not a box 0.116 / 0.043.
+    Measured on 2026-12-04 (session 9: the committed world/models, the VLM from the committed tower and language
+    model, 400 steps of 16 on the six question types), seed 0 / seed 1 (``WORLD_TEST_SEED=1``), model against
+    majority: count 0.625 / 0.547 against 0.172 / 0.156; location 0.554 / 0.315 against 0.000 / 0.037; surface
+    1.000 / 1.000 against 0.250 / 0.296; describe_object naming the given label 1.000 / 1.000 against 0.193 / 0.247
+    (the untrained model 0.904 / 0.934: the pretrained language model copies it already), the surface 1.000 / 1.000
+    against 0.278 / 0.303 (untrained 0.107 / 0.071), the cell 0.893 / 0.823 against 0.219 / 0.222 (untrained
+    0.369 / 0.232); region_label 0.332 / 0.232 against 0.193 / 0.247 (not asserted: seed 1 is below its majority);
+    locate Acc@0.5 0.110 / 0.145 against 0.011 / 0.032 for the mean training box, mean IoU 0.262 / 0.302 against
+    0.086 / 0.093, every answer a box.
+
+    Session 8 (the random language model): count 0.500 / 0.516, location 0.268 / 0.185, the label named 1.000 /
+    0.641, the cell 0.182 / 0.202 (not learnt), region_label 0.364 / 0.258, Acc@0.5 0.083 / 0.054.
 
     Before (session 7):
     Measured (seed 0, the world/models of an earlier make world run): YOLO mAP50 0.804, RT-DETR 0.707, the
@@ -156,23 +161,28 @@ def test_reduced_world_run_learns(reduced_world_run):
     vlm = results["vlm"]
     count, surface, location = vlm["count"], vlm["surface"], vlm["location"]
     assert count["n"] >= 50 and surface["n"] >= 40 and location["n"] >= 40, vlm
-    assert count["model"] >= count["majority"] + 0.15 and count["model"] >= count["untrained"] + 0.15, count
+    assert count["model"] >= count["majority"] + 0.3 and count["model"] >= count["untrained"] + 0.3, count
     assert surface["model"] >= surface["majority"] + 0.5 and surface["model"] >= surface["untrained"] + 0.5, surface
-    # the issue's bar for a type that beats its baselines
-    assert location["model"] >= location["majority"] + 0.05 and location["model"] >= location["untrained"] + 0.05, \
+    assert location["model"] >= location["majority"] + 0.2 and location["model"] >= location["untrained"] + 0.2, \
         location
     # the guide's API asked about the test scenes' true objects (world/api_eval.py), every field beside its baselines
     described = vlm["describe_object"]
     assert all(described[f]["n"] >= 150 and None not in (described[f]["majority"], described[f]["untrained"])
                for f in ("label", "surface", "position", "size")), described
     assert vlm["grounding"]["n"] >= 150 and vlm["region_label"]["n"] >= 150, vlm
-    # the region types taught (issue 24): describe_object names the label it is given and the surface, and locate
-    # answers boxes nearer the truth than the mean training box, with margins that held for seeds 0 and 1
-    for field, margin in (("label", 0.3), ("surface", 0.25)):
+    # the region types taught (issue 24), with margins that held for seeds 0 and 1: describe_object names the label it
+    # is given (the untrained model with its pretrained language model mostly does too), the surface and the cell of
+    # the box (the issue's bar: 0.6 and majority + 0.3), and locate answers boxes nearer the truth than the mean
+    # training box
+    label = described["label"]
+    assert label["model"] >= 0.95 and label["model"] >= label["majority"] + 0.3, label
+    for field, margin in (("surface", 0.25), ("position", 0.3)):
         row = described[field]
         assert row["model"] >= row["majority"] + margin and row["model"] >= row["untrained"] + margin, (field, row)
+    assert described["position"]["model"] >= 0.6, described["position"]
     grounding = vlm["grounding"]
-    assert grounding["mean_iou"]["model"] >= grounding["mean_iou"]["majority"] + 0.04, grounding
+    assert grounding["acc50"]["model"] >= grounding["acc50"]["majority"] + 0.05, grounding
+    assert grounding["mean_iou"]["model"] >= grounding["mean_iou"]["majority"] + 0.1, grounding
     assert grounding["unparsed"]["model"] <= 0.15, grounding
     assert results["seconds"] > 0 and set(results["stages"]) >= {"world", "annotate", "vlm_train", "vlm_predict",
                                                                  "vlm_api"}
