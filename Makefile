@@ -44,8 +44,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS) -m "not world_run" tests
 
 # The synthetic-world runs of tests/test_world.py (marked world_run): the reduced run that must learn (about
-# 8 minutes) and world.sh's training path on a tiny world (under 2 minutes), so they have a target of their
-# own and `make test` stays within 6 minutes; CI runs both (.ci/run).
+# 5 minutes) and world.sh's training path on a tiny world (under 2 minutes), so they have a target of their
+# own and `make test` stays within 4 minutes; CI runs both (.ci/run).
 test-world: $(STAMP)
 	$(BIN)/python -m pytest -q -m world_run tests/test_world.py
 
