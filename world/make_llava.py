@@ -12,6 +12,9 @@ chat template, a ``CLIPImageProcessor`` at 64 px. ``world/pretrain_vision.py`` t
 its vision tower on the training pool's boxes (the world's stand-in for a pretrained CLIP), and
 ``vlm_training/train_vlm.py --base_model OUT`` fine-tunes it like any LLaVA checkpoint (language model
 and projector, the tower frozen; ``--train_vision_tower`` trains a tower that was never pretrained).
+``--vision_tower_from`` and ``--language_model_from`` start it from a pretrained tower (``world/models/tower``)
+and a pretrained language model with its own tokenizer (``world/models/lm``, ``world/pretrain_lm.py``), as a
+real LLaVA starts from CLIP and Vicuna; the BPE is then that model's, not built again.
 Every size is a flag (``--text_width``, ``--vision_layers``, ``--image_size``, ...) for experiments,
 and ``--feature_strategy full`` keeps the CLS token as an image token; the defaults are the sizes
 above and LLaVA-1.5's "default" strategy.
