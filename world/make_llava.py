@@ -157,8 +157,11 @@ def build_llava(out: Path, coco: dict, seed: int = 0, vocab_size: int = 512, fea
         raise ValueError(f"unknown sizes: {sorted(unknown)}")
     z = SIZES | sizes
     image_size, patch = z["image_size"], z["patch"]
-    language_model = load_language_model(Path(language_model_from)) if language_model_from else None
-    tokenizer = language_model[1] if language_model else build_tokenizer(world_corpus(coco), vocab_size)
+    lm_config = copy_language_model = None
+    if language_model_from:
+        lm_config, tokenizer, copy_language_model = load_language_model(Path(language_model_from))
+    else:
+        tokenizer = build_tokenizer(world_corpus(coco), vocab_size)
     torch.manual_seed(seed)
     vw, tw = z["vision_width"], z["text_width"]
     vision = CLIPVisionConfig(hidden_size=vw, intermediate_size=4 * vw, projection_dim=vw,
@@ -177,13 +180,13 @@ def build_llava(out: Path, coco: dict, seed: int = 0, vocab_size: int = 512, fea
     model = LlavaForConditionalGeneration(config).eval()
     tower_info = load_tower_weights(model, Path(vision_tower_from)) if vision_tower_from else None
     lm_info = None
-    if language_model:
+    if copy_language_model:
         keys = ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads")
-        have = {k: getattr(language_model[0], k) for k in keys}
+        have = {k: getattr(lm_config, k) for k in keys}
         want = {k: getattr(model.config.text_config, k) for k in keys}
         if have != want:
             raise ValueError(f"the language model in {language_model_from} is {have}, the model asks for {want}")
-        language_model[2](model)
+        copy_language_model(model)
         info_file = Path(language_model_from) / "pretrain_info.json"
         info = json.loads(info_file.read_text(encoding="utf-8")) if info_file.is_file() else {}
         lm_info = {k: v for k, v in info.items() if k != "loss_curve"}
