@@ -134,3 +134,10 @@ def test_bad_flags_are_one_line_errors(tmp_path):
                            "--out", str(tmp_path / "o"), "--max_steps", "0"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.splitlines()[-1].endswith(
         "--minutes, --max_steps, --batch_size and --learning_rate must be > 0")
+
+
+def test_out_must_differ_from_the_base(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "world" / "pretrain_lm.py"), "--coco", "x", "--base_model",
+                           str(tmp_path / "m"), "--out", str(tmp_path / "m")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.splitlines()[-1].endswith(
+        "--out must differ from --base_model (the base stays as it was)")

@@ -35,7 +35,6 @@ import json
 import math
 import os
 import re
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -48,7 +47,7 @@ if __package__ in (None, ""):  # run as a file: its folder is not an installed p
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vlm_training.conversion import ImageBoxes, render_pair  # noqa: E402
-from world.training import train_for, warmup_cosine, write_folder  # noqa: E402
+from world.training import train_for, warmup_cosine, write_folder, write_llava  # noqa: E402
 from world.truth import truth_annotations  # noqa: E402
 
 # The describer's position phrase and size word in a region description (vlm_annotation/spatial.py).
@@ -108,6 +107,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max_length", type=int, default=160, help="tokens per pair at most (default 160)")
     p.add_argument("--seed", type=int, default=0, help="seed of the Q&A sampling and the batches (default 0)")
     args = p.parse_args(argv)
+    if Path(args.out).resolve() == Path(args.base_model).resolve():
+        p.error("--out must differ from --base_model (the base stays as it was)")
     if args.minutes <= 0 or args.max_steps < 1 or args.batch_size < 1 or args.learning_rate <= 0:
         p.error("--minutes, --max_steps, --batch_size and --learning_rate must be > 0")
     if args.max_images < 0:
@@ -176,10 +177,6 @@ def main(argv=None) -> int:
             "seconds": round(seconds, 1), "held_out": scores,
             "loss_curve": [[h["step"], round(h["loss"], 4)] for h in run.history]}
 
-    def whole_llava(tmp: Path) -> None:  # the base's files (its processor) with the pretrained weights
-        shutil.copytree(base, tmp)
-        model.save_pretrained(tmp)
-
     def language_model_alone(tmp: Path) -> None:
         from transformers import LlamaForCausalLM
 
@@ -189,7 +186,7 @@ def main(argv=None) -> int:
         causal.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 
-    write_folder(out, whole_llava, info)
+    write_llava(out, base, model, info)
     if args.lm_out:
         write_folder(Path(args.lm_out), language_model_alone, info)
     figures = ", ".join(f"{k} {v:.3f}" for k, v in scores.items() if isinstance(v, float))

@@ -58,7 +58,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -71,7 +70,7 @@ if __package__ in (None, ""):  # run as a file: its folder is not an installed p
 
 from vlm_annotation.spatial import position_word, size_word  # noqa: E402
 from vlm_core.boxes import pixel_to_square  # noqa: E402
-from world.training import train_for, warmup_cosine, write_folder  # noqa: E402
+from world.training import train_for, warmup_cosine, write_folder, write_llava  # noqa: E402
 
 MAX_COUNT = 8  # the count head's last class is "8 or more"
 # The describer's words for where an object is and how big (vlm_annotation/spatial.py), as class indices.
@@ -330,11 +329,7 @@ def main(argv=None) -> int:
             "batch_size": args.batch_size, "learning_rate": args.learning_rate, "schedule": args.schedule,
             "seconds": round(seconds, 1), "loss_curve": curve, **scores}
 
-    def whole_llava(tmp: Path) -> None:  # the base's files (its processor) with the pretrained weights
-        shutil.copytree(base, tmp)
-        model.save_pretrained(tmp)
-
-    write_folder(out, whole_llava, info)
+    write_llava(out, base, model, info)
     if args.tower_out:
         write_folder(Path(args.tower_out), tower.save_pretrained, info)
     accuracy = (f"; held-out patch accuracy {scores['patch_accuracy']:.3f}, count {scores['count_accuracy']:.3f}"

@@ -4,7 +4,7 @@
 each keep their own data, model and loss, and hand them to :func:`train_for`, which runs the steps (forward,
 backward, optional gradient clipping, optimizer step), sets the learning rate from a schedule, stops at the
 step cap or when the time is spent, and returns the loss history; the two pretrainings write their models
-with :func:`write_folder` (a temporary folder renamed into place). ``world/train_yolo.py`` trains through
+with :func:`write_folder` and :func:`write_llava` (a temporary folder renamed into place). ``world/train_yolo.py`` trains through
 Ultralytics' own loop and shares :func:`steps_that_fit`, the re-plan to what fits in the time.
 
 A world model is trained for minutes on a CPU, so the time, not the step count, usually ends a run.
@@ -143,3 +143,13 @@ def write_folder(out: Path, write, info: dict) -> None:
     write_json_atomic(tmp / "pretrain_info.json", info)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
+
+
+def write_llava(out: Path, base: Path, model, info: dict) -> None:
+    """:func:`write_folder` of the LLaVA ``model`` pretrained from ``base``: the base's files (its processor)
+    with the model's weights."""
+    def write(tmp: Path) -> None:
+        shutil.copytree(base, tmp)
+        model.save_pretrained(tmp)
+
+    write_folder(out, write, info)
