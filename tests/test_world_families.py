@@ -1,0 +1,149 @@
+"""world/make_family.py (issue 26): a world VLM of every family, each of its own class, processor, chat template and
+box frame, starting from the committed pretrained language model (and CLIP tower where the family has one); and
+world/report.py families, the table world/families.sh ends with. The families learning on a world run:
+tests/test_world.py (test_two_families_learn_in_their_own_frames)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vlm_core import families
+from world import report
+from world.make_family import CLIP_FAMILIES, FAMILY_NAMES, QWEN_FAMILIES
+from world.make_world import write_world
+
+ROOT = Path(__file__).resolve().parents[1]
+LM, TOWER = ROOT / "world" / "models" / "lm", ROOT / "world" / "models" / "tower"
+
+
+@pytest.fixture(scope="module")
+def world_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("families")
+    write_world(root / "world", 6, 0, seed=2)
+    return root
+
+
+def _make(world_dir, family, out, *extra):
+    return subprocess.run([sys.executable, str(ROOT / "world" / "make_family.py"), "--family", family, "--world",
+                           str(world_dir / "world"), "--out", str(out), *extra], capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILY_NAMES if f != "llava"])
+def test_every_family_is_built_of_its_own_class_with_the_world_language_model(world_dir, family):
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+    out = world_dir / family
+    proc = _make(world_dir, family, out, "--vision_tower_from", str(TOWER), "--language_model_from", str(LM))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"built the world {family}" in proc.stdout
+    spec = families.detect_family(out)
+    assert spec.name == family and families.frame_for(out).family == family
+    model = AutoModelForImageTextToText.from_pretrained(out).eval()
+    assert type(model).__name__ == spec.model_class
+    processor = AutoProcessor.from_pretrained(out)
+    assert type(processor).__name__ == spec.processor_class
+    # about 64 image tokens for a square world image, as the world LLaVA (anyres families: base view + one tile)
+    assert 60 <= families.image_token_count(processor, 128, 128) <= 140
+    # the world's pretrained language model, copied by name: on text the family's model answers as it does (Qwen3's
+    # q/k norms are new, so it starts near, not at, it); the family's own special tokens are appended
+    lm = AutoModelForCausalLM.from_pretrained(LM).eval()
+    lm_tokenizer = AutoTokenizer.from_pretrained(LM)
+    ids = lm_tokenizer("How many objects are there? There are 3 objects.", add_special_tokens=False,
+                       return_tensors="pt").input_ids
+    with torch.no_grad():
+        ours = model(input_ids=ids).logits[..., :len(lm_tokenizer)]
+        theirs = lm(input_ids=ids).logits
+    if family == "qwen3_vl":
+        assert not torch.allclose(ours, theirs, atol=1e-4)
+    else:
+        assert torch.allclose(ours, theirs, atol=1e-4)
+    tokenizer = processor.tokenizer
+    assert tokenizer.convert_ids_to_tokens(ids[0].tolist()) == lm_tokenizer.convert_ids_to_tokens(ids[0].tolist())
+    if family in QWEN_FAMILIES:
+        assert tokenizer.eos_token == "<|im_end|>" and tokenizer.image_token == "<|image_pad|>"
+        assert tokenizer("a", add_special_tokens=True).input_ids == tokenizer("a", add_special_tokens=False).input_ids
+    # the pretrained CLIP tower where the family's tower is CLIP, bit for bit
+    info = json.loads((out / "build_info.json").read_text())
+    assert info["family"] == family and info["language_model_tensors_copied"] > 0
+    if family in CLIP_FAMILIES:
+        from transformers import CLIPVisionModel
+        tower = CLIPVisionModel.from_pretrained(TOWER).state_dict()
+        mine = model.model.vision_tower.state_dict()
+        assert all(torch.equal(tower[k], mine[k]) for k in tower)
+        assert info["vision_tower_from"] == str(TOWER)
+    else:
+        assert info["vision_tower_from"] is None  # a Qwen tower is its own architecture: it starts random
+
+
+def test_random_language_model_builds_its_own_tokenizer(world_dir):
+    out = world_dir / "qwen2_vl_random"
+    proc = _make(world_dir, "qwen2_vl", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = json.loads((out / "build_info.json").read_text())
+    assert info["language_model_from"] is None and info["language_model_tensors_copied"] == 0
+
+
+def test_bad_arguments_are_one_line_errors(world_dir, tmp_path):
+    proc = _make(world_dir, "qwen2_5_vl", tmp_path / "x", "--language_model_from", str(tmp_path))
+    assert proc.returncode == 2 and "no config.json there" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, str(ROOT / "world" / "make_family.py"), "--family", "qwen2_vl", "--world",
+                           str(tmp_path), "--out", str(tmp_path / "y")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "no train.json there" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _make(world_dir, "gemma", tmp_path / "z")
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def _write_family_run(folder: Path, model: float, majority: float, untrained: float) -> None:
+    """The files world/report.py reads of one family's run: evaluate.py's metrics and api_eval.py's scores."""
+    per_type = {t: {"n": 10, "accuracy": model} for t in ("surface", "location")}
+    per_type["count"] = {"n": 10, "accuracy": model, "count_exact": model}
+    for who, value in (("model", model), ("majority", majority), ("untrained", untrained), ("chance", 0.1)):
+        rows = {t: {**row, "accuracy": value, **({"count_exact": value} if t == "count" else {})}
+                for t, row in per_type.items()}
+        (folder / "eval").mkdir(parents=True, exist_ok=True)
+        (folder / "eval" / f"{who}.json").write_text(json.dumps({"per_type": rows}))
+    api = {"describe_object": {f: {"n": 10, "accuracy": model} for f in report.API_FIELDS},
+           "region_label": {"n": 10, "accuracy": model},
+           "grounding": {"n": 10, "acc50": model, "mean_iou": model / 2, "unparsed": 0.0}}
+    (folder / "api").mkdir(parents=True, exist_ok=True)
+    (folder / "api" / "model.json").write_text(json.dumps(api))
+    (folder / "api" / "untrained.json").write_text(json.dumps(api | {"region_label": {"n": 10, "accuracy": untrained},
+                                                                     "grounding": {"n": 10, "acc50": untrained,
+                                                                                   "mean_iou": 0.0, "unparsed": 1.0}}))
+    (folder / "api" / "baselines.json").write_text(json.dumps({"majority": {"region_label": {"accuracy": majority},
+                                                                            "grounding": {"acc50": majority}}}))
+    (folder / "timings.tsv").write_text("vlm_train\t312.4\nwall\t400.0\n")
+
+
+def test_families_report_gathers_every_family_in_order_and_writes_the_readme(tmp_path, capsys):
+    run = tmp_path / "run"
+    _write_family_run(run, 0.5, 0.2, 0.0)                          # the world run: LLaVA-1.5's row
+    _write_family_run(run / "families" / "qwen3_vl", 0.4, 0.2, 0.1)
+    _write_family_run(run / "families" / "vip_llava", 0.6, 0.2, 0.0)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"top\n{report.FAMILIES_BEGIN}\nold\n{report.FAMILIES_END}\nbottom\n")
+    assert report.main(["families", "--run_dir", str(run), "--readme", str(readme), "--seconds", "99"]) == 0
+    results = json.loads((run / "families.json").read_text())
+    assert list(results) == ["llava", "vip_llava", "qwen3_vl"]
+    q3 = results["qwen3_vl"]
+    assert q3["count"] == {"metric": "count_exact", "model": 0.4, "majority": 0.2, "untrained": 0.1, "n": 10}
+    assert q3["region_label"]["model"] == 0.4 and q3["region_label"]["majority"] == 0.2
+    assert q3["grounding"]["acc50"] == {"model": 0.4, "majority": 0.2, "untrained": 0.1, "chance": None}
+    assert q3["grounding"]["model"] == 0.4 and q3["grounding"]["unparsed"]["untrained"] == 1.0
+    assert q3["vlm_train_seconds"] == 312.4 and q3["seconds"] == 400.0
+    text = readme.read_text()
+    assert text.startswith("top\n") and text.endswith("bottom\n") and "old" not in text
+    assert "Generated by `make world-families` (3 families, 99 s" in text
+    assert "| qwen3_vl | 0.400 (0.200 / 0.100) |" in text and "| training s |" in text
+    assert (run / "families.md").read_text().splitlines()[0] == capsys.readouterr().out.splitlines()[0]
+
+
+def test_families_report_without_families_is_a_one_line_error(tmp_path, capsys):
+    assert report.main(["families", "--run_dir", str(tmp_path)]) == 2
+    assert "no trained family there" in capsys.readouterr().err

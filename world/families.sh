@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# `make world-families`: every model family the toolkit trains learns on the world (issue 26). It reuses the
+# detectors, annotations and splits of one world run (WORLD_DIR; `make world` runs first when it has none), and
+# for each family: builds the family's world VLM (world/make_family.py: its own class, processor, chat template,
+# image-token layout and box frame), converts the run's annotations with --base_model of that family (its frame),
+# trains it with train_vlm.py as a user trains the 7B checkpoint, predicts the test questions, asks the guide's API
+# (describe_object, "what is in this box?", locate: boxes parsed by the family's own parser, scored in pixels of the
+# original image), and scores each beside the majority of the training split and the same model untrained.
+# LLaVA-1.5's row is the world run's own VLM (the same data, steps and settings).
+#
+# Usage: WORLD_DIR=world_output PYTHON=.venv/bin/python bash world/families.sh
+#   WORLD_FAMILIES  the families to train (default: every family but llava, whose row is the world run's)
+#   WORLD_FAMILY_STEPS, WORLD_FAMILY_BATCH, WORLD_FAMILY_LR  training (default 500 steps of 16 at 1e-3: the world run's)
+#   WORLD_FAMILY_LANES  families trained side by side, one core each (default 2)
+#   WORLD_README=1  also write the table between the world-families markers of README.md
+#   WORLD_TOWER_FROM, WORLD_LM_FROM, WORLD_THREADS, WORLD_SEED, WORLD_API_OBJECTS: as in world/world.sh
+# Writes WORLD_DIR/families/<family>/ (each a small run folder), WORLD_DIR/families.json and families.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+OUT=${WORLD_DIR:-world_output}
+SEED=${WORLD_SEED:-0}
+THREADS=${WORLD_THREADS:-1}
+if [ "$THREADS" -gt 0 ]; then
+    export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
+fi
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 YOLO_OFFLINE=1 TOKENIZERS_PARALLELISM=false MPLBACKEND=Agg
+FAMILIES=${WORLD_FAMILIES:-vip_llava llava_next llava_onevision qwen2_vl qwen2_5_vl qwen3_vl}
+STEPS=${WORLD_FAMILY_STEPS:-500}
+BATCH=${WORLD_FAMILY_BATCH:-16}
+LR=${WORLD_FAMILY_LR:-1e-3}
+LANES=${WORLD_FAMILY_LANES:-2}
+TOWER_FROM=${WORLD_TOWER_FROM-world/models/tower}
+LM_FROM=${WORLD_LM_FROM-world/models/lm}
+API_OBJECTS=${WORLD_API_OBJECTS:-300}
+REGION_QA=${WORLD_REGION_QA:-1}
+QA_TYPES=${WORLD_QA_TYPES:-count surface location region_description region_label grounding}
+if [ "${WORLD_README:-0}" = 1 ] && ! grep -q '^<!-- world-families:begin -->$' README.md; then
+    echo "error: WORLD_README=1: README.md has no '<!-- world-families:begin -->' line" >&2
+    exit 2
+fi
+for family in $FAMILIES; do
+    case "$family" in
+        llava|vip_llava|llava_next|llava_onevision|qwen2_vl|qwen2_5_vl|qwen3_vl) ;;
+        *) echo "error: WORLD_FAMILIES: unknown family '$family' (vip_llava llava_next llava_onevision qwen2_vl" \
+                "qwen2_5_vl qwen3_vl; llava is the world run's own)" >&2; exit 2 ;;
+    esac
+done
+
+# One world run's detectors, annotations and splits serve every family.
+if [ ! -f "$OUT/results.json" ] || [ ! -f "$OUT/test_truth.json" ]; then
+    echo "no finished world run in $OUT: running world/world.sh first"
+    WORLD_DIR=$OUT PYTHON=$PY bash world/world.sh
+fi
+W="$OUT/world"
+HELD="$W/heldout_images"
+start=$(date +%s)
+
+one_family() {  # one_family NAME: the whole path for one family, in OUT/families/NAME (a small run folder)
+    local f=$1 D="$OUT/families/$1"
+    local t0=$EPOCHREALTIME
+    rm -rf "$D" && mkdir -p "$D/eval" "$D/api"
+    local lm=() tower=() train_tower=()
+    if [ -n "$LM_FROM" ]; then lm=(--language_model_from "$LM_FROM"); fi
+    if [ -n "$TOWER_FROM" ]; then tower=(--vision_tower_from "$TOWER_FROM"); fi
+    # A Qwen family's vision tower is its own architecture, not the pretrained CLIP: it learns here with the rest.
+    case "$f" in qwen*) train_tower=(--train_vision_tower) ;; esac
+    $PY world/make_family.py --family "$f" --world "$W" --out "$D/base" --seed "$SEED" "${tower[@]}" "${lm[@]}"
+    for split in train val; do  # the world run's splits, rendered in this family's frame
+        $PY vlm_training/convert_to_llava_format.py --annotation_file "$OUT/$split.json" \
+            --output_file "$D/${split}_llava.json" --qa_types $QA_TYPES --shuffle_turns --seed "$SEED" \
+            --base_model "$D/base"
+    done
+    $PY vlm_training/convert_to_llava_format.py --annotation_file "$OUT/test_truth.json" \
+        --output_file "$D/test_llava.json" --qa_types $QA_TYPES --base_model "$D/base"
+    api_ask() {  # api_ask MODEL_DIR NAME
+        $PY world/api_eval.py ask --model_path "$1" --truth "$OUT/test_truth.json" --images_dir "$HELD" \
+            --output_file "$D/api/$2.json" --max_objects "$API_OBJECTS" --seed "$SEED"
+    }
+    $PY vlm_inference/predict.py --model_path "$D/base" --data "$D/test_llava.json" --image_dir "$HELD" \
+        --output_file "$D/eval/untrained.jsonl" --batch_size 64 --max_new_tokens 64
+    api_ask "$D/base" untrained
+    cp "$OUT/api/baselines.json" "$D/api/baselines.json"  # the majority and chance of the API: frame-free
+    local t_train=$EPOCHREALTIME
+    $PY vlm_training/train_vlm.py --train_data "$D/train_llava.json" --val_data "$D/val_llava.json" \
+        --image_dir "$HELD" --output_dir "$D/vlm_model" --base_model "$D/base" "${train_tower[@]}" \
+        --system_prompt none --learning_rate "$LR" --weight_decay 0.0 --batch_size "$BATCH" \
+        --max_steps "$STEPS" --warmup_ratio 0.03 --max_length 512 --logging_steps 50 --eval_steps "$STEPS" \
+        --save_steps 0 --seed "$SEED"
+    local t_trained=$EPOCHREALTIME
+    $PY vlm_inference/predict.py --model_path "$D/vlm_model" --data "$D/test_llava.json" --image_dir "$HELD" \
+        --output_file "$D/eval/model.jsonl" --batch_size 64 --max_new_tokens 64
+    api_ask "$D/vlm_model" model
+    $PY world/report.py baselines --train "$D/train_llava.json" --questions "$D/eval/model.jsonl" \
+        --out_dir "$D/eval" --seed "$SEED"
+    local who
+    for who in model untrained majority chance; do
+        $PY vlm_inference/evaluate.py --predictions "$D/eval/$who.jsonl" --output_file "$D/eval/$who.json" > /dev/null
+    done
+    awk -v a="$t0" -v b="$t_train" -v c="$t_trained" -v d="$EPOCHREALTIME" \
+        'BEGIN { printf "vlm_train\t%.1f\nwall\t%.1f\n", c - b, d - a }' > "$D/timings.tsv"
+    printf '\n== %s done in %.0fs\n' "$f" "$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { print b - a }')"
+}
+
+# Lanes of families side by side, one core each; each lane's log is OUT/families/logs/lane<K>.log.
+mkdir -p "$OUT/families/logs"
+read -r -a names <<< "$FAMILIES"
+pids=()
+stop_lanes() {
+    local p
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+}
+trap stop_lanes EXIT
+for (( lane = 0; lane < LANES; lane++ )); do
+    (
+        for (( i = lane; i < ${#names[@]}; i += LANES )); do
+            printf '\n== family %s\n' "${names[$i]}"
+            one_family "${names[$i]}"
+        done
+    ) > "$OUT/families/logs/lane$lane.log" 2>&1 &
+    pids+=($!)
+done
+status=0
+for (( lane = 0; lane < LANES; lane++ )); do
+    if ! wait "${pids[$lane]}"; then
+        echo "error: lane $lane failed; its log: $OUT/families/logs/lane$lane.log" >&2
+        tail -20 "$OUT/families/logs/lane$lane.log" >&2
+        status=1
+    fi
+done
+trap - EXIT
+[ "$status" = 0 ] || exit 1
+
+README_ARGS=()
+if [ "${WORLD_README:-0}" = 1 ]; then
+    README_ARGS=(--readme README.md --command "make world-families")
+fi
+printf '\n== families (held-out test scenes, scored against the ground truth)\n'
+$PY world/report.py families --run_dir "$OUT" --seconds "$(( $(date +%s) - start ))" \
+    ${README_ARGS[@]+"${README_ARGS[@]}"}
+printf '\nfamilies run finished in %ss: %s, %s\n' "$(( $(date +%s) - start ))" "$OUT/families.json" "$OUT/families.md"
