@@ -19,8 +19,10 @@ step "0. scenes of the synthetic world (no download)"
 $PY world/make_world.py --out "$OUT/world" --train_images 0 --heldout_images "${DEMO_SCENES:-40}" --seed 1 --workers 1
 IMAGES="$OUT/world/heldout_images"
 W=world/models
-# The question types the world VLM was taught (world/models/vlm/train_args.json).
+# The question types the world VLM was taught (world/models/vlm/train_args.json), and how its region questions name
+# their box (its prompt_format.json: "visual", the box drawn on the image): the fine-tune and the questions use the same.
 QA_TYPES="count surface location region_description region_label grounding"
+BOX_PROMPT=$($PY -c "import json, sys; print(json.load(open(sys.argv[1])).get('box_prompt', 'text'))" "$W/vlm/prompt_format.json")
 
 step "1. annotate: YOLO + RT-DETR ensemble, BLIP descriptions, Q&A pairs"
 $PY vlm_annotation/data_annotation.py --images_dir "$IMAGES" --output_file "$OUT/annotations.json" \
@@ -48,18 +50,18 @@ step "3. convert to the LLaVA conversation format"
 # The three splits in one run: the note on images other trainers read differently is printed once.
 $PY vlm_training/convert_to_llava_format.py --annotation_file "$OUT/train.json" "$OUT/val.json" "$OUT/test.json" \
     --output_file "$OUT/train_llava.json" "$OUT/val_llava.json" "$OUT/test_llava.json" --qa_types $QA_TYPES \
-    --shuffle_turns
+    --shuffle_turns --box_prompt "$BOX_PROMPT"
 # The test scenes' questions again, with the answers of the world's ground truth (not the detectors'): what the
 # predictions are scored against.
 $PY world/make_truth.py --coco "$OUT/world/heldout.json" --only "$OUT/test.json" --output_file "$OUT/test_truth.json"
 $PY vlm_training/convert_to_llava_format.py --annotation_file "$OUT/test_truth.json" \
-    --output_file "$OUT/test_truth_llava.json" --qa_types $QA_TYPES
+    --output_file "$OUT/test_truth_llava.json" --qa_types $QA_TYPES --box_prompt "$BOX_PROMPT"
 
 step "4. fine-tune the world LLaVA with LoRA on the demo's scenes (a minute on the CPU)"
 $PY vlm_training/train_vlm.py --train_data "$OUT/train_llava.json" --val_data "$OUT/val_llava.json" \
     --output_dir "$OUT/vlm_model" --base_model "$W/vlm" --image_dir "$IMAGES" --system_prompt none \
     --use_lora --lora_r 16 --lora_alpha 32 --learning_rate 2e-4 --batch_size 8 --max_steps 40 --max_length 512 \
-    --logging_steps 10 --eval_steps 20 --save_steps 20 --eval_generate --max_new_tokens 64
+    --logging_steps 10 --eval_steps 20 --save_steps 20 --eval_generate --max_new_tokens 64 --box_prompt "$BOX_PROMPT"
 
 step "5. infer: batch prediction on the test split"
 $PY vlm_inference/predict.py --model_path "$OUT/vlm_model" --base_model "$W/vlm" \

@@ -13,6 +13,8 @@
 #   WORLD_FAMILY_STEPS, WORLD_FAMILY_BATCH, WORLD_FAMILY_LR  training (default 500 steps of 16 at 1e-3: the world run's)
 #   WORLD_FAMILY_LANES  families trained side by side, one core each (default 2)
 #   WORLD_README=1  also write the table between the world-families markers of README.md
+#   WORLD_FAMILY_TOWERS  the Qwen families' pretrained towers, DIR/<family> (default world/models/towers; empty or
+#                   absent: a random tower, trained with the rest)
 #   WORLD_TOWER_FROM, WORLD_LM_FROM, WORLD_THREADS, WORLD_SEED, WORLD_API_OBJECTS: as in world/world.sh
 # Writes WORLD_DIR/families/<family>/ (each a small run folder), WORLD_DIR/families.json and families.md.
 set -euo pipefail
@@ -31,6 +33,9 @@ BATCH=${WORLD_FAMILY_BATCH:-16}
 LR=${WORLD_FAMILY_LR:-1e-3}
 LANES=${WORLD_FAMILY_LANES:-2}
 TOWER_FROM=${WORLD_TOWER_FROM-world/models/tower}
+# The Qwen families' own vision towers, pretrained as the CLIP one was (world/models/towers/<family>); a family with
+# none here starts from a random tower and trains it with the rest.
+FAMILY_TOWERS=${WORLD_FAMILY_TOWERS-world/models/towers}
 LM_FROM=${WORLD_LM_FROM-world/models/lm}
 API_OBJECTS=${WORLD_API_OBJECTS:-300}
 REGION_QA=${WORLD_REGION_QA:-1}
@@ -62,9 +67,15 @@ one_family() {  # one_family NAME: the whole path for one family, in OUT/familie
     rm -rf "$D" && mkdir -p "$D/eval" "$D/api"
     local lm=() tower=() train_tower=()
     if [ -n "$LM_FROM" ]; then lm=(--language_model_from "$LM_FROM"); fi
-    if [ -n "$TOWER_FROM" ]; then tower=(--vision_tower_from "$TOWER_FROM"); fi
-    # A Qwen family's vision tower is its own architecture, not the pretrained CLIP: it learns here with the rest.
-    case "$f" in qwen*) train_tower=(--train_vision_tower) ;; esac
+    case "$f" in
+        qwen*)  # its own tower: the committed pretrained one, else a random one that learns here with the rest
+            if [ -n "$FAMILY_TOWERS" ] && [ -f "$FAMILY_TOWERS/$f/config.json" ]; then
+                tower=(--vision_tower_from "$FAMILY_TOWERS/$f")
+            else
+                train_tower=(--train_vision_tower)
+            fi ;;
+        *) if [ -n "$TOWER_FROM" ]; then tower=(--vision_tower_from "$TOWER_FROM"); fi ;;
+    esac
     $PY world/make_family.py --family "$f" --world "$W" --out "$D/base" --seed "$SEED" "${tower[@]}" "${lm[@]}"
     for split in train val; do  # the world run's splits, rendered in this family's frame
         $PY vlm_training/convert_to_llava_format.py --annotation_file "$OUT/$split.json" \

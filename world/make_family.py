@@ -19,16 +19,18 @@ llava_next        CLIP, the same; anyres over 64 px   Mistral (the world's Llama
                   tiles, base view + tile + newlines
 llava_onevision   CLIP, the same (the hub's is        Qwen2 (the world's Llama weights, zero q/k/v biases: the
                   SigLIP; the family is its layout)   same function); ChatML template
-qwen2_vl          Qwen2-VL's ViT, patch 14, merge 2,  Qwen2-VL's M-RoPE Qwen2 (the world's Llama weights, zero
-                  random (its own architecture)       biases); ~64 image tokens (224x224 px and up)
-qwen2_5_vl        Qwen2.5-VL's windowed ViT, random   the same as Qwen2-VL's
+qwen2_vl          Qwen2-VL's ViT, patch 14, merge 2   Qwen2-VL's M-RoPE Qwen2 (the world's Llama weights, zero
+                  (its own, pretrained on the pool)   biases); ~64 image tokens (224x224 px and up)
+qwen2_5_vl        Qwen2.5-VL's windowed ViT (its own) the same as Qwen2-VL's
 qwen3_vl          Qwen3-VL's ViT, patch 16, merge 2,  Qwen3 (the world's Llama weights; its q/k norms start at 1,
-                  DeepStack, random                   so it starts near, not at, the world's)
+                  DeepStack (its own)                 so it starts near, not at, the world's)
 ================  ==================================  ============================================================
 
-A CLIP tower takes the committed pretrained one (``--vision_tower_from``, as every LLaVA family starts from a
-pretrained CLIP); a Qwen tower is that family's own architecture and starts random: ``families.sh`` trains it with
-the rest (``--train_vision_tower``). The language model takes the committed pretrained one (``--language_model_from``)
+A CLIP tower takes the committed pretrained one (``--vision_tower_from world/models/tower``, as every LLaVA family
+starts from a pretrained CLIP); a Qwen tower is that family's own architecture, pretrained the same way on the same
+pool by ``world/pretrain_vision.py`` (its heads on the merger's tokens, the ones the language model reads) and
+committed as ``world/models/towers/<family>`` (``--vision_tower_from`` that folder); without one it starts random and
+``families.sh`` trains it with the rest (``--train_vision_tower``). The language model takes the committed pretrained one (``--language_model_from``)
 and its tokenizer; the family's own special tokens (Qwen's ``<|im_start|>``, ``<|box_start|>``, ...) are added to the
 tokenizer, their embeddings started at the mean of the others. Without ``--language_model_from`` the language model is
 random and the tokenizer is built from the world's text (``make_llava.py``'s BPE) plus the family's tokens.
@@ -130,6 +132,33 @@ def transplant_language_model(model, decoder, head) -> int:
             copied += 1
     # state_dict() tensors share storage with the parameters, so the copies above are the model's.
     return copied
+
+
+def load_tower(model, family: str, tower_dir: Path) -> dict:
+    """Copy the pretrained vision tower of ``tower_dir`` into ``model``: a CLIP tower (``world/models/tower``) for the
+    CLIP families, the family's own tower (``pretrain_vision.py --tower_out`` on that family's world model, e.g.
+    ``world/models/towers/qwen2_vl``) for a Qwen family. ValueError when it is another kind or size. Returns what is
+    known of its pretraining (``pretrain_info.json`` without the loss curve)."""
+    config = json.loads((tower_dir / "config.json").read_text(encoding="utf-8"))
+    kind = config.get("model_type")
+    if family in CLIP_FAMILIES:
+        if kind not in ("clip_vision_model", "llava"):
+            raise ValueError(f"the tower in {tower_dir} is a {kind}; {family}'s is CLIP (e.g. world/models/tower)")
+        return make_llava.load_tower_weights(model, tower_dir)
+    from safetensors.torch import load_file
+
+    visual = model.model.visual
+    if kind != visual.config.model_type:
+        raise ValueError(f"the tower in {tower_dir} is a {kind}; {family}'s is a {visual.config.model_type} "
+                         f"(pretrain_vision.py --tower_out on a world {family})")
+    try:
+        visual.load_state_dict(load_file(str(tower_dir / "model.safetensors")))
+    except RuntimeError as e:  # another size: the first line names the tensors
+        raise ValueError(f"the tower in {tower_dir} does not fit the world {family}: "
+                         f"{str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}") from None
+    info_file = tower_dir / "pretrain_info.json"
+    info = json.loads(info_file.read_text(encoding="utf-8")) if info_file.is_file() else {}
+    return {k: v for k, v in info.items() if k != "loss_curve"}
 
 
 def _text_config(family: str, tokenizer, sizes: dict, rope_theta: float) -> dict:
@@ -264,8 +293,6 @@ def build_family(family: str, out: Path, coco: dict, seed: int = 0, vision_tower
     if family == "llava":
         return make_llava.build_llava(out, coco, seed, vision_tower_from=vision_tower_from,
                                       language_model_from=language_model_from)
-    if vision_tower_from and family not in CLIP_FAMILIES:
-        raise ValueError(f"{family} has its own vision tower, not CLIP: --vision_tower_from does not apply")
     sizes = dict(make_llava.SIZES)
     decoder = head = None
     rope_theta = 10000.0
@@ -290,7 +317,7 @@ def build_family(family: str, out: Path, coco: dict, seed: int = 0, vision_tower
     tokenizer = family_tokenizer(family, base_tokenizer)
     torch.manual_seed(seed)
     model, processor = build_model(family, tokenizer, sizes, rope_theta)
-    tower_info = make_llava.load_tower_weights(model, Path(vision_tower_from)) if vision_tower_from else None
+    tower_info = load_tower(model, family, Path(vision_tower_from)) if vision_tower_from else None
     copied = transplant_language_model(model, decoder, head) if decoder is not None else 0
     if family in QWEN_FAMILIES or family == "llava_onevision":
         ids = tokenizer.convert_tokens_to_ids
@@ -323,8 +350,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="folder to write the model and processor into")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     p.add_argument("--vision_tower_from", default=None,
-                   help="pretrained CLIP tower (world/models/tower) for the CLIP families (llava, vip_llava, "
-                   "llava_next, llava_onevision); the Qwen families' towers are their own and start random")
+                   help="pretrained vision tower: CLIP (world/models/tower) for llava, vip_llava, llava_next and "
+                   "llava_onevision; the family's own for a Qwen family (world/models/towers/<family>, written by "
+                   "pretrain_vision.py --tower_out on that family's world model); default: random")
     p.add_argument("--language_model_from", default=None,
                    help="pretrained world language model and its tokenizer (world/models/lm), copied into the "
                    "family's language model (default: random, with a BPE built here)")
@@ -344,7 +372,7 @@ def main(argv=None) -> int:
         if folder and not (Path(folder) / "config.json").is_file():
             print(f"error: --{flag} {folder}: no config.json there", file=sys.stderr)
             return 2
-    tower = args.vision_tower_from if args.family in CLIP_FAMILIES else None
+    tower = args.vision_tower_from
     coco = json.loads(train_json.read_text(encoding="utf-8"))
     try:
         out = build_family(args.family, Path(args.out), coco, args.seed, tower, args.language_model_from)

@@ -85,17 +85,23 @@ def covering_objects(boxes: list[list[float]], width: float, height: float, grid
     ``boxes`` are pixel ``[x1, y1, x2, y2]`` of the unpadded image; a patch takes the box its centre
     lies in, the smallest one where several overlap (it is the one on top, or would be hidden).
     """
-    cells = [-1] * (grid * grid)
+    return covering_grid([pixel_to_square(b, width, height) for b in boxes], grid, grid)
+
+
+def covering_grid(boxes: list[list[float]], rows: int, cols: int) -> list[int]:
+    """Row-major ``rows x cols`` map of a frame the ``boxes`` are given in as 0..1 ``[x1, y1, x2, y2]``: the index of
+    the box over each cell's centre (the smallest where several overlap), -1 where none is."""
+    cells = [-1] * (rows * cols)
     order = sorted(range(len(boxes)), key=lambda i: -(boxes[i][2] - boxes[i][0]) * (boxes[i][3] - boxes[i][1]))
     for i in order:  # largest first: smaller boxes overwrite
-        x1, y1, x2, y2 = pixel_to_square(boxes[i], width, height)
-        for row in range(grid):
-            cy = (row + 0.5) / grid
+        x1, y1, x2, y2 = boxes[i]
+        for row in range(rows):
+            cy = (row + 0.5) / rows
             if not y1 <= cy <= y2:
                 continue
-            for col in range(grid):
-                if x1 <= (col + 0.5) / grid <= x2:
-                    cells[row * grid + col] = i
+            for col in range(cols):
+                if x1 <= (col + 0.5) / cols <= x2:
+                    cells[row * cols + col] = i
     return cells
 
 
@@ -190,6 +196,64 @@ def load_pool(coco: dict, image_dir: Path, image_processor, grid: int, boxed_vie
     return pool
 
 
+def load_token_pool(coco: dict, image_dir: Path, image_processor, merge: int, boxed_views: int = 0, seed: int = 0):
+    """:func:`load_pool` for a Qwen-VL vision tower, whose image tokens are not a fixed grid of a padded square: the
+    processor resizes each image (``smart_resize``, no padding) to a grid of patches that ``merge x merge`` windows
+    turn into tokens. Per view: its patches and ``image_grid_thw``; per token of its ``(h/merge) x (w/merge)`` grid over
+    the image itself: the class of the object over the token's centre (:func:`covering_grid`), that object's cell and
+    size (-100 off objects); per view the count, the surface and the outlined object's class, cell and size. The
+    per-token targets are lists of tensors, one per view (the token counts differ with the aspect ratio)."""
+    import random
+
+    import torch
+    from PIL import Image
+
+    from vlm_core.images import BOX_PROMPT_COLOURS, draw_box_prompt
+
+    colour = next(iter(BOX_PROMPT_COLOURS))
+    rng = random.Random(seed)
+    cat_index = {c["id"]: i for i, c in enumerate(coco["categories"])}
+    by_image: dict[int, list[dict]] = {}
+    for a in coco["annotations"]:
+        by_image.setdefault(a["image_id"], []).append(a)
+    surfaces = sorted({img.get("surface", "") for img in coco["images"]})
+    rows: dict[str, list] = {k: [] for k in ("pixels", "grid", "maps", "cells", "sizes", "counts", "boxed_class",
+                                             "boxed_cell", "boxed_size", "surface", "image")}
+    for n, img in enumerate(coco["images"]):
+        anns = by_image.get(img["id"], [])
+        w, h = img["width"], img["height"]
+        boxes = [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns]
+        classes = [cat_index[a["category_id"]] for a in anns]
+        facts = [object_facts(b, w, h) for b in boxes]
+        with Image.open(image_dir / img["file_name"]) as im:
+            image = im.convert("RGB")
+        outlined = [None] + ([rng.randrange(len(boxes)) for _ in range(boxed_views)] if boxes else [])
+        cover = None
+        for k in outlined:
+            view = image if k is None else draw_box_prompt(image, [{"bbox": boxes[k], "colour": colour}])
+            processed = image_processor(images=view, return_tensors="pt")
+            thw = processed["image_grid_thw"][0]
+            if cover is None:  # every view of an image has its size, hence its grid
+                gh, gw = int(thw[1]) // merge, int(thw[2]) // merge
+                cover = covering_grid([[b[0] / w, b[1] / h, b[2] / w, b[3] / h] for b in boxes], gh, gw)
+            rows["pixels"].append(processed["pixel_values"])
+            rows["grid"].append(thw)
+            rows["maps"].append(torch.tensor([0 if i < 0 else classes[i] + 1 for i in cover]))
+            rows["cells"].append(torch.tensor([-100 if i < 0 else facts[i][0] for i in cover]))
+            rows["sizes"].append(torch.tensor([-100 if i < 0 else facts[i][1] for i in cover]))
+            rows["counts"].append(min(len(anns), MAX_COUNT))
+            rows["boxed_class"].append(0 if k is None else classes[k] + 1)
+            rows["boxed_cell"].append(0 if k is None else facts[k][0] + 1)
+            rows["boxed_size"].append(0 if k is None else facts[k][1] + 1)
+            rows["surface"].append(surfaces.index(img.get("surface", "")))
+            rows["image"].append(n)
+    pool = {k: torch.tensor(rows[k]) for k in ("counts", "boxed_class", "boxed_cell", "boxed_size", "surface", "image")}
+    pool.update({k: rows[k] for k in ("pixels", "maps", "cells", "sizes")})
+    pool["grid"] = torch.stack(rows["grid"])
+    pool["n_surfaces"] = len(surfaces)
+    return pool
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--coco", required=True, help="COCO json of the images to pretrain on: the world's train.json "
@@ -227,19 +291,30 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers import AutoModelForImageTextToText, AutoProcessor
 
     start = time.perf_counter()
     base, out = Path(args.base_model), Path(args.out)
     coco = json.loads(Path(args.coco).read_text(encoding="utf-8"))
     if args.max_images:
         coco["images"] = coco["images"][:args.max_images]
-    model = LlavaForConditionalGeneration.from_pretrained(base)
+    model = AutoModelForImageTextToText.from_pretrained(base)
     processor = AutoProcessor.from_pretrained(base)
-    tower = model.model.vision_tower
-    grid = tower.config.image_size // tower.config.patch_size
-    pool = load_pool(coco, Path(args.image_dir), processor.image_processor, grid,
-                     args.boxed_views if args.box_aware else 0, args.seed)
+    boxed_views = args.boxed_views if args.box_aware else 0
+    # A Qwen-VL family (world/make_family.py) has its own vision tower, "visual", whose merger is part of it and whose
+    # tokens follow each image's aspect ratio; the LLaVA families have a CLIP tower over a fixed grid.
+    qwen = hasattr(model.model, "visual")
+    if qwen:
+        tower = model.model.visual
+        grid = None
+        pool = load_token_pool(coco, Path(args.image_dir), processor.image_processor, tower.spatial_merge_size,
+                               boxed_views, args.seed)
+        width = model.config.text_config.hidden_size  # the merger's output, what the language model reads
+    else:
+        tower = model.model.vision_tower
+        grid = tower.config.image_size // tower.config.patch_size
+        pool = load_pool(coco, Path(args.image_dir), processor.image_processor, grid, boxed_views, args.seed)
+        width = tower.config.hidden_size
     n_images = len(coco["images"])
     # The last 10% of the images (all their views) are held out of the pretraining and scored after it.
     n_val = max(1, n_images // 10) if n_images >= 10 else 0
@@ -247,49 +322,63 @@ def main(argv=None) -> int:
     val_rows = torch.nonzero(pool["image"] >= n_images - n_val).flatten()
 
     torch.manual_seed(args.seed)
-    width = tower.config.hidden_size
     n_classes = len(coco["categories"])
     heads = torch.nn.ModuleDict({
         "patch": torch.nn.Linear(width, 1 + n_classes), "count": torch.nn.Linear(width, MAX_COUNT + 1)})
     if args.box_aware:
         heads.update({"cell": torch.nn.Linear(width, len(CELLS)), "size": torch.nn.Linear(width, len(SIZES)),
-                      "digits": torch.nn.Linear(width, 8 * 11),
                       "boxed_class": torch.nn.Linear(width, 1 + n_classes),
                       "boxed_cell": torch.nn.Linear(width, 1 + len(CELLS)),
                       "boxed_size": torch.nn.Linear(width, 1 + len(SIZES)),
-                      "surface": torch.nn.Linear(width, pool["n_surfaces"]),
-                      "place": torch.nn.Linear(width, 2 * 10)})
-        place = torch.tensor(patch_places(grid))  # the same for every view: (patches, 2)
+                      "surface": torch.nn.Linear(width, pool["n_surfaces"])})
+        if not qwen:  # the digits of LLaVA-1.5's box text: that frame's words, on its fixed grid
+            heads.update({"digits": torch.nn.Linear(width, 8 * 11), "place": torch.nn.Linear(width, 2 * 10)})
+            place = torch.tensor(patch_places(grid))  # the same for every view: (patches, 2)
     params = list(tower.parameters()) + list(heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=0.0)
     cross_entropy = torch.nn.functional.cross_entropy
 
-    with_cls = model.config.vision_feature_select_strategy == "full"
+    with_cls = not qwen and model.config.vision_feature_select_strategy == "full"
 
-    def forward(rows):
+    def features(rows):
+        """(per-token features of the views, flattened; per-view pooled features)"""
+        if qwen:  # the tokens the language model reads: the merger's output, one tensor per view
+            pixels = torch.cat([pool["pixels"][i] for i in rows.tolist()])
+            per_view = model.model.get_image_features(pixels, pool["grid"][rows]).pooler_output
+            return torch.cat(per_view), torch.stack([v.mean(0) for v in per_view])
         # The features LLaVA takes (its vision_feature_layer). With the "full" strategy the language model
         # also sees the CLS token: the per-image heads are taught there; else on the mean of the patches.
         hidden = tower(pixel_values=pool["pixels"][rows], output_hidden_states=True).hidden_states[
             model.config.vision_feature_layer]
         patches = hidden[:, 1:]
-        pooled = hidden[:, 0] if with_cls else patches.mean(1)
+        return patches.flatten(0, 1), hidden[:, 0] if with_cls else patches.mean(1)
+
+    def forward(rows):
+        patches, pooled = features(rows)
         out = {"patch": heads["patch"](patches), "count": heads["count"](pooled)}
         if args.box_aware:
             out.update({k: heads[k](patches) for k in ("cell", "size")})
-            out["digits"] = heads["digits"](patches).unflatten(-1, (8, 11))
-            out["place"] = heads["place"](patches).unflatten(-1, (2, 10))
+            if not qwen:
+                out["digits"] = heads["digits"](patches).unflatten(-1, (8, 11))
+                out["place"] = heads["place"](patches).unflatten(-1, (2, 10))
             out.update({k: heads[k](pooled) for k in ("boxed_class", "boxed_cell", "boxed_size", "surface")})
         return out
 
+    def token_targets(name, rows):
+        if qwen:
+            return torch.cat([pool[name][i] for i in rows.tolist()])
+        return pool[name][rows].flatten()
+
     # Each head's logits and the targets they are scored against (-100: not scored).
     def pairs(out, rows):
-        yield "patch", out["patch"].flatten(0, 1), pool["maps"][rows].flatten()
+        yield "patch", out["patch"], token_targets("maps", rows)
         yield "count", out["count"], pool["counts"][rows]
         if args.box_aware:
-            yield "cell", out["cell"].flatten(0, 1), pool["cells"][rows].flatten()
-            yield "size", out["size"].flatten(0, 1), pool["sizes"][rows].flatten()
-            yield "digits", out["digits"].flatten(0, 2), pool["digits"][rows].flatten()
-            yield "place", out["place"].flatten(0, 2), place.expand(len(rows), -1, -1).flatten()
+            yield "cell", out["cell"], token_targets("cells", rows)
+            yield "size", out["size"], token_targets("sizes", rows)
+            if not qwen:
+                yield "digits", out["digits"].flatten(0, 1), pool["digits"][rows].flatten()
+                yield "place", out["place"].flatten(0, 1), place.expand(len(rows), -1, -1).flatten()
             for k in ("boxed_class", "boxed_cell", "boxed_size", "surface"):
                 yield k, out[k], pool[k][rows]
 
