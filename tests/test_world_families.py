@@ -152,3 +152,61 @@ def test_families_report_gathers_every_family_in_order_and_writes_the_readme(tmp
 def test_families_report_without_families_is_a_one_line_error(tmp_path, capsys):
     assert report.main(["families", "--run_dir", str(tmp_path)]) == 2
     assert "no trained family there" in capsys.readouterr().err
+
+
+def test_covering_grid_is_the_padded_square_map_on_any_grid():
+    from world.pretrain_vision import covering_grid, covering_objects
+    # a box over the left half of a 2x4 grid, a smaller one on top of its top-left cell
+    assert covering_grid([[0.0, 0.0, 0.5, 1.0], [0.0, 0.0, 0.2, 0.4]], 2, 4) == [1, 0, -1, -1, 0, 0, -1, -1]
+    # a square image has no padding: the padded square's map is the grid's
+    assert covering_objects([[0, 0, 64, 128]], 128, 128, 4) == covering_grid([[0.0, 0.0, 0.5, 1.0]], 4, 4)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl"])
+def test_a_qwen_tower_is_pretrained_on_its_own_tokens_and_taken_by_make_family(world_dir, family, capsys):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageTextToText
+
+    from world.pretrain_vision import load_token_pool, main
+    base = world_dir / f"{family}_random"
+    assert _make(world_dir, family, base).returncode == 0
+    coco = json.loads((world_dir / "world" / "train.json").read_text())
+    model = AutoModelForImageTextToText.from_pretrained(base)
+    from transformers import AutoProcessor
+    processor = AutoProcessor.from_pretrained(base)
+    pool = load_token_pool(coco, world_dir / "world" / "train_images", processor.image_processor, 2, boxed_views=1)
+    # one target per token the language model reads: the merged grid of each view's own resized image
+    from world.pretrain_vision import qwen_pixels
+    pixels, grid = qwen_pixels(pool, [0, 1, 2], processor.image_processor)
+    assert torch.equal(grid, pool["grid"][:3]) and len(pixels) == int(grid.prod(-1).sum())
+    for thw, targets in zip(pool["grid"], pool["maps"]):
+        assert len(targets) == int(thw.prod()) // 4
+    with torch.no_grad():
+        feats = model.model.get_image_features(pixels, grid).pooler_output
+    assert [len(f) for f in feats] == [len(pool["maps"][i]) for i in range(3)]
+
+    out, tower = world_dir / f"{family}_pretrained", world_dir / f"{family}_tower"
+    assert main(["--coco", str(world_dir / "world" / "train.json"), "--image_dir", str(world_dir / "world" /
+                 "train_images"), "--base_model", str(base), "--out", str(out), "--tower_out", str(tower),
+                 "--max_steps", "2", "--batch_size", "2", "--minutes", "5", "--seed", "0"]) == 0
+    assert "pretrained the vision tower for 2 steps" in capsys.readouterr().out
+    start = AutoModelForImageTextToText.from_pretrained(base).state_dict()
+    trained = AutoModelForImageTextToText.from_pretrained(out).state_dict()
+    changed = {k for k in start if not torch.equal(start[k], trained[k])}
+    assert changed and all(k.startswith("model.visual.") for k in changed)  # the language model as it was
+    assert any(".merger." in k for k in changed) and any(".blocks.0." in k for k in changed)
+    info = json.loads((tower / "pretrain_info.json").read_text())
+    assert info["steps"] == 2 and info["views"] >= len(pool["image"])  # every image, outlined twice by default
+    # make_family.py starts a new world model of the family from that tower, bit for bit
+    again = world_dir / f"{family}_from_tower"
+    proc = _make(world_dir, family, again, "--vision_tower_from", str(tower))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    saved = load_file(str(tower / "model.safetensors"))
+    built = AutoModelForImageTextToText.from_pretrained(again).model.visual.state_dict()
+    assert all(torch.equal(saved[k], built[k]) for k in saved)
+    assert json.loads((again / "build_info.json").read_text())["vision_tower_pretraining"]["steps"] == 2
+    # a tower of another kind is refused in one line
+    proc = _make(world_dir, "qwen3_vl", world_dir / "q3", "--vision_tower_from", str(tower))
+    assert proc.returncode == 2 and "qwen3_vl's is a qwen3_vl_vision" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _make(world_dir, "vip_llava", world_dir / "vip", "--vision_tower_from", str(tower))
+    assert proc.returncode == 2 and "vip_llava's is CLIP" in proc.stderr

@@ -202,7 +202,9 @@ def load_token_pool(coco: dict, image_dir: Path, image_processor, merge: int, bo
     turn into tokens. Per view: its patches and ``image_grid_thw``; per token of its ``(h/merge) x (w/merge)`` grid over
     the image itself: the class of the object over the token's centre (:func:`covering_grid`), that object's cell and
     size (-100 off objects); per view the count, the surface and the outlined object's class, cell and size. The
-    per-token targets are lists of tensors, one per view (the token counts differ with the aspect ratio)."""
+    per-token targets are lists of tensors, one per view (the token counts differ with the aspect ratio). The views
+    are kept as images and processed batch by batch (:func:`qwen_pixels`): their patches, upscaled to ~64 tokens,
+    take 25 times the memory of the image."""
     import random
 
     import torch
@@ -217,7 +219,7 @@ def load_token_pool(coco: dict, image_dir: Path, image_processor, merge: int, bo
     for a in coco["annotations"]:
         by_image.setdefault(a["image_id"], []).append(a)
     surfaces = sorted({img.get("surface", "") for img in coco["images"]})
-    rows: dict[str, list] = {k: [] for k in ("pixels", "grid", "maps", "cells", "sizes", "counts", "boxed_class",
+    rows: dict[str, list] = {k: [] for k in ("views", "grid", "maps", "cells", "sizes", "counts", "boxed_class",
                                              "boxed_cell", "boxed_size", "surface", "image")}
     for n, img in enumerate(coco["images"]):
         anns = by_image.get(img["id"], [])
@@ -228,15 +230,12 @@ def load_token_pool(coco: dict, image_dir: Path, image_processor, merge: int, bo
         with Image.open(image_dir / img["file_name"]) as im:
             image = im.convert("RGB")
         outlined = [None] + ([rng.randrange(len(boxes)) for _ in range(boxed_views)] if boxes else [])
-        cover = None
+        thw = image_processor(images=image, return_tensors="pt")["image_grid_thw"][0]  # every view's grid
+        gh, gw = int(thw[1]) // merge, int(thw[2]) // merge
+        cover = covering_grid([[b[0] / w, b[1] / h, b[2] / w, b[3] / h] for b in boxes], gh, gw)
         for k in outlined:
             view = image if k is None else draw_box_prompt(image, [{"bbox": boxes[k], "colour": colour}])
-            processed = image_processor(images=view, return_tensors="pt")
-            thw = processed["image_grid_thw"][0]
-            if cover is None:  # every view of an image has its size, hence its grid
-                gh, gw = int(thw[1]) // merge, int(thw[2]) // merge
-                cover = covering_grid([[b[0] / w, b[1] / h, b[2] / w, b[3] / h] for b in boxes], gh, gw)
-            rows["pixels"].append(processed["pixel_values"])
+            rows["views"].append(view)
             rows["grid"].append(thw)
             rows["maps"].append(torch.tensor([0 if i < 0 else classes[i] + 1 for i in cover]))
             rows["cells"].append(torch.tensor([-100 if i < 0 else facts[i][0] for i in cover]))
@@ -248,10 +247,16 @@ def load_token_pool(coco: dict, image_dir: Path, image_processor, merge: int, bo
             rows["surface"].append(surfaces.index(img.get("surface", "")))
             rows["image"].append(n)
     pool = {k: torch.tensor(rows[k]) for k in ("counts", "boxed_class", "boxed_cell", "boxed_size", "surface", "image")}
-    pool.update({k: rows[k] for k in ("pixels", "maps", "cells", "sizes")})
+    pool.update({k: rows[k] for k in ("views", "maps", "cells", "sizes")})
     pool["grid"] = torch.stack(rows["grid"])
     pool["n_surfaces"] = len(surfaces)
     return pool
+
+
+def qwen_pixels(pool: dict, rows: list[int], image_processor):
+    """The patches and ``image_grid_thw`` of the pool's views ``rows``, as the family's processor gives them."""
+    processed = image_processor(images=[pool["views"][i] for i in rows], return_tensors="pt")
+    return processed["pixel_values"], processed["image_grid_thw"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -343,8 +348,8 @@ def main(argv=None) -> int:
     def features(rows):
         """(per-token features of the views, flattened; per-view pooled features)"""
         if qwen:  # the tokens the language model reads: the merger's output, one tensor per view
-            pixels = torch.cat([pool["pixels"][i] for i in rows.tolist()])
-            per_view = model.model.get_image_features(pixels, pool["grid"][rows]).pooler_output
+            pixels, grid_thw = qwen_pixels(pool, rows.tolist(), processor.image_processor)
+            per_view = model.model.get_image_features(pixels, grid_thw).pooler_output
             return torch.cat(per_view), torch.stack([v.mean(0) for v in per_view])
         # The features LLaVA takes (its vision_feature_layer). With the "full" strategy the language model
         # also sees the CLS token: the per-image heads are taught there; else on the mean of the patches.
