@@ -134,6 +134,9 @@ def test_families_report_gathers_every_family_in_order_and_writes_the_readme(tmp
     assert report.main(["families", "--run_dir", str(run), "--readme", str(readme), "--seconds", "99"]) == 0
     results = json.loads((run / "families.json").read_text())
     assert list(results) == ["llava", "vip_llava", "qwen3_vl"]
+    # a LLaVA-1.5 trained by families.sh is its row, not the world run's VLM
+    _write_family_run(run / "families" / "llava", 0.7, 0.2, 0.0)
+    assert report.family_results(run)["llava"]["count"]["model"] == 0.7
     q3 = results["qwen3_vl"]
     assert q3["count"] == {"metric": "count_exact", "model": 0.4, "majority": 0.2, "untrained": 0.1, "n": 10}
     assert q3["region_label"]["model"] == 0.4 and q3["region_label"]["majority"] == 0.2

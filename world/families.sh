@@ -6,10 +6,11 @@
 # trains it with train_vlm.py as a user trains the 7B checkpoint, predicts the test questions, asks the guide's API
 # (describe_object, "what is in this box?", locate: boxes parsed by the family's own parser, scored in pixels of the
 # original image), and scores each beside the majority of the training split and the same model untrained.
-# LLaVA-1.5's row is the world run's own VLM (the same data, steps and settings).
+# Every family, LLaVA-1.5 included, is trained here the same way, its region questions naming the box by its
+# coordinates in the family's frame (the world run's own VLM draws the box: it is not the LLaVA-1.5 row here).
 #
 # Usage: WORLD_DIR=world_output PYTHON=.venv/bin/python bash world/families.sh
-#   WORLD_FAMILIES  the families to train (default: every family but llava, whose row is the world run's)
+#   WORLD_FAMILIES  the families to train (default: all seven; without llava, its row is the world run's own VLM)
 #   WORLD_FAMILY_STEPS, WORLD_FAMILY_BATCH, WORLD_FAMILY_LR  training (default 500 steps of 16 at 1e-3: the world run's)
 #   WORLD_FAMILY_LANES  families trained side by side, one core each (default 2)
 #   WORLD_README=1  also write the table between the world-families markers of README.md
@@ -27,7 +28,7 @@ if [ "$THREADS" -gt 0 ]; then
     export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
 fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 YOLO_OFFLINE=1 TOKENIZERS_PARALLELISM=false MPLBACKEND=Agg
-FAMILIES=${WORLD_FAMILIES:-vip_llava llava_next llava_onevision qwen2_vl qwen2_5_vl qwen3_vl}
+FAMILIES=${WORLD_FAMILIES:-llava vip_llava llava_next llava_onevision qwen2_vl qwen2_5_vl qwen3_vl}
 STEPS=${WORLD_FAMILY_STEPS:-500}
 BATCH=${WORLD_FAMILY_BATCH:-16}
 LR=${WORLD_FAMILY_LR:-1e-3}
@@ -47,8 +48,8 @@ fi
 for family in $FAMILIES; do
     case "$family" in
         llava|vip_llava|llava_next|llava_onevision|qwen2_vl|qwen2_5_vl|qwen3_vl) ;;
-        *) echo "error: WORLD_FAMILIES: unknown family '$family' (vip_llava llava_next llava_onevision qwen2_vl" \
-                "qwen2_5_vl qwen3_vl; llava is the world run's own)" >&2; exit 2 ;;
+        *) echo "error: WORLD_FAMILIES: unknown family '$family' (llava vip_llava llava_next llava_onevision" \
+                "qwen2_vl qwen2_5_vl qwen3_vl)" >&2; exit 2 ;;
     esac
 done
 

@@ -324,12 +324,14 @@ FAMILIES_BEGIN, FAMILIES_END = "<!-- world-families:begin -->", "<!-- world-fami
 
 
 def family_runs(run: Path) -> dict[str, Path]:
-    """The run folders of a families run: LLaVA-1.5 is the world run itself, each other family
-    ``run/families/<name>`` (world/families.sh), in :data:`FAMILY_ORDER`."""
-    found = {"llava": run} if (run / "eval" / "model.json").is_file() else {}
-    for name in FAMILY_ORDER[1:]:
+    """The run folders of a families run, in :data:`FAMILY_ORDER`: each family's ``run/families/<name>``
+    (world/families.sh); LLaVA-1.5's is the world run itself where families.sh did not train one."""
+    found = {}
+    for name in FAMILY_ORDER:
         if (run / "families" / name / "eval" / "model.json").is_file():
             found[name] = run / "families" / name
+        elif name == "llava" and (run / "eval" / "model.json").is_file():
+            found[name] = run
     return found
 
 
