@@ -212,12 +212,12 @@ def test_two_families_learn_in_their_own_frames(reduced_world_run):
     better than their baselines; locate's boxes are parsed by each family's parser and scored in pixels, so a frame
     error would show as lost Acc@0.5.
 
-    Measured on 2026-12-04 (session 10, seed 0, 200 steps of 16 each on the reduced run's 720 training scenes), model
-    (majority / untrained): LLaVA-NeXT count 0.438 (0.172 / 0.000), surface 1.000 (0.250 / 0.000), location 0.482
-    (0.000 / 0.000), region_label 0.253 (0.193 / 0.000), locate Acc@0.5 0.048 (mean box 0.011), mean IoU 0.126
-    (0.086), every answer a box; Qwen2.5-VL, whose vision tower is its own and starts random, surface 0.964 (0.250 /
-    0.000), location 0.107 (0.000 / 0.000), count 0.125 (0.172: not learnt in 200 steps), locate 0.000 with 35% of
-    its answers not a box.
+    Measured on 2026-12-04 (session 10, seed 0, 200 steps of 16 each on the reduced run's 720 training scenes, the
+    committed towers), model (majority / untrained): LLaVA-NeXT count 0.438 (0.172 / 0.000), surface 1.000 (0.250 /
+    0.000), location 0.518 (0.000 / 0.000), region_label 0.287 (0.193 / 0.000), locate Acc@0.5 0.034 (mean box 0.011),
+    mean IoU 0.129 (0.086), every answer a box; Qwen2.5-VL (its own tower, world/models/towers/qwen2_5_vl) count 0.484
+    (0.172 / 0.109), surface 1.000 (0.250 / 0.000), location 0.232 (0.000 / 0.000), region_label 0.207 (0.193), locate
+    0.000 with 37% of its answers not a box (with a random tower trained along: count 0.125, surface 0.964).
     """
     results, _, out = reduced_world_run
     env = dict(os.environ, PYTHON=sys.executable, WORLD_DIR=str(out), **REDUCED, **FAMILIES)
@@ -241,10 +241,10 @@ def test_two_families_learn_in_their_own_frames(reduced_world_run):
     # locate's boxes, parsed in LLaVA-NeXT's frame (0..1 of the original image) and scored in pixels, land nearer the
     # truth than the mean training box: boxes read in another frame (the padded square) would not
     ground = next_["grounding"]
-    assert ground["acc50"]["model"] >= ground["acc50"]["majority"] + 0.02, ground
+    assert ground["acc50"]["model"] >= ground["acc50"]["majority"] + 0.01, ground
     assert ground["mean_iou"]["model"] >= ground["mean_iou"]["majority"] + 0.02, ground
     assert ground["unparsed"]["model"] <= 0.1, ground
-    for qtype, margin in (("surface", 0.5), ("location", 0.05)):
+    for qtype, margin in (("count", 0.15), ("surface", 0.5), ("location", 0.1)):
         row = qwen[qtype]
         assert row["model"] >= row["majority"] + margin and row["model"] >= row["untrained"] + margin, (qtype, row)
 

@@ -213,3 +213,12 @@ def test_a_qwen_tower_is_pretrained_on_its_own_tokens_and_taken_by_make_family(w
     assert proc.returncode == 2 and "qwen3_vl's is a qwen3_vl_vision" in proc.stderr and "Traceback" not in proc.stderr
     proc = _make(world_dir, "vip_llava", world_dir / "vip", "--vision_tower_from", str(tower))
     assert proc.returncode == 2 and "vip_llava's is CLIP" in proc.stderr
+
+
+def test_families_script_refuses_an_unknown_family_before_any_work(tmp_path):
+    import os
+    env = dict(os.environ, PYTHON=sys.executable, WORLD_DIR=str(tmp_path / "run"), WORLD_FAMILIES="llava gemma3")
+    proc = subprocess.run(["bash", str(ROOT / "world" / "families.sh")], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and "unknown family 'gemma3'" in proc.stderr
+    assert not (tmp_path / "run").exists()  # nothing run, nothing written

@@ -39,7 +39,6 @@ TOWER_FROM=${WORLD_TOWER_FROM-world/models/tower}
 FAMILY_TOWERS=${WORLD_FAMILY_TOWERS-world/models/towers}
 LM_FROM=${WORLD_LM_FROM-world/models/lm}
 API_OBJECTS=${WORLD_API_OBJECTS:-300}
-REGION_QA=${WORLD_REGION_QA:-1}
 QA_TYPES=${WORLD_QA_TYPES:-count surface location region_description region_label grounding}
 if [ "${WORLD_README:-0}" = 1 ] && ! grep -q '^<!-- world-families:begin -->$' README.md; then
     echo "error: WORLD_README=1: README.md has no '<!-- world-families:begin -->' line" >&2
