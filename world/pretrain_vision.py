@@ -33,7 +33,13 @@ cell 0.73, surface 1.00), hence ``world.sh``'s ``WORLD_TOWER_SCENES``. Without t
 crowded the surface out of the features and the VLM named the surface right 0.29 of the time (0.99 with it).
 Images of 128 px with 16 px patches (the same 64 tokens) did no better than 64 px and took 3.5x as long.
 
-Images are padded to a square with the processor's mean colour and processed by the model's own
+A Qwen-VL family's world model (``world/make_family.py``) has its own tower, ``visual``, whose merger turns each
+``2 x 2`` window of patches into one token over the image as the processor resized it (no padding): the heads then
+read the merger's tokens, the ones its language model reads, on each image's own grid (:func:`load_token_pool`),
+without the digits and place heads (LLaVA-1.5's frame words); ``--tower_out`` writes that ``visual``
+(``world/models/towers/<family>``, what ``make_family.py --vision_tower_from`` reads).
+
+Images are padded to a square with the processor's mean colour (LLaVA) and processed by the model's own
 image processor, exactly as ``train_vlm.py`` feeds them. The steps run in the loop the world
 trainers share (``world/training.py``), at a constant learning rate, until ``--max_steps`` or
 ``--minutes``. The result is the whole LLaVA (language model and projector unchanged) written to
