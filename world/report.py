@@ -371,8 +371,13 @@ def family_results(run: Path) -> dict:
     return out
 
 
+FAMILIES_NOTE = ("Each cell: model (majority of the training split / the same model untrained); locate's majority is the "
+                 "mean training box. Held-out test scenes; region_label and locate through the guide's API "
+                 "(world/api_eval.py), locate's boxes parsed by each family's own parser and scored in pixels.")
+
+
 def families_table(results: dict) -> str:
-    """One row per family: each figure as model (majority / untrained)."""
+    """One row per family: each figure as model (majority / untrained); :data:`FAMILIES_NOTE` says so."""
     def cell(row: dict | None) -> str:
         if not row or row.get("model") is None:
             return "–"
@@ -386,9 +391,6 @@ def families_table(results: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(cell(row.get(t)) for t in FAMILY_TYPES)
                      + f" | {cell(ground)} | {cell(ground.get('mean_iou'))} | {_f(unparsed)} "
                      f"| {_f(round(row['vlm_train_seconds'])) if row.get('vlm_train_seconds') else '–'} |")
-    lines += ["", "Each cell: model (majority of the training split / the same model untrained); locate's majority is "
-              "the mean training box. Held-out test scenes; region_label and locate through the guide's API "
-              "(world/api_eval.py), locate's boxes parsed by each family's own parser and scored in pixels."]
     return "\n".join(lines)
 
 
@@ -466,8 +468,8 @@ def main(argv=None) -> int:
             raise InputError(f"--run_dir {run}: no trained family there (run world/families.sh)")
         table = families_table(results)
         write_json_atomic(run / "families.json", results)
-        write_text_atomic(run / "families.md", table + "\n")
-        print(table, flush=True)
+        write_text_atomic(run / "families.md", f"{table}\n\n{FAMILIES_NOTE}\n")
+        print(f"{table}\n\n{FAMILIES_NOTE}", flush=True)
         if args.readme:
             when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
             took = "" if args.seconds is None else f", {args.seconds:.0f} s"
