@@ -18,7 +18,7 @@ from world.make_family import CLIP_FAMILIES, FAMILY_NAMES, QWEN_FAMILIES
 from world.make_world import write_world
 
 ROOT = Path(__file__).resolve().parents[1]
-LM, TOWER = ROOT / "world" / "models" / "lm", ROOT / "world" / "models" / "tower"
+LM, TOWER, TOWERS = (ROOT / "world" / "models" / d for d in ("lm", "tower", "towers"))
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,9 @@ def test_every_family_is_built_of_its_own_class_with_the_world_language_model(wo
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
     out = world_dir / family
-    proc = _make(world_dir, family, out, "--vision_tower_from", str(TOWER), "--language_model_from", str(LM))
+    # the pretrained tower of the family's kind: the CLIP one, or a Qwen family's own (world/models/towers/<family>)
+    tower_dir = TOWER if family in CLIP_FAMILIES else TOWERS / family
+    proc = _make(world_dir, family, out, "--vision_tower_from", str(tower_dir), "--language_model_from", str(LM))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"built the world {family}" in proc.stdout
     spec = families.detect_family(out)
@@ -77,8 +79,12 @@ def test_every_family_is_built_of_its_own_class_with_the_world_language_model(wo
         mine = model.model.vision_tower.state_dict()
         assert all(torch.equal(tower[k], mine[k]) for k in tower)
         assert info["vision_tower_from"] == str(TOWER)
-    else:
-        assert info["vision_tower_from"] is None  # a Qwen tower is its own architecture: it starts random
+    else:  # its own architecture, pretrained on its own tokens
+        from safetensors.torch import load_file
+        saved = load_file(str(tower_dir / "model.safetensors"))
+        mine = model.model.visual.state_dict()
+        assert set(saved) == set(mine) and all(torch.equal(saved[k], mine[k]) for k in saved)
+        assert info["vision_tower_pretraining"]["steps"] == 1200
 
 
 def test_random_language_model_builds_its_own_tokenizer(world_dir):

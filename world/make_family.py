@@ -5,7 +5,7 @@
 
 Each family's own model class, processor, chat template, image-token layout and box frame (vlm_core/families.py),
 at the sizes that learn the world in minutes on a CPU: a vision tower 128 wide x 3 layers and a language model
-192 wide x 3 layers (MLP 512), as ``world/make_llava.py`` builds LLaVA-1.5 (``--family llava`` is that script's
+192 wide x 3 layers (MLP 512), as ``world/llava_build.py`` builds LLaVA-1.5 (``--family llava`` is that script's
 model, unchanged). ``world/families.sh`` (``make world-families``) trains each on one world run's annotations with
 ``train_vlm.py --base_model OUT``, exactly as a user trains the 7B checkpoints.
 
@@ -33,7 +33,7 @@ committed as ``world/models/towers/<family>`` (``--vision_tower_from`` that fold
 ``families.sh`` trains it with the rest (``--train_vision_tower``). The language model takes the committed pretrained one (``--language_model_from``)
 and its tokenizer; the family's own special tokens (Qwen's ``<|im_start|>``, ``<|box_start|>``, ...) are added to the
 tokenizer, their embeddings started at the mean of the others. Without ``--language_model_from`` the language model is
-random and the tokenizer is built from the world's text (``make_llava.py``'s BPE) plus the family's tokens.
+random and the tokenizer is built from the world's text (``llava_build.py``'s BPE) plus the family's tokens.
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ from fixtures.tiny_models import (  # noqa: E402
     VIP_LLAVA_CHAT_TEMPLATE,
 )
 from vlm_core.io_utils import write_json_atomic  # noqa: E402
-from world import make_llava  # noqa: E402
+from world import llava_build  # noqa: E402
 
 FAMILY_NAMES = ("llava", "vip_llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 CLIP_FAMILIES = ("llava", "vip_llava", "llava_next", "llava_onevision")  # the others have their own vision towers
@@ -73,7 +73,7 @@ QWEN3_PIXELS = {"shortest_edge": 256 * 256, "longest_edge": 288 * 288}  # factor
 
 
 def family_tokenizer(family: str, base):
-    """The world tokenizer ``base`` (the pretrained language model's, or make_llava.py's BPE) with ``family``'s special
+    """The world tokenizer ``base`` (the pretrained language model's, or llava_build.py's BPE) with ``family``'s special
     tokens appended and its own end, padding and image tokens; ChatML families (Qwen, OneVision) write no BOS."""
     from tokenizers import AddedToken, Tokenizer
     from transformers import PreTrainedTokenizerFast
@@ -144,7 +144,7 @@ def load_tower(model, family: str, tower_dir: Path) -> dict:
     if family in CLIP_FAMILIES:
         if kind not in ("clip_vision_model", "llava"):
             raise ValueError(f"the tower in {tower_dir} is a {kind}; {family}'s is CLIP (e.g. world/models/tower)")
-        return make_llava.load_tower_weights(model, tower_dir)
+        return llava_build.load_tower_weights(model, tower_dir)
     from safetensors.torch import load_file
 
     visual = model.model.visual
@@ -200,7 +200,7 @@ def _clip_processor(sizes: dict):
 
 
 def build_model(family: str, tokenizer, sizes: dict, rope_theta: float = 10000.0):
-    """(model, processor) of ``family`` at ``sizes`` (make_llava.SIZES), random weights."""
+    """(model, processor) of ``family`` at ``sizes`` (llava_build.SIZES), random weights."""
     import transformers as tf
 
     text = _text_config(family, tokenizer, sizes, rope_theta)
@@ -291,13 +291,13 @@ def build_family(family: str, out: Path, coco: dict, seed: int = 0, vision_tower
     import torch
 
     if family == "llava":
-        return make_llava.build_llava(out, coco, seed, vision_tower_from=vision_tower_from,
+        return llava_build.build_llava(out, coco, seed, vision_tower_from=vision_tower_from,
                                       language_model_from=language_model_from)
-    sizes = dict(make_llava.SIZES)
+    sizes = dict(llava_build.SIZES)
     decoder = head = None
     rope_theta = 10000.0
     if language_model_from:
-        lm_config, base_tokenizer, _ = make_llava.load_language_model(Path(language_model_from))
+        lm_config, base_tokenizer, _ = llava_build.load_language_model(Path(language_model_from))
         from transformers import AutoModelForCausalLM, LlavaForConditionalGeneration
         config = json.loads((Path(language_model_from) / "config.json").read_text(encoding="utf-8"))
         if config.get("model_type") == "llava":
@@ -313,7 +313,7 @@ def build_family(family: str, out: Path, coco: dict, seed: int = 0, vision_tower
                                  f"the world's sizes ask for {sizes[size]}")
         rope_theta = float((getattr(lm_config, "rope_parameters", None) or {}).get("rope_theta", 10000.0))
     else:
-        base_tokenizer = make_llava.build_tokenizer(make_llava.world_corpus(coco))
+        base_tokenizer = llava_build.build_tokenizer(llava_build.world_corpus(coco))
     tokenizer = family_tokenizer(family, base_tokenizer)
     torch.manual_seed(seed)
     model, processor = build_model(family, tokenizer, sizes, rope_theta)
