@@ -105,7 +105,8 @@ MODELS_FROM=${WORLD_MODELS_FROM:-}
 # asked about the scene. Region questions name their box drawn on the image, "the object in the red box"
 # (convert/train_vlm.py/the API's --box_prompt visual, as ViP-LLaVA asks; the untrained model is asked the same way):
 # on the reduced world with this tower and language model, "what is in this box?" rose from 0.294 with the box's
-# coordinates to 0.545 (majority 0.193), the rest as good (docs/world.md). WORLD_BOX_PROMPT=text|both: coordinates.
+# coordinates to 0.545 (majority 0.193); the scene's surface suffers (0.946 / 0.722 on seeds 0 / 1, 0.968 in the
+# 20-minute run, against 1.000 / 0.997 with coordinates: docs/world.md). WORLD_BOX_PROMPT=text|both: coordinates.
 REGION_QA=${WORLD_REGION_QA:-1}
 BOX_PROMPT=${WORLD_BOX_PROMPT:-visual}
 
