@@ -86,7 +86,7 @@ def load_tower_weights(model, tower_dir: Path) -> dict:
 
 def load_language_model(lm_dir: Path):
     """The pretrained language model of ``lm_dir`` (``pretrain_lm.py --lm_out``: a LlamaForCausalLM with its
-    tokenizer, or a whole world LLaVA): (its config, its tokenizer, a function copying it into a LLaVA)."""
+    tokenizer, or a whole world LLaVA): (its config, its tokenizer, its decoder, its lm_head)."""
     from transformers import AutoTokenizer, LlamaForCausalLM, LlavaForConditionalGeneration
 
     config = json.loads((lm_dir / "config.json").read_text(encoding="utf-8"))
@@ -96,13 +96,7 @@ def load_language_model(lm_dir: Path):
     else:
         source = LlamaForCausalLM.from_pretrained(lm_dir)
         decoder, head, text_config = source.model, source.lm_head, source.config
-    tokenizer = AutoTokenizer.from_pretrained(lm_dir)
-
-    def copy_into(model) -> None:
-        model.model.language_model.load_state_dict(decoder.state_dict())
-        model.lm_head.load_state_dict(head.state_dict())
-
-    return text_config, tokenizer, copy_into
+    return text_config, AutoTokenizer.from_pretrained(lm_dir), decoder, head
 
 
 def build_llava(out: Path, coco: dict, seed: int = 0, vocab_size: int = 512, feature_strategy: str = "default",
@@ -128,9 +122,9 @@ def build_llava(out: Path, coco: dict, seed: int = 0, vocab_size: int = 512, fea
         raise ValueError(f"unknown sizes: {sorted(unknown)}")
     z = SIZES | sizes
     image_size, patch = z["image_size"], z["patch"]
-    lm_config = copy_language_model = None
+    lm_config = lm_decoder = lm_head = None
     if language_model_from:
-        lm_config, tokenizer, copy_language_model = load_language_model(Path(language_model_from))
+        lm_config, tokenizer, lm_decoder, lm_head = load_language_model(Path(language_model_from))
     else:
         tokenizer = build_tokenizer(world_corpus(coco), vocab_size)
     torch.manual_seed(seed)
@@ -151,13 +145,14 @@ def build_llava(out: Path, coco: dict, seed: int = 0, vocab_size: int = 512, fea
     model = LlavaForConditionalGeneration(config).eval()
     tower_info = load_tower_weights(model, Path(vision_tower_from)) if vision_tower_from else None
     lm_info = None
-    if copy_language_model:
+    if lm_decoder is not None:
         keys = ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads")
         have = {k: getattr(lm_config, k) for k in keys}
         want = {k: getattr(model.config.text_config, k) for k in keys}
         if have != want:
             raise ValueError(f"the language model in {language_model_from} is {have}, the model asks for {want}")
-        copy_language_model(model)
+        model.model.language_model.load_state_dict(lm_decoder.state_dict())
+        model.lm_head.load_state_dict(lm_head.state_dict())
         info_file = Path(language_model_from) / "pretrain_info.json"
         info = json.loads(info_file.read_text(encoding="utf-8")) if info_file.is_file() else {}
         lm_info = {k: v for k, v in info.items() if k != "loss_curve"}

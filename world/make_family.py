@@ -297,15 +297,7 @@ def build_family(family: str, out: Path, coco: dict, seed: int = 0, vision_tower
     decoder = head = None
     rope_theta = 10000.0
     if language_model_from:
-        lm_config, base_tokenizer, _ = llava_build.load_language_model(Path(language_model_from))
-        from transformers import AutoModelForCausalLM, LlavaForConditionalGeneration
-        config = json.loads((Path(language_model_from) / "config.json").read_text(encoding="utf-8"))
-        if config.get("model_type") == "llava":
-            source = LlavaForConditionalGeneration.from_pretrained(language_model_from)
-            decoder, head = source.model.language_model, source.lm_head
-        else:
-            source = AutoModelForCausalLM.from_pretrained(language_model_from)
-            decoder, head = source.model, source.lm_head
+        lm_config, base_tokenizer, decoder, head = llava_build.load_language_model(Path(language_model_from))
         keys = {"hidden_size": "text_width", "num_hidden_layers": "text_layers", "intermediate_size": "text_intermediate"}
         for key, size in keys.items():
             if getattr(lm_config, key) != sizes[size]:

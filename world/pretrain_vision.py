@@ -142,21 +142,25 @@ def object_facts(box: list[float], width: float, height: float) -> tuple[int, in
             box_digits(box, width, height))
 
 
-def load_pool(coco: dict, image_dir: Path, image_processor, grid: int, boxed_views: int = 0, seed: int = 0):
-    """Every image of a COCO file as the tower's training examples, a dict of tensors.
+def pool_surfaces(coco: dict) -> list[str]:
+    """The surfaces of the pool's scenes, sorted: the surface head's classes."""
+    return sorted({img.get("surface", "") for img in coco["images"]})
 
-    Each image gives one view as it is and ``boxed_views`` more with one of its objects (drawn at random) outlined
-    by the visual box prompt (:func:`vlm_core.images.draw_box_prompt`, the toolkit's own drawing, in the first
-    colour a question names). Targets per patch: the class over it (:func:`patch_targets`), and for patches on an
-    object that object's cell, size and box digits (-100 elsewhere: not scored); per view: the number of objects,
-    and the outlined object's class, cell and size (0: no outline).
-    """
+
+VIEW_KEYS = ("counts", "boxed_class", "boxed_cell", "boxed_size", "surface", "image")  # one value per view
+
+
+def pool_views(coco: dict, image_dir: Path, boxed_views: int = 0, seed: int = 0):
+    """Every image of a COCO file as views for the tower: one as it is and ``boxed_views`` more with one of its objects
+    (drawn at random) outlined by the visual box prompt (:func:`vlm_core.images.draw_box_prompt`, the toolkit's own
+    drawing, in the first colour a question names). Yields ``(view, scene, targets)`` per view: ``scene`` holds the
+    image's size, pixel ``boxes``, ``classes`` and :func:`object_facts`; ``targets`` the per-view ones of
+    :data:`VIEW_KEYS` (the number of objects, the outlined object's class, cell and size, 0 with no outline; the
+    surface, an index into :func:`pool_surfaces`; the image's index)."""
     import random
 
-    import torch
     from PIL import Image
 
-    from vlm_core.boxes import pad_to_square
     from vlm_core.images import BOX_PROMPT_COLOURS, draw_box_prompt
 
     colour = next(iter(BOX_PROMPT_COLOURS))
@@ -165,40 +169,59 @@ def load_pool(coco: dict, image_dir: Path, image_processor, grid: int, boxed_vie
     by_image: dict[int, list[dict]] = {}
     for a in coco["annotations"]:
         by_image.setdefault(a["image_id"], []).append(a)
-    fill = tuple(float(v) for v in image_processor.image_mean)
-    surfaces = sorted({img.get("surface", "") for img in coco["images"]})
-    rows: dict[str, list] = {k: [] for k in ("pixels", "maps", "counts", "cells", "sizes", "digits", "boxed_class",
-                                             "boxed_cell", "boxed_size", "surface", "image")}
+    surfaces = pool_surfaces(coco)
     for n, img in enumerate(coco["images"]):
         anns = by_image.get(img["id"], [])
         w, h = img["width"], img["height"]
         boxes = [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns]
         classes = [cat_index[a["category_id"]] for a in anns]
-        cover = covering_objects(boxes, w, h, grid)
-        facts = [object_facts(b, w, h) for b in boxes]
-        patch_cell = [-100 if i < 0 else facts[i][0] for i in cover]
-        patch_size = [-100 if i < 0 else facts[i][1] for i in cover]
-        patch_digits = [[-100] * 8 if i < 0 else facts[i][2] for i in cover]
+        scene = {"width": w, "height": h, "boxes": boxes, "classes": classes,
+                 "facts": [object_facts(b, w, h) for b in boxes]}
         with Image.open(image_dir / img["file_name"]) as im:
             image = im.convert("RGB")
         outlined = [None] + ([rng.randrange(len(boxes)) for _ in range(boxed_views)] if boxes else [])
         for k in outlined:
             view = image if k is None else draw_box_prompt(image, [{"bbox": boxes[k], "colour": colour}])
-            rows["pixels"].append(image_processor(images=pad_to_square(view, fill), return_tensors="pt")
-                                  ["pixel_values"][0])
-            rows["maps"].append([0 if i < 0 else classes[i] + 1 for i in cover])
-            rows["counts"].append(min(len(anns), MAX_COUNT))
-            rows["cells"].append(patch_cell)
-            rows["sizes"].append(patch_size)
-            rows["digits"].append(patch_digits)
-            rows["boxed_class"].append(0 if k is None else classes[k] + 1)
-            rows["boxed_cell"].append(0 if k is None else facts[k][0] + 1)
-            rows["boxed_size"].append(0 if k is None else facts[k][1] + 1)
-            rows["surface"].append(surfaces.index(img.get("surface", "")))
-            rows["image"].append(n)
+            facts = None if k is None else scene["facts"][k]
+            yield view, scene, {"counts": min(len(anns), MAX_COUNT),
+                                "boxed_class": 0 if k is None else classes[k] + 1,
+                                "boxed_cell": 0 if k is None else facts[0] + 1,
+                                "boxed_size": 0 if k is None else facts[1] + 1,
+                                "surface": surfaces.index(img.get("surface", "")), "image": n}
+
+
+def load_pool(coco: dict, image_dir: Path, image_processor, grid: int, boxed_views: int = 0, seed: int = 0):
+    """Every image of a COCO file as the tower's training examples, a dict of tensors (:func:`pool_views`: each image
+    as it is and ``boxed_views`` times with one object outlined). Targets per patch: the class over it
+    (:func:`patch_targets`), and for patches on an object that object's cell, size and box digits (-100 elsewhere: not
+    scored); per view: the number of objects, and the outlined object's class, cell and size (0: no outline).
+    """
+    import torch
+
+    from vlm_core.boxes import pad_to_square
+
+    fill = tuple(float(v) for v in image_processor.image_mean)
+    rows: dict[str, list] = {k: [] for k in ("pixels", "maps", "cells", "sizes", "digits", *VIEW_KEYS)}
+    last_scene = cover = None
+    for view, scene, targets in pool_views(coco, image_dir, boxed_views, seed):
+        if scene is not last_scene:  # the patch targets are the same for every view of an image
+            last_scene, facts = scene, scene["facts"]
+            cover = covering_objects(scene["boxes"], scene["width"], scene["height"], grid)
+            maps = [0 if i < 0 else scene["classes"][i] + 1 for i in cover]
+            patch_cell = [-100 if i < 0 else facts[i][0] for i in cover]
+            patch_size = [-100 if i < 0 else facts[i][1] for i in cover]
+            patch_digits = [[-100] * 8 if i < 0 else facts[i][2] for i in cover]
+        rows["pixels"].append(image_processor(images=pad_to_square(view, fill), return_tensors="pt")
+                              ["pixel_values"][0])
+        rows["maps"].append(maps)
+        rows["cells"].append(patch_cell)
+        rows["sizes"].append(patch_size)
+        rows["digits"].append(patch_digits)
+        for k in VIEW_KEYS:
+            rows[k].append(targets[k])
     pool = {k: torch.tensor(v) for k, v in rows.items() if k != "pixels"}
     pool["pixels"] = torch.stack(rows["pixels"])
-    pool["n_surfaces"] = len(surfaces)
+    pool["n_surfaces"] = len(pool_surfaces(coco))
     return pool
 
 
@@ -211,51 +234,30 @@ def load_token_pool(coco: dict, image_dir: Path, image_processor, merge: int, bo
     per-token targets are lists of tensors, one per view (the token counts differ with the aspect ratio). The views
     are kept as images and processed batch by batch (:func:`qwen_pixels`): their patches, upscaled to ~64 tokens,
     take 25 times the memory of the image."""
-    import random
-
     import torch
-    from PIL import Image
 
-    from vlm_core.images import BOX_PROMPT_COLOURS, draw_box_prompt
-
-    colour = next(iter(BOX_PROMPT_COLOURS))
-    rng = random.Random(seed)
-    cat_index = {c["id"]: i for i, c in enumerate(coco["categories"])}
-    by_image: dict[int, list[dict]] = {}
-    for a in coco["annotations"]:
-        by_image.setdefault(a["image_id"], []).append(a)
-    surfaces = sorted({img.get("surface", "") for img in coco["images"]})
-    rows: dict[str, list] = {k: [] for k in ("views", "grid", "maps", "cells", "sizes", "counts", "boxed_class",
-                                             "boxed_cell", "boxed_size", "surface", "image")}
-    for n, img in enumerate(coco["images"]):
-        anns = by_image.get(img["id"], [])
-        w, h = img["width"], img["height"]
-        boxes = [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns]
-        classes = [cat_index[a["category_id"]] for a in anns]
-        facts = [object_facts(b, w, h) for b in boxes]
-        with Image.open(image_dir / img["file_name"]) as im:
-            image = im.convert("RGB")
-        outlined = [None] + ([rng.randrange(len(boxes)) for _ in range(boxed_views)] if boxes else [])
-        thw = image_processor(images=image, return_tensors="pt")["image_grid_thw"][0]  # every view's grid
-        gh, gw = int(thw[1]) // merge, int(thw[2]) // merge
-        cover = covering_grid([[b[0] / w, b[1] / h, b[2] / w, b[3] / h] for b in boxes], gh, gw)
-        for k in outlined:
-            view = image if k is None else draw_box_prompt(image, [{"bbox": boxes[k], "colour": colour}])
-            rows["views"].append(view)
-            rows["grid"].append(thw)
-            rows["maps"].append(torch.tensor([0 if i < 0 else classes[i] + 1 for i in cover]))
-            rows["cells"].append(torch.tensor([-100 if i < 0 else facts[i][0] for i in cover]))
-            rows["sizes"].append(torch.tensor([-100 if i < 0 else facts[i][1] for i in cover]))
-            rows["counts"].append(min(len(anns), MAX_COUNT))
-            rows["boxed_class"].append(0 if k is None else classes[k] + 1)
-            rows["boxed_cell"].append(0 if k is None else facts[k][0] + 1)
-            rows["boxed_size"].append(0 if k is None else facts[k][1] + 1)
-            rows["surface"].append(surfaces.index(img.get("surface", "")))
-            rows["image"].append(n)
-    pool = {k: torch.tensor(rows[k]) for k in ("counts", "boxed_class", "boxed_cell", "boxed_size", "surface", "image")}
+    rows: dict[str, list] = {k: [] for k in ("views", "grid", "maps", "cells", "sizes", *VIEW_KEYS)}
+    last_scene = None
+    for view, scene, targets in pool_views(coco, image_dir, boxed_views, seed):
+        if scene is not last_scene:  # every view of an image has its size, hence its grid and token targets
+            last_scene, facts, w, h = scene, scene["facts"], scene["width"], scene["height"]
+            thw = image_processor(images=view, return_tensors="pt")["image_grid_thw"][0]
+            gh, gw = int(thw[1]) // merge, int(thw[2]) // merge
+            cover = covering_grid([[b[0] / w, b[1] / h, b[2] / w, b[3] / h] for b in scene["boxes"]], gh, gw)
+            maps = torch.tensor([0 if i < 0 else scene["classes"][i] + 1 for i in cover])
+            cells = torch.tensor([-100 if i < 0 else facts[i][0] for i in cover])
+            sizes = torch.tensor([-100 if i < 0 else facts[i][1] for i in cover])
+        rows["views"].append(view)
+        rows["grid"].append(thw)
+        rows["maps"].append(maps)
+        rows["cells"].append(cells)
+        rows["sizes"].append(sizes)
+        for k in VIEW_KEYS:
+            rows[k].append(targets[k])
+    pool = {k: torch.tensor(rows[k]) for k in VIEW_KEYS}
     pool.update({k: rows[k] for k in ("views", "maps", "cells", "sizes")})
     pool["grid"] = torch.stack(rows["grid"])
-    pool["n_surfaces"] = len(surfaces)
+    pool["n_surfaces"] = len(pool_surfaces(coco))
     return pool
 
 
