@@ -100,9 +100,11 @@ def _finish(images: dict[str, dict], counts: Counter) -> None:
         counts["negative_images"] += not entry["objects"]
 
 
-def read_coco(path: str | os.PathLike, class_map: ClassMap | None = None) -> LabelSet:
-    """A COCO detection json, checked field by field (errors name the JSON path)."""
-    class_map = class_map or ClassMap()
+def load_coco(path: str | os.PathLike) -> dict:
+    """A COCO detection json as it is on disk, checked field by field first: images (id, relative file_name,
+    width, height), categories (id, name) and annotations (image_id, category_id of a listed image and category,
+    bbox of four finite numbers, iscrowd 0 or 1). Anything else is an :class:`AnnotationError` naming the file
+    and the JSON path of the field (``annotations[3].bbox``), which a stage reports as one line, exit code 2."""
     data = read_json(path)
     if not isinstance(data, dict):
         raise AnnotationError(path, "(top level)", "expected a COCO object with images, annotations and categories")
@@ -111,7 +113,7 @@ def read_coco(path: str | os.PathLike, class_map: ClassMap | None = None) -> Lab
             raise AnnotationError(path, key, "missing (not a COCO detection file)")
         if not isinstance(data[key], list):
             raise AnnotationError(path, key, "expected a list")
-    categories: dict = {}
+    categories: set = set()
     for i, c in enumerate(data["categories"]):
         where = f"categories[{i}]"
         if not isinstance(c, dict):
@@ -122,9 +124,9 @@ def read_coco(path: str | os.PathLike, class_map: ClassMap | None = None) -> Lab
             raise AnnotationError(path, f"{where}.name", "expected a non-empty string")
         if c["id"] in categories:
             raise AnnotationError(path, f"{where}.id", f"duplicate category id {c['id']}")
-        categories[c["id"]] = class_map(LABELS_SOURCE, c["name"])
-    images: dict[str, dict] = {}
-    by_id: dict = {}
+        categories.add(c["id"])
+    names: set[str] = set()
+    image_ids: set = set()
     for i, im in enumerate(data["images"]):
         where = f"images[{i}]"
         if not isinstance(im, dict):
@@ -132,25 +134,24 @@ def read_coco(path: str | os.PathLike, class_map: ClassMap | None = None) -> Lab
         image_id = im.get("id")
         if not (_is_int(image_id) or isinstance(image_id, str)):
             raise AnnotationError(path, f"{where}.id", "expected an integer (or string) id")
-        if image_id in by_id:
+        if image_id in image_ids:
             raise AnnotationError(path, f"{where}.id", f"duplicate image id {image_id!r}")
         if not isinstance(im.get("file_name"), str):
             raise AnnotationError(path, f"{where}.file_name", "expected a string")
         name = _relative_name(im["file_name"], path, f"{where}.file_name")
-        if name in images:
+        if name in names:
             raise AnnotationError(path, f"{where}.file_name", f"{name!r} listed twice")
         for key in ("width", "height"):
             if not _is_int(im.get(key)) or im[key] <= 0:
                 raise AnnotationError(path, f"{where}.{key}", "expected a positive integer")
-        images[name] = {"width": im["width"], "height": im["height"], "objects": [], "crowd": []}
-        by_id[image_id] = name
-    counts: Counter = Counter()
+        names.add(name)
+        image_ids.add(image_id)
     for i, a in enumerate(data["annotations"]):
         where = f"annotations[{i}]"
         if not isinstance(a, dict):
             raise AnnotationError(path, where, "expected an object")
         image_id, category_id = a.get("image_id"), a.get("category_id")
-        if not (_is_int(image_id) or isinstance(image_id, str)) or image_id not in by_id:
+        if not (_is_int(image_id) or isinstance(image_id, str)) or image_id not in image_ids:
             raise AnnotationError(path, f"{where}.image_id", f"no image with id {a.get('image_id')!r}")
         if not _is_int(category_id) or category_id not in categories:
             raise AnnotationError(path, f"{where}.category_id", f"no category with id {a.get('category_id')!r}")
@@ -160,9 +161,25 @@ def read_coco(path: str | os.PathLike, class_map: ClassMap | None = None) -> Lab
         crowd = a.get("iscrowd", 0)
         if crowd not in (0, 1) or isinstance(crowd, float):
             raise AnnotationError(path, f"{where}.iscrowd", "expected 0 or 1")
+    return data
+
+
+def read_coco(path: str | os.PathLike, class_map: ClassMap | None = None) -> LabelSet:
+    """A COCO detection json, checked field by field (:func:`load_coco`: errors name the JSON path)."""
+    class_map = class_map or ClassMap()
+    data = load_coco(path)
+    categories = {c["id"]: class_map(LABELS_SOURCE, c["name"]) for c in data["categories"]}
+    images: dict[str, dict] = {}
+    by_id: dict = {}
+    for i, im in enumerate(data["images"]):
+        name = _relative_name(im["file_name"], path, f"images[{i}].file_name")
+        images[name] = {"width": im["width"], "height": im["height"], "objects": [], "crowd": []}
+        by_id[im["id"]] = name
+    counts: Counter = Counter()
+    for a in data["annotations"]:
         entry, label = images[by_id[a["image_id"]]], categories[a["category_id"]]
-        x, y, w, h = (float(v) for v in bbox)
-        if crowd:
+        x, y, w, h = (float(v) for v in a["bbox"])
+        if a.get("iscrowd", 0):
             counts["iscrowd"] += 1
             if label is not None:
                 entry["crowd"].append({"label": label, "bbox": [x, y, x + w, y + h]})

@@ -59,7 +59,8 @@ from fixtures.tiny_models import (  # noqa: E402
     QWEN_SPECIAL_TOKENS,
     VIP_LLAVA_CHAT_TEMPLATE,
 )
-from vlm_core.io_utils import write_json_atomic  # noqa: E402
+from vlm_annotation.label_readers import load_coco  # noqa: E402
+from vlm_core.io_utils import InputError, write_json_atomic  # noqa: E402
 from world import llava_build  # noqa: E402
 
 FAMILY_NAMES = ("llava", "vip_llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl")
@@ -365,10 +366,10 @@ def main(argv=None) -> int:
             print(f"error: --{flag} {folder}: no config.json there", file=sys.stderr)
             return 2
     tower = args.vision_tower_from
-    coco = json.loads(train_json.read_text(encoding="utf-8"))
     try:
+        coco = load_coco(train_json)
         out = build_family(args.family, Path(args.out), coco, args.seed, tower, args.language_model_from)
-    except ValueError as e:
+    except (InputError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     info = json.loads((out / "build_info.json").read_text(encoding="utf-8"))

@@ -35,6 +35,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 if __package__ in (None, ""):  # run as a file: its folder is not an installed package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from vlm_annotation.label_readers import load_coco  # noqa: E402
+from vlm_core.io_utils import InputError  # noqa: E402
 from world.llava_build import SIZE_HELP, SIZES, build_llava  # noqa: E402
 
 
@@ -71,7 +73,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
-    coco = json.loads((Path(args.world) / "train.json").read_text(encoding="utf-8"))
+    try:
+        coco = load_coco(Path(args.world) / "train.json")
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.vision_tower_from and not (Path(args.vision_tower_from) / "config.json").is_file():
         print(f"error: --vision_tower_from {args.vision_tower_from}: no config.json there (a tower written by "
               "world/pretrain_vision.py --tower_out, e.g. world/models/tower)", file=sys.stderr)

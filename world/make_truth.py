@@ -16,14 +16,14 @@ images named in another annotation file (e.g. the test split).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file: world/ is not an installed package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vlm_core.io_utils import write_json_atomic  # noqa: E402
+from vlm_annotation.label_readers import load_coco  # noqa: E402
+from vlm_core.io_utils import InputError, read_json, write_json_atomic  # noqa: E402
 from vlm_core.runtime import plural  # noqa: E402
 from world.truth import truth_annotations  # noqa: E402
 
@@ -41,10 +41,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    coco = json.loads(Path(args.coco).read_text(encoding="utf-8"))
-    only = None
-    if args.only:
-        only = {r["image"] for r in json.loads(Path(args.only).read_text(encoding="utf-8"))["images"]}
+    try:
+        coco = load_coco(args.coco)
+        only = None
+        if args.only:
+            only = {r["image"] for r in read_json(args.only)["images"]}
+    except (InputError, KeyError, TypeError) as e:
+        detail = str(e) if isinstance(e, InputError) else f"{args.only}: expected an annotations file with images"
+        print(f"error: {detail}", file=sys.stderr)
+        return 2
     data = truth_annotations(coco, args.seed, only, args.max_region_qa)
     write_json_atomic(args.output_file, data)
     n_objects, n_qa = sum(len(r["objects"]) for r in data["images"]), sum(len(r["qa"]) for r in data["images"])

@@ -31,7 +31,6 @@ folder and renamed, with ``pretrain_info.json`` (the command, the figures).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import re
@@ -46,6 +45,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 if __package__ in (None, ""):  # run as a file: its folder is not an installed package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from vlm_annotation.label_readers import load_coco  # noqa: E402
+from vlm_core.io_utils import InputError  # noqa: E402
 from vlm_training.conversion import ImageBoxes, render_pair  # noqa: E402
 from world.training import train_for, warmup_cosine, write_folder, write_llava  # noqa: E402
 from world.truth import truth_annotations  # noqa: E402
@@ -123,7 +124,11 @@ def main(argv=None) -> int:
 
     start = time.perf_counter()
     base, out = Path(args.base_model), Path(args.out)
-    coco = json.loads(Path(args.coco).read_text(encoding="utf-8"))
+    try:
+        coco = load_coco(args.coco)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.max_images:
         coco["images"] = coco["images"][:args.max_images]
     model = LlavaForConditionalGeneration.from_pretrained(base)

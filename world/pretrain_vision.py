@@ -61,7 +61,7 @@ object) did not help (0.375).
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import math
 import os
 import sys
@@ -74,8 +74,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 if __package__ in (None, ""):  # run as a file: its folder is not an installed package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from vlm_annotation.label_readers import load_coco  # noqa: E402
 from vlm_annotation.spatial import position_word, size_word  # noqa: E402
 from vlm_core.boxes import pixel_to_square  # noqa: E402
+from vlm_core.io_utils import InputError  # noqa: E402
 from world.training import train_for, warmup_cosine, write_folder, write_llava  # noqa: E402
 
 MAX_COUNT = 8  # the count head's last class is "8 or more"
@@ -156,12 +158,11 @@ def pool_views(coco: dict, image_dir: Path, boxed_views: int = 0, seed: int = 0)
     drawing, in the first colour a question names). Yields ``(view, scene, targets)`` per view: ``scene`` holds the
     image's size, pixel ``boxes``, ``classes`` and :func:`object_facts`; ``targets`` the per-view ones of
     :data:`VIEW_KEYS` (the number of objects, the outlined object's class, cell and size, 0 with no outline; the
-    surface, an index into :func:`pool_surfaces`; the image's index)."""
+    surface, an index into :func:`pool_surfaces`; the image's index). An image that cannot be read is reported and
+    left out; none readable is an :class:`InputError`."""
     import random
 
-    from PIL import Image
-
-    from vlm_core.images import BOX_PROMPT_COLOURS, draw_box_prompt
+    from vlm_core.images import BOX_PROMPT_COLOURS, ImageLoadError, draw_box_prompt, load_image
 
     colour = next(iter(BOX_PROMPT_COLOURS))
     rng = random.Random(seed)
@@ -170,6 +171,7 @@ def pool_views(coco: dict, image_dir: Path, boxed_views: int = 0, seed: int = 0)
     for a in coco["annotations"]:
         by_image.setdefault(a["image_id"], []).append(a)
     surfaces = pool_surfaces(coco)
+    read = 0
     for n, img in enumerate(coco["images"]):
         anns = by_image.get(img["id"], [])
         w, h = img["width"], img["height"]
@@ -177,8 +179,12 @@ def pool_views(coco: dict, image_dir: Path, boxed_views: int = 0, seed: int = 0)
         classes = [cat_index[a["category_id"]] for a in anns]
         scene = {"width": w, "height": h, "boxes": boxes, "classes": classes,
                  "facts": [object_facts(b, w, h) for b in boxes]}
-        with Image.open(image_dir / img["file_name"]) as im:
-            image = im.convert("RGB")
+        try:
+            image = load_image(image_dir / img["file_name"])
+        except ImageLoadError as e:  # reported and left out of the pool; the pretraining goes on
+            print(f"warning: skipped {img['file_name']}: {e}", file=sys.stderr, flush=True)
+            continue
+        read += 1
         outlined = [None] + ([rng.randrange(len(boxes)) for _ in range(boxed_views)] if boxes else [])
         for k in outlined:
             view = image if k is None else draw_box_prompt(image, [{"bbox": boxes[k], "colour": colour}])
@@ -188,6 +194,9 @@ def pool_views(coco: dict, image_dir: Path, boxed_views: int = 0, seed: int = 0)
                                 "boxed_cell": 0 if k is None else facts[0] + 1,
                                 "boxed_size": 0 if k is None else facts[1] + 1,
                                 "surface": surfaces.index(img.get("surface", "")), "image": n}
+    if not read:
+        raise InputError(f"--image_dir {image_dir}: none of the {len(coco['images'])} images of the COCO file could "
+                         "be read")
 
 
 def load_pool(coco: dict, image_dir: Path, image_processor, grid: int, boxed_views: int = 0, seed: int = 0):
@@ -308,7 +317,11 @@ def main(argv=None) -> int:
 
     start = time.perf_counter()
     base, out = Path(args.base_model), Path(args.out)
-    coco = json.loads(Path(args.coco).read_text(encoding="utf-8"))
+    try:
+        coco = load_coco(args.coco)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.max_images:
         coco["images"] = coco["images"][:args.max_images]
     model = AutoModelForImageTextToText.from_pretrained(base)
@@ -320,14 +333,18 @@ def main(argv=None) -> int:
     if qwen:
         tower = model.model.visual
         grid = None
-        pool = load_token_pool(coco, Path(args.image_dir), processor.image_processor, tower.spatial_merge_size,
-                               boxed_views, args.seed)
+        load = functools.partial(load_token_pool, merge=tower.spatial_merge_size)
         width = model.config.text_config.hidden_size  # the merger's output, what the language model reads
     else:
         tower = model.model.vision_tower
         grid = tower.config.image_size // tower.config.patch_size
-        pool = load_pool(coco, Path(args.image_dir), processor.image_processor, grid, boxed_views, args.seed)
+        load = functools.partial(load_pool, grid=grid)
         width = tower.config.hidden_size
+    try:
+        pool = load(coco, Path(args.image_dir), processor.image_processor, boxed_views=boxed_views, seed=args.seed)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     n_images = len(coco["images"])
     # The last 10% of the images (all their views) are held out of the pretraining and scored after it.
     n_val = max(1, n_images // 10) if n_images >= 10 else 0

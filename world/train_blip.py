@@ -17,7 +17,6 @@ supervised. Seeded; bounded by ``--epochs`` and ``--minutes`` (the loop of
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -33,7 +32,8 @@ if __package__ in (None, ""):  # run as a file: its folder is not an installed p
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vlm_annotation.describer import DEFAULT_IMAGE_PROMPT, PromptBook, context_crop  # noqa: E402
-from vlm_core.io_utils import write_json_atomic  # noqa: E402
+from vlm_annotation.label_readers import load_coco  # noqa: E402
+from vlm_core.io_utils import InputError, write_json_atomic  # noqa: E402
 from vlm_core.runtime import plural  # noqa: E402
 from world.training import epoch_steps, shuffled_batches, train_for, warmup_cosine  # noqa: E402
 
@@ -89,7 +89,7 @@ def build_model(out: Path, seed: int, image_size: int = 64):
 def training_examples(world: Path, margin: float, rng: np.random.Generator, max_images: int | None,
                       jitter: float = 0.1) -> list[tuple[Image.Image, str, str]]:
     """(crop or image, prompt, target caption) for every object and every image of the training pool."""
-    coco = json.loads((world / "train.json").read_text(encoding="utf-8"))
+    coco = load_coco(world / "train.json")
     names = {c["id"]: c["name"] for c in coco["categories"]}
     book = PromptBook()
     by_image: dict[int, list] = {}
@@ -152,8 +152,12 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     rng = np.random.default_rng(args.seed)
+    try:
+        examples = training_examples(Path(args.world), args.crop_margin, rng, args.max_images)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     model, processor = build_model(out, args.seed)
-    examples = training_examples(Path(args.world), args.crop_margin, rng, args.max_images)
     lengths = {p: len(processor.tokenizer(p)["input_ids"]) for p in {e[1] for e in examples}}
     pixel_values, input_ids, attention_mask, labels = encode(processor, examples, lengths)
     n = len(examples)

@@ -16,7 +16,6 @@ Writes ``OUT/m`` (model) and ``OUT/p`` (its ``RTDetrImageProcessor``), which
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -31,7 +30,8 @@ from PIL import Image
 if __package__ in (None, ""):  # run as a file: its folder is not an installed package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vlm_core.io_utils import write_json_atomic  # noqa: E402
+from vlm_annotation.label_readers import load_coco  # noqa: E402
+from vlm_core.io_utils import InputError, write_json_atomic  # noqa: E402
 from vlm_core.runtime import plural  # noqa: E402
 from world.training import epoch_steps, shuffled_batches, train_for, warmup_cosine  # noqa: E402
 
@@ -65,7 +65,7 @@ def build_model(classes: list[str], size: int, seed: int):
 
 def load_pool(world: Path, size: int, max_images: int | None):
     """Images resized to ``size`` x ``size`` (uint8) and their targets (class ids, cx cy w h in 0..1)."""
-    coco = json.loads((world / "train.json").read_text(encoding="utf-8"))
+    coco = load_coco(world / "train.json")
     cats = sorted(coco["categories"], key=lambda c: c["id"])
     index = {c["id"]: i for i, c in enumerate(cats)}
     images = coco["images"][:max_images] if max_images else coco["images"]
@@ -109,7 +109,11 @@ def main(argv=None) -> int:
     import torch
 
     world, out = Path(args.world), Path(args.out)
-    classes, pixels, targets = load_pool(world, args.size, args.max_images)
+    try:
+        classes, pixels, targets = load_pool(world, args.size, args.max_images)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     model, processor = build_model(classes, args.size, args.seed)
     decay, no_decay = [], []
     for name, param in model.named_parameters():

@@ -15,7 +15,6 @@ checkpoint, and ``OUT/train_info.json`` (command, seed, seconds).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -27,13 +26,14 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 if __package__ in (None, ""):  # run as a file: its folder is not an installed package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vlm_core.io_utils import write_json_atomic, write_text_atomic  # noqa: E402
+from vlm_annotation.label_readers import load_coco  # noqa: E402
+from vlm_core.io_utils import InputError, write_json_atomic, write_text_atomic  # noqa: E402
 from world.training import steps_that_fit  # noqa: E402
 
 
 def write_yolo_dataset(coco_file: Path, images_dir: Path, out: Path, val_fraction: float = 0.1) -> Path:
     """An Ultralytics dataset of a COCO file: images linked, one label file per image, data.yaml."""
-    coco = json.loads(coco_file.read_text(encoding="utf-8"))
+    coco = load_coco(coco_file)
     names = [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])]
     index = {c["id"]: i for i, c in enumerate(sorted(coco["categories"], key=lambda c: c["id"]))}
     by_image: dict[int, list] = {}
@@ -114,17 +114,21 @@ def main(argv=None) -> int:
     world, out = Path(args.world), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     coco_file = world / "train.json"
-    if args.max_images and not args.data:
-        coco = json.loads(coco_file.read_text(encoding="utf-8"))
-        keep = {im["id"] for im in coco["images"][:args.max_images]}
-        coco["images"] = [im for im in coco["images"] if im["id"] in keep]
-        coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in keep]
-        coco_file = out / "train_subset.json"
-        write_json_atomic(coco_file, coco, indent=None)
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
-    data_yaml = Path(args.data) if args.data else write_yolo_dataset(coco_file, world / "train_images",
-                                                                     work / "dataset")
+    try:
+        if args.max_images and not args.data:
+            coco = load_coco(coco_file)
+            keep = {im["id"] for im in coco["images"][:args.max_images]}
+            coco["images"] = [im for im in coco["images"] if im["id"] in keep]
+            coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in keep]
+            coco_file = out / "train_subset.json"
+            write_json_atomic(coco_file, coco, indent=None)
+        data_yaml = Path(args.data) if args.data else write_yolo_dataset(coco_file, world / "train_images",
+                                                                         work / "dataset")
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
     import torch
     from ultralytics import YOLO
