@@ -64,6 +64,11 @@ def test_family_memorises_and_answers_in_its_own_frame(name, tiny_models, tmp_pa
 
     vlm = VLMInference(out)
     assert vlm.family.name == name and vlm.frame == frame
+    if name != "llava":  # --system_prompt auto: the family's own (ViP-LLaVA's model card sentence; none elsewhere)
+        assert vlm.prompt_format.system_prompt == families.FAMILIES[name].default_system_prompt
+    if name == "vip_llava":  # the template its model card recommends, system sentence and all
+        assert families.question_prompt(vlm.family, vlm.processor, vlm.prompt_format, "Q") == (
+            families.VIP_LLAVA_SYSTEM_PROMPT + "###Human: <image>\nQ###Assistant:")
     question = [r["conversations"][0]["value"].removeprefix(IMAGE_PLACEHOLDER) for r in records]
     answer = [r["conversations"][1]["value"] for r in records]
     assert vlm.answer_question(images / "scenes/red.png", question[0]) == answer[0]

@@ -123,6 +123,9 @@ class Family:
     vision_prefixes: tuple[str, ...] = ()     # module/parameter-name prefixes of the vision tower (frozen)
     projector_prefixes: tuple[str, ...] = ()  # the vision-language connector (trainable on request)
     sources: tuple[str, ...] = field(default_factory=tuple)
+    # The system prompt --system_prompt auto gives a family asked through its chat template: the one its checkpoint
+    # was tuned with, where its model card names one ("" none). LLaVA-1.5's is PromptFormat's (prompts.py).
+    default_system_prompt: str = ""
 
     @property
     def pad_to_square(self) -> bool:
@@ -138,6 +141,10 @@ class Family:
 # peft matches a string target_modules with re.fullmatch; train_args.json and adapter_config.json record it.
 LANGUAGE_LORA_REGEX = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
+# The sentence before "###Human:" in the template llava-hf/vip-llava-7b-hf's model card recommends "according to the
+# official code base" (LLaVA v1's, with "human" where LLaVA-1.5's says "user").
+VIP_LLAVA_SYSTEM_PROMPT = ("A chat between a curious human and an artificial intelligence assistant. "
+                           "The assistant gives helpful, detailed, and polite answers to the human's questions.")
 _QWEN_RESIZE_28 = {"factor": 28, "min_pixels": 56 * 56, "max_pixels": 28 * 28 * 16384}
 _LLAVA_VISION = (("model.vision_tower",), ("model.multi_modal_projector",))
 
@@ -156,7 +163,9 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            sources=("WisconsinAIVision/ViP-LLaVA scripts/finetune_stage2.sh (--image_aspect_ratio pad)",
                     "WisconsinAIVision/ViP-LLaVA llava/mm_utils.py expand2square",
                     "llava-hf/vip-llava-7b-hf chat_template.json",
-                    "transformers tests/models/vipllava/test_processor_vipllava.py")),
+                    "transformers tests/models/vipllava/test_processor_vipllava.py",
+                    "llava-hf/vip-llava-7b-hf README.md (the recommended template's system sentence)"),
+           default_system_prompt=VIP_LLAVA_SYSTEM_PROMPT),
     Family("llava_next", "LLaVA-NeXT", ("llava_next",), r"llava[-_]?v?1[._]6|llava[-_]?next",
            "llava-hf/llava-v1.6-mistral-7b-hf", "LlavaNextForConditionalGeneration", "LlavaNextProcessor",
            "unit", "list", "list", IMAGE_TOKEN + "\n", None,

@@ -125,8 +125,9 @@ LLAVA_15_FIRST_TURN = "USER: " + IMAGE_TOKEN + "\n{question} ASSISTANT:"
 SYSTEM_PROMPT_HELP = (
     "system prompt put before the first turn, saved in prompt_format.json so inference asks the same way: "
     "'none', 'llava_v1' (LLaVA-1.5's own: \"" + SYSTEM_PROMPTS["llava_v1"] + "\"), 'auto' "
-    "(llava_v1 for a base model with LLaVA-1.5's turn layout, which was instruction-tuned with it; "
-    "none otherwise), or any other text, used as it is")
+    "(llava_v1 for a base model with LLaVA-1.5's turn layout, which was instruction-tuned with it; for "
+    "ViP-LLaVA the sentence its model card puts before '###Human:'; none otherwise), or any other text, "
+    "used as it is")
 
 
 def resolve_system_prompt(value: str | None, fmt: "PromptFormat | None" = None) -> str:

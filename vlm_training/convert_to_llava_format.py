@@ -161,7 +161,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "export with --box_prompt text")
     try:
         fmt = prompts.PromptFormat() if args.frame.spec.uses_prompt_format else None
-        args.system_text = ("" if fmt is None and args.system_prompt == "auto"
+        args.system_text = (args.frame.spec.default_system_prompt if fmt is None and args.system_prompt == "auto"
                             else prompts.resolve_system_prompt(args.system_prompt, fmt))
     except ValueError as e:
         raise InputError(f"--system_prompt: {e}") from None

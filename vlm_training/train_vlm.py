@@ -552,7 +552,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: VLMTrainin
         layout = TokenLayout(processor, fmt)
     else:  # the chat template lays every turn out (families.conversation_segments)
         from vlm_training.family_data import FamilyLayout
-        system = "" if model_args.system_prompt == "auto" else resolve_system_prompt(model_args.system_prompt, fmt)
+        system = (family.default_system_prompt if model_args.system_prompt == "auto"
+                  else resolve_system_prompt(model_args.system_prompt, fmt))
         # pad_to_square is a record of what the frame does (BoxFrame.prepare_image pads; ViP-LLaVA's frame does)
         fmt = dataclasses.replace(fmt, pad_to_square=family.pad_to_square, system_prompt=system)
         layout = FamilyLayout(processor, fmt, family)
