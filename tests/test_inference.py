@@ -369,9 +369,10 @@ import sys
 import vlm_inference
 import vlm_inference.predict
 heavy = [m for m in ("torch", "transformers", "peft", "vlm_training.llava_data") if m in sys.modules]
-from vlm_inference import VLMInference, InferenceInputError
+from vlm_inference import VLMInference, InferenceInputError, BoxPromptWarning
 from vlm_inference import vlm_inference as module
 assert VLMInference is module.VLMInference and InferenceInputError is module.InferenceInputError
+assert BoxPromptWarning is module.BoxPromptWarning  # for warnings.filterwarnings
 heavy += [m for m in ("torch", "transformers") if m in sys.modules]
 print("heavy:", heavy)
 try:

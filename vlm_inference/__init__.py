@@ -4,7 +4,7 @@
 ``import vlm_inference`` (and the torch-free evaluation modules) never load torch.
 """
 
-_LAZY = ("VLMInference", "InferenceInputError")
+_LAZY = ("VLMInference", "InferenceInputError", "BoxPromptWarning")
 __all__ = list(_LAZY)
 
 

@@ -23,7 +23,8 @@ with the processor's mean colour, the other families' (LLaVA-NeXT/OneVision, Qwe
 asked through their chat template) leave it as it is. Decoding is greedy unless generation
 settings say otherwise. A model trained with visual box prompts (``box_prompt`` in prompt_format.json) is
 asked about a box with the box drawn on the image in red ("the object in the red box"); ``box_prompt=``
-(``--box_prompt``) asks otherwise, with a warning when the model was taught another way.
+(``--box_prompt``) asks otherwise, with a warning when the model was taught another way
+(:class:`BoxPromptWarning`, importable from ``vlm_inference`` for ``warnings.filterwarnings``).
 A prompt longer than the model's context (with the new tokens) is refused, never cut.
 """
 from __future__ import annotations
