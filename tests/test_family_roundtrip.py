@@ -81,6 +81,8 @@ def test_family_memorises_and_answers_in_its_own_frame(name, tiny_models, tmp_pa
         "image": images / "scenes/red.png", "bbox": shape_box(48, 32), "label": "ignored"}]) == ["can", "can"]
     box = vlm.locate(images / "scenes/sub/white.png", "the black paper")
     assert box == frame.parse_box(answer[3], 64, 24)
+    assert vlm.locate_objects([(images / "scenes/sub/white.png", "the black paper"), {
+        "image": images / "scenes/sub/white.png", "description": "the black paper"}], batch_size=2) == [box, box]
     assert max(abs(a - b) for a, b in zip(box, shape_box(64, 24))) <= 1.0
 
 

@@ -211,6 +211,11 @@ def test_batched_equals_one_at_a_time(vlm, images):
     single = [vlm.describe_object(*item, max_new_tokens=12) if isinstance(item, tuple)
               else vlm.describe_object(item["image"], item["bbox"], max_new_tokens=12) for item in items]
     assert vlm.describe_objects(items, batch_size=4, max_new_tokens=12) == single
+    found = [(images[0], "the red can"), {"image": pil, "description": "the plastic bottle on the left"},
+             (str(images[2]), "a glass")]
+    assert vlm.locate_objects(found, batch_size=3, max_new_tokens=24) == [
+        vlm.locate(item[0], item[1], max_new_tokens=24) if isinstance(item, tuple)
+        else vlm.locate(item["image"], item["description"], max_new_tokens=24) for item in found]
 
 
 def test_generation_is_greedy_by_default_and_overridable(vlm, images):
@@ -360,6 +365,12 @@ def test_a_bad_item_of_a_batch_is_named_by_its_index(vlm, images, tmp_path):
     assert caught.value.index == 1
     with pytest.raises(InferenceInputError, match="lies outside") as caught:
         vlm.describe_objects([(images[0], [1, 1, 5, 5]), (images[0], [500, 500, 600, 600])])
+    assert caught.value.index == 1
+    with pytest.raises(InferenceInputError, match="question is empty") as caught:
+        vlm.locate_objects([(images[0], "the can"), (images[1], "  ")])
+    assert caught.value.index == 1
+    with pytest.raises(InferenceInputError, match=r"expected \(image, description\)") as caught:
+        vlm.locate_objects([(images[0], "the can"), (images[1], "a", "b")])
     assert caught.value.index == 1
 
 

@@ -352,8 +352,9 @@ class VLMInference:
             return []
         return [{"bbox": [float(v) for v in bbox], "colour": BOX_PROMPT_SLOTS[0]}]
 
-    def grounding_question(self, description: str) -> str:
-        text = self.clean_question(description)
+    def grounding_question(self, description: str, index: int | None = None) -> str:
+        """"Please provide the bounding box coordinate of the region this sentence describes: <description>"."""
+        text = self.clean_question(description, index)
         return self.prompt_format.templates.get("grounding", prompts.GROUNDING).format(text=text)
 
     def model_image(self, image: Image.Image, drawn_boxes: list | None = None) -> Image.Image:
@@ -497,11 +498,28 @@ class VLMInference:
         return self.answer_questions([image], [question], batch_size=1,
                                      drawn_boxes=None if drawn_boxes is None else [drawn_boxes], **generate_kwargs)[0]
 
+    def locate_objects(self, items: Iterable[Any], batch_size: int = DEFAULT_BATCH_SIZE,
+                       **generate_kwargs) -> list[list[float] | None]:
+        """Find many described objects at once; each item is ``(image, description)`` or a dict with those keys.
+        Each box is in pixels of its displayed image, None where the answer holds no box; the same boxes as
+        :meth:`locate` called on each item."""
+        parsed = []
+        for i, item in enumerate(items):
+            if isinstance(item, dict) and "image" in item and "description" in item:
+                parsed.append((item["image"], item["description"]))
+            elif isinstance(item, (tuple, list)) and len(item) == 2:
+                parsed.append((item[0], item[1]))
+            else:
+                raise InferenceInputError(f"item {i}: expected (image, description) or a dict with 'image' and "
+                                          f"'description', got {item!r}", i)
+        questions = [self.grounding_question(description, i) for i, (_, description) in enumerate(parsed)]
+        images = self._images(image for image, _ in parsed)
+        answers = self._generate(questions, images, batch_size, generate_kwargs)
+        return [self.frame.parse_box(answer, *img.size) for answer, img in zip(answers, images)]
+
     def locate(self, image: Any, description: str, **generate_kwargs) -> list[float] | None:
         """The box (pixels of the displayed image) the model gives for ``description``, or None."""
-        img = load_image(image)
-        answer = self._generate([self.grounding_question(description)], [img], 1, generate_kwargs)[0]
-        return self.frame.parse_box(answer, *img.size)
+        return self.locate_objects([(image, description)], batch_size=1, **generate_kwargs)[0]
 
 
 # ---------------------------------------------------------------------- command line

@@ -145,8 +145,12 @@ def ask(model_path: str, items: list[dict], images_dir: Path, batch_size: int, m
                                      batch_size=batch_size, max_new_tokens=max_new_tokens)
     labels = vlm.label_objects([(p, it["bbox"]) for p, it in zip(paths, items)], batch_size=batch_size,
                                max_new_tokens=8)
-    located = [vlm.locate(p, it["phrase"], max_new_tokens=max_new_tokens) if it["phrase"] else None
-               for p, it in zip(paths, items)]
+    asked = [i for i, it in enumerate(items) if it["phrase"]]  # objects a phrase picks out alone
+    found = vlm.locate_objects([(paths[i], items[i]["phrase"]) for i in asked], batch_size=batch_size,
+                               max_new_tokens=max_new_tokens)
+    located: list = [None] * len(items)
+    for i, box in zip(asked, found):
+        located[i] = box
     return [{"image": it["image"], "id": it["id"], "label": it["label"], "bbox": it["bbox"], "description": d,
              "region_label": lab, "phrase": it["phrase"], "located": box}
             for it, d, lab, box in zip(items, described, labels, located)]
