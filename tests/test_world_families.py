@@ -228,3 +228,49 @@ def test_families_script_refuses_an_unknown_family_before_any_work(tmp_path):
                           text=True, timeout=60)
     assert proc.returncode == 2 and "unknown family 'gemma3'" in proc.stderr
     assert not (tmp_path / "run").exists()  # nothing run, nothing written
+
+
+def test_a_family_language_model_learns_its_own_frame_and_make_family_takes_it(world_dir, capsys):
+    """pretrain_lm.py on a Qwen2.5-VL world model renders the text in that family's frame and answer format (pixel
+    JSON after smart_resize), trains only the language model, and --lm_out holds its tensors by name, which
+    make_family.py --family_lm loads bit for bit; another family's is refused in one line."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageTextToText
+
+    from world.pretrain_lm import main, text_pairs
+
+    family = "qwen2_5_vl"
+    base = world_dir / f"{family}_lm_base"
+    assert _make(world_dir, family, base, "--language_model_from", str(LM)).returncode == 0
+    coco = json.loads((world_dir / "world" / "train.json").read_text())
+    frame = families.frame_for(base)
+    rec = text_pairs(coco, 0, {"grounding"}, frame)[0]
+    answer = json.loads(rec[2])  # {"bbox_2d": [x1, y1, x2, y2], "label": ...}: Qwen2.5-VL's own answer
+    assert set(answer) == {"bbox_2d", "label"} and all(isinstance(v, int) for v in answer["bbox_2d"])
+    assert rec == text_pairs(coco, 0, {"grounding"}, frame)[0]  # the same text every time
+
+    out, lm_out = world_dir / f"{family}_lm_out", world_dir / f"{family}_lm_only"
+    assert main(["--coco", str(world_dir / "world" / "train.json"), "--base_model", str(base), "--out", str(out),
+                 "--lm_out", str(lm_out), "--max_steps", "2", "--batch_size", "4", "--minutes", "5"]) == 0
+    assert "pretrained the language model for 2 steps" in capsys.readouterr().out
+    info = json.loads((lm_out / "pretrain_info.json").read_text())
+    assert info["family"] == family and info["frame"] == frame.describe()
+    start = AutoModelForImageTextToText.from_pretrained(base).state_dict()
+    trained = AutoModelForImageTextToText.from_pretrained(out).state_dict()
+    changed = {k for k in start if not torch.equal(start[k], trained[k])}
+    assert changed and all(k.startswith(("model.language_model.", "lm_head.")) for k in changed)
+    saved = load_file(str(lm_out / "model.safetensors"))
+    assert changed <= set(saved) and all(k.startswith(("model.language_model.", "lm_head.")) for k in saved)
+
+    again = world_dir / f"{family}_from_family_lm"
+    proc = _make(world_dir, family, again, "--language_model_from", str(LM), "--family_lm", str(lm_out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "and language model in its own frame" in proc.stdout
+    built = AutoModelForImageTextToText.from_pretrained(again).state_dict()
+    assert all(torch.equal(saved[k], built[k]) for k in saved)
+    assert json.loads((again / "build_info.json").read_text())["family_lm"] == str(lm_out)
+
+    proc = _make(world_dir, "qwen2_vl", world_dir / "qwen2_vl_wrong_lm", "--language_model_from", str(LM),
+                 "--family_lm", str(lm_out))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "a language model pretrained for qwen2_5_vl, not qwen2_vl" in proc.stderr

@@ -16,6 +16,8 @@
 #   WORLD_README=1  also write the table between the world-families markers of README.md
 #   WORLD_FAMILY_TOWERS  the Qwen families' pretrained towers, DIR/<family> (default world/models/towers; empty or
 #                   absent: a random tower, trained with the rest)
+#   WORLD_FAMILY_LMS  each family's language model pretrained again in its own box frame, DIR/<family> (default
+#                   world/models/family_lms; empty or absent: the world language model as transplanted)
 #   WORLD_TOWER_FROM, WORLD_LM_FROM, WORLD_THREADS, WORLD_SEED, WORLD_API_OBJECTS: as in world/world.sh
 # Writes WORLD_DIR/families/<family>/ (each a small run folder), WORLD_DIR/families.json and families.md.
 set -euo pipefail
@@ -38,6 +40,10 @@ TOWER_FROM=${WORLD_TOWER_FROM-world/models/tower}
 # none here starts from a random tower and trains it with the rest.
 FAMILY_TOWERS=${WORLD_FAMILY_TOWERS-world/models/towers}
 LM_FROM=${WORLD_LM_FROM-world/models/lm}
+# The world language model reads and writes boxes in LLaVA-1.5's frame; each other family's is pretrained again on the
+# same text in its own frame and answer format (world/pretrain_lm.py on that family's world model), as a real
+# Qwen2.5-VL's language model writes pixel JSON before anyone fine-tunes it.
+FAMILY_LMS=${WORLD_FAMILY_LMS-world/models/family_lms}
 API_OBJECTS=${WORLD_API_OBJECTS:-300}
 QA_TYPES=${WORLD_QA_TYPES:-count surface location region_description region_label grounding}
 if [ "${WORLD_README:-0}" = 1 ] && ! grep -q '^<!-- world-families:begin -->$' README.md; then
@@ -67,6 +73,9 @@ one_family() {  # one_family NAME: the whole path for one family, in OUT/familie
     rm -rf "$D" && mkdir -p "$D/eval" "$D/api"
     local lm=() tower=() train_tower=()
     if [ -n "$LM_FROM" ]; then lm=(--language_model_from "$LM_FROM"); fi
+    if [ -n "$LM_FROM" ] && [ -n "$FAMILY_LMS" ] && [ -f "$FAMILY_LMS/$f/model.safetensors" ]; then
+        lm+=(--family_lm "$FAMILY_LMS/$f")
+    fi
     case "$f" in
         qwen*)  # its own tower: the committed pretrained one, else a random one that learns here with the rest
             if [ -n "$FAMILY_TOWERS" ] && [ -f "$FAMILY_TOWERS/$f/config.json" ]; then

@@ -286,12 +286,42 @@ def build_model(family: str, tokenizer, sizes: dict, rope_theta: float = 10000.0
     return model.eval(), processor
 
 
+def load_family_lm(model, family: str, folder: Path) -> dict:
+    """Load the language model that ``world/pretrain_lm.py --lm_out`` wrote for ``family``'s world model (its
+    ``model.language_model.*`` and ``lm_head.*`` tensors, by name) over ``model``'s; its pretraining record.
+    ValueError for another family's, or tensors that do not fit (another tokenizer or sizes)."""
+    from safetensors.torch import load_file
+
+    info_file = folder / "pretrain_info.json"
+    info = json.loads(info_file.read_text(encoding="utf-8")) if info_file.is_file() else {}
+    if info.get("family") != family:
+        raise ValueError(f"--family_lm {folder}: a language model pretrained for {info.get('family') or 'no family'}, "
+                         f"not {family} (world/pretrain_lm.py --lm_out on a {family} world model writes one)")
+    weights = load_file(str(folder / "model.safetensors"))
+    own = model.state_dict()
+    for name, tensor in weights.items():
+        if name not in own or own[name].shape != tensor.shape:
+            raise ValueError(f"--family_lm {folder}: its {name} {tuple(tensor.shape)} does not fit this model "
+                             f"({tuple(own[name].shape) if name in own else 'no such tensor'})")
+    missing = [n for n in own if n.startswith(FAMILY_LM_PREFIXES) and n not in weights]
+    if missing:
+        raise ValueError(f"--family_lm {folder}: {len(missing)} language-model tensors missing, e.g. {missing[0]}")
+    model.load_state_dict(weights, strict=False)
+    return {k: v for k, v in info.items() if k != "loss_curve"}
+
+
+# The tensors of a family's language model (the decoder and its head), as pretrain_lm.py --lm_out saves them.
+FAMILY_LM_PREFIXES = ("model.language_model.", "lm_head.")
+
+
 def build_family(family: str, out: Path, coco: dict, seed: int = 0, vision_tower_from: Path | None = None,
-                 language_model_from: Path | None = None) -> Path:
+                 language_model_from: Path | None = None, family_lm: Path | None = None) -> Path:
     """Write ``family``'s world model and processor to ``out`` (see the module docstring); returns ``out``."""
     import torch
 
     if family == "llava":
+        if family_lm:
+            raise ValueError("--family_lm: LLaVA-1.5's language model is --language_model_from's (its own frame)")
         return llava_build.build_llava(out, coco, seed, vision_tower_from=vision_tower_from,
                                       language_model_from=language_model_from)
     sizes = dict(llava_build.SIZES)
@@ -312,6 +342,8 @@ def build_family(family: str, out: Path, coco: dict, seed: int = 0, vision_tower
     model, processor = build_model(family, tokenizer, sizes, rope_theta)
     tower_info = load_tower(model, family, Path(vision_tower_from)) if vision_tower_from else None
     copied = transplant_language_model(model, decoder, head) if decoder is not None else 0
+    # The language model pretrained again in this family's own box frame and answer format, over the transplant.
+    family_lm_info = load_family_lm(model, family, Path(family_lm)) if family_lm else None
     if family in QWEN_FAMILIES or family == "llava_onevision":
         ids = tokenizer.convert_tokens_to_ids
         # Qwen's instruct checkpoints stop at <|im_end|> or <|endoftext|>.
@@ -332,7 +364,8 @@ def build_family(family: str, out: Path, coco: dict, seed: int = 0, vision_tower
         "vision_tower_pretraining": tower_info,
         "language_model_from": str(language_model_from) if language_model_from else None,
         "language_model_tensors_copied": copied,
-        "language_model_pretraining": {k: v for k, v in (lm_info or {}).items() if k != "loss_curve"} or None})
+        "language_model_pretraining": {k: v for k, v in (lm_info or {}).items() if k != "loss_curve"} or None,
+        "family_lm": str(family_lm) if family_lm else None, "family_lm_pretraining": family_lm_info})
     return out
 
 
@@ -349,6 +382,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--language_model_from", default=None,
                    help="pretrained world language model and its tokenizer (world/models/lm), copied into the "
                    "family's language model (default: random, with a BPE built here)")
+    p.add_argument("--family_lm", default=None,
+                   help="that language model pretrained again in this family's box frame and answer format "
+                   "(world/models/family_lms/<family>: world/pretrain_lm.py --lm_out on this family's world model "
+                   "built with --language_model_from), loaded over it; not for llava (default: none)")
     return p.parse_args(argv)
 
 
@@ -360,20 +397,30 @@ def main(argv=None) -> int:
         print(f"error: --world {args.world}: no train.json there (a folder written by world/make_world.py)",
               file=sys.stderr)
         return 2
-    for flag in ("vision_tower_from", "language_model_from"):
+    for flag, needed in (("vision_tower_from", "config.json"), ("language_model_from", "config.json"),
+                         ("family_lm", "model.safetensors")):
         folder = getattr(args, flag)
-        if folder and not (Path(folder) / "config.json").is_file():
-            print(f"error: --{flag} {folder}: no config.json there", file=sys.stderr)
+        if folder and not (Path(folder) / needed).is_file():
+            print(f"error: --{flag} {folder}: no {needed} there", file=sys.stderr)
+            return 2
+    if args.family_lm:  # before anything loads: a language model pretrained for another family's frame
+        info_file = Path(args.family_lm) / "pretrain_info.json"
+        pretrained_for = json.loads(info_file.read_text(encoding="utf-8")).get("family") if info_file.is_file() else None
+        if pretrained_for != args.family:
+            print(f"error: --family_lm {args.family_lm}: a language model pretrained for "
+                  f"{pretrained_for or 'no family'}, not {args.family}", file=sys.stderr)
             return 2
     tower = args.vision_tower_from
     try:
         coco = load_coco(train_json)
-        out = build_family(args.family, Path(args.out), coco, args.seed, tower, args.language_model_from)
+        out = build_family(args.family, Path(args.out), coco, args.seed, tower, args.language_model_from,
+                           args.family_lm)
     except (InputError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     info = json.loads((out / "build_info.json").read_text(encoding="utf-8"))
-    started = [what for what, flag in (("vision tower", tower), ("language model", args.language_model_from)) if flag]
+    started = [what for what, flag in (("vision tower", tower), ("language model", args.language_model_from),
+                                       ("language model in its own frame", args.family_lm)) if flag]
     print(f"built the world {args.family} ({info['parameters']:,} parameters, {info['vocab_size']} tokens"
           f"{', pretrained ' + ' and '.join(started) if started else ''}) in {time.perf_counter() - start:.1f}s "
           f"-> {out}", flush=True)

@@ -27,6 +27,14 @@ image's aspect ratio, which only the image tells: text alone cannot be right for
 the language model alone (``LlamaForCausalLM``) with its tokenizer, what ``world/make_llava.py
 --language_model_from`` takes (the committed ``world/models/lm``). Each is written to a temporary
 folder and renamed, with ``pretrain_info.json`` (the command, the figures).
+
+Given another family's world model (``world/make_family.py``, built from that language model), the same text is
+rendered in that family's box frame and answer format (``{"bbox_2d": [67, 30, 169, 142], "label": "bag"}`` in
+pixels after ``smart_resize`` for Qwen2.5-VL; ``convert_to_llava_format.py --base_model`` renders the same), so
+its language model reads and writes boxes as that family's does before it sees an image (a real Qwen2.5-VL's was
+trained on its own format; the transplanted one knows LLaVA-1.5's). ``--lm_out`` then holds the family model's
+``model.language_model.*`` and ``lm_head.*`` tensors by name with its tokenizer, for ``make_family.py
+--family_lm`` (the committed ``world/models/family_lms/<family>``).
 """
 from __future__ import annotations
 
@@ -46,6 +54,7 @@ if __package__ in (None, ""):  # run as a file: its folder is not an installed p
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vlm_annotation.label_readers import load_coco  # noqa: E402
+from vlm_core import families  # noqa: E402
 from vlm_core.io_utils import InputError  # noqa: E402
 from vlm_training.conversion import ImageBoxes, render_pair  # noqa: E402
 from world.training import train_for, warmup_cosine, write_folder, write_llava  # noqa: E402
@@ -56,11 +65,13 @@ POSITION = re.compile(r"(?:in|at|on) the [a-z ]+? of the image")
 SIZE = re.compile(r"\b(?:small|medium-sized|large)\b")
 
 
-def text_pairs(coco: dict, seed: int, qa_types: set[str] | None = None) -> list[tuple[str, str, str]]:
-    """(type, question, answer) of every ground-truth Q&A pair of ``coco``'s images, as LLaVA-1.5 reads them."""
+def text_pairs(coco: dict, seed: int, qa_types: set[str] | None = None,
+               frame: families.BoxFrame | None = None) -> list[tuple[str, str, str]]:
+    """(type, question, answer) of every ground-truth Q&A pair of ``coco``'s images, every box in ``frame`` as
+    convert renders it for that family (default: LLaVA-1.5's)."""
     pairs = []
     for i, rec in enumerate(truth_annotations(coco, seed)["images"]):
-        boxes = ImageBoxes(rec)
+        boxes = ImageBoxes(rec, frame) if frame is not None else ImageBoxes(rec)
         for j, qa in enumerate(rec["qa"]):
             if qa_types is None or qa["type"] in qa_types:
                 question, answer = render_pair(rec, qa, "world ground truth", f"images[{i}].qa[{j}]", boxes, "text")
@@ -92,8 +103,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--coco", required=True, help="COCO json of the scenes whose ground-truth Q&A is the text: the "
                    "world's train.json (never the held-out pool)")
-    p.add_argument("--base_model", required=True, help="LLaVA folder to start from (world/make_llava.py's output): its "
-                   "language model and tokenizer")
+    p.add_argument("--base_model", required=True, help="world model to start from: the LLaVA of world/make_llava.py, "
+                   "or another family's of world/make_family.py (its language model learns that family's box frame "
+                   "and answer format); its language model and tokenizer")
     p.add_argument("--out", required=True, help="folder to write the LLaVA with the pretrained language model to")
     p.add_argument("--lm_out", default=None, help="also write the language model alone, with its tokenizer, here "
                    "(what world/make_llava.py --language_model_from takes; default: not written)")
@@ -120,7 +132,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers import AutoModelForImageTextToText, AutoProcessor
 
     start = time.perf_counter()
     base, out = Path(args.base_model), Path(args.out)
@@ -131,8 +143,12 @@ def main(argv=None) -> int:
         return 2
     if args.max_images:
         coco["images"] = coco["images"][:args.max_images]
-    model = LlavaForConditionalGeneration.from_pretrained(base)
+    model = AutoModelForImageTextToText.from_pretrained(base)
     tokenizer = AutoProcessor.from_pretrained(base).tokenizer
+    # Another family's world model (world/make_family.py) learns its own frame and answer format: a real Qwen2.5-VL's
+    # language model writes pixel boxes as JSON before it is fine-tuned, as Vicuna reads LLaVA-1.5's numbers.
+    family = families.detect_family(base)
+    frame = families.frame_for(base)
     lm = model.model.language_model
 
     # The last 5% of the scenes are held out of the training and scored after it.
@@ -141,7 +157,8 @@ def main(argv=None) -> int:
     train_coco = dict(coco, images=coco["images"][:n_images - n_val])
     val_coco = dict(coco, images=coco["images"][n_images - n_val:])
     types = set(args.qa_types) if args.qa_types else None
-    train_pairs, val_pairs = text_pairs(train_coco, args.seed, types), text_pairs(val_coco, args.seed, types)
+    train_pairs = text_pairs(train_coco, args.seed, types, frame)
+    val_pairs = text_pairs(val_coco, args.seed, types, frame)
     if not train_pairs:
         print(f"error: --coco {args.coco}: no question of the types asked in its scenes", file=sys.stderr)
         return 2
@@ -177,12 +194,20 @@ def main(argv=None) -> int:
     scores = score(model, lm, tokenizer, val_pairs, args.max_length) if val_pairs else {}
     seconds = time.perf_counter() - start
     info = {"script": "world/pretrain_lm.py", "argv": list(sys.argv[1:] if argv is None else argv), "seed": args.seed,
-            "base_model": str(base), "scenes": n_images, "train_scenes": n_images - n_val, "pairs": len(train_pairs),
+            "base_model": str(base), "family": family.name, "frame": frame.describe(), "scenes": n_images, "train_scenes": n_images - n_val, "pairs": len(train_pairs),
             "steps": run.steps, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
             "seconds": round(seconds, 1), "held_out": scores,
             "loss_curve": [[h["step"], round(h["loss"], 4)] for h in run.history]}
 
     def language_model_alone(tmp: Path) -> None:
+        if family.name != "llava":  # the family's decoder and head by name, for make_family.py --family_lm
+            from safetensors.torch import save_file
+
+            tmp.mkdir(parents=True)
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()
+                       if k.startswith(("model.language_model.", "lm_head."))}, str(tmp / "model.safetensors"))
+            tokenizer.save_pretrained(tmp)
+            return
         from transformers import LlamaForCausalLM
 
         causal = LlamaForCausalLM(model.config.text_config)
