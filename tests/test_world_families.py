@@ -274,3 +274,23 @@ def test_a_family_language_model_learns_its_own_frame_and_make_family_takes_it(w
                  "--family_lm", str(lm_out))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert "a language model pretrained for qwen2_5_vl, not qwen2_vl" in proc.stderr
+
+
+@pytest.mark.parametrize("family", ["llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_the_committed_family_language_models_load_into_their_family(world_dir, family):
+    """world/models/family_lms/<family> (what families.sh loads by default) fits the family's world model built from
+    the committed language model, tensor for tensor, and was pretrained in that family's frame."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageTextToText
+
+    folder = ROOT / "world" / "models" / "family_lms" / family
+    info = json.loads((folder / "pretrain_info.json").read_text())
+    out = world_dir / f"{family}_committed_lm"
+    tower_dir = TOWER if family in CLIP_FAMILIES else TOWERS / family
+    proc = _make(world_dir, family, out, "--vision_tower_from", str(tower_dir), "--language_model_from", str(LM),
+                 "--family_lm", str(folder))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert info["family"] == family and info["frame"] == families.frame_for(out).describe()
+    saved = load_file(str(folder / "model.safetensors"))
+    built = AutoModelForImageTextToText.from_pretrained(out).state_dict()
+    assert all(torch.equal(saved[k], built[k]) for k in saved)

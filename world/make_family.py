@@ -34,6 +34,9 @@ committed as ``world/models/towers/<family>`` (``--vision_tower_from`` that fold
 and its tokenizer; the family's own special tokens (Qwen's ``<|im_start|>``, ``<|box_start|>``, ...) are added to the
 tokenizer, their embeddings started at the mean of the others. Without ``--language_model_from`` the language model is
 random and the tokenizer is built from the world's text (``llava_build.py``'s BPE) plus the family's tokens.
+That language model knows LLaVA-1.5's box numbers; ``--family_lm world/models/family_lms/<family>`` then loads over it
+the same language model pretrained again on the same text in this family's frame and answer format
+(``world/pretrain_lm.py`` on this family's world model), as each real family's language model was trained on its own.
 """
 from __future__ import annotations
 
