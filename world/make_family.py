@@ -289,16 +289,22 @@ def build_model(family: str, tokenizer, sizes: dict, rope_theta: float = 10000.0
     return model.eval(), processor
 
 
+def pretrained_for(folder: Path) -> tuple[str | None, dict]:
+    """The family a ``--family_lm`` folder's language model was pretrained for (None: not recorded), and its record."""
+    info_file = folder / "pretrain_info.json"
+    info = json.loads(info_file.read_text(encoding="utf-8")) if info_file.is_file() else {}
+    return info.get("family"), info
+
+
 def load_family_lm(model, family: str, folder: Path) -> dict:
     """Load the language model that ``world/pretrain_lm.py --lm_out`` wrote for ``family``'s world model (its
     ``model.language_model.*`` and ``lm_head.*`` tensors, by name) over ``model``'s; its pretraining record.
     ValueError for another family's, or tensors that do not fit (another tokenizer or sizes)."""
     from safetensors.torch import load_file
 
-    info_file = folder / "pretrain_info.json"
-    info = json.loads(info_file.read_text(encoding="utf-8")) if info_file.is_file() else {}
-    if info.get("family") != family:
-        raise ValueError(f"--family_lm {folder}: a language model pretrained for {info.get('family') or 'no family'}, "
+    trained_for, info = pretrained_for(folder)
+    if trained_for != family:
+        raise ValueError(f"--family_lm {folder}: a language model pretrained for {trained_for or 'no family'}, "
                          f"not {family} (world/pretrain_lm.py --lm_out on a {family} world model writes one)")
     weights = load_file(str(folder / "model.safetensors"))
     own = model.state_dict()
@@ -407,11 +413,10 @@ def main(argv=None) -> int:
             print(f"error: --{flag} {folder}: no {needed} there", file=sys.stderr)
             return 2
     if args.family_lm:  # before anything loads: a language model pretrained for another family's frame
-        info_file = Path(args.family_lm) / "pretrain_info.json"
-        pretrained_for = json.loads(info_file.read_text(encoding="utf-8")).get("family") if info_file.is_file() else None
-        if pretrained_for != args.family:
+        trained_for = pretrained_for(Path(args.family_lm))[0]
+        if trained_for != args.family:
             print(f"error: --family_lm {args.family_lm}: a language model pretrained for "
-                  f"{pretrained_for or 'no family'}, not {args.family}", file=sys.stderr)
+                  f"{trained_for or 'no family'}, not {args.family}", file=sys.stderr)
             return 2
     tower = args.vision_tower_from
     try:

@@ -144,6 +144,14 @@ def object_facts(box: list[float], width: float, height: float) -> tuple[int, in
             box_digits(box, width, height))
 
 
+def cover_targets(scene: dict, cover: list[int]) -> tuple[list[int], list[int], list[int]]:
+    """Per patch or token whose covering object is ``cover[i]`` (-1: none): the class map (0: background, else the
+    class + 1), and the object's cell and size (-100 off objects: not scored)."""
+    facts = scene["facts"]
+    return ([0 if i < 0 else scene["classes"][i] + 1 for i in cover],
+            [-100 if i < 0 else facts[i][0] for i in cover], [-100 if i < 0 else facts[i][1] for i in cover])
+
+
 def pool_surfaces(coco: dict) -> list[str]:
     """The surfaces of the pool's scenes, sorted: the surface head's classes."""
     return sorted({img.get("surface", "") for img in coco["images"]})
@@ -216,9 +224,7 @@ def load_pool(coco: dict, image_dir: Path, image_processor, grid: int, boxed_vie
         if scene is not last_scene:  # the patch targets are the same for every view of an image
             last_scene, facts = scene, scene["facts"]
             cover = covering_objects(scene["boxes"], scene["width"], scene["height"], grid)
-            maps = [0 if i < 0 else scene["classes"][i] + 1 for i in cover]
-            patch_cell = [-100 if i < 0 else facts[i][0] for i in cover]
-            patch_size = [-100 if i < 0 else facts[i][1] for i in cover]
+            maps, patch_cell, patch_size = cover_targets(scene, cover)
             patch_digits = [[-100] * 8 if i < 0 else facts[i][2] for i in cover]
         rows["pixels"].append(image_processor(images=pad_to_square(view, fill), return_tensors="pt")
                               ["pixel_values"][0])
@@ -249,13 +255,11 @@ def load_token_pool(coco: dict, image_dir: Path, image_processor, merge: int, bo
     last_scene = None
     for view, scene, targets in pool_views(coco, image_dir, boxed_views, seed):
         if scene is not last_scene:  # every view of an image has its size, hence its grid and token targets
-            last_scene, facts, w, h = scene, scene["facts"], scene["width"], scene["height"]
+            last_scene, w, h = scene, scene["width"], scene["height"]
             thw = image_processor(images=view, return_tensors="pt")["image_grid_thw"][0]
             gh, gw = int(thw[1]) // merge, int(thw[2]) // merge
             cover = covering_grid([[b[0] / w, b[1] / h, b[2] / w, b[3] / h] for b in scene["boxes"]], gh, gw)
-            maps = torch.tensor([0 if i < 0 else scene["classes"][i] + 1 for i in cover])
-            cells = torch.tensor([-100 if i < 0 else facts[i][0] for i in cover])
-            sizes = torch.tensor([-100 if i < 0 else facts[i][1] for i in cover])
+            maps, cells, sizes = (torch.tensor(t) for t in cover_targets(scene, cover))
         rows["views"].append(view)
         rows["grid"].append(thw)
         rows["maps"].append(maps)
