@@ -289,23 +289,25 @@ def build_model(family: str, tokenizer, sizes: dict, rope_theta: float = 10000.0
     return model.eval(), processor
 
 
-def pretrained_for(folder: Path) -> tuple[str | None, dict]:
-    """The family a ``--family_lm`` folder's language model was pretrained for (None: not recorded), and its record."""
+def family_lm_record(folder: Path, family: str) -> dict:
+    """The pretraining record of a ``--family_lm`` folder (its ``pretrain_info.json``); ValueError, in one line, when
+    its language model was pretrained for another family's frame (or for none recorded)."""
     info_file = folder / "pretrain_info.json"
     info = json.loads(info_file.read_text(encoding="utf-8")) if info_file.is_file() else {}
-    return info.get("family"), info
+    if info.get("family") != family:
+        raise ValueError(f"--family_lm {folder}: a language model pretrained for {info.get('family') or 'no family'}, "
+                         f"not {family} (world/pretrain_lm.py --lm_out on a {family} world model writes one)")
+    return info
 
 
 def load_family_lm(model, family: str, folder: Path) -> dict:
     """Load the language model that ``world/pretrain_lm.py --lm_out`` wrote for ``family``'s world model (its
     ``model.language_model.*`` and ``lm_head.*`` tensors, by name) over ``model``'s; its pretraining record.
-    ValueError for another family's, or tensors that do not fit (another tokenizer or sizes)."""
+    ValueError for another family's (:func:`family_lm_record`), or tensors that do not fit (another tokenizer or
+    sizes)."""
     from safetensors.torch import load_file
 
-    trained_for, info = pretrained_for(folder)
-    if trained_for != family:
-        raise ValueError(f"--family_lm {folder}: a language model pretrained for {trained_for or 'no family'}, "
-                         f"not {family} (world/pretrain_lm.py --lm_out on a {family} world model writes one)")
+    info = family_lm_record(folder, family)
     weights = load_file(str(folder / "model.safetensors"))
     own = model.state_dict()
     for name, tensor in weights.items():
@@ -413,10 +415,10 @@ def main(argv=None) -> int:
             print(f"error: --{flag} {folder}: no {needed} there", file=sys.stderr)
             return 2
     if args.family_lm:  # before anything loads: a language model pretrained for another family's frame
-        trained_for = pretrained_for(Path(args.family_lm))[0]
-        if trained_for != args.family:
-            print(f"error: --family_lm {args.family_lm}: a language model pretrained for "
-                  f"{trained_for or 'no family'}, not {args.family}", file=sys.stderr)
+        try:
+            family_lm_record(Path(args.family_lm), args.family)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
             return 2
     tower = args.vision_tower_from
     try:
