@@ -101,7 +101,9 @@ def test_ground_truth_annotations_name_the_surface(tmp_path):
 # thread pool (two threads on a loaded 2-core machine ran train_vlm.py 5x slower than one).
 REDUCED = {"WORLD_MINUTES": "5", "WORLD_SEED": os.environ.get("WORLD_TEST_SEED", "0"), "WORLD_TRAIN_SCENES": "800",
            "WORLD_HELDOUT_SCENES": "800", "WORLD_MODELS_FROM": str(ROOT / "world" / "models"),
-           "WORLD_TOWER_FROM": str(ROOT / "world" / "models" / "tower"),
+           # the VLM built from the committed tower and language model, not the committed grounding-pretrained one
+           # (WORLD_VLM_FROM, make world's default): this run shows what the fine-tuning teaches from those two
+           "WORLD_VLM_FROM": "", "WORLD_TOWER_FROM": str(ROOT / "world" / "models" / "tower"),
            "WORLD_LM_FROM": str(ROOT / "world" / "models" / "lm"),
            "WORLD_VLM_STEPS": "400", "WORLD_VLM_BATCH": "16", "WORLD_VLM_LR": "1e-3",
            "WORLD_QA_TYPES": "count surface location region_description region_label grounding",
@@ -275,6 +277,7 @@ def test_world_run_trains_every_model(tmp_path):
                WORLD_BLIP_MIN="0.05", WORLD_VISION_STEPS="2", WORLD_VLM_STEPS="2", WORLD_EVAL_SAMPLES="8",
                WORLD_API_OBJECTS="8", WORLD_TOWER_FROM="",  # the tower pretrained in the run, as without world/models
                WORLD_LM_FROM="",  # a random language model and a tokenizer built in the run
+               WORLD_VLM_FROM="",  # the VLM built in the run from those two
                WORLD_THREADS="1", OMP_NUM_THREADS="1",
                MKL_NUM_THREADS="1")
     env.pop("WORLD_README", None)

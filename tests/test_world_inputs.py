@@ -22,6 +22,8 @@ GOOD = {"images": [{"id": 1, "file_name": "a.png", "width": 32, "height": 24, "s
 SCRIPTS = {
     "make_truth": ["--coco", "{world}/train.json", "--output_file", "{tmp}/truth.json"],
     "pretrain_lm": ["--coco", "{world}/train.json", "--base_model", "{tmp}/none", "--out", "{tmp}/out"],
+    "pretrain_grounding": ["--coco", "{world}/train.json", "--image_dir", "{world}/train_images",
+                           "--base_model", "{tmp}/none", "--out", "{tmp}/out"],
     "pretrain_vision": ["--coco", "{world}/train.json", "--image_dir", "{world}/train_images",
                         "--base_model", "{tmp}/none", "--out", "{tmp}/out"],
     "make_llava": ["--world", "{world}", "--out", "{tmp}/out"],

@@ -1,0 +1,312 @@
+"""Pretrain the world LLaVA to ground a phrase: its language model looks at the object a question names and writes
+its box, as a stand-in for the grounding a real LLaVA-1.5 brings to a fine-tune.
+
+    python world/pretrain_grounding.py --coco pool/train.json --image_dir pool/train_images \
+        --base_model llava_built --out world/models/vlm_base --freeze_projector
+
+Why (docs/world.md, "Why ``locate`` stays near 0.14"): a real LLaVA-1.5 is fine-tuned from a model that already
+grounds phrases (its instruction data holds RefCOCO and Visual Genome region boxes), while the world's VLM was
+fine-tuned from a vision tower and a language model pretrained apart, which had never met. Its box lay in the
+tower's tokens (a linear read-out of the tokens an object covers passes IoU 0.5 for 0.68 of held-out objects),
+but the language model never learnt to pick those tokens out: where it wrote a box, its attention over the image
+was even (0.03-0.14 of it on the named object's tokens, 0.069 for an even spread), and ``locate`` stayed at
+0.12-0.14 whatever else was changed.
+
+So the VLM (projector and language model; the tower stays as it is) is pretrained on the grounding questions of a
+pool's ground truth (the toolkit's own Q&A code on the world's labels, each rendered as
+``convert_to_llava_format.py`` renders it for LLaVA-1.5, tokenized by the training code's own ``TokenLayout``),
+with two losses:
+
+* the answer's tokens (the box), as ``train_vlm.py``'s loss;
+* pointing: at every position that predicts an answer token, heads ``--point_heads`` of layers ``--point_layers``
+  are taught to put their attention over the image on the named object: cross-entropy against an even spread
+  over the image tokens whose patch centre lies in the object's box (:func:`object_tokens`).
+
+Measured (docs/world.md, "A VLM pretrained to ground"): with the answer's loss alone the pretrained VLM grounded
+held-out scenes at Acc@0.5 0.204; with pointing the heads put 0.71 of their image attention on the object and it
+grounded them at 0.33-0.41. Pointing alone, with no answer's loss, taught heads nothing read, which the fine-tuning
+undid. A projector trained by the pointing cost the scene's surface in the fine-tuning, hence ``--freeze_projector``
+for the committed ``world/models/vlm_base`` (its ``COMMAND``); ``--point_types`` also points the heads of region
+questions at their drawn box (attention only), which diluted the grounding.
+
+The last 5% of the scenes are held out and scored after training: the heads' share of image attention on the
+named object (``point_share``; even spread: ``even_share``) and the boxes the model writes by greedy decoding,
+parsed in the family's frame, against the truth (``acc50``, ``mean_iou``, ``no_box``). ``--out`` is the whole LLaVA
+(tower, projector, language model) with its processor, what ``train_vlm.py --base_model`` and ``world.sh``'s
+``WORLD_VLM_FROM`` take, written to a temporary folder and renamed, with ``pretrain_info.json`` (the command, the
+figures, the loss curve). World LLaVA-1.5 models only: the targets are its square grid of image tokens.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+if __package__ in (None, ""):  # run as a file: its folder is not an installed package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vlm_annotation.label_readers import load_coco  # noqa: E402
+from vlm_core import families  # noqa: E402
+from vlm_core.boxes import iou, pixel_to_square  # noqa: E402
+from vlm_core.io_utils import InputError  # noqa: E402
+from world.training import train_for, warmup_cosine, write_llava  # noqa: E402
+from world.truth import truth_annotations  # noqa: E402
+
+IGNORE = -100
+# The question types about one object (``object_ids``), which a head can be taught to point at.
+POINTABLE = ("grounding", "location", "region_label", "region_description", "surface")
+
+
+def object_tokens(box: list[float], width: float, height: float, grid: int) -> list[int]:
+    """The image tokens (row-major over a ``grid x grid`` square) whose patch centre lies in the pixel ``box`` of an
+    image padded to a square as LLaVA-1.5's processor is fed; the one nearest the box centre when none does."""
+    x1, y1, x2, y2 = pixel_to_square(box, width, height)
+    centre = [((k % grid + 0.5) / grid, (k // grid + 0.5) / grid) for k in range(grid * grid)]
+    inside = [k for k, (cx, cy) in enumerate(centre) if x1 <= cx <= x2 and y1 <= cy <= y2]
+    if inside:
+        return inside
+    mx, my = (x1 + x2) / 2, (y1 + y2) / 2
+    return [min(range(grid * grid), key=lambda k: (centre[k][0] - mx) ** 2 + (centre[k][1] - my) ** 2)]
+
+
+def pointing_records(coco: dict, seed: int, types: tuple[str, ...] = ("grounding",),
+                     box_prompt: str = "visual") -> list[tuple[dict, dict]]:
+    """(LLaVA record, object) for every ground-truth question of ``types`` about one object in ``coco``'s images, one
+    question per record, rendered by the toolkit's converter (a region question's box drawn on the image, as
+    ``--box_prompt visual`` asks); ``object`` is the one the question names, from the truth (its pixel ``bbox``)."""
+    from vlm_training.conversion import image_records
+
+    out = []
+    for i, rec in enumerate(truth_annotations(coco, seed)["images"]):
+        objects = {o["id"]: o for o in rec["objects"]}
+        for qa in rec["qa"]:
+            if qa["type"] not in types or len(qa.get("object_ids") or ()) != 1:
+                continue
+            (record,) = image_records(dict(rec, qa=[qa]), i, "world ground truth", 1, box_prompt=box_prompt)
+            out.append((dict(record, id=f"{record['image']}#{len(out)}"), objects[qa["object_ids"][0]]))
+    return out
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--coco", required=True, help="COCO json of the scenes whose ground-truth grounding questions are "
+                   "the data: a pool drawn by make_world.py (never the held-out scenes a run is scored on)")
+    p.add_argument("--image_dir", required=True, help="folder of the COCO file's images")
+    p.add_argument("--base_model", required=True, help="world LLaVA to start from (world/make_llava.py's, with its "
+                   "pretrained tower and language model)")
+    p.add_argument("--out", required=True, help="folder to write the pretrained LLaVA to")
+    p.add_argument("--max_images", type=int, default=0, help="use the first N scenes of the COCO file (default 0: all)")
+    p.add_argument("--point_layers", type=int, nargs="+", default=[1, 2],
+                   help="language-model layers whose heads are taught to point (default 1 2)")
+    p.add_argument("--point_heads", type=int, default=2,
+                   help="the first N heads of each of those layers point; the others stay free (default 2)")
+    p.add_argument("--point_types", nargs="+", default=["grounding"], choices=POINTABLE,
+                   help="question types about one object whose heads are taught to point at it, besides grounding (default: "
+                   "grounding only); the answer's loss is on grounding questions only, so the others' answers stay "
+                   "untaught")
+    p.add_argument("--point_weight", type=float, default=0.3,
+                   help="weight of the pointing loss beside the answer's (default 0.3; 0: the answer's loss alone)")
+    p.add_argument("--freeze_projector", action="store_true",
+                   help="keep the projector as the base has it; only the language model learns (default: both learn)")
+    p.add_argument("--minutes", type=float, default=30.0, help="wall-clock cap of the whole run (default 30)")
+    p.add_argument("--max_steps", type=int, default=1200, help="step cap (default 1200)")
+    p.add_argument("--batch_size", type=int, default=16, help="questions per step (default 16)")
+    p.add_argument("--learning_rate", type=float, default=5e-4, help="AdamW peak learning rate, warm-up then cosine "
+                   "(default 5e-4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the Q&A sampling and the batches (default 0)")
+    args = p.parse_args(argv)
+    if Path(args.out).resolve() == Path(args.base_model).resolve():
+        p.error("--out must differ from --base_model (the base stays as it was)")
+    if args.minutes <= 0 or args.max_steps < 1 or args.batch_size < 1 or args.learning_rate <= 0:
+        p.error("--minutes, --max_steps, --batch_size and --learning_rate must be > 0")
+    if args.max_images < 0 or args.point_heads < 0 or args.point_weight < 0:
+        p.error("--max_images, --point_heads and --point_weight must be >= 0")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    from vlm_core.prompts import PromptFormat
+    from vlm_training.llava_data import LlavaCollator, LlavaDataset, TokenLayout, build_examples
+
+    start = time.perf_counter()
+    base, out = Path(args.base_model), Path(args.out)
+    try:
+        coco = load_coco(args.coco)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.max_images:
+        coco["images"] = coco["images"][:args.max_images]
+    if not (base / "config.json").is_file():
+        print(f"error: --base_model {base}: no config.json there (a world LLaVA written by world/make_llava.py)",
+              file=sys.stderr)
+        return 2
+    if families.detect_family(base).name != "llava":
+        print(f"error: --base_model {base}: a world LLaVA-1.5 (world/make_llava.py) only: the pointing targets are its "
+              "square grid of image tokens", file=sys.stderr)
+        return 2
+    text_config = AutoConfig.from_pretrained(base).text_config
+    bad = [n for n in args.point_layers if not 0 <= n < text_config.num_hidden_layers]
+    if bad or args.point_heads > text_config.num_attention_heads:
+        print(f"error: --point_layers {args.point_layers} / --point_heads {args.point_heads}: the language model has "
+              f"{text_config.num_hidden_layers} layers of {text_config.num_attention_heads} heads", file=sys.stderr)
+        return 2
+    # Eager attention: the pointing loss reads the attention weights, which the fused kernels do not return.
+    model = AutoModelForImageTextToText.from_pretrained(base, attn_implementation="eager")
+    processor = AutoProcessor.from_pretrained(base)
+    grid = model.config.vision_config.image_size // model.config.vision_config.patch_size
+    fmt = PromptFormat.from_chat_template(processor).with_box_prompt("visual").with_system_prompt("none")
+    layout = TokenLayout(processor, fmt)
+    layout.frame = frame = families.frame_for(base)
+
+    # The last 5% of the scenes are held out of the training and scored after it.
+    n_images = len(coco["images"])
+    n_val = max(1, n_images // 20) if n_images >= 20 else 0
+    types = tuple(dict.fromkeys(["grounding", *args.point_types]))
+    pairs = {"train": pointing_records(dict(coco, images=coco["images"][:n_images - n_val]), args.seed, types),
+             # the held-out figures are the grounding questions'
+             "held_out": pointing_records(dict(coco, images=coco["images"][n_images - n_val:]), args.seed)}
+    if not any(r["qa_types"] == ["grounding"] for r, _ in pairs["train"]):
+        print(f"error: --coco {args.coco}: no grounding question in its scenes", file=sys.stderr)
+        return 2
+    data = {}
+    try:
+        for part, rows in pairs.items():
+            examples, _ = build_examples((r for r, _ in rows), Path(args.coco), args.image_dir, layout, 512)
+            dataset = LlavaDataset(examples, layout, Path(args.coco))
+            feats = []
+            for k, ex in enumerate(examples):
+                try:
+                    f = dataset[k]
+                except InputError as e:  # an image that cannot be read: reported and left out, the run goes on
+                    print(f"warning: skipped {e}", file=sys.stderr, flush=True)
+                    continue
+                record, obj = rows[ex.record_index]
+                target = torch.zeros(grid * grid)
+                cover = object_tokens(obj["bbox"], record["width"], record["height"], grid)
+                target[cover] = 1.0 / len(cover)
+                answer = (f["labels"] != IGNORE).nonzero().flatten()
+                grounding = record["qa_types"] == ["grounding"]
+                feats.append(f | {"target": target, "answer_start": int(answer[0]), "answer_end": int(answer[-1]),
+                                  "box": obj["bbox"], "size": (record["width"], record["height"]),
+                                  "point": grounding or record["qa_types"][0] in args.point_types,
+                                  # only a grounding answer is taught; the others' labels are dropped
+                                  "labels": f["labels"] if grounding else torch.full_like(f["labels"], IGNORE)})
+            data[part] = feats
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not data["train"]:
+        print(f"error: --image_dir {args.image_dir}: none of the images of the grounding questions could be read",
+              file=sys.stderr)
+        return 2
+    n_grounding = sum(bool((f["labels"] != IGNORE).any()) for f in data["train"])
+    print(f"questions: {len(data['train'])} of {n_images - n_val} scenes ({n_grounding} grounding), "
+          f"{len(data['held_out'])} grounding questions held out", flush=True)
+    collate = LlavaCollator(layout.pad_token_id, padding_side="right")
+    image_token = layout.image_token_id
+
+    def losses(rows):
+        batch = collate(rows)
+        labels = batch.pop("labels")
+        result = model(**batch, output_attentions=bool(args.point_weight))
+        # summed over the answer tokens, then divided by their number: a batch of other types alone adds 0, not nan
+        target = labels[:, 1:].flatten()
+        answer = torch.nn.functional.cross_entropy(result.logits[:, :-1].flatten(0, 1), target, ignore_index=IGNORE,
+                                                   reduction="sum") / (target != IGNORE).sum().clamp(min=1)
+        if not args.point_weight:
+            return answer, answer.new_zeros(()), []
+        point, shares = [], []
+        for row, f in enumerate(rows):
+            if not f["point"]:
+                continue
+            image = (batch["input_ids"][row] == image_token).nonzero().flatten()
+            writing = torch.arange(f["answer_start"] - 1, f["answer_end"])  # the positions that predict the answer
+            for layer in args.point_layers:
+                att = result.attentions[layer][row, :args.point_heads][:, writing][:, :, image]
+                point.append(-(f["target"] * torch.log(att + 1e-6)).sum(-1).mean())
+                on = (att * (f["target"] > 0)).sum(-1) / att.sum(-1).clamp(min=1e-9)
+                shares.append(float(on.mean().detach()))
+        return answer, torch.stack(point).mean(), shares
+
+    def loss_of(rows):
+        answer, point, _ = losses(rows)
+        return answer + args.point_weight * point
+
+    torch.manual_seed(args.seed)
+    learners = [model.model.language_model, model.lm_head]
+    if not args.freeze_projector:
+        learners.append(model.model.multi_modal_projector)
+    else:
+        model.model.multi_modal_projector.requires_grad_(False)
+    params = [p for m in learners for p in m.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(args.seed)
+    batches = iter(lambda: [data["train"][i] for i in
+                            torch.randint(len(data["train"]), (args.batch_size,), generator=generator).tolist()], None)
+    trained = torch.nn.ModuleList(learners)
+    run = train_for(trained, loss_of, batches, optimizer, minutes=args.minutes, max_steps=args.max_steps,
+                    start=start, schedule=warmup_cosine(max(1, args.max_steps // 25)), replan_every=100,
+                    log_every=100, name="grounding")
+    model.eval()
+    scores = score(model, processor, collate, losses, data["held_out"], frame) if data["held_out"] else {}
+    seconds = time.perf_counter() - start
+    info = {"script": "world/pretrain_grounding.py", "argv": list(sys.argv[1:] if argv is None else argv),
+            "seed": args.seed, "base_model": str(base), "scenes": n_images, "train_scenes": n_images - n_val,
+            "questions": len(data["train"]), "steps": run.steps, "batch_size": args.batch_size,
+            "learning_rate": args.learning_rate, "point_layers": args.point_layers, "point_heads": args.point_heads,
+            "point_weight": args.point_weight, "seconds": round(seconds, 1), "held_out": scores,
+            "loss_curve": [[h["step"], round(h["loss"], 4)] for h in run.history]}
+    model.config._attn_implementation = "sdpa"  # the saved model loads as any other; eager was for the loss only
+    write_llava(out, base, model, info)
+    figures = ", ".join(f"{k} {v:.3f}" for k, v in scores.items() if isinstance(v, float))
+    print(f"pretrained grounding for {run.steps} steps on {len(data['train'])} questions in {seconds:.1f}s "
+          f"(last loss {run.last_loss:.3f}; held out: {figures}) -> {out}", flush=True)
+    if not math.isfinite(run.last_loss):
+        print("error: the pretraining loss is not finite", file=sys.stderr)
+        return 1
+    return 0
+
+
+def score(model, processor, collate, losses, feats, frame, batch_size: int = 64) -> dict:
+    """Held-out figures: the pointing heads' share of image attention on the named object, and the boxes the model
+    writes by greedy decoding (prompt only, left-padded as inference pads), parsed in ``frame``, against the truth."""
+    import torch
+
+    shares, ious, no_box = [], [], 0
+    left = type(collate)(collate.pad_token_id, padding_side="left")
+    with torch.no_grad():
+        for s in range(0, len(feats), batch_size):
+            rows = feats[s:s + batch_size]
+            shares += losses(rows)[2]
+            prompts = [{"input_ids": f["input_ids"][:f["answer_start"]], "labels": f["labels"][:f["answer_start"]],
+                        "pixel_values": f["pixel_values"]} for f in rows]
+            batch = left(prompts)
+            batch.pop("labels")
+            width = batch["input_ids"].shape[1]
+            written = model.generate(**batch, max_new_tokens=32, do_sample=False)[:, width:]
+            for f, ids in zip(rows, written):
+                box = frame.parse_box(processor.tokenizer.decode(ids, skip_special_tokens=True), *f["size"])
+                if box is None:
+                    no_box += 1
+                ious.append(iou(box, f["box"]) if box is not None else 0.0)
+    n = len(feats)
+    grid_tokens = feats[0]["target"].numel()
+    return {"questions": n, "acc50": sum(v >= 0.5 for v in ious) / n, "mean_iou": sum(ious) / n,
+            "no_box": no_box / n, "point_share": sum(shares) / len(shares) if shares else float("nan"),
+            "even_share": sum(float((f["target"] > 0).sum()) / grid_tokens for f in feats) / n}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
