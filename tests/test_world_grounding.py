@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from vlm_annotation.spatial import position_phrase
 from world.make_world import write_world
 from world.pretrain_grounding import object_tokens, pointing_records
 
@@ -49,7 +50,9 @@ def test_pointing_records_are_the_converters_one_question_each_with_the_named_ob
     for record, obj in rows:
         human, gpt = record["conversations"]
         assert human["value"].startswith("<image>\nPlease provide the bounding box coordinate of the region")
-        assert human["value"].endswith(f"the {obj['label']} " + human["value"].split(f"the {obj['label']} ")[-1])
+        # the phrase that picks the object out: its class and its cell
+        phrase = f"the {obj['label']} {position_phrase(obj['bbox'], record['width'], record['height'])}"
+        assert human["value"].endswith(phrase), (human["value"], phrase)
         assert record["qa_types"] == ["grounding"]
         # the answer is the named object's box in LLaVA-1.5's frame (the padded square, two decimals)
         from vlm_core.boxes import box_to_text

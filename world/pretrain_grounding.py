@@ -200,7 +200,6 @@ def main(argv=None) -> int:
                 grounding = record["qa_types"] == ["grounding"]
                 feats.append(f | {"target": target, "answer_start": int(answer[0]), "answer_end": int(answer[-1]),
                                   "box": obj["bbox"], "size": (record["width"], record["height"]),
-                                  "point": grounding or record["qa_types"][0] in args.point_types,
                                   # only a grounding answer is taught; the others' labels are dropped
                                   "labels": f["labels"] if grounding else torch.full_like(f["labels"], IGNORE)})
             data[part] = feats
@@ -228,9 +227,7 @@ def main(argv=None) -> int:
         if not args.point_weight:
             return answer, answer.new_zeros(()), []
         point, shares = [], []
-        for row, f in enumerate(rows):
-            if not f["point"]:
-                continue
+        for row, f in enumerate(rows):  # every record is of a type that points (pointing_records keeps no other)
             image = (batch["input_ids"][row] == image_token).nonzero().flatten()
             writing = torch.arange(f["answer_start"] - 1, f["answer_end"])  # the positions that predict the answer
             for layer in args.point_layers:
