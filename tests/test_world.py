@@ -202,8 +202,11 @@ def test_reduced_world_run_learns(reduced_world_run):
 
 
 # Two families whose box frames differ, trained by world/families.sh on the reduced run's annotations (issue 26).
+# Each family built from its tower and language model (WORLD_FAMILY_VLMS empty), not from its committed grounding-
+# pretrained VLM (make world-families' default, whose locate tests/test_world_grounding.py asserts): this run shows
+# what the fine-tuning teaches in each frame, with the margins measured below.
 FAMILIES = {"WORLD_FAMILIES": "llava_next qwen2_5_vl", "WORLD_FAMILY_STEPS": "200", "WORLD_FAMILY_LANES": "2",
-            "WORLD_API_OBJECTS": "150"}
+            "WORLD_API_OBJECTS": "150", "WORLD_FAMILY_VLMS": "", "WORLD_FAMILY_LR": "1e-3"}
 
 
 @pytest.mark.world_run

@@ -16,13 +16,15 @@ template, end-of-turn token and image-token count differ from LLaVA-1.5's:
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from PIL import Image
 
 from vlm_core import families
 from vlm_core.io_utils import InputError
 from vlm_core.llava_format import IMAGE_PLACEHOLDER
-from vlm_core.prompts import PromptFormat
+from vlm_core.prompts import PromptFormat, resolve_system_prompt
 from vlm_training.llava_data import TokenLayout, _adds_bos, tokenize_segments
 
 
@@ -96,3 +98,21 @@ class FamilyLayout(TokenLayout):
             if key in out:
                 inputs[key] = torch.as_tensor(out[key][0])
         return inputs
+
+
+def family_layout(processor, family: families.Family, box_prompt: str = "text",
+                  system_prompt: str = "auto") -> TokenLayout:
+    """The token layout training uses for ``family``'s ``processor``: LLaVA-1.5's derived from its chat template
+    (``PromptFormat``), every other family's laid out by its chat template (``FamilyLayout``); its ``frame`` set, so
+    records rendered for another family or resize setting are refused (issue 14). Raises ``families.FamilyError``."""
+    fmt = PromptFormat.from_chat_template(processor).with_box_prompt(box_prompt)
+    if family.uses_prompt_format:
+        layout = TokenLayout(processor, fmt.with_system_prompt(system_prompt))
+    else:
+        system = (family.default_system_prompt if system_prompt == "auto"
+                  else resolve_system_prompt(system_prompt, fmt))
+        # pad_to_square is a record of what the frame does (BoxFrame.prepare_image pads; ViP-LLaVA's frame does)
+        layout = FamilyLayout(processor, dataclasses.replace(fmt, pad_to_square=family.pad_to_square,
+                                                             system_prompt=system), family)
+    layout.frame = families.frame_from_processor(family, processor)
+    return layout

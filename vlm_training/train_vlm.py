@@ -538,30 +538,19 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: VLMTrainin
     from transformers import AutoProcessor
     from transformers import set_seed as hf_set_seed
 
-    from vlm_training.llava_data import LlavaCollator, TokenLayout, load_llava_dataset
+    from vlm_training.family_data import family_layout
+    from vlm_training.llava_data import LlavaCollator, load_llava_dataset
 
     try:
         processor = AutoProcessor.from_pretrained(model_args.base_model)
     except (OSError, ValueError) as e:
         raise InputError(f"--base_model {model_args.base_model}: cannot load its processor: "
                          f"{str(e).splitlines()[0]}") from None
-    family = model_args.family
-    fmt = PromptFormat.from_chat_template(processor).with_box_prompt(model_args.box_prompt)
-    if family.uses_prompt_format:  # LLaVA-1.5: the layout PromptFormat derives from its chat template
-        fmt = fmt.with_system_prompt(model_args.system_prompt)
-        layout = TokenLayout(processor, fmt)
-    else:  # the chat template lays every turn out (families.conversation_segments)
-        from vlm_training.family_data import FamilyLayout
-        system = (family.default_system_prompt if model_args.system_prompt == "auto"
-                  else resolve_system_prompt(model_args.system_prompt, fmt))
-        # pad_to_square is a record of what the frame does (BoxFrame.prepare_image pads; ViP-LLaVA's frame does)
-        fmt = dataclasses.replace(fmt, pad_to_square=family.pad_to_square, system_prompt=system)
-        layout = FamilyLayout(processor, fmt, family)
-    # Data rendered for another family or resize setting is refused (issue 14): the frame travels in every record.
     try:
-        layout.frame = families.frame_from_processor(family, processor)
+        layout = family_layout(processor, model_args.family, model_args.box_prompt, model_args.system_prompt)
     except families.FamilyError as e:
         raise InputError(f"--base_model {model_args.base_model}: {e}") from None
+    fmt, family = layout.fmt, model_args.family
     layout.base_model = model_args.base_model
     train_set, train_stats = load_llava_dataset(data_args.train_data, data_args.image_dir, layout,
                                                 data_args.max_length, "--train_data")

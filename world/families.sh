@@ -11,7 +11,12 @@
 #
 # Usage: WORLD_DIR=world_output PYTHON=.venv/bin/python bash world/families.sh
 #   WORLD_FAMILIES  the families to train (default: all seven; without llava, its row is the world run's own VLM)
-#   WORLD_FAMILY_STEPS, WORLD_FAMILY_BATCH, WORLD_FAMILY_LR  training (default 500 steps of 16 at 1e-3: the world run's)
+#   WORLD_FAMILY_VLMS  each family's world VLM pretrained to ground phrases (world/pretrain_grounding.py), DIR/<family>
+#                   (default world/models/family_vlms; llava there is world/models/vlm_base): the family starts from
+#                   it, as world.sh's VLM starts from WORLD_VLM_FROM. Empty, or none there for a family: built by
+#                   make_family.py from WORLD_FAMILY_TOWERS / WORLD_FAMILY_LMS as below
+#   WORLD_FAMILY_STEPS, WORLD_FAMILY_BATCH  training (default 500 steps of 16)
+#   WORLD_FAMILY_LR  (default 3e-4 from a pretrained VLM, which a higher rate makes forget its grounding; else 1e-3)
 #   WORLD_FAMILY_LANES  families trained side by side, one core each (default 2)
 #   WORLD_README=1  also write the table between the world-families markers of README.md
 #   WORLD_FAMILY_TOWERS  the Qwen families' pretrained towers, DIR/<family> (default world/models/towers; empty or
@@ -33,7 +38,6 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 YOLO_OFFLINE=1 TOKENIZERS_PARALLE
 FAMILIES=${WORLD_FAMILIES:-llava vip_llava llava_next llava_onevision qwen2_vl qwen2_5_vl qwen3_vl}
 STEPS=${WORLD_FAMILY_STEPS:-500}
 BATCH=${WORLD_FAMILY_BATCH:-16}
-LR=${WORLD_FAMILY_LR:-1e-3}
 LANES=${WORLD_FAMILY_LANES:-2}
 TOWER_FROM=${WORLD_TOWER_FROM-world/models/tower}
 # The Qwen families' own vision towers, pretrained as the CLIP one was (world/models/towers/<family>); a family with
@@ -44,6 +48,9 @@ LM_FROM=${WORLD_LM_FROM-world/models/lm}
 # same text in its own frame and answer format (world/pretrain_lm.py on that family's world model), as a real
 # Qwen2.5-VL's language model writes pixel JSON before anyone fine-tunes it.
 FAMILY_LMS=${WORLD_FAMILY_LMS-world/models/family_lms}
+# Each family's VLM pretrained to ground phrases on a pool of other scenes, as a real checkpoint of each family was
+# trained on grounding data before anyone fine-tunes it (docs/world.md, "Every family").
+FAMILY_VLMS=${WORLD_FAMILY_VLMS-world/models/family_vlms}
 API_OBJECTS=${WORLD_API_OBJECTS:-300}
 QA_TYPES=${WORLD_QA_TYPES:-count surface location region_description region_label grounding}
 if [ "${WORLD_README:-0}" = 1 ] && ! grep -q '^<!-- world-families:begin -->$' README.md; then
@@ -71,7 +78,7 @@ one_family() {  # one_family NAME: the whole path for one family, in OUT/familie
     local f=$1 D="$OUT/families/$1"
     local t0=$EPOCHREALTIME
     rm -rf "$D" && mkdir -p "$D/eval" "$D/api"
-    local lm=() tower=() train_tower=()
+    local lm=() tower=() train_tower=() lr
     if [ -n "$LM_FROM" ]; then lm=(--language_model_from "$LM_FROM"); fi
     if [ -n "$LM_FROM" ] && [ -n "$FAMILY_LMS" ] && [ -f "$FAMILY_LMS/$f/model.safetensors" ]; then
         lm+=(--family_lm "$FAMILY_LMS/$f")
@@ -85,7 +92,14 @@ one_family() {  # one_family NAME: the whole path for one family, in OUT/familie
             fi ;;
         *) if [ -n "$TOWER_FROM" ]; then tower=(--vision_tower_from "$TOWER_FROM"); fi ;;
     esac
-    $PY world/make_family.py --family "$f" --world "$W" --out "$D/base" --seed "$SEED" "${tower[@]}" "${lm[@]}"
+    if [ -n "$FAMILY_VLMS" ] && [ -f "$FAMILY_VLMS/$f/config.json" ]; then
+        cp -rL "$FAMILY_VLMS/$f" "$D/base"  # pretrained to ground (its pretrain_info.json says how)
+        train_tower=()
+        lr=${WORLD_FAMILY_LR:-3e-4}
+    else
+        $PY world/make_family.py --family "$f" --world "$W" --out "$D/base" --seed "$SEED" "${tower[@]}" "${lm[@]}"
+        lr=${WORLD_FAMILY_LR:-1e-3}
+    fi
     for split in train val; do  # the world run's splits, rendered in this family's frame
         $PY vlm_training/convert_to_llava_format.py --annotation_file "$OUT/$split.json" \
             --output_file "$D/${split}_llava.json" --qa_types $QA_TYPES --shuffle_turns --seed "$SEED" \
@@ -104,7 +118,7 @@ one_family() {  # one_family NAME: the whole path for one family, in OUT/familie
     local t_train=$EPOCHREALTIME
     $PY vlm_training/train_vlm.py --train_data "$D/train_llava.json" --val_data "$D/val_llava.json" \
         --image_dir "$HELD" --output_dir "$D/vlm_model" --base_model "$D/base" "${train_tower[@]}" \
-        --system_prompt none --learning_rate "$LR" --weight_decay 0.0 --batch_size "$BATCH" \
+        --system_prompt none --learning_rate "$lr" --weight_decay 0.0 --batch_size "$BATCH" \
         --max_steps "$STEPS" --warmup_ratio 0.03 --max_length 512 --logging_steps 50 --eval_steps "$STEPS" \
         --save_steps 0 --seed "$SEED"
     local t_trained=$EPOCHREALTIME

@@ -1,5 +1,5 @@
-"""Pretrain the world LLaVA to ground a phrase: its language model looks at the object a question names and writes
-its box, as a stand-in for the grounding a real LLaVA-1.5 brings to a fine-tune.
+"""Pretrain a world VLM of any family to ground a phrase: its language model looks at the object a question names and
+writes its box, as a stand-in for the grounding a real LLaVA-1.5 or Qwen2.5-VL brings to a fine-tune.
 
     python world/pretrain_grounding.py --coco pool/train.json --image_dir pool/train_images \
         --base_model llava_built --out world/models/vlm_base --freeze_projector
@@ -34,11 +34,20 @@ named object (``point_share``; even spread: ``even_share``) and the boxes the mo
 parsed in the family's frame, against the truth (``acc50``, ``mean_iou``, ``no_box``). ``--out`` is the whole LLaVA
 (tower, projector, language model) with its processor, what ``train_vlm.py --base_model`` and ``world.sh``'s
 ``WORLD_VLM_FROM`` take, written to a temporary folder and renamed, with ``pretrain_info.json`` (the command, the
-figures, the loss curve). World LLaVA-1.5 models only: the targets are its square grid of image tokens.
+figures, the loss curve).
+
+Every family (issue 26): ``--base_model`` may be any family's world VLM (``world/make_family.py``). Its questions are
+rendered in its own box frame and chat template (the training code's ``family_layout``), its boxes parsed by its own
+parser; the pointing targets are its own image tokens: LLaVA-1.5's and ViP-LLaVA's square grid over the padded image
+(:func:`object_tokens`), every other family's layout (anyres tiles with newlines, Qwen's merge windows) read from its
+own processor and model by ``world/token_places.py``. The tower (a Qwen family's merger with it, its projector) is
+never trained here; ``world/models/family_vlms/<family>`` are made so (their ``COMMAND``), and ``make
+world-families`` starts from them.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import sys
@@ -56,10 +65,12 @@ from vlm_annotation.label_readers import load_coco  # noqa: E402
 from vlm_core import families  # noqa: E402
 from vlm_core.boxes import iou, pixel_to_square  # noqa: E402
 from vlm_core.io_utils import InputError  # noqa: E402
+from world.token_places import token_places, tokens_in_box  # noqa: E402
 from world.training import train_for, warmup_cosine, write_llava  # noqa: E402
 from world.truth import truth_annotations  # noqa: E402
 
 IGNORE = -100
+IMAGE_INPUTS = ("pixel_values", "image_sizes", "image_grid_thw")  # a dataset item's image inputs, every family's
 # The question types about one object (``object_ids``), which a head can be taught to point at.
 POINTABLE = ("grounding", "location", "region_label", "region_description", "surface")
 
@@ -76,11 +87,12 @@ def object_tokens(box: list[float], width: float, height: float, grid: int) -> l
     return [min(range(grid * grid), key=lambda k: (centre[k][0] - mx) ** 2 + (centre[k][1] - my) ** 2)]
 
 
-def pointing_records(coco: dict, seed: int, types: tuple[str, ...] = ("grounding",),
-                     box_prompt: str = "visual") -> list[tuple[dict, dict]]:
+def pointing_records(coco: dict, seed: int, types: tuple[str, ...] = ("grounding",), box_prompt: str = "visual",
+                     frame: families.BoxFrame | None = None) -> list[tuple[dict, dict]]:
     """(LLaVA record, object) for every ground-truth question of ``types`` about one object in ``coco``'s images, one
-    question per record, rendered by the toolkit's converter (a region question's box drawn on the image, as
-    ``--box_prompt visual`` asks); ``object`` is the one the question names, from the truth (its pixel ``bbox``)."""
+    question per record, rendered by the toolkit's converter in ``frame`` (default LLaVA-1.5's; a region question's
+    box drawn on the image, as ``--box_prompt visual`` asks); ``object`` is the one the question names, from the
+    truth (its pixel ``bbox``)."""
     from vlm_training.conversion import image_records
 
     out = []
@@ -89,7 +101,8 @@ def pointing_records(coco: dict, seed: int, types: tuple[str, ...] = ("grounding
         for qa in rec["qa"]:
             if qa["type"] not in types or len(qa.get("object_ids") or ()) != 1:
                 continue
-            (record,) = image_records(dict(rec, qa=[qa]), i, "world ground truth", 1, box_prompt=box_prompt)
+            (record,) = image_records(dict(rec, qa=[qa]), i, "world ground truth", 1, frame=frame,
+                                      box_prompt=box_prompt)
             out.append((dict(record, id=f"{record['image']}#{len(out)}"), objects[qa["object_ids"][0]]))
     return out
 
@@ -99,8 +112,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--coco", required=True, help="COCO json of the scenes whose ground-truth grounding questions are "
                    "the data: a pool drawn by make_world.py (never the held-out scenes a run is scored on)")
     p.add_argument("--image_dir", required=True, help="folder of the COCO file's images")
-    p.add_argument("--base_model", required=True, help="world LLaVA to start from (world/make_llava.py's, with its "
-                   "pretrained tower and language model)")
+    p.add_argument("--base_model", required=True, help="world VLM to start from: world/make_llava.py's LLaVA-1.5 or "
+                   "world/make_family.py's model of any family, with its pretrained tower and language model")
     p.add_argument("--out", required=True, help="folder to write the pretrained LLaVA to")
     p.add_argument("--max_images", type=int, default=0, help="use the first N scenes of the COCO file (default 0: all)")
     p.add_argument("--point_layers", type=int, nargs="+", default=[1, 2],
@@ -114,7 +127,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--point_weight", type=float, default=0.3,
                    help="weight of the pointing loss beside the answer's (default 0.3; 0: the answer's loss alone)")
     p.add_argument("--freeze_projector", action="store_true",
-                   help="keep the projector as the base has it; only the language model learns (default: both learn)")
+                   help="keep the projector (a Qwen family's: its tower's merger) as the base has it; only the language "
+                   "model learns (default: both learn)")
     p.add_argument("--minutes", type=float, default=30.0, help="wall-clock cap of the whole run (default 30)")
     p.add_argument("--max_steps", type=int, default=1200, help="step cap (default 1200)")
     p.add_argument("--batch_size", type=int, default=16, help="questions per step (default 16)")
@@ -136,8 +150,8 @@ def main(argv=None) -> int:
     import torch
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
-    from vlm_core.prompts import PromptFormat
-    from vlm_training.llava_data import LlavaCollator, LlavaDataset, TokenLayout, build_examples
+    from vlm_training.family_data import family_layout
+    from vlm_training.llava_data import LlavaCollator, LlavaDataset, build_examples
 
     start = time.perf_counter()
     base, out = Path(args.base_model), Path(args.out)
@@ -152,9 +166,10 @@ def main(argv=None) -> int:
         print(f"error: --base_model {base}: no config.json there (a world LLaVA written by world/make_llava.py)",
               file=sys.stderr)
         return 2
-    if families.detect_family(base).name != "llava":
-        print(f"error: --base_model {base}: a world LLaVA-1.5 (world/make_llava.py) only: the pointing targets are its "
-              "square grid of image tokens", file=sys.stderr)
+    try:
+        family = families.detect_family(base)
+    except families.FamilyError as e:
+        print(f"error: --base_model {base}: {e}", file=sys.stderr)
         return 2
     text_config = AutoConfig.from_pretrained(base).text_config
     bad = [n for n in args.point_layers if not 0 <= n < text_config.num_hidden_layers]
@@ -165,18 +180,32 @@ def main(argv=None) -> int:
     # Eager attention: the pointing loss reads the attention weights, which the fused kernels do not return.
     model = AutoModelForImageTextToText.from_pretrained(base, attn_implementation="eager")
     processor = AutoProcessor.from_pretrained(base)
-    grid = model.config.vision_config.image_size // model.config.vision_config.patch_size
-    fmt = PromptFormat.from_chat_template(processor).with_box_prompt("visual").with_system_prompt("none")
-    layout = TokenLayout(processor, fmt)
-    layout.frame = frame = families.frame_for(base)
+    layout = family_layout(processor, family, box_prompt="visual", system_prompt="none")
+    frame = layout.frame
+    places = {}  # (width, height) -> where each image token sits in the image (world/token_places.py)
+
+    def pointing_target(box: list[float], width: int, height: int) -> torch.Tensor:
+        """An even spread over the image tokens that see the box, one weight per image token of the example."""
+        if frame.kind == "padded_square":  # LLaVA-1.5 / ViP-LLaVA: the square grid, exactly (object_tokens)
+            grid = model.config.vision_config.image_size // model.config.vision_config.patch_size
+            n, cover = grid * grid, object_tokens(box, width, height, grid)
+        else:  # every other family's layout, read from its own processor and model (token_places)
+            if (width, height) not in places:
+                places[width, height] = token_places(model, layout, width, height)
+            n, cover = len(places[width, height]), tokens_in_box(places[width, height], box, width, height)
+        target = torch.zeros(n)
+        target[cover] = 1.0 / len(cover)
+        return target
 
     # The last 5% of the scenes are held out of the training and scored after it.
     n_images = len(coco["images"])
     n_val = max(1, n_images // 20) if n_images >= 20 else 0
     types = tuple(dict.fromkeys(["grounding", *args.point_types]))
-    pairs = {"train": pointing_records(dict(coco, images=coco["images"][:n_images - n_val]), args.seed, types),
+    pairs = {"train": pointing_records(dict(coco, images=coco["images"][:n_images - n_val]), args.seed, types,
+                                       frame=frame),
              # the held-out figures are the grounding questions'
-             "held_out": pointing_records(dict(coco, images=coco["images"][n_images - n_val:]), args.seed)}
+             "held_out": pointing_records(dict(coco, images=coco["images"][n_images - n_val:]), args.seed,
+                                          frame=frame)}
     if not any(r["qa_types"] == ["grounding"] for r, _ in pairs["train"]):
         print(f"error: --coco {args.coco}: no grounding question in its scenes", file=sys.stderr)
         return 2
@@ -193,15 +222,17 @@ def main(argv=None) -> int:
                     print(f"warning: skipped {e}", file=sys.stderr, flush=True)
                     continue
                 record, obj = rows[ex.record_index]
-                target = torch.zeros(grid * grid)
-                cover = object_tokens(obj["bbox"], record["width"], record["height"], grid)
-                target[cover] = 1.0 / len(cover)
+                target = pointing_target(obj["bbox"], record["width"], record["height"])
                 answer = (f["labels"] != IGNORE).nonzero().flatten()
                 grounding = record["qa_types"] == ["grounding"]
-                feats.append(f | {"target": target, "answer_start": int(answer[0]), "answer_end": int(answer[-1]),
-                                  "box": obj["bbox"], "size": (record["width"], record["height"]),
-                                  # only a grounding answer is taught; the others' labels are dropped
-                                  "labels": f["labels"] if grounding else torch.full_like(f["labels"], IGNORE)})
+                # the image inputs are made again for each batch: kept for every question, a Qwen family's patch rows
+                # (an image scaled up to 224 px, two frames) would take 10 GB for the pool
+                feats.append({key: value for key, value in f.items() if key not in IMAGE_INPUTS}
+                             | {"images": functools.partial(image_inputs, dataset, k), "target": target,
+                                "answer_start": int(answer[0]), "answer_end": int(answer[-1]),
+                                "box": obj["bbox"], "size": (record["width"], record["height"]),
+                                # only a grounding answer is taught; the others' labels are dropped
+                                "labels": f["labels"] if grounding else torch.full_like(f["labels"], IGNORE)})
             data[part] = feats
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -213,11 +244,11 @@ def main(argv=None) -> int:
     n_grounding = sum(bool((f["labels"] != IGNORE).any()) for f in data["train"])
     print(f"questions: {len(data['train'])} of {n_images - n_val} scenes ({n_grounding} grounding), "
           f"{len(data['held_out'])} grounding questions held out", flush=True)
-    collate = LlavaCollator(layout.pad_token_id, padding_side="right")
+    collate = LlavaCollator(layout.pad_token_id, padding_side="right", image_token_id=layout.image_token_id)
     image_token = layout.image_token_id
 
     def losses(rows):
-        batch = collate(rows)
+        batch = collate([f | f["images"]() for f in rows])
         labels = batch.pop("labels")
         result = model(**batch, output_attentions=bool(args.point_weight))
         # summed over the answer tokens, then divided by their number: a batch of other types alone adds 0, not nan
@@ -243,10 +274,12 @@ def main(argv=None) -> int:
 
     torch.manual_seed(args.seed)
     learners = [model.model.language_model, model.lm_head]
-    if not args.freeze_projector:
-        learners.append(model.model.multi_modal_projector)
-    else:
-        model.model.multi_modal_projector.requires_grad_(False)
+    if not args.freeze_projector:  # the LLaVA families' projector; a Qwen family's is its tower's merger
+        projector = getattr(model.model, "multi_modal_projector", None)
+        learners.append(projector if projector is not None else model.model.visual.merger)
+    model.requires_grad_(False)  # the tower (and a frozen projector) only pass gradients on, to nothing
+    for m in learners:
+        m.requires_grad_(True)
     params = [p for m in learners for p in m.parameters()]
     optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=0.0)
     generator = torch.Generator().manual_seed(args.seed)
@@ -276,19 +309,24 @@ def main(argv=None) -> int:
     return 0
 
 
+def image_inputs(dataset, k: int) -> dict:
+    """The image inputs of ``dataset``'s item ``k`` (its pixels, and its grid or size where the family has one)."""
+    return {key: v for key, v in dataset[k].items() if key in IMAGE_INPUTS}
+
+
 def score(model, processor, collate, losses, feats, frame, batch_size: int = 64) -> dict:
     """Held-out figures: the pointing heads' share of image attention on the named object, and the boxes the model
     writes by greedy decoding (prompt only, left-padded as inference pads), parsed in ``frame``, against the truth."""
     import torch
 
     shares, ious, no_box = [], [], 0
-    left = type(collate)(collate.pad_token_id, padding_side="left")
+    left = type(collate)(collate.pad_token_id, padding_side="left", image_token_id=collate.image_token_id)
     with torch.no_grad():
         for s in range(0, len(feats), batch_size):
             rows = feats[s:s + batch_size]
             shares += losses(rows)[2]
-            prompts = [{"input_ids": f["input_ids"][:f["answer_start"]], "labels": f["labels"][:f["answer_start"]],
-                        "pixel_values": f["pixel_values"]} for f in rows]
+            prompts = [f["images"]() | {"input_ids": f["input_ids"][:f["answer_start"]],
+                                        "labels": f["labels"][:f["answer_start"]]} for f in rows]
             batch = left(prompts)
             batch.pop("labels")
             width = batch["input_ids"].shape[1]
@@ -299,10 +337,9 @@ def score(model, processor, collate, losses, feats, frame, batch_size: int = 64)
                     no_box += 1
                 ious.append(iou(box, f["box"]) if box is not None else 0.0)
     n = len(feats)
-    grid_tokens = feats[0]["target"].numel()
     return {"questions": n, "acc50": sum(v >= 0.5 for v in ious) / n, "mean_iou": sum(ious) / n,
             "no_box": no_box / n, "point_share": sum(shares) / len(shares) if shares else float("nan"),
-            "even_share": sum(float((f["target"] > 0).sum()) / grid_tokens for f in feats) / n}
+            "even_share": sum(float((f["target"] > 0).sum()) / f["target"].numel() for f in feats) / n}
 
 
 if __name__ == "__main__":
