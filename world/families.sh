@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `make world-families`: every model family the toolkit trains learns on the world (issue 26). It reuses the
 # detectors, annotations and splits of one world run (WORLD_DIR; `make world` runs first when it has none), and
-# for each family: builds the family's world VLM (world/make_family.py: its own class, processor, chat template,
-# image-token layout and box frame), converts the run's annotations with --base_model of that family (its frame),
+# for each family: takes the family's world VLM (its own class, processor, chat template, image-token layout and box
+# frame; world/models/family_vlms/<family>, pretrained to ground phrases in that frame by world/pretrain_grounding.py,
+# else built by world/make_family.py), converts the run's annotations with --base_model of that family (its frame),
 # trains it with train_vlm.py as a user trains the 7B checkpoint, predicts the test questions, asks the guide's API
 # (describe_object, "what is in this box?", locate: boxes parsed by the family's own parser, scored in pixels of the
 # original image), and scores each beside the majority of the training split and the same model untrained.
