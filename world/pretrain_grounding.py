@@ -40,9 +40,9 @@ Every family (issue 26): ``--base_model`` may be any family's world VLM (``world
 rendered in its own box frame and chat template (the training code's ``family_layout``), its boxes parsed by its own
 parser; the pointing targets are its own image tokens: LLaVA-1.5's and ViP-LLaVA's square grid over the padded image
 (:func:`object_tokens`), every other family's layout (anyres tiles with newlines, Qwen's merge windows) read from its
-own processor and model by ``world/token_places.py``. The tower (a Qwen family's merger with it, its projector) is
-never trained here; ``world/models/family_vlms/<family>`` are made so (their ``COMMAND``), and ``make
-world-families`` starts from them.
+own processor and model by ``world/token_places.py``. The tower is never trained here (a Qwen family's merger, its
+projector, only without ``--freeze_projector``); ``world/models/family_vlms/<family>`` are made so (their
+``COMMAND``), and ``make world-families`` starts from them.
 """
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--image_dir", required=True, help="folder of the COCO file's images")
     p.add_argument("--base_model", required=True, help="world VLM to start from: world/make_llava.py's LLaVA-1.5 or "
                    "world/make_family.py's model of any family, with its pretrained tower and language model")
-    p.add_argument("--out", required=True, help="folder to write the pretrained LLaVA to")
+    p.add_argument("--out", required=True, help="folder to write the pretrained VLM to")
     p.add_argument("--max_images", type=int, default=0, help="use the first N scenes of the COCO file (default 0: all)")
     p.add_argument("--point_layers", type=int, nargs="+", default=[1, 2],
                    help="language-model layers whose heads are taught to point (default 1 2)")
@@ -180,7 +180,11 @@ def main(argv=None) -> int:
     # Eager attention: the pointing loss reads the attention weights, which the fused kernels do not return.
     model = AutoModelForImageTextToText.from_pretrained(base, attn_implementation="eager")
     processor = AutoProcessor.from_pretrained(base)
-    layout = family_layout(processor, family, box_prompt="visual", system_prompt="none")
+    try:
+        layout = family_layout(processor, family, box_prompt="visual", system_prompt="none")
+    except families.FamilyError as e:
+        print(f"error: --base_model {base}: {e}", file=sys.stderr)
+        return 2
     frame = layout.frame
     places = {}  # (width, height) -> where each image token sits in the image (world/token_places.py)
 

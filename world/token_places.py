@@ -2,14 +2,15 @@
 
 ``world/pretrain_grounding.py`` teaches heads to look at the tokens of the object a phrase names, so it needs, per
 image token in the order the language model reads them, the point of the original image that token sees. Each family
-lays its tokens out its own way: LLaVA-1.5 a square grid over the image padded to a square, ViP-LLaVA a grid over a
-centre crop, LLaVA-NeXT and LLaVA-OneVision a base view then the unpadded tiles with a newline token per row, the
+lays its tokens out its own way: LLaVA-1.5 and ViP-LLaVA a square grid over the image padded to a square, LLaVA-NeXT
+and LLaVA-OneVision a base view then the unpadded tiles with a newline token per row, the
 Qwen-VL families a grid of ``merge x merge`` patch windows over the ``smart_resize``\\ d image. Rather than restate
 each layout (and drift from it, as frames did: issue 26), the places are *read* from the family's own code:
 
-1. an image whose pixels spell their own coordinates (red: x, green: y, blue: inside the image) is put through the
-   training code's own image path (``TokenLayout.image_inputs``: the frame's ``prepare_image``, then the family's
-   image processor), and each patch's centre pixels are read back;
+1. an image whose pixels spell their own coordinates (red: x, green: y, blue: inside the image), and its negative,
+   are put through the training code's own image path (``TokenLayout.image_inputs``: the frame's ``prepare_image``,
+   then the family's image processor), and each patch's centre pixels are read back; the two readings' difference
+   cancels the padding's fill, whatever its colour;
 2. the patches become tokens as the model does it: LLaVA-NeXT / OneVision through the model's own
    ``pack_image_features`` (unpadding and newlines included: a newline's place is ``None``), the Qwen families by
    their merge windows (``merge**2`` consecutive patch rows make one token, the order their mergers read).
