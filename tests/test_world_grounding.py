@@ -103,7 +103,7 @@ def test_pretraining_points_the_heads_at_the_object_and_leaves_the_tower(tiny_wo
     assert AutoConfig.from_pretrained(out)._attn_implementation != "eager"
 
 
-def test_a_qwen_family_points_its_heads_at_the_object_on_its_own_token_grid(tiny_world_llava, capsys):
+def test_a_qwen_family_points_its_heads_at_the_object_on_its_own_token_grid(tiny_world_llava):
     """Another family, another layout: Qwen2.5-VL (world/make_family.py, its own tower and its language model
     pretrained in its own frame) reads merge windows of its smart_resize'd image; its targets come from
     world/token_places.py and its boxes are its own (pixels after smart_resize). A short run points the heads at the
