@@ -99,8 +99,9 @@ def _token_pixels(model, layout, image, n_tokens: int):
     newline = torch.full((3,), float("nan"))
     sizes = inputs["image_sizes"].view(1, 2)
     pack = model.model.pack_image_features
-    if "vision_aspect_ratio" in pack.__code__.co_varnames:  # OneVision's signature
-        return pack([rgb], sizes, image_newline=newline, vision_aspect_ratio=model.config.vision_aspect_ratio)[0][0]
+    aspect = getattr(model.config, "vision_aspect_ratio", None)
+    if aspect is not None:  # OneVision: its packing may shrink the tiles to that many (not at the world's sizes)
+        return pack([rgb], sizes, image_newline=newline, vision_aspect_ratio=aspect)[0][0]
     return pack([rgb], sizes, vision_feature_select_strategy="default", image_newline=newline)[0][0]
 
 
