@@ -309,7 +309,7 @@ def test_world_run_trains_every_model(tmp_path):
     assert {"count", "surface", "describe_object", "region_label", "grounding"} <= set(results["vlm"])
     # the guide's API (world/api_eval.py) on the test scenes' true objects, beside every baseline
     described = results["vlm"]["describe_object"]
-    assert set(described) == {"label", "surface", "position", "size", "relation"}
+    assert set(described) == {"label", "surface", "position", "size", "size_balanced", "relation"}
     assert all(described[f]["n"] <= 8 and set(described[f]) == {"model", "majority", "untrained", "chance", "n"}
                and described[f]["untrained"] is not None and described[f]["majority"] is not None for f in described)
     assert "| describe_object(image, bbox, label): field right |" in (tmp_path / "results.md").read_text()

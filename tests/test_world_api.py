@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 
 from vlm_annotation.describer import compose_description
-from world.api_eval import baseline_answers, description_fields, field_right, score, scored_items, training_values
+from world.api_eval import (
+    balanced_accuracy,
+    baseline_answers,
+    description_fields,
+    field_right,
+    score,
+    scored_items,
+    training_values,
+)
 from world.make_world import write_world
 from world.report import collect_results, results_table
 from world.truth import truth_annotations
@@ -87,13 +95,25 @@ def test_the_truth_itself_scores_one_and_answers_that_say_nothing_score_zero(wor
                   [it["bbox"] for it in items])
     assert {f: v["accuracy"] for f, v in right["describe_object"].items()} == \
         {"label": 1.0, "surface": 1.0, "position": 1.0, "size": 1.0, "relation": 1.0}
+    assert right["describe_object"]["size"]["balanced"] == 1.0
     assert right["region_label"]["accuracy"] == 1.0
     n_phrases = sum(bool(it["phrase"]) for it in items)
     assert right["grounding"] == {"acc50": 1.0, "mean_iou": 1.0, "unparsed": 0.0, "n": n_phrases}
     wrong = score(items, [description_fields("")] * len(items), ["obj"] * len(items), [None] * len(items))
     assert all(v["accuracy"] == 0.0 for v in wrong["describe_object"].values())
+    assert wrong["describe_object"]["size"]["balanced"] == 0.0
     assert wrong["region_label"]["accuracy"] == 0.0
     assert wrong["grounding"] == {"acc50": 0.0, "mean_iou": 0.0, "unparsed": 1.0, "n": n_phrases}
+
+
+def test_the_size_word_is_also_scored_with_each_true_size_weighted_alike():
+    assert balanced_accuracy([("small", "small"), ("small", None), ("large", "small")]) == 0.25
+    # a model that always says the majority size: 1.0 on that size, 0.0 on the others
+    always = [("medium-sized", "medium-sized")] * 88 + [("small", "medium-sized")] * 4 + [("large", "medium-sized")] * 8
+    assert balanced_accuracy(always) == pytest.approx(1 / 3)
+    right_on_large = always[:92] + [("large", "large")] * 8
+    assert balanced_accuracy(right_on_large) == pytest.approx(2 / 3)
+    assert balanced_accuracy([]) is None
 
 
 def test_majority_says_the_most_frequent_training_value_and_the_mean_box(world):
@@ -138,14 +158,18 @@ def test_ask_scores_a_real_world_llava_through_the_guides_api(world, tmp_path):
     assert base.returncode == 0, base.stderr[-2000:]
     results = collect_results(run)
     described = results["vlm"]["describe_object"]
-    assert set(described) == {"label", "surface", "position", "size", "relation"}
+    assert set(described) == {"label", "surface", "position", "size", "size_balanced", "relation"}
     assert set(described["size"]) == {"model", "majority", "untrained", "chance", "n"}
     assert described["size"]["model"] == scores["describe_object"]["size"]["accuracy"]
+    assert described["size_balanced"]["model"] == scores["describe_object"]["size"]["balanced"]
+    assert described["size_balanced"]["majority"] == pytest.approx(1 / len({it["truth"]["size"] for it in scored_items(
+        world / "heldout_truth.json", 6, seed=0)}))  # one size always said: right on that one alone
     assert described["size"]["untrained"] is None  # no untrained.json in this run
     assert set(results["vlm"]["grounding"]) >= {"acc50", "mean_iou", "unparsed", "n"}
     table = results_table(results)
     assert "| region_label (answer_question) | 6 | accuracy |" in table
     assert "| describe_object(image, bbox, label): field right | n | model | majority | untrained | chance |" in table
+    assert "| size word, balanced over the true sizes | 6 |" in table
 
 
 def test_a_truth_file_with_no_objects_is_one_line(tmp_path):
