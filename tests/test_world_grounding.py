@@ -48,7 +48,7 @@ def test_pointing_records_are_the_converters_one_question_each_with_the_named_ob
     coco = json.loads((root / "world" / "train.json").read_text())
     rows = pointing_records(coco, seed=0)
     assert rows and len({r["id"] for r, _ in rows}) == len(rows)
-    for record, obj in rows:
+    for record, (obj,) in rows:
         human, gpt = record["conversations"]
         assert human["value"].startswith("<image>\nPlease provide the bounding box coordinate of the region")
         # the phrase that picks the object out: its class and its cell
@@ -65,10 +65,35 @@ def test_a_region_question_points_at_the_box_drawn_for_it(tiny_world_llava):
     coco = json.loads((root / "world" / "train.json").read_text())
     rows = pointing_records(coco, seed=0, types=("region_label",))
     assert rows
-    for record, obj in rows:
+    for record, (obj,) in rows:
         assert record["qa_types"] == ["region_label"] and "red box" in record["conversations"][0]["value"]
         assert record["box_prompt"]["boxes"] == [{"bbox": obj["bbox"], "colour": "red"}]
         assert record["conversations"][1]["value"] == obj["label"]
+
+
+def test_a_class_question_points_at_every_object_of_its_class_and_none_when_absent(tiny_world_llava):
+    root, _ = tiny_world_llava
+    coco = json.loads((root / "world" / "train.json").read_text())
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    held = {}  # image file -> the classes of its true objects, with their boxes
+    files = {im["id"]: im["file_name"] for im in coco["images"]}
+    for a in coco["annotations"]:
+        held.setdefault(files[a["image_id"]], {}).setdefault(names[a["category_id"]], []).append(a["bbox"])
+    rows = pointing_records(coco, seed=0, types=("exists", "count_class"))
+    kinds = {(qtype, bool(objs)) for (record, objs) in rows for qtype in record["qa_types"]}
+    assert {("exists", True), ("exists", False), ("count_class", True)} <= kinds, kinds
+    for record, objs in rows:
+        label = next(name for name in sorted(names.values(), key=len, reverse=True)
+                     if name in record["conversations"][0]["value"])
+        # every true object of the class the question names, each once, and only those
+        truth = sorted(coco_to_xyxy(b) for b in held.get(record["image"], {}).get(label, []))
+        assert sorted(o["bbox"] for o in objs) == truth, record["conversations"]
+        assert all(o["label"] == label for o in objs)
+
+
+def coco_to_xyxy(box: list[float]) -> list[float]:
+    x, y, w, h = box
+    return [float(x), float(y), float(x + w), float(y + h)]
 
 
 def _state(path: Path) -> dict:
@@ -101,6 +126,25 @@ def test_pretraining_points_the_heads_at_the_object_and_leaves_the_tower(tiny_wo
     assert any(k.startswith("model.language_model.") for k in moved) and "lm_head.weight" in moved
     assert not any(k.startswith("model.vision_tower.") for k in moved)
     assert AutoConfig.from_pretrained(out)._attn_implementation != "eager"
+
+
+def test_class_binding_teaches_the_class_questions_answers_and_scores_them_held_out(tiny_world_llava):
+    """--bind_types: "is there a can?" and "how many cans?" are taught beside grounding, their heads pointing at every
+    can; the held-out figures score their answers beside the training majority's, and the model, which never wrote
+    one of them before, now writes whole answers right."""
+    from world.pretrain_grounding import main
+    root, base = tiny_world_llava
+    out = root / "llava_bound"
+    assert main(["--coco", str(root / "world" / "train.json"), "--image_dir", str(root / "world" / "train_images"),
+                 "--base_model", str(base), "--out", str(out), "--max_steps", "100", "--batch_size", "8",
+                 "--minutes", "10", "--bind_types", "exists", "count_class"]) == 0
+    info = json.loads((out / "pretrain_info.json").read_text())
+    assert info["bind_types"] == ["exists", "count_class"]
+    bind = info["held_out"]["bind"]
+    assert set(bind) == {"exists", "count_class"} and all(v["n"] > 0 for v in bind.values())
+    assert all(0 <= v["majority"] <= 1 for v in bind.values())
+    assert bind["exists"]["accuracy"] > 0, bind
+    assert info["held_out"]["questions"] > 0  # grounding is still scored as before
 
 
 def test_a_qwen_family_points_its_heads_at_the_object_on_its_own_token_grid(tiny_world_llava):

@@ -75,6 +75,9 @@ IGNORE = -100
 IMAGE_INPUTS = ("pixel_values", "image_sizes", "image_grid_thw")  # a dataset item's image inputs, every family's
 # The question types about one object (``object_ids``), which a head can be taught to point at.
 POINTABLE = ("grounding", "location", "region_label", "region_description", "surface")
+# The question types about every object of a class ("is there a can?", "how many cans?": class binding), whose heads
+# can be taught to point at all of them, none where the scene holds none.
+CLASS_TYPES = ("exists", "count_class")
 
 
 def object_tokens(box: list[float], width: float, height: float, grid: int) -> list[int]:
@@ -90,22 +93,24 @@ def object_tokens(box: list[float], width: float, height: float, grid: int) -> l
 
 
 def pointing_records(coco: dict, seed: int, types: tuple[str, ...] = ("grounding",), box_prompt: str = "visual",
-                     frame: families.BoxFrame | None = None) -> list[tuple[dict, dict]]:
-    """(LLaVA record, object) for every ground-truth question of ``types`` about one object in ``coco``'s images, one
-    question per record, rendered by the toolkit's converter in ``frame`` (default LLaVA-1.5's; a region question's
-    box drawn on the image, as ``--box_prompt visual`` asks); ``object`` is the one the question names, from the
-    truth (its pixel ``bbox``)."""
+                     frame: families.BoxFrame | None = None) -> list[tuple[dict, list[dict]]]:
+    """(LLaVA record, objects) for every ground-truth question of ``types`` in ``coco``'s images, one question per
+    record, rendered by the toolkit's converter in ``frame`` (default LLaVA-1.5's; a region question's box drawn on
+    the image, as ``--box_prompt visual`` asks). ``objects`` are the ones the question is about, from the truth (each
+    with its pixel ``bbox``): the one it names for a question about one object (:data:`POINTABLE`), every object of
+    the class it names for :data:`CLASS_TYPES` (none where the scene holds none)."""
     from vlm_training.conversion import image_records
 
     out = []
     for i, rec in enumerate(truth_annotations(coco, seed)["images"]):
         objects = {o["id"]: o for o in rec["objects"]}
         for qa in rec["qa"]:
-            if qa["type"] not in types or len(qa.get("object_ids") or ()) != 1:
+            ids = qa.get("object_ids") or []
+            if qa["type"] not in types or (qa["type"] not in CLASS_TYPES and len(ids) != 1):
                 continue
             (record,) = image_records(dict(rec, qa=[qa]), i, "world ground truth", 1, frame=frame,
                                       box_prompt=box_prompt)
-            out.append((dict(record, id=f"{record['image']}#{len(out)}"), objects[qa["object_ids"][0]]))
+            out.append((dict(record, id=f"{record['image']}#{len(out)}"), [objects[k] for k in ids]))
     return out
 
 
@@ -126,6 +131,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="question types about one object whose heads are taught to point at it, besides grounding (default: "
                    "grounding only); the answer's loss is on grounding questions only, so the others' answers stay "
                    "untaught")
+    p.add_argument("--bind_types", nargs="+", default=[], choices=CLASS_TYPES,
+                   help="class binding: question types about every object of a class whose answers are taught too, "
+                   "their heads pointing at all of those objects (at none, the answer alone, where the scene holds "
+                   "none; default: none)")
     p.add_argument("--point_weight", type=float, default=0.3,
                    help="weight of the pointing loss beside the answer's (default 0.3; 0: the answer's loss alone)")
     p.add_argument("--freeze_projector", action="store_true",
@@ -193,28 +202,38 @@ def main(argv=None) -> int:
     frame = layout.frame
     places = {}  # (width, height) -> where each image token sits in the image (world/token_places.py)
 
-    def pointing_target(box: list[float], width: int, height: int) -> torch.Tensor:
-        """An even spread over the image tokens that see the box, one weight per image token of the example."""
-        if frame.kind == "padded_square":  # LLaVA-1.5 / ViP-LLaVA: the square grid, exactly (object_tokens)
-            grid = model.config.vision_config.image_size // model.config.vision_config.patch_size
-            n, cover = grid * grid, object_tokens(box, width, height, grid)
-        else:  # every other family's layout, read from its own processor and model (token_places)
-            if (width, height) not in places:
-                places[width, height] = token_places(model, layout, width, height)
-            n, cover = len(places[width, height]), tokens_in_box(places[width, height], box, width, height)
+    def pointing_target(boxes: list[list[float]], width: int, height: int) -> torch.Tensor | None:
+        """An even spread over the image tokens that see any of the boxes, one weight per image token of the example;
+        None without a box (a class the scene does not hold: nothing to point at)."""
+        cover, n = set(), 0
+        for box in boxes:
+            if frame.kind == "padded_square":  # LLaVA-1.5 / ViP-LLaVA: the square grid, exactly (object_tokens)
+                grid = model.config.vision_config.image_size // model.config.vision_config.patch_size
+                n, tokens = grid * grid, object_tokens(box, width, height, grid)
+            else:  # every other family's layout, read from its own processor and model (token_places)
+                if (width, height) not in places:
+                    places[width, height] = token_places(model, layout, width, height)
+                n, tokens = len(places[width, height]), tokens_in_box(places[width, height], box, width, height)
+            cover.update(tokens)
+        if not cover:
+            return None
         target = torch.zeros(n)
-        target[cover] = 1.0 / len(cover)
+        target[sorted(cover)] = 1.0 / len(cover)
         return target
 
     # The last 5% of the scenes are held out of the training and scored after it.
     n_images = len(coco["images"])
     n_val = max(1, n_images // 20) if n_images >= 20 else 0
-    types = tuple(dict.fromkeys(["grounding", *args.point_types]))
+    types = tuple(dict.fromkeys(["grounding", *args.point_types, *args.bind_types]))
+    taught = {"grounding", *args.bind_types}  # the types whose answers are taught
     pairs = {"train": pointing_records(dict(coco, images=coco["images"][:n_images - n_val]), args.seed, types,
                                        frame=frame),
              # the held-out figures are the grounding questions'
              "held_out": pointing_records(dict(coco, images=coco["images"][n_images - n_val:]), args.seed,
                                           frame=frame)}
+    if args.bind_types:  # held out too: the answers of the class-binding questions, beside the training majority's
+        pairs["held_out_bind"] = pointing_records(dict(coco, images=coco["images"][n_images - n_val:]), args.seed,
+                                                  tuple(args.bind_types), frame=frame)
     if not any(r["qa_types"] == ["grounding"] for r, _ in pairs["train"]):
         print(f"error: --coco {args.coco}: no grounding question in its scenes", file=sys.stderr)
         return 2
@@ -230,18 +249,20 @@ def main(argv=None) -> int:
                 except InputError as e:  # an image that cannot be read: reported and left out, the run goes on
                     print(f"warning: skipped {e}", file=sys.stderr, flush=True)
                     continue
-                record, obj = rows[ex.record_index]
-                target = pointing_target(obj["bbox"], record["width"], record["height"])
+                record, objs = rows[ex.record_index]
+                target = pointing_target([o["bbox"] for o in objs], record["width"], record["height"])
                 answer = (f["labels"] != IGNORE).nonzero().flatten()
-                grounding = record["qa_types"] == ["grounding"]
+                (qtype,) = record["qa_types"]
                 # the image inputs are made again for each batch: kept for every question, a Qwen family's patch rows
                 # (an image scaled up to 224 px, two frames) would take 10 GB for the pool
                 feats.append({key: value for key, value in f.items() if key not in IMAGE_INPUTS}
                              | {"images": functools.partial(image_inputs, dataset, k), "target": target,
                                 "answer_start": int(answer[0]), "answer_end": int(answer[-1]),
-                                "box": obj["bbox"], "size": (record["width"], record["height"]),
-                                # only a grounding answer is taught; the others' labels are dropped
-                                "labels": f["labels"] if grounding else torch.full_like(f["labels"], IGNORE)})
+                                "box": objs[0]["bbox"] if objs else None, "type": qtype,
+                                "answer": record["conversations"][-1]["value"],
+                                "size": (record["width"], record["height"]),
+                                # only the grounding and --bind_types answers are taught; the others' labels are dropped
+                                "labels": f["labels"] if qtype in taught else torch.full_like(f["labels"], IGNORE)})
             data[part] = feats
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -250,8 +271,8 @@ def main(argv=None) -> int:
         print(f"error: --image_dir {args.image_dir}: none of the images of the grounding questions could be read",
               file=sys.stderr)
         return 2
-    n_grounding = sum(bool((f["labels"] != IGNORE).any()) for f in data["train"])
-    print(f"questions: {len(data['train'])} of {n_images - n_val} scenes ({n_grounding} grounding), "
+    n_taught = sum(bool((f["labels"] != IGNORE).any()) for f in data["train"])
+    print(f"questions: {len(data['train'])} of {n_images - n_val} scenes ({n_taught} with their answers taught), "
           f"{len(data['held_out'])} grounding questions held out", flush=True)
     collate = LlavaCollator(layout.pad_token_id, padding_side="right", image_token_id=layout.image_token_id)
     image_token = layout.image_token_id
@@ -268,6 +289,8 @@ def main(argv=None) -> int:
             return answer, answer.new_zeros(()), []
         point, shares = [], []
         for row, f in enumerate(rows):  # every record is of a type that points (pointing_records keeps no other)
+            if f["target"] is None:  # a class the scene does not hold: its answer alone is taught
+                continue
             image = (batch["input_ids"][row] == image_token).nonzero().flatten()
             writing = torch.arange(f["answer_start"] - 1, f["answer_end"])  # the positions that predict the answer
             for layer in args.point_layers:
@@ -275,7 +298,7 @@ def main(argv=None) -> int:
                 point.append(-(f["target"] * torch.log(att + 1e-6)).sum(-1).mean())
                 on = (att * (f["target"] > 0)).sum(-1) / att.sum(-1).clamp(min=1e-9)
                 shares.append(float(on.mean().detach()))
-        return answer, torch.stack(point).mean(), shares
+        return answer, torch.stack(point).mean() if point else answer.new_zeros(()), shares
 
     def loss_of(rows):
         answer, point, _ = losses(rows)
@@ -304,16 +327,21 @@ def main(argv=None) -> int:
                     log_every=100, name="grounding")
     model.eval()
     scores = score(model, processor, collate, losses, data["held_out"], frame) if data["held_out"] else {}
+    if data.get("held_out_bind"):
+        scores["bind"] = score_answers(model, processor, collate, data["held_out_bind"], data["train"])
     seconds = time.perf_counter() - start
     info = {"script": "world/pretrain_grounding.py", "argv": list(sys.argv[1:] if argv is None else argv),
             "seed": args.seed, "base_model": str(base), "scenes": n_images, "train_scenes": n_images - n_val,
             "questions": len(data["train"]), "steps": run.steps, "batch_size": args.batch_size,
             "learning_rate": args.learning_rate, "point_layers": args.point_layers, "point_heads": args.point_heads,
-            "point_weight": args.point_weight, "seconds": round(seconds, 1), "held_out": scores,
+            "point_weight": args.point_weight, "point_types": args.point_types, "bind_types": args.bind_types,
+            "seconds": round(seconds, 1), "held_out": scores,
             "loss_curve": [[h["step"], round(h["loss"], 4)] for h in run.history]}
     model.config._attn_implementation = "sdpa"  # the saved model loads as any other; eager was for the loss only
     write_llava(out, base, model, info)
-    figures = ", ".join(f"{k} {v:.3f}" for k, v in scores.items() if isinstance(v, float))
+    figures = ", ".join([f"{k} {v:.3f}" for k, v in scores.items() if isinstance(v, float)]
+                        + [f"{t} {v['accuracy']:.3f} (majority {v['majority']:.3f})"
+                           for t, v in scores.get("bind", {}).items()])
     print(f"pretrained grounding for {run.steps} steps on {len(data['train'])} questions in {seconds:.1f}s "
           f"(last loss {run.last_loss:.3f}; held out: {figures}) -> {out}", flush=True)
     if not math.isfinite(run.last_loss):
@@ -325,6 +353,40 @@ def main(argv=None) -> int:
 def image_inputs(dataset, k: int) -> dict:
     """The image inputs of ``dataset``'s item ``k`` (its pixels, and its grid or size where the family has one)."""
     return {key: v for key, v in dataset[k].items() if key in IMAGE_INPUTS}
+
+
+def greedy_answers(model, processor, collate, feats, max_new_tokens: int, batch_size: int = 64) -> list[str]:
+    """What the model writes after each question's prompt by greedy decoding (left-padded, as inference pads)."""
+    import torch
+
+    left = type(collate)(collate.pad_token_id, padding_side="left", image_token_id=collate.image_token_id)
+    answers = []
+    with torch.no_grad():
+        for s in range(0, len(feats), batch_size):
+            rows = feats[s:s + batch_size]
+            batch = left([f["images"]() | {"input_ids": f["input_ids"][:f["answer_start"]],
+                                           "labels": f["labels"][:f["answer_start"]]} for f in rows])
+            batch.pop("labels")
+            width = batch["input_ids"].shape[1]
+            written = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)[:, width:]
+            answers += [processor.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in written]
+    return answers
+
+
+def score_answers(model, processor, collate, feats, train) -> dict:
+    """Held-out class-binding figures per type: the share of answers written exactly right, beside the share the
+    training questions' most common answer of that type gets."""
+    from collections import Counter
+
+    said = greedy_answers(model, processor, collate, feats, max_new_tokens=16)
+    out = {}
+    for qtype in sorted({f["type"] for f in feats}):
+        rows = [(f, a) for f, a in zip(feats, said) if f["type"] == qtype]
+        common = Counter(f["answer"] for f in train if f["type"] == qtype).most_common(1)
+        majority = common[0][0] if common else None
+        out[qtype] = {"n": len(rows), "accuracy": sum(a == f["answer"] for f, a in rows) / len(rows),
+                      "majority": sum(f["answer"] == majority for f, _ in rows) / len(rows)}
+    return out
 
 
 def score(model, processor, collate, losses, feats, frame, batch_size: int = 64) -> dict:
