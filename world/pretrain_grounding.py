@@ -374,18 +374,22 @@ def greedy_answers(model, processor, collate, feats, max_new_tokens: int, batch_
 
 
 def score_answers(model, processor, collate, feats, train) -> dict:
-    """Held-out class-binding figures per type: the share of answers written exactly right, beside the share the
-    training questions' most common answer of that type gets."""
+    """Held-out class-binding figures per type, read as the world run scores them: the share of answers whose yes/no
+    (``exists``) or number (``count_class``) is right, beside the share the training questions' most common one
+    gets."""
     from collections import Counter
 
+    from vlm_annotation.qa_truth import answer_number, answer_yes
+
+    key = {"exists": answer_yes, "count_class": answer_number}
     said = greedy_answers(model, processor, collate, feats, max_new_tokens=16)
     out = {}
     for qtype in sorted({f["type"] for f in feats}):
-        rows = [(f, a) for f, a in zip(feats, said) if f["type"] == qtype]
-        common = Counter(f["answer"] for f in train if f["type"] == qtype).most_common(1)
+        rows = [(key[qtype](f["answer"]), key[qtype](a)) for f, a in zip(feats, said) if f["type"] == qtype]
+        common = Counter(key[qtype](f["answer"]) for f in train if f["type"] == qtype).most_common(1)
         majority = common[0][0] if common else None
-        out[qtype] = {"n": len(rows), "accuracy": sum(a == f["answer"] for f, a in rows) / len(rows),
-                      "majority": sum(f["answer"] == majority for f, _ in rows) / len(rows)}
+        out[qtype] = {"n": len(rows), "accuracy": sum(t is not None and t == a for t, a in rows) / len(rows),
+                      "majority": sum(t == majority for t, _ in rows) / len(rows)}
     return out
 
 

@@ -383,24 +383,27 @@ def family_results(run: Path) -> dict:
 
 FAMILIES_NOTE = ("Each cell: model (majority of the training split / the same model untrained); locate's majority is the "
                  "mean training box. Held-out test scenes; region_label and locate through the guide's API "
-                 "(world/api_eval.py), locate's boxes parsed by each family's own parser and scored in pixels.")
+                 "(world/api_eval.py), locate's boxes parsed by each family's own parser and scored in pixels. wall s: the "
+                 "family's whole path, converted, trained, asked and scored (the world run's own row: –).")
 
 
 def families_table(results: dict) -> str:
-    """One row per family: each figure as model (majority / untrained); :data:`FAMILIES_NOTE` says so."""
+    """One row per family: each figure as model (majority / untrained); :data:`FAMILIES_NOTE` says so. The seconds
+    are the family's training and its whole path (conversion, training, both predictions and API passes, scoring)."""
     def cell(row: dict | None) -> str:
         if not row or row.get("model") is None:
             return "–"
         return f"{_f(row['model'])} ({_f(row.get('majority'))} / {_f(row.get('untrained'))})"
 
     lines = ["| family | count | surface | location | region_label | locate Acc@0.5 | locate mean IoU "
-             "| locate: not a box | training s |", "|---|---|---|---|---|---|---|---|---|"]
+             "| locate: not a box | training s | wall s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in results.items():
         ground = row.get("grounding") or {}
         unparsed = (ground.get("unparsed") or {}).get("model")
         lines.append(f"| {name} | " + " | ".join(cell(row.get(t)) for t in FAMILY_TYPES)
                      + f" | {cell(ground)} | {cell(ground.get('mean_iou'))} | {_f(unparsed)} "
-                     f"| {_f(round(row['vlm_train_seconds'])) if row.get('vlm_train_seconds') else '–'} |")
+                     f"| {_f(round(row['vlm_train_seconds'])) if row.get('vlm_train_seconds') else '–'} "
+                     f"| {_f(round(row['seconds'])) if row.get('seconds') else '–'} |")
     return "\n".join(lines)
 
 
