@@ -39,7 +39,8 @@ case "$LANES" in
     ''|*[!0-9]*|0) echo "error: WORLD_FAMILY_LANES: a number of lanes, 1 or more, not '$LANES'" >&2; exit 2 ;;
 esac
 # Each lane gets its share of the cores. One family at a time on both of a 2-core machine's cores trains it 1.8 times
-# as fast as on one (docs/world.md); two lanes of one core each finish the whole run about as soon.
+# as fast as on one, each family in under 10 minutes; two lanes of one core each finish the whole run sooner (2613 s
+# against 3194 s), each family in 12-16 minutes (docs/world.md, session 16).
 CORES=$(nproc)
 THREADS=${WORLD_THREADS:-$(( CORES / LANES > 0 ? CORES / LANES : 1 ))}
 if [ "$THREADS" -gt 0 ]; then

@@ -384,7 +384,7 @@ def family_results(run: Path) -> dict:
 FAMILIES_NOTE = ("Each cell: model (majority of the training split / the same model untrained); locate's majority is the "
                  "mean training box. Held-out test scenes; region_label and locate through the guide's API "
                  "(world/api_eval.py), locate's boxes parsed by each family's own parser and scored in pixels. wall s: the "
-                 "family's whole path, converted, trained, asked and scored (the world run's own row: –).")
+                 "family's whole path, converted, trained, asked and scored (the world run's own row: that whole run).")
 
 
 def families_table(results: dict) -> str:
