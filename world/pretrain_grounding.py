@@ -400,26 +400,18 @@ def score_answers(model, processor, collate, feats, train) -> dict:
 
 def score(model, processor, collate, losses, feats, frame, batch_size: int = 64) -> dict:
     """Held-out figures: the pointing heads' share of image attention on the named object, and the boxes the model
-    writes by greedy decoding (prompt only, left-padded as inference pads), parsed in ``frame``, against the truth."""
+    writes by greedy decoding (:func:`greedy_answers`), parsed in ``frame``, against the truth."""
     import torch
 
     shares, ious, no_box = [], [], 0
-    left = type(collate)(collate.pad_token_id, padding_side="left", image_token_id=collate.image_token_id)
     with torch.no_grad():
         for s in range(0, len(feats), batch_size):
-            rows = feats[s:s + batch_size]
-            shares += losses(rows)[2]
-            prompts = [f["images"]() | {"input_ids": f["input_ids"][:f["answer_start"]],
-                                        "labels": f["labels"][:f["answer_start"]]} for f in rows]
-            batch = left(prompts)
-            batch.pop("labels")
-            width = batch["input_ids"].shape[1]
-            written = model.generate(**batch, max_new_tokens=32, do_sample=False)[:, width:]
-            for f, ids in zip(rows, written):
-                box = frame.parse_box(processor.tokenizer.decode(ids, skip_special_tokens=True), *f["size"])
-                if box is None:
-                    no_box += 1
-                ious.append(iou(box, f["box"]) if box is not None else 0.0)
+            shares += losses(feats[s:s + batch_size])[2]
+    for f, text in zip(feats, greedy_answers(model, processor, collate, feats, 32, batch_size)):
+        box = frame.parse_box(text, *f["size"])
+        if box is None:
+            no_box += 1
+        ious.append(iou(box, f["box"]) if box is not None else 0.0)
     n = len(feats)
     return {"questions": n, "acc50": sum(v >= 0.5 for v in ious) / n, "mean_iou": sum(ious) / n,
             "no_box": no_box / n, "point_share": sum(shares) / len(shares) if shares else float("nan"),
