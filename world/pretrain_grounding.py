@@ -232,13 +232,13 @@ def main(argv=None) -> int:
     types = tuple(dict.fromkeys(["grounding", *args.point_types, *args.bind_types]))
     taught = {"grounding", *args.bind_types}  # the types whose answers are taught
     pairs = {"train": pointing_records(dict(coco, images=coco["images"][:n_images - n_val]), args.seed, types,
-                                       frame=frame),
-             # the held-out figures are the grounding questions'
-             "held_out": pointing_records(dict(coco, images=coco["images"][n_images - n_val:]), args.seed,
-                                          frame=frame)}
-    if args.bind_types:  # held out too: the answers of the class-binding questions, beside the training majority's
-        pairs["held_out_bind"] = pointing_records(dict(coco, images=coco["images"][n_images - n_val:]), args.seed,
-                                                  tuple(args.bind_types), frame=frame)
+                                       frame=frame)}
+    # The held-out figures are the grounding questions' and, with --bind_types, the class-binding answers'.
+    held = pointing_records(dict(coco, images=coco["images"][n_images - n_val:]), args.seed,
+                            ("grounding", *args.bind_types), frame=frame)
+    pairs["held_out"] = [row for row in held if row[0]["qa_types"] == ["grounding"]]
+    if args.bind_types:
+        pairs["held_out_bind"] = [row for row in held if row[0]["qa_types"] != ["grounding"]]
     if not any(r["qa_types"] == ["grounding"] for r, _ in pairs["train"]):
         print(f"error: --coco {args.coco}: no grounding question in its scenes", file=sys.stderr)
         return 2
