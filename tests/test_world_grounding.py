@@ -14,6 +14,7 @@ from vlm_annotation.spatial import position_phrase
 from world.make_family import FAMILY_NAMES
 from world.make_world import write_world
 from world.pretrain_grounding import object_tokens, pointing_records
+from world.truth import truth_annotations
 
 ROOT = Path(__file__).resolve().parents[1]
 # The world LLaVA's own sizes, from the committed tower and language model (a random tower's tokens do not say
@@ -145,6 +146,40 @@ def test_class_binding_teaches_the_class_questions_answers_and_scores_them_held_
     assert all(0 <= v["majority"] <= 1 for v in bind.values())
     assert bind["exists"]["accuracy"] > 0, bind
     assert info["held_out"]["questions"] > 0  # grounding is still scored as before
+
+
+def test_kept_types_come_with_no_object_beside_the_grounding_questions(tiny_world_llava):
+    """--keep_types: every question of those types is a record of its own, with nothing to point at; the grounding
+    questions are the same as without them."""
+    root, _ = tiny_world_llava
+    coco = json.loads((root / "world" / "train.json").read_text())
+    alone = pointing_records(coco, seed=0)
+    rows = pointing_records(coco, seed=0, keep_types=("count", "surface"))
+    kept = [(r, objs) for r, objs in rows if r["qa_types"] != ["grounding"]]
+    grounding = [(r, objs) for r, objs in rows if r["qa_types"] == ["grounding"]]
+    truth = truth_annotations(coco, 0)["images"]
+    assert len(kept) == sum(qa["type"] in ("count", "surface") for rec in truth for qa in rec["qa"])
+    assert {r["qa_types"][0] for r, _ in kept} == {"count", "surface"} and all(objs == [] for _, objs in kept)
+    assert [(r["conversations"], objs) for r, objs in grounding] == [(r["conversations"], objs) for r, objs in alone]
+
+
+def test_kept_types_are_taught_in_their_share_of_each_batch(tiny_world_llava, capsys):
+    from world.pretrain_grounding import main
+    root, base = tiny_world_llava
+    out = root / "llava_kept"
+    assert main(["--coco", str(root / "world" / "train.json"), "--image_dir", str(root / "world" / "train_images"),
+                 "--base_model", str(base), "--out", str(out), "--max_steps", "5", "--batch_size", "4",
+                 "--minutes", "10", "--keep_types", "count", "--keep_share", "0.25"]) == 0
+    info = json.loads((out / "pretrain_info.json").read_text())
+    assert info["keep_types"] == ["count"] and info["keep_share"] == 0.25 and info["steps"] == 5
+    # every question's answer is taught: the grounding ones and the kept counts
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("questions: "))
+    n = int(line.split()[1])
+    assert f"({n} with their answers taught)" in line
+    proc = subprocess.run([sys.executable, str(ROOT / "world" / "pretrain_grounding.py"), "--coco", "x",
+                           "--image_dir", "i", "--base_model", "y", "--out", str(root / "o"), "--keep_types",
+                           "surface", "--point_types", "surface"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--keep_types: a type there is taught without pointing" in proc.stderr
 
 
 def test_a_qwen_family_points_its_heads_at_the_object_on_its_own_token_grid(tiny_world_llava):

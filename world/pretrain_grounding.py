@@ -83,6 +83,8 @@ POINTABLE = ("grounding", "location", "region_label", "region_description", "sur
 # The question types about every object of a class ("is there a can?", "how many cans?": class binding), whose heads
 # can be taught to point at all of them, none where the scene holds none.
 CLASS_TYPES = ("exists", "count_class")
+# The question types whose answers --keep_types can teach beside grounding, pointing nowhere.
+KEEPABLE = ("count", "count_class", "exists", "location", "region_description", "region_label", "relation", "surface")
 
 
 def object_tokens(box: list[float], width: float, height: float, grid: int) -> list[int]:
@@ -98,12 +100,14 @@ def object_tokens(box: list[float], width: float, height: float, grid: int) -> l
 
 
 def pointing_records(coco: dict, seed: int, types: tuple[str, ...] = ("grounding",), box_prompt: str = "visual",
-                     frame: families.BoxFrame | None = None) -> list[tuple[dict, list[dict]]]:
+                     frame: families.BoxFrame | None = None,
+                     keep_types: tuple[str, ...] = ()) -> list[tuple[dict, list[dict]]]:
     """(LLaVA record, objects) for every ground-truth question of ``types`` in ``coco``'s images, one question per
     record, rendered by the toolkit's converter in ``frame`` (default LLaVA-1.5's; a region question's box drawn on
     the image, as ``--box_prompt visual`` asks). ``objects`` are the ones the question is about, from the truth (each
     with its pixel ``bbox``): the one it names for a question about one object (:data:`POINTABLE`), every object of
-    the class it names for :data:`CLASS_TYPES` (none where the scene holds none)."""
+    the class it names for :data:`CLASS_TYPES` (none where the scene holds none). A question of ``keep_types`` comes
+    with no object (nothing to point at: its answer alone is taught)."""
     from vlm_training.conversion import image_records
 
     out = []
@@ -111,7 +115,9 @@ def pointing_records(coco: dict, seed: int, types: tuple[str, ...] = ("grounding
         objects = {o["id"]: o for o in rec["objects"]}
         for qa in rec["qa"]:
             ids = qa.get("object_ids") or []
-            if qa["type"] not in types or (qa["type"] not in CLASS_TYPES and len(ids) != 1):
+            if qa["type"] in keep_types:
+                ids = []
+            elif qa["type"] not in types or (qa["type"] not in CLASS_TYPES and len(ids) != 1):
                 continue
             (record,) = image_records(dict(rec, qa=[qa]), i, "world ground truth", 1, frame=frame,
                                       box_prompt=box_prompt)
@@ -140,6 +146,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="class binding: question types about every object of a class whose answers are taught too, "
                    "their heads pointing at all of those objects (at none, the answer alone, where the scene holds "
                    "none; default: none)")
+    p.add_argument("--keep_types", nargs="+", default=[], choices=KEEPABLE,
+                   help="question types whose answers are taught too, without pointing, so that the language model "
+                   "keeps what it knew of them: a pass of grounding alone makes it forget them, and the fine-tuning "
+                   "then starts far from its data (default: none)")
+    p.add_argument("--keep_share", type=float, default=0.5,
+                   help="with --keep_types: the share of each batch drawn from their questions (default 0.5)")
     p.add_argument("--point_weight", type=float, default=0.3,
                    help="weight of the pointing loss beside the answer's (default 0.3; 0: the answer's loss alone)")
     p.add_argument("--freeze_projector", action="store_true",
@@ -159,6 +171,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--out must differ from --base_model (the base stays as it was)")
     if args.minutes <= 0 or args.max_steps < 1 or args.batch_size < 1 or args.learning_rate <= 0:
         p.error("--minutes, --max_steps, --batch_size and --learning_rate must be > 0")
+    if not 0 <= args.keep_share <= 1:
+        p.error("--keep_share must be between 0 and 1")
+    if set(args.keep_types) & {*args.point_types, *args.bind_types}:
+        p.error("--keep_types: a type there is taught without pointing; it cannot be in --point_types or --bind_types")
     if args.max_images < 0 or args.point_heads < 0 or args.point_weight < 0:
         p.error("--max_images, --point_heads and --point_weight must be >= 0")
     return args
@@ -230,9 +246,9 @@ def main(argv=None) -> int:
     n_images = len(coco["images"])
     n_val = max(1, n_images // 20) if n_images >= 20 else 0
     types = tuple(dict.fromkeys(["grounding", *args.point_types, *args.bind_types]))
-    taught = {"grounding", *args.bind_types}  # the types whose answers are taught
+    taught = {"grounding", *args.bind_types, *args.keep_types}  # the types whose answers are taught
     pairs = {"train": pointing_records(dict(coco, images=coco["images"][:n_images - n_val]), args.seed, types,
-                                       frame=frame)}
+                                       frame=frame, keep_types=tuple(args.keep_types))}
     # The held-out figures are the grounding questions' and, with --bind_types, the class-binding answers'.
     held = pointing_records(dict(coco, images=coco["images"][n_images - n_val:]), args.seed,
                             ("grounding", *args.bind_types), frame=frame)
@@ -266,7 +282,8 @@ def main(argv=None) -> int:
                                 "box": objs[0]["bbox"] if objs else None, "type": qtype,
                                 "answer": record["conversations"][-1]["value"],
                                 "size": (record["width"], record["height"]),
-                                # only the grounding and --bind_types answers are taught; the others' labels are dropped
+                                # only the grounding, --bind_types and --keep_types answers are taught; the others'
+                                # labels are dropped
                                 "labels": f["labels"] if qtype in taught else torch.full_like(f["labels"], IGNORE)})
             data[part] = feats
     except InputError as e:
@@ -293,8 +310,8 @@ def main(argv=None) -> int:
         if not args.point_weight:
             return answer, answer.new_zeros(()), []
         point, shares = [], []
-        for row, f in enumerate(rows):  # every record is of a type that points (pointing_records keeps no other)
-            if f["target"] is None:  # a class the scene does not hold: its answer alone is taught
+        for row, f in enumerate(rows):
+            if f["target"] is None:  # a class the scene does not hold, or a --keep_types question: its answer alone
                 continue
             image = (batch["input_ids"][row] == image_token).nonzero().flatten()
             writing = torch.arange(f["answer_start"] - 1, f["answer_end"])  # the positions that predict the answer
@@ -324,8 +341,19 @@ def main(argv=None) -> int:
     params = [p for m in learners for p in m.parameters()]
     optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=0.0)
     generator = torch.Generator().manual_seed(args.seed)
-    batches = iter(lambda: [data["train"][i] for i in
-                            torch.randint(len(data["train"]), (args.batch_size,), generator=generator).tolist()], None)
+    if args.keep_types:  # --keep_share of each batch from the kept types, the rest from grounding (and its kin)
+        kept = [f for f in data["train"] if f["type"] in args.keep_types]
+        rest = [f for f in data["train"] if f["type"] not in args.keep_types]
+        n_kept = min(args.batch_size, round(args.batch_size * args.keep_share)) if kept else 0
+
+        def draw(rows: list, n: int) -> list:
+            return [rows[i] for i in torch.randint(len(rows), (n,), generator=generator).tolist()] if n else []
+
+        batches = iter(lambda: draw(rest, args.batch_size - n_kept) + draw(kept, n_kept), None)
+    else:
+        batches = iter(lambda: [data["train"][i] for i in
+                                torch.randint(len(data["train"]), (args.batch_size,), generator=generator).tolist()],
+                       None)
     trained = torch.nn.ModuleList(learners)
     run = train_for(trained, loss_of, batches, optimizer, minutes=args.minutes, max_steps=args.max_steps,
                     start=start, schedule=warmup_cosine(max(1, args.max_steps // 25)), replan_every=100,
@@ -340,6 +368,7 @@ def main(argv=None) -> int:
             "questions": len(data["train"]), "steps": run.steps, "batch_size": args.batch_size,
             "learning_rate": args.learning_rate, "point_layers": args.point_layers, "point_heads": args.point_heads,
             "point_weight": args.point_weight, "point_types": args.point_types, "bind_types": args.bind_types,
+            "keep_types": args.keep_types, "keep_share": args.keep_share if args.keep_types else None,
             "seconds": round(seconds, 1), "held_out": scores,
             "loss_curve": [[h["step"], round(h["loss"], 4)] for h in run.history]}
     model.config._attn_implementation = "sdpa"  # the saved model loads as any other; eager was for the loss only
