@@ -50,6 +50,11 @@ Class binding (issue 24): ``--bind_types exists count_class`` also teaches the a
 many cans?", the heads pointing at every can of the scene (at nothing where it holds none), and scores them on the
 held-out scenes beside the training majority (``held_out.bind``). From ``vlm_base``, 800 steps: ``exists`` 0.638
 against a majority of 0.595, ``count_class`` 0.401 against 0.442 (docs/world.md, session 16): not the lever yet.
+
+Kept answers (issue 26): ``--keep_types count surface ...`` also teaches those questions' answers, pointing nowhere,
+``--keep_share`` of each batch, so that the language model keeps what it knew of them; a pass of grounding alone makes
+it forget them, and the fine-tuning then starts far from its data (Qwen2.5-VL's first loss 7.4). With them kept it
+started at 1.75 and still located no better after the fine-tuning (0.098 against 0.111; docs/world.md, session 17).
 """
 from __future__ import annotations
 
