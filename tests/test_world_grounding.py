@@ -13,7 +13,7 @@ import torch
 from vlm_annotation.spatial import position_phrase
 from world.make_family import FAMILY_NAMES
 from world.make_world import write_world
-from world.pretrain_grounding import object_tokens, pointing_records
+from world.pretrain_grounding import draw_batches, object_tokens, pointing_records
 from world.truth import truth_annotations
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,7 +163,20 @@ def test_kept_types_come_with_no_object_beside_the_grounding_questions(tiny_worl
     assert [(r["conversations"], objs) for r, objs in grounding] == [(r["conversations"], objs) for r, objs in alone]
 
 
-def test_kept_types_are_taught_in_their_share_of_each_batch(tiny_world_llava, capsys):
+def test_kept_types_fill_their_share_of_each_batch_and_without_them_the_batches_are_as_before():
+    rows = [{"type": "grounding", "i": i} for i in range(10)] + [{"type": "count", "i": i} for i in range(30)]
+    batches = draw_batches(rows, 8, torch.Generator().manual_seed(0), ("count",), 0.25)
+    for _ in range(20):
+        batch = next(batches)
+        assert [r["type"] for r in batch] == ["grounding"] * 6 + ["count"] * 2
+    # no kept types: the draw the committed bases were made with, one randint of the batch size over all rows
+    old = torch.Generator().manual_seed(3)
+    expected = [[rows[i] for i in torch.randint(len(rows), (8,), generator=old).tolist()] for _ in range(5)]
+    batches = draw_batches(rows, 8, torch.Generator().manual_seed(3))
+    assert [next(batches) for _ in range(5)] == expected
+
+
+def test_kept_types_are_taught_and_recorded(tiny_world_llava, capsys):
     from world.pretrain_grounding import main
     root, base = tiny_world_llava
     out = root / "llava_kept"

@@ -346,19 +346,7 @@ def main(argv=None) -> int:
     params = [p for m in learners for p in m.parameters()]
     optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=0.0)
     generator = torch.Generator().manual_seed(args.seed)
-    if args.keep_types:  # --keep_share of each batch from the kept types, the rest from grounding (and its kin)
-        kept = [f for f in data["train"] if f["type"] in args.keep_types]
-        rest = [f for f in data["train"] if f["type"] not in args.keep_types]
-        n_kept = min(args.batch_size, round(args.batch_size * args.keep_share)) if kept else 0
-
-        def draw(rows: list, n: int) -> list:
-            return [rows[i] for i in torch.randint(len(rows), (n,), generator=generator).tolist()] if n else []
-
-        batches = iter(lambda: draw(rest, args.batch_size - n_kept) + draw(kept, n_kept), None)
-    else:
-        batches = iter(lambda: [data["train"][i] for i in
-                                torch.randint(len(data["train"]), (args.batch_size,), generator=generator).tolist()],
-                       None)
+    batches = draw_batches(data["train"], args.batch_size, generator, args.keep_types, args.keep_share)
     trained = torch.nn.ModuleList(learners)
     run = train_for(trained, loss_of, batches, optimizer, minutes=args.minutes, max_steps=args.max_steps,
                     start=start, schedule=warmup_cosine(max(1, args.max_steps // 25)), replan_every=100,
@@ -387,6 +375,22 @@ def main(argv=None) -> int:
         print("error: the pretraining loss is not finite", file=sys.stderr)
         return 1
     return 0
+
+
+def draw_batches(rows: list[dict], batch_size: int, generator, keep_types=(), keep_share: float = 0.5):
+    """Endless batches of ``rows`` drawn at random with replacement (seeded by ``generator``). With ``keep_types``,
+    ``round(batch_size * keep_share)`` of each batch are rows of those types (``row["type"]``), the rest the others."""
+    import torch
+
+    def draw(pool: list, n: int) -> list:
+        return [pool[i] for i in torch.randint(len(pool), (n,), generator=generator).tolist()] if n else []
+
+    if not keep_types:
+        return iter(lambda: draw(rows, batch_size), None)
+    kept = [r for r in rows if r["type"] in keep_types]
+    rest = [r for r in rows if r["type"] not in keep_types]
+    n_kept = min(batch_size, round(batch_size * keep_share)) if kept else 0
+    return iter(lambda: draw(rest, batch_size - n_kept) + draw(kept, n_kept), None)
 
 
 def image_inputs(dataset, k: int) -> dict:
