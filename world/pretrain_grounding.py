@@ -316,7 +316,8 @@ def main(argv=None) -> int:
             return answer, answer.new_zeros(()), []
         point, shares = [], []
         for row, f in enumerate(rows):
-            if f["target"] is None:  # a class the scene does not hold, or a --keep_types question: its answer alone
+            # a class the scene does not hold, or a --keep_types question: its answer alone is taught
+            if f["target"] is None:
                 continue
             image = (batch["input_ids"][row] == image_token).nonzero().flatten()
             writing = torch.arange(f["answer_start"] - 1, f["answer_end"])  # the positions that predict the answer
