@@ -404,3 +404,33 @@ def test_flag_aliases_name_the_same_files(tmp_path):
     assert (args.annotation_file, args.image_dir) == (str(inp), str(tmp_path))
     args = convert.parse_args(["--input_file", str(inp), "--output_file", str(tmp_path / "o.json")])
     assert args.annotation_file == str(inp)
+
+
+def test_image_prefix_puts_paths_and_ids_under_a_folder_for_a_mix(tmp_path, capsys):
+    """Two datasets converted under their own subfolders, concatenated as JSONL, read by training from one folder
+    (LLaVA's mix convention): every path and id gets the folder, nothing else changes."""
+    rc, plain = _run(tmp_path, _annotations())
+    assert rc == 0
+    inp = tmp_path / "train.json"
+    mixed = tmp_path / "world.jsonl"
+    assert convert.main(["--annotation_file", str(inp), "--output_file", str(mixed),
+                         "--image_prefix", "world/"]) == 0
+    before, after = json.loads(plain.read_text()), list(iter_llava_records(mixed))
+    assert [(r["id"], r["image"]) for r in after] == [("world/scenes/wide.jpg#0", "world/scenes/wide.jpg"),
+                                                      ("world/tall.png#0", "world/tall.png")]
+    assert [{k: v for k, v in r.items() if k not in ("id", "image")} for r in after] == \
+        [{k: v for k, v in r.items() if k not in ("id", "image")} for r in before]
+    assert convert.check_image_prefix("a\\b") == "a/b" and convert.check_image_prefix("./pool") == "pool"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--image_prefix", "/abs"], "--image_prefix: a folder inside train_vlm.py's --image_dir (e.g. coco), not '/abs'"),
+    (["--image_prefix", "../up"], "--image_prefix: a folder inside train_vlm.py's --image_dir (e.g. coco), not '../up'"),
+    (["--image_prefix", "."], "--image_prefix: a folder inside train_vlm.py's --image_dir (e.g. coco), not '.'"),
+    (["--image_prefix", "p", "--llamafactory_dir", "lf"],
+     "--image_prefix: --llamafactory_dir names its images by its own folder; convert for it without --image_prefix"),
+])
+def test_image_prefix_refuses_what_would_leave_the_folder(tmp_path, capsys, extra, message):
+    rc, out = _run(tmp_path, _annotations(), *extra)
+    assert rc == 2 and not out.exists()
+    assert capsys.readouterr().err.strip() == f"error: {message}"

@@ -44,6 +44,17 @@ Any size: records are read, converted and written one at a time. A ``.jsonl`` in
 JSONL; a ``.jsonl`` output is written as JSONL (the toolkit's training reads both; LLaVA and
 LLaMA-Factory want the default JSON list).
 
+A mix of datasets whose images live in different folders (``--image_prefix``): LLaVA's own training mixes name
+each image under one folder (``coco/train2017/...``, ``gqa/images/...``). Convert each dataset with the subfolder
+its images will sit in under that folder, concatenate the JSONL outputs, and give train_vlm.py the folder as
+``--image_dir`` (world/families.sh mixes the world's questions with a replay of its pretraining pool this way)::
+
+    python vlm_training/convert_to_llava_format.py --annotation_file world.json --output_file world.jsonl \
+        --image_prefix world
+    python vlm_training/convert_to_llava_format.py --annotation_file pool.json --output_file pool.jsonl \
+        --image_prefix pool --qa_types grounding
+    cat world.jsonl pool.jsonl > mix.jsonl   # images/world -> world's images, images/pool -> pool's
+
 Visual box prompts (``--box_prompt visual``, or ``both`` to keep the coordinates too): the region
 questions name their boxes by colour ("Please provide a short description for the object in the red
 box."), and each record carries the pixel boxes and colours that training and prediction draw on its
@@ -57,7 +68,7 @@ import contextlib
 import os
 import sys
 from collections import Counter
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
@@ -110,6 +121,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="folder the records' image paths are relative to; when given, images that a plain "
                         "Image.open().convert('RGB') reads differently (EXIF-rotated, transparent, 16-bit) "
                         "are counted and reported")
+    p.add_argument("--image_prefix", default=None, metavar="FOLDER",
+                   help="write each record's image path and id under this relative folder (FOLDER/<path>), to mix "
+                        "datasets whose images live in different folders under one train_vlm.py --image_dir, as "
+                        "LLaVA's own mixes do (coco/..., gqa/...); --image_dir here stays the annotation's own folder")
     p.add_argument("--upright_images_dir", default=None,
                    help="with --image_dir: write here an upright RGB copy of each such image and a symlink to "
                         "every other one (same relative paths), for trainers that ignore EXIF orientation "
@@ -165,6 +180,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                             else prompts.resolve_system_prompt(args.system_prompt, fmt))
     except ValueError as e:
         raise InputError(f"--system_prompt: {e}") from None
+    if args.image_prefix is not None:
+        args.image_prefix = check_image_prefix(args.image_prefix)
+        others = [f for f, v in (("--upright_images_dir", args.upright_images_dir),
+                                 ("--square_images_dir", args.square_images_dir),
+                                 ("--llamafactory_dir", args.llamafactory_dir), ("--swift_dir", args.swift_dir))
+                  if v is not None]
+        if others:
+            raise InputError(f"--image_prefix: {others[0]} names its images by its own folder; convert for it "
+                             "without --image_prefix")
     names = [Path(o).name.removesuffix(".jsonl").removesuffix(".json") for o in args.output_files]
     if exporting and len(set(names)) != len(names):
         raise InputError("--output_file: two outputs have the same name; --llamafactory_dir and --swift_dir name "
@@ -183,6 +207,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                 raise InputError(f"--upright_images_dir: {upright} holds --image_dir ({image_dir}); "
                                  "write the copies elsewhere")
     return args
+
+
+def check_image_prefix(prefix: str) -> str:
+    """``--image_prefix`` as the folder records name (``a/b``): relative, within the image folder, not empty."""
+    path = PurePosixPath(prefix.replace("\\", "/"))
+    if path.is_absolute() or ".." in path.parts or not path.parts or str(path) == ".":
+        raise InputError(f"--image_prefix: a folder inside train_vlm.py's --image_dir (e.g. coco), not '{prefix}'")
+    return str(path)
+
+
+def under_folder(record: dict, folder: str) -> dict:
+    """``record`` with its image path and id under ``folder`` (the id names the image, so a mix keeps them unique)."""
+    return record | {"id": f"{folder}/{record['id']}", "image": f"{folder}/{record['image']}"}
 
 
 # ----------------------------------------------------------------------------- images other trainers misread
@@ -404,7 +441,8 @@ def convert_one(args, annotation_file: str, output_file: str, name: str, images:
         for i, rec in enumerate(tqdm(reader, desc="convert", unit=" images", mininterval=1.0, disable=None)):
             recs = image_records(rec, i, annotation_file, args.max_turns, qa_types, left_out, args.frame,
                                  args.seed if args.shuffle_turns else None, args.box_prompt)
-            writer.write_many(recs)
+            writer.write_many(recs if args.image_prefix is None else [under_folder(r, args.image_prefix)
+                                                                      for r in recs])
             stats.add(recs)
             exports.add(rec, recs, i, annotation_file)
             if images is not None and recs:

@@ -16,6 +16,12 @@
 #                   (default world/models/family_vlms; llava there is world/models/vlm_base): the family starts from
 #                   it, as world.sh's VLM starts from WORLD_VLM_FROM. Empty, or none there for a family: built by
 #                   make_family.py from WORLD_FAMILY_TOWERS / WORLD_FAMILY_LMS as below
+#   WORLD_FAMILY_REPLAY  scenes of the pool the families' grounding bases were pretrained on (drawn again here:
+#                   make_world.py --seed WORLD_FAMILY_REPLAY_SEED, default 5, as each base's COMMAND draws it) whose
+#                   true grounding questions, in the family's frame, are mixed into the fine-tuning's training file, a
+#                   replay of what the base learned (default 3000, the whole pool: without it the fine-tuning pulled
+#                   the bases' locate down, docs/world.md, session 18; 0: none). Only for a family that starts from
+#                   its grounding base (WORLD_FAMILY_VLMS)
 #   WORLD_FAMILY_STEPS, WORLD_FAMILY_BATCH  training (default 500 steps of 16: with 200, Qwen2.5-VL from its
 #                   grounding base did not learn the scene's surface, docs/world.md)
 #   WORLD_FAMILY_LR  (default 3e-4 from a pretrained VLM, which a higher rate makes forget its grounding; else 1e-3)
@@ -62,6 +68,12 @@ FAMILY_LMS=${WORLD_FAMILY_LMS-world/models/family_lms}
 # Each family's VLM pretrained to ground phrases on a pool of other scenes, as a real checkpoint of each family was
 # trained on grounding data before anyone fine-tunes it (docs/world.md, "Every family").
 FAMILY_VLMS=${WORLD_FAMILY_VLMS-world/models/family_vlms}
+REPLAY=${WORLD_FAMILY_REPLAY:-3000}
+REPLAY_SEED=${WORLD_FAMILY_REPLAY_SEED:-5}
+case "$REPLAY$REPLAY_SEED" in
+    *[!0-9]*) echo "error: WORLD_FAMILY_REPLAY, WORLD_FAMILY_REPLAY_SEED: whole numbers, not '$REPLAY', '$REPLAY_SEED'" >&2
+              exit 2 ;;
+esac
 API_OBJECTS=${WORLD_API_OBJECTS:-300}
 QA_TYPES=${WORLD_QA_TYPES:-count surface location region_description region_label grounding}
 # The test questions predict.py answers: the table's types. region_description is trained but not asked here (the
@@ -88,12 +100,20 @@ fi
 W="$OUT/world"
 HELD="$W/heldout_images"
 start=$(date +%s)
+# The replay pool: drawn once for every family (20 s for 3000 scenes), its ground truth as an annotation file; each
+# family converts its grounding questions in its own frame.
+POOL="$OUT/families/replay_pool"
+if [ "$REPLAY" -gt 0 ] && [ -n "$FAMILY_VLMS" ]; then
+    rm -rf "$POOL"
+    $PY world/make_world.py --out "$POOL" --train_images "$REPLAY" --heldout_images 0 --seed "$REPLAY_SEED"
+    $PY world/make_truth.py --coco "$POOL/train.json" --output_file "$POOL/truth.json"
+fi
 
 one_family() {  # one_family NAME: the whole path for one family, in OUT/families/NAME (a small run folder)
     local f=$1 D="$OUT/families/$1"
     local t0=$EPOCHREALTIME
     rm -rf "$D" && mkdir -p "$D/eval" "$D/api"
-    local lm=() tower=() train_tower=() lr
+    local lm=() tower=() train_tower=() lr replay=0
     if [ -n "$LM_FROM" ]; then lm=(--language_model_from "$LM_FROM"); fi
     if [ -n "$LM_FROM" ] && [ -n "$FAMILY_LMS" ] && [ -f "$FAMILY_LMS/$f/model.safetensors" ]; then
         lm+=(--family_lm "$FAMILY_LMS/$f")
@@ -111,6 +131,7 @@ one_family() {  # one_family NAME: the whole path for one family, in OUT/familie
         cp -rL "$FAMILY_VLMS/$f" "$D/base"  # pretrained to ground (its pretrain_info.json says how)
         train_tower=()
         lr=${WORLD_FAMILY_LR:-3e-4}
+        if [ "$REPLAY" -gt 0 ]; then replay=1; fi
     else
         $PY world/make_family.py --family "$f" --world "$W" --out "$D/base" --seed "$SEED" "${tower[@]}" "${lm[@]}"
         lr=${WORLD_FAMILY_LR:-1e-3}
@@ -122,6 +143,24 @@ one_family() {  # one_family NAME: the whole path for one family, in OUT/familie
     done
     $PY vlm_training/convert_to_llava_format.py --annotation_file "$OUT/test_truth.json" \
         --output_file "$D/test_llava.json" --qa_types $TEST_TYPES --base_model "$D/base"
+    # What the fine-tuning reads: the world's splits, or with the replay one folder holding the world's images and the
+    # pool's (images/world, images/pool), the records' paths under them, as LLaVA's own mixes are laid out; the
+    # world's records first, then the pool's grounding questions. The baselines stay those of the world's split.
+    local train_file="$D/train_llava.json" val_file="$D/val_llava.json" images="$HELD"
+    if [ "$replay" = 1 ]; then
+        images="$D/images" train_file="$D/train_mix.jsonl" val_file="$D/val_mix.jsonl"
+        mkdir -p "$images"
+        ln -s "$(cd "$HELD" && pwd)" "$images/world"
+        ln -s "$(cd "$POOL/train_images" && pwd)" "$images/pool"
+        $PY vlm_training/convert_to_llava_format.py --annotation_file "$OUT/train.json" "$OUT/val.json" \
+            --output_file "$D/train_world.jsonl" "$val_file" --qa_types $QA_TYPES --shuffle_turns --seed "$SEED" \
+            --base_model "$D/base" --image_prefix world
+        $PY vlm_training/convert_to_llava_format.py --annotation_file "$POOL/truth.json" \
+            --output_file "$D/replay_llava.jsonl" --qa_types grounding --shuffle_turns --seed "$SEED" \
+            --base_model "$D/base" --image_prefix pool
+        cat "$D/train_world.jsonl" "$D/replay_llava.jsonl" > "$train_file"
+        rm "$D/train_world.jsonl"
+    fi
     api_ask() {  # api_ask MODEL_DIR NAME
         $PY world/api_eval.py ask --model_path "$1" --truth "$OUT/test_truth.json" --images_dir "$HELD" \
             --output_file "$D/api/$2.json" --max_objects "$API_OBJECTS" --seed "$SEED"
@@ -131,8 +170,8 @@ one_family() {  # one_family NAME: the whole path for one family, in OUT/familie
     api_ask "$D/base" untrained
     cp "$OUT/api/baselines.json" "$D/api/baselines.json"  # the majority and chance of the API: frame-free
     local t_train=$EPOCHREALTIME
-    $PY vlm_training/train_vlm.py --train_data "$D/train_llava.json" --val_data "$D/val_llava.json" \
-        --image_dir "$HELD" --output_dir "$D/vlm_model" --base_model "$D/base" "${train_tower[@]}" \
+    $PY vlm_training/train_vlm.py --train_data "$train_file" --val_data "$val_file" \
+        --image_dir "$images" --output_dir "$D/vlm_model" --base_model "$D/base" "${train_tower[@]}" \
         --system_prompt none --learning_rate "$lr" --weight_decay 0.0 --batch_size "$BATCH" \
         --max_steps "$STEPS" --warmup_ratio 0.03 --max_length 512 --logging_steps 50 --eval_steps "$STEPS" \
         --save_steps 0 --seed "$SEED"
