@@ -281,3 +281,28 @@ def test_vlm_train_help_is_the_short_one_without_torch():
     assert proc.returncode == 0 and proc.stdout == train_help.BRIEF_HELP
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time")}
     assert "vlm_training.train_help" in imported and not imported & {"torch", "transformers"}
+
+
+def test_a_reader_closing_the_pipe_early_stops_nothing(tmp_path):
+    """`convert ... | head -1`: the reader is gone before the stage prints its summaries; every output file is still
+    written, with no BrokenPipeError traceback and exit 0 (before, the second file was lost to a traceback)."""
+    import os
+    record = {"image": "a.jpg", "width": 10, "height": 10, "caption": "", "objects": [],
+              "qa": [{"question": "How many objects are there?", "answer": "There are 0 objects in this image.",
+                      "type": "count", "object_ids": []}]}
+    inputs = []
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"images": [record], "skipped": [], "meta": {}}))
+        inputs.append(str(tmp_path / f"{name}.json"))
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone: every write into the pipe fails
+    try:
+        proc = subprocess.run([sys.executable, str(ROOT / "vlm_training" / "convert_to_llava_format.py"),
+                               "--annotation_file", *inputs, "--output_file", str(tmp_path / "a_llava.json"),
+                               str(tmp_path / "b_llava.json")], stdout=write_end, stderr=subprocess.PIPE, text=True,
+                              timeout=120)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-2000:]
+    for name in ("a", "b"):
+        assert len(json.loads((tmp_path / f"{name}_llava.json").read_text())) == 1

@@ -115,20 +115,75 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+class _ClosedPipeSafe:
+    """stdout that a reader may close early (``stage ... | head -1``): the first write into the closed pipe
+    points stdout at os.devnull, and the stage goes on to write every output file (its printed summary was only
+    for that reader), instead of stopping on a BrokenPipeError traceback with half its work done."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _drop(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, self._stream.fileno())
+        finally:
+            os.close(devnull)
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._drop()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._drop()
+            self._stream.flush()  # what was buffered goes to os.devnull, not to the interpreter's exit
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _closed_pipe_safe_stdout() -> Iterator[None]:
+    try:
+        fileno = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # captured (pytest, a notebook): no pipe to close
+        yield
+        return
+    if not stat.S_ISFIFO(os.fstat(fileno).st_mode):
+        yield
+        return
+    original = sys.stdout
+    sys.stdout = safe = _ClosedPipeSafe(original)
+    try:
+        yield
+    finally:
+        safe.flush()
+        if sys.stdout is safe:
+            sys.stdout = original
+
+
 def report_input_errors(main: Callable[..., int]) -> Callable[..., int]:
     """Turn an :class:`InputError` raised by ``main`` into one line on stderr and exit code 2.
 
     Ctrl-C and SIGTERM become one line too (exit 130 / 143): every output is written atomically
     or flushed a record at a time, so an interrupted stage has nothing to clean up, and the
     resumable ones pick up where they stopped when run again. A full disk is one line (exit 1),
-    never a traceback; atomic writes leave the previous file untouched.
+    never a traceback; atomic writes leave the previous file untouched. A reader that closes the
+    pipe early (``| head``) stops nothing: the stage finishes, its printed lines go nowhere.
     """
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs) -> int:
         handle_sigterm()
         try:
-            return main(*args, **kwargs)
+            with _closed_pipe_safe_stdout():
+                return main(*args, **kwargs)
         except InputError as e:
             _say(f"error: {e}")
             return EXIT_INPUT_ERROR
