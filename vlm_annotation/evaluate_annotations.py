@@ -99,7 +99,6 @@ from vlm_core.runtime import (
     require_path,
 )
 from vlm_core.schema import load_annotations
-from vlm_core.streams import survive_closed_stdout
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -196,8 +195,7 @@ def write_results(output_file: str | Path, result: dict) -> Path:
 @report_input_errors
 def main(argv=None) -> int:
     args = parse_args(argv)
-    with survive_closed_stdout():  # `... | head`: the results are written whether or not stdout is read
-        return evaluate(args)
+    return evaluate(args)
 
 
 def evaluate(args) -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from vlm_core.io_utils import InputError
+from vlm_core.streams import survive_closed_stdout
 
 EXIT_INPUT_ERROR = 2
 EXIT_INTERRUPTED = 130  # what a shell reports for a program stopped by Ctrl-C (128 + SIGINT)
@@ -115,59 +116,6 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-class _ClosedPipeSafe:
-    """stdout that a reader may close early (``stage ... | head -1``): the first write into the closed pipe
-    points stdout at os.devnull, and the stage goes on to write every output file (its printed summary was only
-    for that reader), instead of stopping on a BrokenPipeError traceback with half its work done."""
-
-    def __init__(self, stream):
-        self._stream = stream
-
-    def _drop(self) -> None:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(devnull, self._stream.fileno())
-        finally:
-            os.close(devnull)
-
-    def write(self, text: str) -> int:
-        try:
-            return self._stream.write(text)
-        except BrokenPipeError:
-            self._drop()
-            return len(text)
-
-    def flush(self) -> None:
-        try:
-            self._stream.flush()
-        except BrokenPipeError:
-            self._drop()
-            self._stream.flush()  # what was buffered goes to os.devnull, not to the interpreter's exit
-
-    def __getattr__(self, name):
-        return getattr(self._stream, name)
-
-
-@contextlib.contextmanager
-def _closed_pipe_safe_stdout() -> Iterator[None]:
-    try:
-        fileno = sys.stdout.fileno()
-    except (AttributeError, OSError, ValueError):  # captured (pytest, a notebook): no pipe to close
-        yield
-        return
-    if not stat.S_ISFIFO(os.fstat(fileno).st_mode):
-        yield
-        return
-    original = sys.stdout
-    sys.stdout = safe = _ClosedPipeSafe(original)
-    try:
-        yield
-    finally:
-        safe.flush()
-        if sys.stdout is safe:
-            sys.stdout = original
-
-
 def report_input_errors(main: Callable[..., int]) -> Callable[..., int]:
     """Turn an :class:`InputError` raised by ``main`` into one line on stderr and exit code 2.
 
@@ -182,7 +130,7 @@ def report_input_errors(main: Callable[..., int]) -> Callable[..., int]:
     def wrapper(*args, **kwargs) -> int:
         handle_sigterm()
         try:
-            with _closed_pipe_safe_stdout():
+            with survive_closed_stdout():
                 return main(*args, **kwargs)
         except InputError as e:
             _say(f"error: {e}")

@@ -1,9 +1,11 @@
 """Output streams that outlive their reader: ``train_vlm.py ... | head`` must not kill a training run.
 
 Python ignores SIGPIPE, so the first print after the reader of stdout has gone raises BrokenPipeError;
-in a training run that is a lost run (no checkpoint saved), in a scoring script a traceback after the
-results were written. :func:`survive_closed_stdout` lets the first such write point stdout at
-/dev/null instead, once, and the work goes on.
+in a training run that is a lost run (no checkpoint saved), in a conversion the files after the first
+one never written, in a scoring script a traceback after the results were written.
+:func:`survive_closed_stdout` (which every stage's ``main`` runs in, through
+:func:`vlm_core.runtime.report_input_errors`) lets the first such write point stdout at /dev/null
+instead, once, and the work goes on.
 """
 from __future__ import annotations
 
@@ -55,8 +57,11 @@ def survive_closed_stdout() -> Iterator[None]:
     except (AttributeError, OSError, ValueError):  # not a real file (pytest's capture, a StringIO): nothing to guard
         yield
         return
-    sys.stdout = _Guarded(original)
+    sys.stdout = guarded = _Guarded(original)
     try:
         yield
     finally:
-        sys.stdout = original
+        try:
+            guarded.flush()  # what is still buffered goes now, to /dev/null if need be, not at the interpreter's exit
+        finally:
+            sys.stdout = original

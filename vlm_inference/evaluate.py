@@ -40,7 +40,6 @@ from vlm_core.predictions import check_prediction
 from vlm_core.runtime import plural, report_input_errors, require_output_file, require_path
 from vlm_core.schema import GROUNDING_TYPES
 from vlm_core.scoring import UNTYPED, PredictionScorer, difference, is_count_key
-from vlm_core.streams import survive_closed_stdout
 
 # Which count a pooled overall metric is taken over.
 _OVERALL_N = {"accuracy": "n_short_answer", "count_exact": "n_count", "count_mae": "n_count",
@@ -194,8 +193,7 @@ def render_table(result: dict, baseline: dict | None = None) -> str:
 
 @report_input_errors
 def main(argv=None) -> int:
-    with survive_closed_stdout():  # `evaluate.py ... | head`: the results are written whether or not stdout is read
-        return _main(argv)
+    return _main(argv)
 
 
 def _main(argv=None) -> int:

@@ -95,7 +95,6 @@ from vlm_core.runtime import (
     resolve_dtype,
     single_writer,
 )
-from vlm_core.streams import survive_closed_stdout
 from vlm_training.generation_eval import (
     SAMPLES_FILE,
     GenerationEvaluator,
@@ -688,11 +687,11 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: VLMTrainin
 def main(argv=None) -> int:
     model_args, data_args, training_args = parse_args(argv)
     try:
-        with survive_closed_stdout():  # `train_vlm.py ... | head`: the run goes on when the reader goes
-            if int(os.environ.get("RANK", "0")) != 0:  # one lock per run, held by its first process
-                return train(model_args, data_args, training_args)
-            with single_writer(training_args.output_dir, "--output_dir"):
-                return train(model_args, data_args, training_args)
+        # `train_vlm.py ... | head`: the run goes on when the reader goes (report_input_errors guards stdout)
+        if int(os.environ.get("RANK", "0")) != 0:  # one lock per run, held by its first process
+            return train(model_args, data_args, training_args)
+        with single_writer(training_args.output_dir, "--output_dir"):
+            return train(model_args, data_args, training_args)
     finally:
         _end_process_group()
 
