@@ -4,7 +4,8 @@
 # for each family: takes the family's world VLM (its own class, processor, chat template, image-token layout and box
 # frame; world/models/family_vlms/<family>, pretrained to ground phrases in that frame by world/pretrain_grounding.py,
 # else built by world/make_family.py), converts the run's annotations with --base_model of that family (its frame),
-# trains it with train_vlm.py as a user trains the 7B checkpoint, predicts the test questions, asks the guide's API
+# trains it with train_vlm.py as a user trains the 7B checkpoint (from a grounding base, with a replay of the pool
+# that base was pretrained on mixed in: WORLD_FAMILY_REPLAY), predicts the test questions, asks the guide's API
 # (describe_object, "what is in this box?", locate: boxes parsed by the family's own parser, scored in pixels of the
 # original image), and scores each beside the majority of the training split and the same model untrained.
 # Every family, LLaVA-1.5 included, is trained here the same way, its region questions naming the box by its
