@@ -212,7 +212,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def check_image_prefix(prefix: str) -> str:
     """``--image_prefix`` as the folder records name (``a/b``): relative, within the image folder, not empty."""
     path = PurePosixPath(prefix.replace("\\", "/"))
-    if path.is_absolute() or ".." in path.parts or not path.parts or str(path) == ".":
+    if path.is_absolute() or ".." in path.parts or not path.parts:  # "" and "." have no parts
         raise InputError(f"--image_prefix: a folder inside train_vlm.py's --image_dir (e.g. coco), not '{prefix}'")
     return str(path)
 

@@ -345,14 +345,6 @@ def family_runs(run: Path) -> dict[str, Path]:
     return found
 
 
-def _count_lines(path: Path) -> int | None:
-    """Records of a JSONL file; None where there is none."""
-    if not path.is_file():
-        return None
-    with path.open(encoding="utf-8") as f:
-        return sum(1 for line in f if line.strip())
-
-
 def family_results(run: Path) -> dict:
     """``<family>.<type>.{model,majority,untrained,n}`` for count, surface, location and region_label ("what is in
     this box?", through the API), and ``<family>.grounding`` (``locate``, boxes parsed by the family's parser and
@@ -380,7 +372,8 @@ def family_results(run: Path) -> dict:
                            "vision_tower_trained": args.get("train_vision_tower"),
                            "scenes": len(_load(folder / "train_llava.json") or []) or None,
                            # families.sh's replay: the pool's grounding records mixed into the training file
-                           "replay_records": _count_lines(folder / "replay_llava.jsonl")}
+                           "replay_records": (sum(1 for _ in iter_jsonl(folder / "replay_llava.jsonl"))
+                                              if (folder / "replay_llava.jsonl").is_file() else None)}
         timings = folder / "timings.tsv"
         if timings.is_file():
             for line in timings.read_text(encoding="utf-8").splitlines():
